@@ -1,0 +1,20 @@
+"""User-facing errors.
+
+A :class:`UserError` carries one sentence that says what was wrong and what to do. The command-line
+entry points catch it, print it on one line and exit with code 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user: a one-line message, exit code 2 at the command line."""
+
+    exit_code = 2
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise UserError(message)
