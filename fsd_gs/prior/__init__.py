@@ -1,0 +1,1 @@
+"""Diffusion priors behind one interface (:class:`fsd_gs.prior.base.DiffusionPrior`)."""
