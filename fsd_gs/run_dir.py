@@ -1,0 +1,73 @@
+"""Run folders: a fresh one per run, never overwriting, and the paths of what goes inside."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsd_gs.config import slugify
+from fsd_gs.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes each of its outputs."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def model_ply(self) -> Path:
+        return self.root / "model.ply"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def turntable_png(self) -> Path:
+        return self.root / "turntable.png"
+
+    @property
+    def turntable_mp4(self) -> Path:
+        return self.root / "turntable.mp4"
+
+
+def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime | None = None) -> RunPaths:
+    """Create ``<output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-seed<N>[-k]/``; an existing folder is never reused."""
+    now = now or _dt.datetime.now()
+    parent = Path(output_dir) / slugify(prompt)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {parent} ({exc.strerror}): pass a writable --output-dir") from exc
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"the output folder {parent} is not writable: pass a writable --output-dir")
+    stem = f"{now:%Y%m%d-%H%M%S}-seed{seed}"
+    for k in range(1000):
+        candidate = parent / (stem if k == 0 else f"{stem}-{k}")
+        try:
+            candidate.mkdir()  # fails if it exists: never two runs in one folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot create the run folder {candidate} ({exc.strerror}): pass a writable --output-dir") from exc
+        return RunPaths(candidate)
+    raise UserError(f"too many runs named {stem} in {parent}: choose another --output-dir")
