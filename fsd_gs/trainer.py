@@ -22,12 +22,12 @@ from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.device import resolve_device
 from fsd_gs.distill import distill_loss
-from fsd_gs.errors import UserError
-from fsd_gs.gaussians import Gaussians, init_gaussians, make_optimizers
+from fsd_gs.gaussians import init_gaussians, make_optimizers
 from fsd_gs.io.checkpoint import Checkpoint, has_checkpoint, load_checkpoint, save_checkpoint
 from fsd_gs.io.ply import write_ply
 from fsd_gs.noise import build_noise
 from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.profiling import StageTimer
 from fsd_gs.render import render
 from fsd_gs.run_dir import RunPaths
 from fsd_gs.schedule import sample_timestep
@@ -92,6 +92,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_count = 0
         self._stop_requested = False
+        self.timer = StageTimer(self.device, enabled=False)
         self.on_step: Optional[Callable[[Trainer, StepResult], None]] = None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -137,38 +138,45 @@ class Trainer:
         self.gaussians.step_sh_degree(self.step, cfg.gaussians.sh_degree_interval)
         self._set_learning_rates()
 
-        cams_cpu = self.sampler.sample(self.generators["camera"])
-        views = view_directions(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
-        cams = cams_cpu.to(self.device)
-        rh, rw = self._render_size()
-        if (rh, rw) != self.prior_size:
-            cams = cams.with_resolution(rw, rh)
-        out = render(self.gaussians, cams, self._background(len(cams)), cfg.render)
-        rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
-        alpha = out.alpha.permute(0, 3, 1, 2)  # [B,1,H,W]
-        if (rh, rw) != self.prior_size:
-            rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
-            alpha = F.interpolate(alpha, size=self.prior_size, mode="bilinear", align_corners=False)
-
-        eps = self.noise(cams_cpu.azimuth, cams_cpu.elevation, alpha.permute(0, 2, 3, 1), self.generators["noise"])
-        progress = self.step / max(1, cfg.steps)
-        t = sample_timestep(cfg.schedule, progress, self.generators["timestep"],
-                            self.prior.num_train_timesteps, batch=len(cams)).to(self.device, non_blocking=True)
-        cond, uncond = self.embeddings.select(views)
-        result = distill_loss(self.prior, rgb, eps, t, cond, uncond, cfg.guidance.guidance_scale,
-                              weighting=cfg.guidance.weighting, hifa_lambda=cfg.guidance.hifa_lambda)
-        loss = result.loss
-
-        self.densifier.step_pre_backward(params, self.optimizers, self.densify_state, self.step, out.info)
-        loss.backward()
-        if cfg.optim.grad_clip is not None:
-            for value in params.values():
-                torch.nn.utils.clip_grad_norm_([value], cfg.optim.grad_clip)
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        counts = self.densifier.step_post_backward(params, self.optimizers, self.densify_state, self.step, out.info,
-                                                   packed=cfg.render.packed)
+        timer = self.timer
+        with timer("cameras"):
+            cams_cpu = self.sampler.sample(self.generators["camera"])
+            views = view_directions(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
+            cams = cams_cpu.to(self.device)
+            rh, rw = self._render_size()
+            if (rh, rw) != self.prior_size:
+                cams = cams.with_resolution(rw, rh)
+            background = self._background(len(cams))
+        with timer("render"):
+            out = render(self.gaussians, cams, background, cfg.render)
+            rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
+            alpha = out.alpha.permute(0, 3, 1, 2)  # [B,1,H,W]
+            if (rh, rw) != self.prior_size:
+                rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
+                alpha = F.interpolate(alpha, size=self.prior_size, mode="bilinear", align_corners=False)
+        with timer("noise_and_t"):
+            eps = self.noise(cams_cpu.azimuth, cams_cpu.elevation, alpha.permute(0, 2, 3, 1), self.generators["noise"])
+            progress = self.step / max(1, cfg.steps)
+            t = sample_timestep(cfg.schedule, progress, self.generators["timestep"],
+                                self.prior.num_train_timesteps, batch=len(cams)).to(self.device, non_blocking=True)
+            cond, uncond = self.embeddings.select(views)
+        with timer("prior"):
+            result = distill_loss(self.prior, rgb, eps, t, cond, uncond, cfg.guidance.guidance_scale,
+                                  weighting=cfg.guidance.weighting, hifa_lambda=cfg.guidance.hifa_lambda)
+            loss = result.loss
+        with timer("backward"):
+            self.densifier.step_pre_backward(params, self.optimizers, self.densify_state, self.step, out.info)
+            loss.backward()
+        with timer("optimizer"):
+            if cfg.optim.grad_clip is not None:
+                for value in params.values():
+                    torch.nn.utils.clip_grad_norm_([value], cfg.optim.grad_clip)
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        with timer("densify"):
+            counts = self.densifier.step_post_backward(params, self.optimizers, self.densify_state, self.step, out.info,
+                                                       packed=cfg.render.packed)
         for key, value in (counts or {}).items():
             self.stats.densify_counts[key] = self.stats.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
@@ -199,10 +207,7 @@ class Trainer:
         self.gaussians = ckpt.gaussians.to(self.device)
         self.optimizers = make_optimizers(self.gaussians, self.cfg.optim.lr)
         for key, optimizer in self.optimizers.items():
-            state = ckpt.optimizer_states[key]
-            state["state"] = {i: {n: v.to(self.device) if n != "step" or v.dim() > 0 or self.device.type == "cpu"
-                                  else v for n, v in s.items()} for i, s in state["state"].items()}
-            optimizer.load_state_dict(state)
+            optimizer.load_state_dict(ckpt.optimizer_states[key])  # moves the state to the parameters' device
         self.densify_state = self.densifier.state_from_tensors(
             {k: (v.to(self.device) if v is not None else None) for k, v in ckpt.densify_state.items()}
         )
@@ -326,8 +331,3 @@ def _is_main_thread() -> bool:
 def resume_exists(run_dir: Path) -> bool:
     return has_checkpoint(Path(run_dir) / "checkpoint")
 
-
-def load_gaussians_for_export(trainer: Trainer) -> Gaussians:
-    if not trainer.params_finite():
-        raise UserError("the Gaussians contain NaN/Inf values and cannot be exported")
-    return trainer.gaussians

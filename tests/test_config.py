@@ -1,0 +1,93 @@
+"""The config tree: method switching, presets, precedence, CLI errors, run folders."""
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from fsd_gs.config import TrainConfig, base_config, from_dict, presets_dir, slugify, to_dict
+from fsd_gs.errors import UserError
+from fsd_gs.run_dir import create_run_dir
+from fsd_gs.train import parse_config
+
+
+def test_method_switches_noise_and_schedule_together_and_nothing_else():
+    fsd, sds = base_config("fsd", None), base_config("sds", None)
+    assert (fsd.noise.kind, fsd.schedule.kind) == ("worldmap", "sqrt")
+    assert (sds.noise.kind, sds.schedule.kind) == ("random", "random")
+    a, b = to_dict(fsd), to_dict(sds)
+    differing = {k for k in a if a[k] != b[k]}
+    assert differing == {"method", "noise", "schedule"}
+    assert a["guidance"] == b["guidance"] and a["camera"] == b["camera"]
+
+
+def test_flags_override_preset_which_overrides_method(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: sds\nsteps: 77\ncamera:\n  batch_size: 2\n  elevation_range: [0, 30]\n")
+    cfg = parse_config(["--config", str(preset), "--prompt", "a cat", "--camera.batch-size", "3"])
+    assert cfg.method == "sds" and cfg.noise.kind == "random"
+    assert cfg.steps == 77 and cfg.camera.batch_size == 3 and cfg.camera.elevation_range == (0.0, 30.0)
+    cfg = parse_config(["--config", str(preset), "--method", "fsd", "--prompt", "a cat", "--noise.kind", "constant"])
+    assert cfg.method == "fsd" and cfg.schedule.kind == "sqrt" and cfg.noise.kind == "constant"
+
+
+def test_every_shipped_preset_loads_and_validates():
+    names = sorted(p.name for p in presets_dir().glob("*.yaml"))
+    assert {"fsd-sd21.yaml", "sds-sd21.yaml", "shapes-fsd.yaml", "shapes-sds.yaml"} <= set(names)
+    for name in names:
+        cfg = parse_config(["--config", str(presets_dir() / name), "--prompt", "a red mushroom"])
+        cfg.validate()
+
+
+def test_fsd_and_sds_presets_differ_only_in_method_parts():
+    for fsd_name, sds_name in [("fsd-sd21.yaml", "sds-sd21.yaml"), ("shapes-fsd.yaml", "shapes-sds.yaml")]:
+        a = to_dict(base_config(None, presets_dir() / fsd_name))
+        b = to_dict(base_config(None, presets_dir() / sds_name))
+        assert {k for k in a if a[k] != b[k]} <= {"method", "noise", "schedule", "config"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("stepz: 3\n", "stepz"), ("camera:\n  widht: 3\n", "camera.widht"), ("- a\n- b\n", "mapping"),
+])
+def test_bad_presets_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        base_config(None, path)
+
+
+def test_unknown_preset_lists_the_shipped_ones():
+    with pytest.raises(UserError, match="shapes-fsd.yaml"):
+        base_config(None, Path("configs/nope.yaml"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(prompt="  "), "prompt is empty"), (dict(steps=0), "steps"),
+])
+def test_validation_messages(changes, message):
+    cfg = TrainConfig(prompt="a cat")
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    with pytest.raises(UserError, match=message):
+        cfg.validate()
+
+
+def test_config_round_trips_through_dict():
+    cfg = parse_config(["--prompt", "a cat", "--camera.elevation-range", "1", "2", "--seed", "5"])
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_run_folders_are_never_reused(tmp_path):
+    now = dt.datetime(2026, 11, 25, 12, 0, 0)
+    a = create_run_dir(tmp_path, "A red mushroom!", 3, now)
+    b = create_run_dir(tmp_path, "A red mushroom!", 3, now)
+    assert a.root != b.root and a.root.is_dir() and b.root.is_dir()
+    assert a.root.parent.name == "a-red-mushroom" and a.root.name == "20261125-120000-seed3"
+    assert slugify("???") == "prompt"
+
+
+def test_unwritable_output_dir_is_a_user_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="output"):
+        create_run_dir(blocker, "a cat", 0)
