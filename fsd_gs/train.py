@@ -50,8 +50,30 @@ def parse_config(argv: Sequence[str]) -> TrainConfig:
     return tyro.cli(TrainConfig, default=base, args=list(argv), description=TrainConfig.__doc__)
 
 
+def explicit_fields(argv: Sequence[str]) -> list[str]:
+    """Dotted config paths of the flags given on the command line ("--camera.batch-size 2" -> "camera.batch_size";
+    "--output.no-progress" -> "output.progress")."""
+    paths = []
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            parts = arg[2:].split("=", 1)[0].replace("-", "_").split(".")
+            if parts[-1].startswith("no_"):
+                paths.append(".".join([*parts[:-1], parts[-1][3:]]))
+            paths.append(".".join(parts))
+    return paths
+
+
+def _copy_field(dst: Any, src: Any, path: list[str]) -> Any:
+    """``dst`` with the field at ``path`` taken from ``src`` (dataclasses; unknown paths leave it unchanged)."""
+    if not path or not dataclasses.is_dataclass(dst) or path[0] not in {f.name for f in dataclasses.fields(dst)}:
+        return dst
+    head = path[0]
+    value = getattr(src, head) if len(path) == 1 else _copy_field(getattr(dst, head), getattr(src, head), path[1:])
+    return dataclasses.replace(dst, **{head: value})
+
+
 def prepare_resume(cli: TrainConfig, argv: Sequence[str]) -> tuple[TrainConfig, RunPaths]:
-    """The saved config of the run in --resume, with --steps/--device/viewer/progress taken from the command line."""
+    """The saved config of the run in --resume, with the flags given on this command line applied on top."""
     from fsd_gs.trainer import resume_exists
 
     run_dir = Path(cli.resume)
@@ -60,12 +82,9 @@ def prepare_resume(cli: TrainConfig, argv: Sequence[str]) -> tuple[TrainConfig, 
     if not resume_exists(run_dir):
         raise UserError(f"{run_dir} has no checkpoint to resume from: start a new run instead")
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    changes: dict[str, Any] = {"resume": run_dir, "viewer": cli.viewer, "output": cli.output}
-    if _flag_value(argv, "--steps") is not None:
-        changes["steps"] = cli.steps
-    if _flag_value(argv, "--device") is not None:
-        changes["device"] = cli.device
-    cfg = dataclasses.replace(cfg, **changes)
+    for path in explicit_fields(argv):
+        cfg = _copy_field(cfg, cli, path.split("."))
+    cfg = dataclasses.replace(cfg, resume=run_dir)
     cfg.validate()
     return cfg, RunPaths(run_dir)
 
@@ -146,15 +165,16 @@ def run(argv: Sequence[str]) -> int:
     else:
         cfg.validate()
         paths = None
+    # Everything that can fail on bad input happens before the run folder exists: a failed start leaves nothing.
     device = resolve_device(cfg.device)
-    prior = load_prior(prior_config_from(cfg), device)  # before the run folder: a bad model leaves nothing behind
+    prior = load_prior(prior_config_from(cfg), device)
     check_cpu_speed(prior, cfg, device)
+    trainer = Trainer(cfg, prior)
     if paths is None:
         paths = create_run_dir(cfg.output_dir, cfg.prompt, cfg.seed)
         paths.config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    trainer.paths = paths
     print(f"run folder: {paths.root}")
-
-    trainer = Trainer(cfg, paths, prior)
     if cfg.resume is not None:
         trainer.restore(paths.checkpoint)
         print(f"resumed at step {trainer.step}/{cfg.steps}")

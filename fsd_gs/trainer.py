@@ -69,23 +69,26 @@ class RunStats:
 class Trainer:
     """Owns the parts of one run and advances it step by step."""
 
-    def __init__(self, cfg: TrainConfig, paths: RunPaths, prior: DiffusionPrior) -> None:
+    def __init__(self, cfg: TrainConfig, prior: DiffusionPrior, paths: RunPaths | None = None) -> None:
+        """Build every part; all checks that can fail on bad options happen here, before any file is written."""
         self.cfg = cfg
-        self.paths = paths
+        self.paths = paths  # set before run()
         self.prior = prior
         self.device = resolve_device(cfg.device)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         cam = cfg.camera
         self.prior_size = (cam.height, cam.width)
+        prior.check_image_size(cam.height, cam.width)
         self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
+        self.noise.check_resolution(cam.height, cam.width)
         self.sampler = OrbitSampler(cam, device="cpu")  # sampled on the CPU: view names need no device sync
         self.generators = self._make_generators(cfg.seed)
         init_generator = torch.Generator().manual_seed(cfg.seed + 4)
         self.gaussians = init_gaussians(cfg.gaussians, init_generator, self.device)
         self.optimizers = make_optimizers(self.gaussians, cfg.optim.lr)
-        self.densifier = Densifier(cfg.densify, scene_scale=1.0)
+        self.densifier = Densifier(cfg.densify, scene_scale=1.0, total_steps=cfg.steps, seed=cfg.seed + 5)
         self.densify_state = self.densifier.initialize_state()
         self.step = 0
         self.stats = RunStats()

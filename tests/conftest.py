@@ -19,3 +19,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+from tests.fixtures_pipelines import *  # noqa: E402,F401,F403  (tiny random-weight pipelines, session-scoped)

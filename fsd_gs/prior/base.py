@@ -12,6 +12,8 @@ from typing import Literal, Sequence
 
 import torch
 
+from fsd_gs.errors import UserError
+
 VIEW_SUFFIXES: dict[str, str] = {
     "none": "",
     "front": ", front view",
@@ -108,6 +110,14 @@ class DiffusionPrior(ABC):
         Returns:
             eps_hat [B,C,h,w] in float32.
         """
+
+    def check_image_size(self, height: int, width: int) -> None:
+        """UserError unless ``height`` x ``width`` is positive and divisible by ``downsample``."""
+        if height <= 0 or width <= 0 or height % self.downsample or width % self.downsample:
+            raise UserError(
+                f"image size {height}x{width} does not suit this {self.space} prior: height and width must be positive "
+                f"multiples of {self.downsample} (e.g. {self.resolution}x{self.resolution})"
+            )
 
     def model_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of model space for an image of ``height`` x ``width`` pixels."""

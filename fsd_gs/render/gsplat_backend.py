@@ -1,0 +1,54 @@
+"""The CUDA backend: a thin wrapper around ``gsplat.rasterization`` (imported lazily)."""
+
+from __future__ import annotations
+
+import torch
+
+from fsd_gs.render.config import RenderConfig
+
+
+def rasterize_gsplat(
+    params: dict[str, torch.Tensor],
+    sh_degree: int,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor,
+    config: RenderConfig,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Render raw Gaussian parameters (log scales, logit opacities, SH) with gsplat.
+
+    Args:
+        params: the Gaussians' parameter dict (shapes in ``fsd_gs.gaussians``).
+        sh_degree: degree to render with (<= the stored degree).
+        viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3], all on the Gaussians' CUDA device.
+    Returns:
+        colors [B,H,W,3] (not clamped above), alphas [B,H,W,1], and gsplat's meta dict, whose
+        "means2d" [B,N,2] (or [nnz,2] when packed) is the screen-space tensor to read gradients from.
+    """
+    from gsplat import rasterization
+
+    coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N,K,3]
+    colors, alphas, meta = rasterization(
+        means=params["means"],
+        quats=params["quats"],  # gsplat normalises them itself
+        scales=torch.exp(params["scales"]),
+        opacities=torch.sigmoid(params["opacities"]),
+        colors=coeffs,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=width,
+        height=height,
+        near_plane=config.near_plane,
+        far_plane=config.far_plane,
+        radius_clip=config.radius_clip,
+        eps2d=config.eps2d,
+        sh_degree=sh_degree,
+        packed=config.packed,
+        backgrounds=backgrounds,
+        render_mode="RGB",
+        absgrad=config.absgrad,
+        rasterize_mode="classic",
+    )
+    return colors, alphas, meta

@@ -1,0 +1,365 @@
+"""A pure-torch Gaussian rasterizer with gsplat's semantics (CPU, or any torch device).
+
+It is differentiable through plain autograd and runs the same three stages as gsplat:
+
+1. Projection (:func:`project`), EWA splatting like gsplat's ``fully_fused_projection``: the 3D
+   covariance R S S^T R^T from scale and quaternion goes to camera space and through the pinhole
+   Jacobian J (its x/z and y/z clamped to 1.3x the field of view), eps2d is added to the 2D
+   covariance's diagonal, and the conic is its inverse. A Gaussian is culled (radii 0) when its depth
+   is outside [near, far], its opacity is below 1/255, its radius is at most ``radius_clip`` on both
+   axes or its box lies off the image. The box half-size per axis is
+   ceil(extend * sqrt(cov2d_ii)) with gsplat's opacity-aware extend = min(3.33, sqrt(2 ln(255 o))),
+   which bounds exactly the region where alpha >= 1/255.
+2. Binning: every visible (camera, Gaussian) pair is listed in each ``tile_size``-pixel tile its box
+   touches, and each tile's list is sorted front to back by depth.
+3. Compositing, like ``rasterize_to_pixels``: at pixel centre p (x + 0.5, y + 0.5),
+   alpha = min(0.999, o exp(-1/2 d^T conic d)) with d = mean2d - p; Gaussians with alpha < 1/255 are
+   skipped; colours are c_i alpha_i T_i with T_i = prod_{j<i} (1 - alpha_j), and a pixel stops (the
+   Gaussian that would bring T to <= 1e-4 is excluded) once T would drop to 1e-4 or below.
+   rgb = sum c_i alpha_i T_i + T_final * background, alpha = 1 - T_final.
+
+Compositing is vectorised over (tile entry, pixel-in-tile) pairs: the sorted tile entries are rows,
+the ts x ts pixels of a tile are columns, and front-to-back transmittance is a cumulative sum of
+log(1 - alpha) down each tile's rows. No Python loop runs over Gaussians, tiles or pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from fsd_gs.render.sh import sh_to_color
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+"""Gaussians contribute to a pixel only where their alpha reaches this (gsplat's value)."""
+T_MIN = 1e-4
+"""A pixel stops accumulating once its transmittance would fall to this or below (gsplat's value)."""
+MAX_ALPHA = 0.999
+"""Alpha of a single Gaussian is clamped to this (gsplat's value)."""
+EXTEND_MAX = 3.33
+"""Largest box half-size in standard deviations (gsplat's value)."""
+
+
+@dataclass
+class Projection:
+    """Screen-space Gaussians for B cameras and N Gaussians.
+
+    Attributes:
+        means2d: pixel positions, [B,N,2] (meaningless where not visible).
+        conics: inverse 2D covariance (a, b, c) of [[a, b], [b, c]], [B,N,3].
+        depths: camera-space z, [B,N].
+        radii: box half-size in pixels per axis, [B,N,2] int32, 0 where culled.
+        visible: radii > 0, [B,N] bool.
+    """
+
+    means2d: torch.Tensor
+    conics: torch.Tensor
+    depths: torch.Tensor
+    radii: torch.Tensor
+    visible: torch.Tensor
+
+
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from quaternions wxyz (normalised here): [...,4] -> [...,3,3]."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def project(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+) -> Projection:
+    """EWA projection of N Gaussians into B pinhole cameras (gsplat's ``fully_fused_projection``).
+
+    Args:
+        means [N,3], quats [N,4] (wxyz, any norm), scales [N,3] (standard deviations, not log),
+        opacities [N] (in (0,1)), viewmats [B,4,4] world-to-camera, Ks [B,3,3].
+    """
+    rot_w2c = viewmats[:, :3, :3]  # [B,3,3]
+    trans = viewmats[:, :3, 3]  # [B,3]
+    means_c = torch.einsum("bij,nj->bni", rot_w2c, means) + trans[:, None, :]  # [B,N,3]
+    x, y, z = means_c.unbind(-1)
+    in_depth = (z >= near_plane) & (z <= far_plane)
+    z = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled entries finite (their gradient is 0)
+
+    # Square root of the camera-space covariance: Rv R S, so that cov_c = L L^T.
+    sqrt_cov = quat_to_rotmat(quats) * scales[:, None, :]  # [N,3,3]
+    sqrt_cov_c = torch.einsum("bij,njk->bnik", rot_w2c, sqrt_cov)  # [B,N,3,3]
+
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [B,1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
+    lim_x_neg = cx / fx + 0.3 * (0.5 * width / fx)
+    lim_y_pos = (height - cy) / fy + 0.3 * (0.5 * height / fy)
+    lim_y_neg = cy / fy + 0.3 * (0.5 * height / fy)
+    rz = 1.0 / z
+    tx = torch.minimum(torch.maximum(x * rz, -lim_x_neg), lim_x_pos)  # clamped x/z
+    ty = torch.minimum(torch.maximum(y * rz, -lim_y_neg), lim_y_pos)
+    zeros = torch.zeros_like(z)
+    jac = torch.stack([fx * rz, zeros, -fx * tx * rz, zeros, fy * rz, -fy * ty * rz], dim=-1)
+    jac = jac.reshape(*z.shape, 2, 3)  # [B,N,2,3]
+    half = jac @ sqrt_cov_c  # [B,N,2,3]
+    cov2d = half @ half.transpose(-1, -2)  # [B,N,2,2]
+    a = cov2d[..., 0, 0] + eps2d
+    b = cov2d[..., 0, 1]
+    c = cov2d[..., 1, 1] + eps2d
+    det = a * c - b * b
+    det_ok = det > 0
+    inv_det = 1.0 / torch.where(det_ok, det, torch.ones_like(det))
+    conics = torch.stack([c * inv_det, -b * inv_det, a * inv_det], dim=-1)  # [B,N,3]
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)  # [B,N,2]
+
+    with torch.no_grad():
+        opac = opacities.detach().expand_as(z)
+        opac_ok = opac >= ALPHA_THRESHOLD
+        extend = torch.sqrt(2.0 * torch.log(opac.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(EXTEND_MAX)
+        rx = torch.ceil(extend * a.detach().clamp_min(0).sqrt())
+        ry = torch.ceil(extend * c.detach().clamp_min(0).sqrt())
+        mx, my = means2d.detach().unbind(-1)
+        on_screen = (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        big_enough = (rx > radius_clip) | (ry > radius_clip)
+        visible = in_depth & det_ok & opac_ok & big_enough & on_screen
+        radii = (torch.stack([rx, ry], dim=-1) * visible[..., None]).to(torch.int32)
+    return Projection(means2d, conics, means_c[..., 2], radii, visible)
+
+
+def _tile_entries(
+    cam_ids: torch.Tensor, means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
+    tile_size: int, tiles_x: int, tiles_y: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """List every visible entry in each tile its box touches, sorted by (tile, depth).
+
+    Args: cam_ids [V], means2d [V,2], radii [V,2], depths [V] for V visible (camera, Gaussian) pairs.
+    Returns: entry [M] (index into V) and tile [M] (global tile id = cam * tiles_y * tiles_x + row * tiles_x + col).
+    """
+    mx, my = means2d.unbind(-1)
+    rx, ry = radii.to(means2d.dtype).unbind(-1)
+    x0 = torch.floor((mx - rx) / tile_size).clamp(0, tiles_x - 1).long()
+    x1 = torch.floor((mx + rx) / tile_size).clamp(0, tiles_x - 1).long()
+    y0 = torch.floor((my - ry) / tile_size).clamp(0, tiles_y - 1).long()
+    y1 = torch.floor((my + ry) / tile_size).clamp(0, tiles_y - 1).long()
+    nx, ny = x1 - x0 + 1, y1 - y0 + 1
+    counts = nx * ny
+    n_vis = counts.shape[0]
+    entry = torch.repeat_interleave(torch.arange(n_vis, device=counts.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(entry.shape[0], device=counts.device) - starts[entry]
+    col = x0[entry] + local % nx[entry]
+    row = y0[entry] + torch.div(local, nx[entry], rounding_mode="floor")
+    tile = (cam_ids[entry] * tiles_y + row) * tiles_x + col
+    depth_rank = torch.empty_like(entry[:n_vis])
+    depth_rank[torch.argsort(depths)] = torch.arange(n_vis, device=counts.device)
+    order = torch.argsort(tile * n_vis + depth_rank[entry])
+    return entry[order], tile[order]
+
+
+def rasterize(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    sh_coeffs: torch.Tensor,
+    sh_degree: int,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    tile_size: int = 8,
+    packed: bool = False,
+    absgrad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Render N Gaussians into B cameras; differentiable w.r.t. every Gaussian input.
+
+    Args:
+        means [N,3], quats [N,4] wxyz, scales [N,3] (activated), opacities [N] (activated),
+        sh_coeffs [N,K,3] with K >= (sh_degree+1)^2, viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3].
+    Returns:
+        colors [B,H,W,3] (not clamped above), alphas [B,H,W,1], info dict (see ``RenderOutput``).
+    """
+    n_cams = viewmats.shape[0]
+    dtype, device = means.dtype, means.device
+    proj = project(means, quats, scales, opacities, viewmats, Ks, width, height,
+                   near_plane, far_plane, eps2d, radius_clip)
+
+    # Visible (camera, Gaussian) pairs, in (camera, Gaussian) order as gsplat's packed mode.
+    cam_ids, gs_ids = torch.nonzero(proj.visible, as_tuple=True)
+    if packed:
+        means2d_info = proj.means2d[cam_ids, gs_ids]
+        means2d_vis = means2d_info
+    else:
+        means2d_info = proj.means2d
+        means2d_vis = proj.means2d[cam_ids, gs_ids]
+    if means2d_info.requires_grad:
+        means2d_info.retain_grad()
+    conics = proj.conics[cam_ids, gs_ids]  # [V,3]
+    opac = opacities[gs_ids]  # [V]
+    if sh_degree > 0:
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [B,3]
+        dirs = means[gs_ids] - campos[cam_ids]
+    else:
+        dirs = None
+    colors = sh_to_color(sh_degree, sh_coeffs[gs_ids], dirs)  # [V,3]
+
+    ts = tile_size
+    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
+    n_tiles = n_cams * tiles_x * tiles_y
+    # Pixel-centre offsets from the tile centre, row-major within the tile, and the quadratic basis
+    # [1, x, y, x^2, xy, y^2] in them: sigma at every pixel of a tile is one GEMM with 6 coefficients.
+    off = torch.arange(ts, device=device, dtype=dtype) - (ts - 1) / 2.0
+    off_y, off_x = (o.reshape(-1) for o in torch.meshgrid(off, off, indexing="ij"))  # [P]
+    basis = torch.stack([torch.ones_like(off_x), off_x, off_y, off_x * off_x, off_x * off_y, off_y * off_y])  # [6,P]
+
+    with torch.no_grad():
+        entry, tile = _tile_entries(cam_ids, means2d_vis.detach(), proj.radii[cam_ids, gs_ids],
+                                    proj.depths.detach()[cam_ids, gs_ids], ts, tiles_x, tiles_y)
+        # Drop rows whose Gaussian reaches alpha >= 1/255 at no pixel of the tile (a box corner is not
+        # the ellipse); the margin keeps every row the exact test below could accept.
+        centre = _tile_centres(tile, ts, tiles_x, tiles_y, dtype)
+        sigma0 = _sigma_coefs(means2d_vis.detach()[entry] - centre, conics.detach()[entry]) @ basis
+        limit = torch.log(opac.detach()[entry] / ALPHA_THRESHOLD) + 1e-3
+        row_ok = (sigma0 <= limit[:, None]).any(dim=1)
+        entry, tile, centre = entry[row_ok], tile[row_ok], centre[row_ok]
+        # Rows of one tile are contiguous; the first row of each tile's segment:
+        is_first = torch.ones_like(tile, dtype=torch.bool)
+        is_first[1:] = tile[1:] != tile[:-1]
+        seg_start = torch.cummax(torch.where(is_first, torch.arange(tile.shape[0], device=device), 0), 0).values
+
+    # sigma = 1/2 d^T conic d at every (row, pixel).
+    rel = means2d_vis[entry] - centre  # [M,2] mean relative to the tile centre
+    sigma = _sigma_coefs(rel, conics[entry]) @ basis  # [M,P]
+    if absgrad and sigma.requires_grad:
+        _attach_absgrad(sigma, rel, conics[entry], off_x, off_y, entry, cam_ids, gs_ids, means2d_info, packed)
+    alpha = (opac[entry, None] * torch.exp(-sigma)).clamp_max(MAX_ALPHA)
+    with torch.no_grad():
+        valid = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    alpha = alpha * valid
+
+    # Transmittance before each row: exclusive cumulative sum of log(1 - alpha) within the tile.
+    # Float64 keeps the running sum exact enough across thousands of rows.
+    log_t = torch.log1p(-alpha)
+    incl = torch.cumsum(log_t.double(), dim=0)
+    base = (incl - log_t.double())[seg_start]  # running sum before the tile's first row
+    incl = incl - base
+    with torch.no_grad():
+        keep = incl > math.log(T_MIN)  # the pixel has not stopped yet (a prefix of each tile's rows)
+    excl = (incl - log_t.double()).to(dtype)
+    weight = alpha * torch.exp(excl) * keep  # alpha_i T_i, [M,P]
+
+    # Per-tile sums: colours and the log of the final transmittance.
+    n_pix = ts * ts
+    seg_rgb = torch.zeros(n_tiles, n_pix, 3, dtype=dtype, device=device)
+    seg_rgb = seg_rgb.index_add(0, tile, weight[:, :, None] * colors[entry][:, None, :])
+    seg_logt = torch.zeros(n_tiles, n_pix, dtype=dtype, device=device).index_add(0, tile, log_t * keep)
+    t_final = torch.exp(seg_logt)[..., None]  # [tiles,P,1]
+
+    def to_image(x: torch.Tensor) -> torch.Tensor:
+        ch = x.shape[-1]
+        x = x.reshape(n_cams, tiles_y, tiles_x, ts, ts, ch).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(n_cams, tiles_y * ts, tiles_x * ts, ch)[:, :height, :width]
+
+    rgb = to_image(seg_rgb) + to_image(t_final) * backgrounds[:, None, None, :]
+    alphas = 1.0 - to_image(t_final)
+
+    info = {
+        "means2d": means2d_info,
+        "radii": proj.radii[cam_ids, gs_ids] if packed else proj.radii,
+        "depths": proj.depths[cam_ids, gs_ids] if packed else proj.depths,
+        "conics": conics if packed else proj.conics,
+        "gaussian_ids": gs_ids if packed else None,
+        "camera_ids": cam_ids if packed else None,
+        "n_intersections": int(entry.shape[0]),
+    }
+    return rgb, alphas, info
+
+
+def _tile_centres(tile: torch.Tensor, ts: int, tiles_x: int, tiles_y: int, dtype: torch.dtype) -> torch.Tensor:
+    """Pixel coordinates of the centres of global tile ids: [M] -> [M,2]."""
+    in_cam = tile % (tiles_x * tiles_y)
+    col = (in_cam % tiles_x).to(dtype)
+    row = torch.div(in_cam, tiles_x, rounding_mode="floor").to(dtype)
+    return torch.stack([col, row], dim=-1) * ts + ts / 2.0
+
+
+def _sigma_coefs(rel: torch.Tensor, conics: torch.Tensor) -> torch.Tensor:
+    """Coefficients of sigma(o) = 1/2 (u - o)^T conic (u - o) in the basis [1, ox, oy, ox^2, ox oy, oy^2].
+
+    Args: rel [M,2] = u, the mean relative to the tile centre; conics [M,3] = (a, b, c). Returns [M,6].
+    """
+    ux, uy = rel.unbind(-1)
+    a, b, c = conics.unbind(-1)
+    return torch.stack([
+        0.5 * a * ux * ux + b * ux * uy + 0.5 * c * uy * uy,
+        -(a * ux + b * uy),
+        -(b * ux + c * uy),
+        0.5 * a, b, 0.5 * c,
+    ], dim=-1)
+
+
+def _attach_absgrad(
+    sigma: torch.Tensor, rel: torch.Tensor, conics: torch.Tensor, off_x: torch.Tensor, off_y: torch.Tensor,
+    entry: torch.Tensor, cam_ids: torch.Tensor, gs_ids: torch.Tensor, means2d: torch.Tensor, packed: bool,
+) -> None:
+    """After backward, set ``means2d.absgrad`` = sum over pixels of |d loss / d means2d| (gsplat's absgrad)."""
+    sux, suy = rel.detach().unbind(-1)
+    sa, sb, sc = conics.detach().unbind(-1)
+
+    def hook(grad_sigma: torch.Tensor) -> None:
+        dx = sux[:, None] - off_x[None, :]  # mean - pixel centre, [M,P]
+        dy = suy[:, None] - off_y[None, :]
+        gx = (grad_sigma * (sa[:, None] * dx + sb[:, None] * dy)).abs().sum(1)
+        gy = (grad_sigma * (sb[:, None] * dx + sc[:, None] * dy)).abs().sum(1)
+        per_vis = torch.zeros(cam_ids.shape[0], 2, dtype=grad_sigma.dtype, device=grad_sigma.device)
+        per_vis.index_add_(0, entry, torch.stack([gx, gy], dim=-1))
+        if packed:
+            means2d.absgrad = per_vis
+        else:
+            out = torch.zeros_like(means2d.detach())
+            out[cam_ids, gs_ids] = per_vis
+            means2d.absgrad = out
+
+    sigma.register_hook(hook)
+
+
+def rasterize_gaussians(
+    params: dict[str, torch.Tensor],
+    sh_degree: int,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor,
+    config: Optional[object] = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """:func:`rasterize` from raw Gaussian parameters (log scales, logit opacities) and a RenderConfig."""
+    from fsd_gs.render.config import RenderConfig
+
+    cfg = config if config is not None else RenderConfig()
+    return rasterize(
+        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
+        torch.cat([params["sh0"], params["shN"]], dim=1), sh_degree, viewmats, Ks, width, height, backgrounds,
+        near_plane=cfg.near_plane, far_plane=cfg.far_plane, eps2d=cfg.eps2d, radius_clip=cfg.radius_clip,
+        tile_size=cfg.reference_tile_size, packed=cfg.packed, absgrad=cfg.absgrad,
+    )

@@ -1,0 +1,133 @@
+"""The checks of the built-in prior (issue 7's "done when"), shared by scripts/eval_shapes_prior.py and the
+end of scripts/train_shapes_prior.py.
+
+* :func:`judge_accuracy`: the judge on fresh renders from an unseen seed.
+* :func:`prior_agreement`: 50-step DDIM samples for prompts drawn at random (seeded, not hand-picked) from
+  all (kind, colour, view) triples; the judge's agreement with each prompt's kind and colour.
+* :func:`colour_entropy`: for colour-free prompts ("a mushroom"), the entropy of the judge's colours over
+  many samples, as a fraction of log(number of colours).
+* :func:`unet_latency`: one guided UNet evaluation (batch 2) at 64x64 on the current device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from fsd_gs.camera import VIEW_NAMES
+from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.shapes.captions import article
+from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
+from fsd_gs.shapes.judge import Judge
+from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
+
+
+def judge_accuracy(judge: Judge, n_objects: int = 64, seed: int = 987_654, device: torch.device | str = "cpu",
+                   views_per_object: int = 4) -> dict[str, float]:
+    """Accuracy (fractions) of kind, colour and view on ``n_objects`` x ``views_per_object`` fresh renders."""
+    data = ShapesDataset(DatasetConfig(views_per_object=views_per_object), device)
+    gen = torch.Generator().manual_seed(seed)
+    correct = {"kind": 0, "colour": 0, "view": 0}
+    total = 0
+    for start in range(0, n_objects, 32):
+        batch = data.sample(min(32, n_objects - start), gen)
+        pred = judge.predict(batch.images)
+        for key in correct:
+            correct[key] += int((pred[key] == getattr(batch, key)).sum())
+        total += len(batch.captions)
+    return {key: val / total for key, val in correct.items()} | {"n_images": total}
+
+
+def random_prompts(n: int = 24, seed: int = 2024) -> list[tuple[str, str, str]]:
+    """``n`` distinct (kind, colour, view) triples drawn uniformly at random with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    triples = [(k, c, v) for k in KINDS for c in COLOUR_NAMES for v in VIEW_NAMES]
+    order = torch.randperm(len(triples), generator=gen)[:n]
+    return [triples[i] for i in order.tolist()]
+
+
+@torch.no_grad()
+def ddim_sample(prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """DDIM (eta 0) samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(prior.scheduler_config)
+    scheduler.set_timesteps(steps)
+    emb = prior.encode_prompts(prompt, "", view_dependent=True)
+    cond, uncond = emb.select(views)
+    c, h, w = prior.model_shape(prior.resolution, prior.resolution)
+    x = torch.randn(len(views), c, h, w, generator=generator).to(prior.device)
+    for t in scheduler.timesteps:
+        eps = prior.predict_noise(x, t.expand(len(views)).to(prior.device), cond, uncond, guidance_scale)
+        x = scheduler.step(eps, t, x).prev_sample
+    return prior.decode(x)
+
+
+def _entropy(counts: torch.Tensor) -> float:
+    p = counts.float() / counts.sum()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, samples_per_prompt: int = 8,
+                    guidance_scale: float = 5.0, steps: int = 50, seed: int = 0) -> dict[str, Any]:
+    """Judge agreement with random (kind, colour, view) prompts; per-prompt rows and totals."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for kind, colour, view in random_prompts(n_prompts):
+        prompt = f"{article(colour)} {colour} {kind}"
+        images = ddim_sample(prior, prompt, [view] * samples_per_prompt, guidance_scale, steps, gen)
+        pred = judge.predict(images)
+        rows.append({
+            "prompt": f"{prompt}, {view} view", "kind": float((pred["kind"] == KINDS.index(kind)).float().mean()),
+            "colour": float((pred["colour"] == COLOUR_NAMES.index(colour)).float().mean()),
+            "view": float((pred["view"] == VIEW_NAMES.index(view)).float().mean()),
+        })
+    total = {key: sum(r[key] for r in rows) / len(rows) for key in ("kind", "colour", "view")}
+    return {"rows": rows, **total, "samples_per_prompt": samples_per_prompt, "guidance_scale": guidance_scale, "steps": steps}
+
+
+def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] | None = None, n_samples: int = 64,
+                   guidance_scale: float = 5.0, steps: int = 50, seed: int = 1, batch: int = 64) -> dict[str, Any]:
+    """Entropy of the judge's colour over ``n_samples`` samples of "a {kind}" (random views), / log(#colours)."""
+    gen = torch.Generator().manual_seed(seed)
+    kinds = kinds or tuple(KINDS[i] for i in torch.randperm(len(KINDS), generator=gen)[:3].tolist())
+    rows = []
+    for kind in kinds:
+        counts = torch.zeros(len(COLOUR_NAMES), dtype=torch.long)
+        kind_ok = 0
+        for start in range(0, n_samples, batch):
+            m = min(batch, n_samples - start)
+            views = [VIEW_NAMES[i] for i in torch.randint(len(VIEW_NAMES), (m,), generator=gen).tolist()]
+            pred = judge.predict(ddim_sample(prior, f"{article(kind)} {kind}", views, guidance_scale, steps, gen))
+            counts += torch.bincount(pred["colour"], minlength=len(COLOUR_NAMES))
+            kind_ok += int((pred["kind"] == KINDS.index(kind)).sum())
+        rows.append({"prompt": f"{article(kind)} {kind}", "entropy_ratio": _entropy(counts) / math.log(len(COLOUR_NAMES)),
+                     "kind": kind_ok / n_samples, "colours": dict(zip(COLOUR_NAMES, counts.tolist()))})
+    return {"rows": rows, "entropy_ratio": min(r["entropy_ratio"] for r in rows), "n_samples": n_samples}
+
+
+@torch.no_grad()
+def unet_latency(prior: DiffusionPrior, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Seconds of one guided noise prediction (batch 2 = cond + uncond of one image) at the prior's resolution."""
+    emb = prior.encode_prompts("a red mushroom", "")
+    cond, uncond = emb.select(["front"])
+    c, h, w = prior.model_shape(prior.resolution, prior.resolution)
+    z = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0)).to(prior.device)
+    t = torch.tensor([500], device=prior.device)
+    times = []
+    for i in range(warmup + repeats):
+        if prior.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        prior.predict_noise(z, t, cond, uncond, 7.5)
+        if prior.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return {"median_s": times[len(times) // 2], "min_s": times[0], "threads": torch.get_num_threads()}

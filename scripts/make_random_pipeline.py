@@ -1,0 +1,56 @@
+"""Build a random-weight diffusers pipeline folder, offline (no downloads), for tests and timing.
+
+    python scripts/make_random_pipeline.py --kind tiny  --out /tmp/tiny-sd     # 64 px SD layout, ~1 MB, seconds
+    python scripts/make_random_pipeline.py --kind sd21  --out /tmp/sd21-random # SD 2.1-base size, 2.6 GB (fp16)
+    python scripts/make_random_pipeline.py --kind pixel --out /tmp/tiny-pixel  # pixel-space UNet, no VAE
+
+The folder loads with ``--model <folder>`` (fsd_gs.train, fsd_gs.image2d) and with diffusers'
+``from_pretrained(folder)``. The folder must not exist yet (or be empty): nothing is overwritten.
+The last line printed is the folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+from fsd_gs.errors import UserError
+
+
+@dataclass
+class Args:
+    """Build a random-weight diffusers pipeline (tiny SD, SD 2.1-base size, or tiny pixel-space) offline."""
+
+    out: Path
+    """Folder to create (must not exist, or be empty)."""
+    kind: Literal["tiny", "sd21", "pixel"] = "tiny"
+    """tiny: SD layout at 64 px; sd21: the full SD 2.1-base architecture (random weights, fp16 on disk); pixel: no VAE."""
+    seed: int = 0
+    """Seed of the random weights (same seed, same weights)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import tyro
+
+    args = tyro.cli(Args, args=sys.argv[1:] if argv is None else list(argv), description=__doc__)
+    try:
+        if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+            raise UserError(f"{args.out} already exists and is not empty: pass a new folder to --out")
+        from fsd_gs.prior.random_pipeline import KINDS
+
+        start = time.perf_counter()
+        path = KINDS[args.kind](args.out, seed=args.seed)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    print(f"built a random {args.kind} pipeline ({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

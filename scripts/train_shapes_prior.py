@@ -1,0 +1,368 @@
+"""Train the built-in "shapes" prior (pixel-space text-to-image diffusion) and its judge, from scratch.
+
+    python scripts/train_shapes_prior.py --out runs/shapes --time-budget-s 480            # first run
+    python scripts/train_shapes_prior.py --out runs/shapes --time-budget-s 480 --resume   # later runs go on
+    python scripts/train_shapes_prior.py --out runs/shapes --tiny --steps 6               # CPU smoke test
+
+Data comes on the fly: worker processes build random objects of the shapes world (fsd_gs/shapes/world.py)
+into a bank of objects on the GPU; every step replaces a few of them and renders random views of
+``batch_objects`` of them (one rasterizer call, fsd_gs/shapes/dataset.py) with training captions.
+One step trains the UNet + text encoder (epsilon loss with min-SNR weighting, bf16 autocast on CUDA,
+AdamW, warm-up then cosine decay) and the judge (cross-entropy on kind, colour and view, on augmented
+copies of the same images). An EMA of the UNet and text encoder is what gets shipped.
+
+Checkpoint = the shipped folder itself (fp16 EMA weights + judge + ``shapes.json`` with the step count),
+written to ``--out``/shapes_prior and packed as ``--out``/shapes_prior.tar every ``--save-every-s``
+seconds and at the end. ``--resume`` continues from it: the EMA becomes the training weights, Adam
+restarts with a short warm-up, the learning-rate schedule continues at the saved step. Runs therefore
+fit any time limit (the checkpoint is small enough to carry between machines), at the cost of restarting
+the optimizer state -- the "training noise" between a one-run and a several-run recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
+from fsd_gs.shapes.judge import Judge, load_judge
+from fsd_gs.shapes.model import build_networks, folder_size, load_tokenizer, save_pipeline, save_tokenizer, tokenize
+from fsd_gs.shapes.world import ShapeObject, WorldConfig, sample_object
+
+
+@dataclass
+class TrainShapesConfig:
+    """Recipe of the built-in prior (defaults = the shipped weights)."""
+
+    out: Path = Path("runs/shapes_prior")
+    """Run folder: checkpoint (shapes_prior/ and shapes_prior.tar), log.jsonl, eval.json."""
+    resume: bool = False
+    """Continue from --out/shapes_prior (or --resume-from) instead of starting from scratch."""
+    resume_from: Optional[Path] = None
+    """A prior folder (or .tar) to continue from; default --out/shapes_prior."""
+    export: Optional[Path] = None
+    """Also copy the final folder here (e.g. fsd_gs/assets/shapes_prior)."""
+    seed: int = 0
+    """Seed of the weights' initialisation and of the data (each resumed run adds its segment number)."""
+    device: str = "auto"
+    """auto | cuda | cpu."""
+    steps: int = 40_000
+    """Length of the learning-rate schedule (cosine to lr_final); a run stops earlier at its time budget."""
+    time_budget_s: float = 1e9
+    """Stop (and save) after this many seconds of this run, start-up included."""
+    save_every_s: float = 120.0
+    """Save the checkpoint this often (seconds), so a killed run loses little."""
+    batch_objects: int = 48
+    """Objects per step (x views_per_object views)."""
+    views_per_object: int = 4
+    """Views rendered per object per step."""
+    bank_size: int = 3072
+    """Objects kept on the device; ``bank_refresh`` of them are replaced by new ones every step."""
+    bank_refresh: int = 12
+    """New objects per step (from the worker processes)."""
+    workers: int = 14
+    """Processes building objects (0 = in the main process)."""
+    lr: float = 4e-4
+    """Peak learning rate of the UNet and text encoder (AdamW)."""
+    lr_final: float = 4e-5
+    """Learning rate at the end of the schedule."""
+    warmup: int = 500
+    """Warm-up steps at the start (and 1/5 of it after a resume)."""
+    judge_lr: float = 1e-3
+    """Peak learning rate of the judge."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    ema_decay: float = 0.999
+    """EMA decay of the shipped weights (ramped up as (1 + n) / (10 + n) in the first steps of a run)."""
+    min_snr_gamma: float = 5.0
+    """Min-SNR loss weighting: weight min(SNR, gamma) / SNR on the epsilon loss (0 = plain MSE)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    eval_at_end: bool = False
+    """Run the done-when checks at the end (fsd_gs/shapes/evaluate.py) and write eval.json."""
+    eval_samples_per_prompt: int = 8
+    """Samples per prompt in the end-of-run evaluation."""
+    tiny: bool = False
+    """CPU smoke test: tiny batches, few objects, 32 px renders... (not for shipping)."""
+    log_every: int = 50
+    """Print/log every this many steps."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """Data: resolution, views, backgrounds, world and caption settings."""
+
+
+# -- data -----------------------------------------------------------------------------------------
+class ObjectStream(torch.utils.data.IterableDataset):
+    """Endless random objects; worker ``w`` of run segment ``s`` draws from seed hash (seed, s, w)."""
+
+    def __init__(self, seed: int, world: WorldConfig) -> None:
+        self.seed, self.world = seed, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = 0 if info is None else info.id
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + wid * 7919 + 17)
+        while True:
+            obj = sample_object(gen, self.world)
+            yield {k: v.detach() for k, v in obj.gaussians.params.items()}, obj.kind, obj.colour
+
+
+def _collate(items):
+    return items
+
+
+def object_loader(seed: int, world: WorldConfig, workers: int):
+    loader = torch.utils.data.DataLoader(
+        ObjectStream(seed, world), batch_size=8, num_workers=workers, collate_fn=_collate,
+        prefetch_factor=8 if workers else None, persistent_workers=bool(workers),
+    )
+    for chunk in loader:
+        yield from chunk
+
+
+def to_object(item, device: torch.device) -> ShapeObject:
+    from fsd_gs.gaussians import Gaussians
+
+    params, kind, colour = item
+    return ShapeObject(Gaussians({k: v.to(device, non_blocking=True) for k, v in params.items()}, sh_degree=0), kind, colour)
+
+
+def augment_for_judge(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur some images (down- and up-sampling) and add noise to some: the judge must also read samples and renders
+    that are less sharp than the world's."""
+    b = images.shape[0]
+    dev = images.device
+    u = torch.rand(b, 3, generator=gen).to(dev)
+    small = torch.nn.functional.interpolate(images, scale_factor=0.5, mode="bilinear", antialias=True)
+    blurred = torch.nn.functional.interpolate(small, size=images.shape[-2:], mode="bilinear")
+    x = torch.where((u[:, 0] < 0.3).view(b, 1, 1, 1), blurred, images)
+    noise = torch.randn(images.shape, generator=gen).to(dev) * (0.06 * u[:, 2]).view(b, 1, 1, 1)
+    x = torch.where((u[:, 1] < 0.3).view(b, 1, 1, 1), x + noise, x)
+    return x.clamp(0, 1)
+
+
+# -- schedule and EMA -----------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainShapesConfig, peak: float, warm_start: int, warmup: int) -> float:
+    """Linear warm-up from ``warm_start`` over ``warmup`` steps, cosine from ``peak`` to the final ratio."""
+    final = peak * cfg.lr_final / cfg.lr
+    progress = min(1.0, step / max(1, cfg.steps))
+    value = final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
+    if step - warm_start < warmup:
+        value *= (step - warm_start + 1) / warmup
+    return value
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1.0 - decay)
+
+
+# -- checkpoint -----------------------------------------------------------------------------------
+def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
+    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary)
+    tmp = cfg.out / "shapes_prior.tar.tmp"
+    with tarfile.open(tmp, "w") as tar:
+        tar.add(folder, arcname="shapes_prior")
+    os.replace(tmp, cfg.out / "shapes_prior.tar")
+    return folder
+
+
+def resume_folder(cfg: TrainShapesConfig) -> Path:
+    src = cfg.resume_from or cfg.out / "shapes_prior"
+    if src.suffix == ".tar":
+        dest = cfg.out / "resume"
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(src) as tar:
+            tar.extractall(dest, filter="data")
+        src = dest / "shapes_prior"
+    return src
+
+
+def load_for_resume(folder: Path, unet, text_encoder) -> tuple[Judge, dict]:
+    from safetensors.torch import load_file
+
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")).items()})
+    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder" / "model.safetensors")).items()},
+                                 strict=False)
+    judge = load_judge(folder / "judge").requires_grad_(True).train()
+    summary = json.loads((folder / "shapes.json").read_text())["training"]
+    return judge, summary
+
+
+# -- main -----------------------------------------------------------------------------------------
+def train(cfg: TrainShapesConfig) -> dict:
+    t_start = time.time()
+    from fsd_gs.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    if cfg.tiny:
+        cfg.batch_objects, cfg.views_per_object, cfg.bank_size, cfg.bank_refresh = 2, 2, 4, 1
+        cfg.workers, cfg.log_every, cfg.warmup, cfg.save_every_s = 0, 1, 2, 1e9
+    cfg.dataset.views_per_object = cfg.views_per_object
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tok_dir = cfg.out / "tokenizer"
+    token_ids = save_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
+    unet, text_encoder = build_networks(token_ids)
+    judge = Judge()
+    summary: dict = {"step": 0, "segments": 0, "train_seconds": 0.0, "images_seen": 0}
+    if cfg.resume:
+        judge, summary = load_for_resume(resume_folder(cfg), unet, text_encoder)
+        print(f"resumed at step {summary['step']} (segment {summary['segments']})", flush=True)
+    segment = int(summary["segments"])
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    judge.to(device).train()
+    ema_unet = copy.deepcopy(unet).float().requires_grad_(False).eval()
+    ema_te = copy.deepcopy(text_encoder).float().requires_grad_(False).eval()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt_judge = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.weight_decay)
+    from diffusers import DDPMScheduler
+
+    from fsd_gs.shapes.model import SCHEDULER_CONFIG
+
+    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    abar = sched.alphas_cumprod.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    data = ShapesDataset(cfg.dataset, device)
+    stream = object_loader(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers)
+    bank = [to_object(next(stream), device) for _ in range(cfg.bank_size)]
+    gen = torch.Generator().manual_seed(cfg.seed * 31 + segment)
+    print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; "
+          f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M, "
+          f"judge {sum(p.numel() for p in judge.parameters()) / 1e6:.2f}M params", flush=True)
+
+    step0 = int(summary["step"])
+    step = step0
+    warmup = cfg.warmup if step0 == 0 else max(1, cfg.warmup // 5)
+    log = open(cfg.out / "log.jsonl", "a")
+    last_save = time.time()
+    t_run = time.time()
+    acc = {"loss": 0.0, "judge": 0.0, "n": 0, "render_s": 0.0, "step_s": 0.0}
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed > cfg.time_budget_s or step >= cfg.steps:
+            break
+        t0 = time.time()
+        for _ in range(cfg.bank_refresh):
+            bank[int(torch.randint(len(bank), (), generator=gen))] = to_object(next(stream), device)
+        pick = torch.randperm(len(bank), generator=gen)[: cfg.batch_objects].tolist()
+        batch = data.render([bank[i] for i in pick], gen)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t1 = time.time()
+        x0 = batch.images * 2 - 1
+        ids = tokenize(tokenizer, batch.captions).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg, cfg.lr, step0, warmup)
+        for group in opt_judge.param_groups:
+            group["lr"] = lr_at(step, cfg, cfg.judge_lr, step0, warmup)
+        with autocast:
+            emb = text_encoder(ids)[0]
+            eps = unet(x_t, t, encoder_hidden_states=emb).sample.float()
+        per = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+        if cfg.min_snr_gamma > 0:
+            snr = abar[t] / (1 - abar[t])
+            per = per * (snr.clamp(max=cfg.min_snr_gamma) / snr)
+        loss = per.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step - step0) / (10 + step - step0))
+        ema_update(ema_unet, unet, decay)
+        ema_update(ema_te, text_encoder, decay)
+        with autocast:
+            logits = judge(augment_for_judge(batch.images, gen))
+        labels = {"kind": batch.kind, "colour": batch.colour, "view": batch.view}
+        jloss = sum(torch.nn.functional.cross_entropy(logits[k].float(), labels[k].to(device)) for k in labels)
+        opt_judge.zero_grad(set_to_none=True)
+        jloss.backward()
+        opt_judge.step()
+        step += 1
+        acc["loss"] += float(loss)
+        acc["judge"] += float(jloss)
+        acc["n"] += 1
+        acc["render_s"] += t1 - t0
+        acc["step_s"] += time.time() - t0
+        if step % cfg.log_every == 0:
+            row = {"step": step, "loss": acc["loss"] / acc["n"], "judge_loss": acc["judge"] / acc["n"],
+                   "lr": opt.param_groups[0]["lr"], "render_ms": 1000 * acc["render_s"] / acc["n"],
+                   "step_ms": 1000 * acc["step_s"] / acc["n"], "elapsed_s": round(time.time() - t_start, 1)}
+            print(json.dumps(row), flush=True)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            acc = {k: 0.0 for k in acc} | {"n": 0}
+        if time.time() - last_save > cfg.save_every_s:
+            _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, batch.images.shape[0] * (step - step0))
+            last_save = time.time()
+    final = _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, cfg.batch_objects * cfg.views_per_object * (step - step0))
+    print(f"saved step {step} to {cfg.out / 'shapes_prior'} ({folder_size(cfg.out / 'shapes_prior') / 2**20:.1f} MiB)", flush=True)
+    if cfg.export is not None:
+        save_pipeline(cfg.export, ema_unet, ema_te, judge, summary=final)
+    result = {"summary": final}
+    if cfg.eval_at_end:
+        result["eval"] = evaluate(cfg, device)
+    return result
+
+
+def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -> dict:
+    info = {
+        **summary, "step": step, "segments": segment + 1,
+        "train_seconds": round(float(summary.get("train_seconds", 0.0)) + time.time() - t_run, 1),
+        "images_seen": int(summary.get("images_seen", 0)) + int(images),
+        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("dataset",)},
+    }
+    judge.eval()
+    save_checkpoint(cfg, ema_unet, ema_te, judge, info)
+    judge.train()
+    return info
+
+
+def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
+    """The done-when checks on the saved folder (GPU-fast; on CPU use scripts/eval_shapes_prior.py)."""
+    from fsd_gs.prior.shapes import load_shapes_prior
+    from fsd_gs.shapes import evaluate as ev
+
+    folder = cfg.out / "shapes_prior"
+    prior = load_shapes_prior(None, device, folder=folder)
+    judge = load_judge(folder / "judge", device)
+    t0 = time.time()
+    res = {"judge": ev.judge_accuracy(judge, n_objects=256, device=device),
+           "prior": ev.prior_agreement(prior, judge, samples_per_prompt=cfg.eval_samples_per_prompt),
+           "colour_free": ev.colour_entropy(prior, judge)}
+    res["eval_seconds"] = round(time.time() - t0, 1)
+    (cfg.out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps({"judge": res["judge"], "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
+                      "prior_view": res["prior"]["view"], "colour_entropy_ratio": res["colour_free"]["entropy_ratio"]}), flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    cfg = tyro.cli(TrainShapesConfig, args=argv)
+    if cfg.tiny:
+        cfg.dataset.resolution = 64
+    train(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

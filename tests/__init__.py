@@ -1,0 +1,1 @@
+"""Test package (lets tests/conftest.py import tests.fixtures_pipelines)."""

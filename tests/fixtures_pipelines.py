@@ -1,0 +1,45 @@
+"""Session-scoped fixtures: tiny random-weight diffusers pipelines, built once per test session, offline.
+
+Imported into every test module through tests/conftest.py. The folders are real diffusers pipelines
+(model_index.json, safetensors), loaded through the same ``load_prior`` / ``from_pretrained`` path users take.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+__all__ = ["tiny_sd_dir", "tiny_pixel_dir", "tiny_sd_prior", "tiny_pixel_prior"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Stable-Diffusion-layout pipeline folder (64 px images, 4 x 8 x 8 latents)."""
+    from fsd_gs.prior.random_pipeline import save_tiny_sd_pipeline
+
+    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pixel-space pipeline folder (3 x 32 x 32 images, no VAE)."""
+    from fsd_gs.prior.random_pipeline import save_tiny_pixel_pipeline
+
+    return save_tiny_pixel_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny-pixel", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_prior(tiny_sd_dir: Path):
+    """The tiny latent pipeline loaded as a prior on the CPU (fp32). Shared: do not modify it."""
+    from fsd_gs.prior.factory import PriorConfig, load_prior
+
+    return load_prior(PriorConfig(model=str(tiny_sd_dir)), "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_prior(tiny_pixel_dir: Path):
+    """The tiny pixel-space pipeline loaded as a prior on the CPU (fp32). Shared: do not modify it."""
+    from fsd_gs.prior.factory import PriorConfig, load_prior
+
+    return load_prior(PriorConfig(model=str(tiny_pixel_dir)), "cpu")
