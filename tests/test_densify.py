@@ -318,3 +318,34 @@ def test_with_the_cpu_reference_renderer():
     assert len(g) == n_before + counts["n_cloned"] + counts["n_split"] - counts["n_pruned"]
     out = render_mod.render(g, cams, torch.ones(3), render_mod.RenderConfig(backend="reference"))
     assert out.info["means2d"].shape[1] == len(g) and torch.isfinite(out.rgb).all()
+
+
+@pytest.mark.cuda
+def test_with_gsplat_dense_and_packed_on_cuda():
+    """gsplat's info (dense [B,N,2] and packed [nnz,2] + gaussian_ids) drives the same statistics and refinement."""
+    from fsd_gs.camera import turntable
+    from fsd_gs.render import RenderConfig, render
+
+    base = random_ball_gaussians(GaussiansConfig(num_points=2000, init_radius=0.5), torch.Generator().manual_seed(0))
+    cams = turntable(3, width=64, height=64, device="cuda")
+    stats, sizes = [], []
+    for packed in (False, True):
+        g = base.to("cuda")
+        opts = make_optimizers(g, LearningRates())
+        d = Densifier(config(grow_grad2d=1e-5, refine_start_iter=1, refine_every=1, max_gaussians=2500), seed=0)
+        state = d.initialize_state()
+        out = render(g, cams, torch.ones(3, device="cuda"), RenderConfig(backend="gsplat", packed=packed))
+        assert out.info["radii"].shape[-1] == 2 and out.info["means2d"].shape[-1] == 2
+        d.step_pre_backward(g.params, opts, state, 0, out.info)
+        (out.rgb - 0.2).square().mean().backward()
+        d.step_post_backward(g.params, opts, state, 0, out.info, packed=packed)  # step 0: statistics only
+        stats.append((state["grad2d"].clone(), state["count"].clone()))
+        counts = d.step_post_backward(g.params, opts, state, 1, out.info, packed=packed)  # refine on them
+        assert counts["n_cloned"] + counts["n_split"] > 0 and len(g) <= 2500
+        assert all(opts[k].param_groups[0]["params"][0] is g.params[k] for k in PARAM_KEYS)
+        sizes.append(len(g))
+        out = render(g, cams, torch.ones(3, device="cuda"), RenderConfig(backend="gsplat", packed=packed))
+        assert torch.isfinite(out.rgb).all()
+    assert torch.equal(stats[0][1], stats[1][1])
+    assert torch.allclose(stats[0][0], stats[1][0], rtol=1e-4, atol=1e-7)
+    assert stats[0][1].sum() > 0

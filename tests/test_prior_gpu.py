@@ -91,7 +91,13 @@ def test_fsd_image_steps_on_cpu(tiny_sd_prior):
 
 @pytest.fixture(scope="module")
 def sd21_random_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pre-built folder from $FSD_GS_SD21_DIR (scripts/make_random_pipeline.py --kind sd21), else built here."""
+    import os
+
     from fsd_gs.prior.random_pipeline import save_sd21_base_random_pipeline
+
+    if os.environ.get("FSD_GS_SD21_DIR"):
+        return Path(os.environ["FSD_GS_SD21_DIR"])
 
     start = time.perf_counter()
     path = save_sd21_base_random_pipeline(tmp_path_factory.mktemp("sd21") / "sd21-random", seed=0)
