@@ -294,9 +294,6 @@ def image_size(cfg: Image2DConfig, prior: DiffusionPrior) -> tuple[int, int]:
     height = cfg.height or prior.resolution
     width = cfg.width or prior.resolution
     prior.check_image_size(height, width)
-    else:
-        require(height % prior.downsample == 0 and width % prior.downsample == 0,
-                f"image size {height}x{width} must be a multiple of {prior.downsample} for this prior")
     return height, width
 
 

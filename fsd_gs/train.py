@@ -112,11 +112,15 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 def write_report(paths: RunPaths, trainer: Any, cfg: TrainConfig, completed: bool, outputs: dict[str, str]) -> dict:
     stats = trainer.stats
+    session_s = stats.wall - stats.wall_before
+    after_first = session_s - (stats.first_step_s or 0.0) if stats.steps_this_session > 1 else 0.0
     report = {
         "prompt": cfg.prompt, "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
         "steps": cfg.steps, "steps_done": trainer.step, "completed": completed,
         "wall_time_s": round(stats.wall, 3),
-        "steps_per_s_this_session": round(stats.steps_this_session / max(1e-9, stats.wall - stats.wall_before), 3),
+        "steps_per_s_this_session": round(stats.steps_this_session / max(1e-9, session_s), 3),
+        "first_step_s": round(stats.first_step_s or 0.0, 3),
+        "steps_per_s_after_first_step": round((stats.steps_this_session - 1) / after_first, 3) if after_first else None,
         "num_gaussians": len(trainer.gaussians),
         "densify_counts": stats.densify_counts,
         "device": str(trainer.device) + (f" ({torch.cuda.get_device_name(trainer.device)})"
@@ -133,7 +137,8 @@ def print_report(report: dict) -> None:
     mem = report.get("peak_gpu_memory_gb", report.get("peak_rss_gb"))
     mem_name = "peak GPU memory" if "peak_gpu_memory_gb" in report else "peak RSS"
     print(f"done: {report['steps_done']}/{report['steps']} steps in {report['wall_time_s']:.1f} s "
-          f"({report['steps_per_s_this_session']:.2f} steps/s), {report['num_gaussians']} Gaussians, "
+          f"({report['steps_per_s_this_session']:.2f} steps/s; first step {report['first_step_s']:.1f} s, then "
+          f"{report['steps_per_s_after_first_step'] or 0:.2f} steps/s), {report['num_gaussians']} Gaussians, "
           f"{mem_name} {mem:.2f} GB on {report['device']}")
     for name, path in report["outputs"].items():
         print(f"  {name}: {path}")
@@ -203,8 +208,8 @@ def run(argv: Sequence[str]) -> int:
         code = 130
         print(f"interrupted at step {trainer.step}: checkpoint and model.ply saved; continue with "
               f"--resume {paths.root}", file=sys.stderr)
-    report = write_report(paths, trainer, cfg, completed, outputs)
     outputs["report"] = str(paths.report)
+    report = write_report(paths, trainer, cfg, completed, outputs)
     print_report(report)
     print(paths.root)
     return code

@@ -59,6 +59,7 @@ class RunStats:
     wall_before: float = 0.0
     steps_this_session: int = 0
     started: float = field(default_factory=time.perf_counter)
+    first_step_s: float | None = None
     densify_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -246,6 +247,8 @@ class Trainer:
             while self.step < cfg.steps and not self._stop_requested:
                 result = self.train_step()
                 self.stats.steps_this_session += 1
+                if self.stats.first_step_s is None:  # includes one-off warm-up (kernel compilation, allocator)
+                    self.stats.first_step_s = time.perf_counter() - self.stats.started
                 self.loss_sum += result.loss
                 self.loss_count += 1
                 if self.device.type == "cpu" and not torch.isfinite(result.loss):

@@ -167,6 +167,12 @@ class HeadlessChromium:
         missing = [n for n in needles if n not in text]
         raise AssertionError(f"the page never showed {missing}; its text was: {text[:2000]!r}")
 
+    def dismiss_notifications(self) -> int:
+        """Close the page's pop-up notifications (e.g. viser's "software WebGL" notice); returns how many."""
+        return int(self.evaluate(
+            "(() => { const b = [...document.querySelectorAll('.mantine-Notification-closeButton')];"
+            " b.forEach(x => x.click()); return b.length; })()") or 0)
+
     def screenshot(self, path: Optional[Path] = None) -> np.ndarray:
         """A PNG screenshot of the viewport, saved to ``path`` if given; returns [H,W,3] uint8."""
         from PIL import Image
@@ -188,14 +194,17 @@ def fraction_in_box(mask: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> flo
     return float(mask[y0:y1, x0:x1].mean())
 
 
-def wait_for_pixels(browser: HeadlessChromium, box: tuple[int, int, int, int], background: tuple[int, int, int],
-                    min_fraction: float, timeout: float = 60.0) -> np.ndarray:
-    """Take screenshots until at least ``min_fraction`` of ``box`` differs from ``background``; return the last."""
+def wait_for_splats(browser: HeadlessChromium, object_box: tuple[int, int, int, int], empty_box: tuple[int, int, int, int],
+                    background: tuple[int, int, int], drawn: float = 0.9, empty: float = 0.05,
+                    timeout: float = 60.0) -> np.ndarray:
+    """Take screenshots until at least ``drawn`` of ``object_box`` differs from ``background`` and at most ``empty``
+    of ``empty_box`` does (viser fades the view in: both must hold); return the last screenshot."""
     deadline = time.monotonic() + timeout
-    image = browser.screenshot()
-    while time.monotonic() < deadline:
-        if fraction_in_box(differs_from(image, background), *box) >= min_fraction:
-            break
-        time.sleep(0.5)
+    while True:
         image = browser.screenshot()
-    return image
+        mask = differs_from(image, background)
+        if fraction_in_box(mask, *object_box) >= drawn and fraction_in_box(mask, *empty_box) <= empty:
+            return image
+        if time.monotonic() > deadline:
+            return image
+        time.sleep(0.5)

@@ -34,7 +34,7 @@ class RenderConfig:
     """SH degree to render with; None uses the Gaussians' active degree."""
     clamp_rgb: bool = True
     """Clamp the composited colours to [0,1] (colours above 1 can come from SH and from a background above 1)."""
-    reference_tile_size: int = 8
+    reference_tile_size: int = 4
     """Tile edge in pixels of the CPU reference rasterizer (only speed depends on it, never the image)."""
 
     def validate(self) -> None:

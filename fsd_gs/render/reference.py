@@ -18,9 +18,11 @@ It is differentiable through plain autograd and runs the same three stages as gs
    Gaussian that would bring T to <= 1e-4 is excluded) once T would drop to 1e-4 or below.
    rgb = sum c_i alpha_i T_i + T_final * background, alpha = 1 - T_final.
 
-Compositing is vectorised over (tile entry, pixel-in-tile) pairs: the sorted tile entries are rows,
-the ts x ts pixels of a tile are columns, and front-to-back transmittance is a cumulative sum of
-log(1 - alpha) down each tile's rows. No Python loop runs over Gaussians, tiles or pixels.
+Compositing is vectorised: tiles are grouped by how many Gaussians they list (one group per power of
+two), each group is padded to [tiles, pixels-in-tile, K], log(o) - sigma at every pixel is one matmul
+with six per-Gaussian coefficients of a quadratic in the pixel offset, front-to-back transmittance is
+a cumulative sum of log(1 - alpha) along K, and colour sums are one bmm. The only Python loop runs
+over those groups (about log2 of the longest tile list), never over Gaussians, tiles or pixels.
 """
 
 from __future__ import annotations
@@ -142,13 +144,13 @@ def project(
 
 
 def _tile_entries(
-    cam_ids: torch.Tensor, means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor,
+    cam_ids: torch.Tensor, means2d: torch.Tensor, radii: torch.Tensor,
     tile_size: int, tiles_x: int, tiles_y: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """List every visible entry in each tile its box touches, sorted by (tile, depth).
+    """List every visible entry in each tile its box touches (unsorted).
 
-    Args: cam_ids [V], means2d [V,2], radii [V,2], depths [V] for V visible (camera, Gaussian) pairs.
-    Returns: entry [M] (index into V) and tile [M] (global tile id = cam * tiles_y * tiles_x + row * tiles_x + col).
+    Args: cam_ids [V], means2d [V,2], radii [V,2] for V visible (camera, Gaussian) pairs.
+    Returns: entry [M] (index into V) and tile [M] (global id = (cam * tiles_y + row) * tiles_x + col).
     """
     mx, my = means2d.unbind(-1)
     rx, ry = radii.to(means2d.dtype).unbind(-1)
@@ -158,17 +160,44 @@ def _tile_entries(
     y1 = torch.floor((my + ry) / tile_size).clamp(0, tiles_y - 1).long()
     nx, ny = x1 - x0 + 1, y1 - y0 + 1
     counts = nx * ny
-    n_vis = counts.shape[0]
-    entry = torch.repeat_interleave(torch.arange(n_vis, device=counts.device), counts)
+    entry = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
     starts = torch.cumsum(counts, 0) - counts
     local = torch.arange(entry.shape[0], device=counts.device) - starts[entry]
     col = x0[entry] + local % nx[entry]
     row = y0[entry] + torch.div(local, nx[entry], rounding_mode="floor")
-    tile = (cam_ids[entry] * tiles_y + row) * tiles_x + col
-    depth_rank = torch.empty_like(entry[:n_vis])
-    depth_rank[torch.argsort(depths)] = torch.arange(n_vis, device=counts.device)
-    order = torch.argsort(tile * n_vis + depth_rank[entry])
-    return entry[order], tile[order]
+    return entry, (cam_ids[entry] * tiles_y + row) * tiles_x + col
+
+
+def _tile_centres(tile: torch.Tensor, ts: int, tiles_x: int, tiles_y: int, dtype: torch.dtype) -> torch.Tensor:
+    """Pixel coordinates of the centres of global tile ids: [M] -> [M,2]."""
+    in_cam = tile % (tiles_x * tiles_y)
+    col = (in_cam % tiles_x).to(dtype)
+    row = torch.div(in_cam, tiles_x, rounding_mode="floor").to(dtype)
+    return torch.stack([col, row], dim=-1) * ts + ts / 2.0
+
+
+def _sigma_coefs(rel: torch.Tensor, conics: torch.Tensor) -> torch.Tensor:
+    """Coefficients of sigma(o) = 1/2 (u - o)^T conic (u - o) in the basis [1, ox, oy, ox^2, ox oy, oy^2].
+
+    Args: rel [M,2] = u, the mean relative to the tile centre; conics [M,3] = (a, b, c). Returns [M,6].
+    """
+    ux, uy = rel.unbind(-1)
+    a, b, c = conics.unbind(-1)
+    return torch.stack([
+        0.5 * a * ux * ux + b * ux * uy + 0.5 * c * uy * uy,
+        -(a * ux + b * uy),
+        -(b * ux + c * uy),
+        0.5 * a, b, 0.5 * c,
+    ], dim=-1)
+
+
+def _buckets(counts: torch.Tensor) -> list[torch.Tensor]:
+    """Group segments whose lengths share a power of two: [S] -> list of segment-index tensors.
+
+    Padding every segment of a group to the group's longest wastes less than half of the work.
+    """
+    level = torch.ceil(torch.log2(counts.double())).long()
+    return [torch.nonzero(level == lv, as_tuple=True)[0] for lv in torch.unique(level).tolist()]
 
 
 def rasterize(
@@ -187,7 +216,7 @@ def rasterize(
     far_plane: float = 1e10,
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
-    tile_size: int = 8,
+    tile_size: int = 4,
     packed: bool = False,
     absgrad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -225,63 +254,69 @@ def rasterize(
 
     ts = tile_size
     tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
-    n_tiles = n_cams * tiles_x * tiles_y
+    n_tiles, n_pix = n_cams * tiles_x * tiles_y, ts * ts
     # Pixel-centre offsets from the tile centre, row-major within the tile, and the quadratic basis
-    # [1, x, y, x^2, xy, y^2] in them: sigma at every pixel of a tile is one GEMM with 6 coefficients.
+    # [1, x, y, x^2, xy, y^2] in them: sigma at every pixel of a tile is one matmul with 6 coefficients.
     off = torch.arange(ts, device=device, dtype=dtype) - (ts - 1) / 2.0
     off_y, off_x = (o.reshape(-1) for o in torch.meshgrid(off, off, indexing="ij"))  # [P]
     basis = torch.stack([torch.ones_like(off_x), off_x, off_y, off_x * off_x, off_x * off_y, off_y * off_y])  # [6,P]
 
     with torch.no_grad():
-        entry, tile = _tile_entries(cam_ids, means2d_vis.detach(), proj.radii[cam_ids, gs_ids],
-                                    proj.depths.detach()[cam_ids, gs_ids], ts, tiles_x, tiles_y)
-        # Drop rows whose Gaussian reaches alpha >= 1/255 at no pixel of the tile (a box corner is not
-        # the ellipse); the margin keeps every row the exact test below could accept.
+        entry, tile = _tile_entries(cam_ids, means2d_vis.detach(), proj.radii[cam_ids, gs_ids], ts, tiles_x, tiles_y)
+        # Drop (entry, tile) pairs whose Gaussian reaches alpha >= 1/255 at no pixel of the tile (the
+        # box's corners miss the ellipse); the margin keeps every pair the exact test could accept.
         centre = _tile_centres(tile, ts, tiles_x, tiles_y, dtype)
         sigma0 = _sigma_coefs(means2d_vis.detach()[entry] - centre, conics.detach()[entry]) @ basis
         limit = torch.log(opac.detach()[entry] / ALPHA_THRESHOLD) + 1e-3
-        row_ok = (sigma0 <= limit[:, None]).any(dim=1)
-        entry, tile, centre = entry[row_ok], tile[row_ok], centre[row_ok]
-        # Rows of one tile are contiguous; the first row of each tile's segment:
-        is_first = torch.ones_like(tile, dtype=torch.bool)
-        is_first[1:] = tile[1:] != tile[:-1]
-        seg_start = torch.cummax(torch.where(is_first, torch.arange(tile.shape[0], device=device), 0), 0).values
+        hit = (sigma0 <= limit[:, None]).any(dim=1)
+        entry, tile, centre = entry[hit], tile[hit], centre[hit]
+        # Sort by tile, front to back within a tile.
+        n_vis = gs_ids.shape[0]
+        depth_rank = torch.empty_like(gs_ids)
+        depth_rank[torch.argsort(proj.depths.detach()[cam_ids, gs_ids])] = torch.arange(n_vis, device=device)
+        order = torch.argsort(tile * max(1, n_vis) + depth_rank[entry])
+        entry, tile, centre = entry[order], tile[order], centre[order]
+        seg_tiles, seg_counts = torch.unique_consecutive(tile, return_counts=True)
+        seg_starts = torch.cumsum(seg_counts, 0) - seg_counts
 
-    # sigma = 1/2 d^T conic d at every (row, pixel).
-    rel = means2d_vis[entry] - centre  # [M,2] mean relative to the tile centre
-    sigma = _sigma_coefs(rel, conics[entry]) @ basis  # [M,P]
-    if absgrad and sigma.requires_grad:
-        _attach_absgrad(sigma, rel, conics[entry], off_x, off_y, entry, cam_ids, gs_ids, means2d_info, packed)
-    alpha = (opac[entry, None] * torch.exp(-sigma)).clamp_max(MAX_ALPHA)
-    with torch.no_grad():
-        valid = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = alpha * valid
+    # Per (entry, tile) row: log(o) - sigma(pixel) = neg_coef . basis(pixel); one more dummy row with
+    # alpha 0 pads the groups. The conic is positive definite for every visible Gaussian (det > 0,
+    # a > 0), so sigma >= 0 and gsplat's sigma < 0 test is not needed.
+    n_rows = entry.shape[0]
+    rel = means2d_vis[entry] - centre  # [M,2] mean relative to its tile's centre
+    coef = _sigma_coefs(rel, conics[entry])  # [M,6]
+    neg_coef = torch.cat([(torch.log(opac)[entry] - coef[:, 0])[:, None], -coef[:, 1:]], dim=1)
+    dummy = torch.zeros(1, 6, dtype=dtype, device=device)
+    dummy[0, 0] = -1e4
+    neg_coef = torch.cat([neg_coef, dummy])  # [M+1,6]
+    colors4 = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)  # [V,4]: the 4th channel sums weights
+    colors4 = torch.cat([colors4[entry], torch.zeros(1, 4, dtype=dtype, device=device)])  # [M+1,4]
+    abs_grad = _AbsGrad(means2d_info, cam_ids, gs_ids, packed) if absgrad and neg_coef.requires_grad else None
 
-    # Transmittance before each row: exclusive cumulative sum of log(1 - alpha) within the tile.
-    # Float64 keeps the running sum exact enough across thousands of rows.
-    log_t = torch.log1p(-alpha)
-    incl = torch.cumsum(log_t.double(), dim=0)
-    base = (incl - log_t.double())[seg_start]  # running sum before the tile's first row
-    incl = incl - base
-    with torch.no_grad():
-        keep = incl > math.log(T_MIN)  # the pixel has not stopped yet (a prefix of each tile's rows)
-    excl = (incl - log_t.double()).to(dtype)
-    weight = alpha * torch.exp(excl) * keep  # alpha_i T_i, [M,P]
+    # Composite, one group of similar-length tiles at a time, padded to [S_b,P,K_b].
+    acc = torch.zeros(n_tiles, n_pix, 4, dtype=dtype, device=device)
+    for segs in _buckets(seg_counts):
+        k = torch.arange(int(seg_counts[segs].max()), device=device)
+        rows = torch.where(k < seg_counts[segs, None], seg_starts[segs, None] + k, n_rows)  # [S_b,K_b]
+        log_alpha = basis.T @ neg_coef[rows].transpose(1, 2)  # [S_b,P,K_b]
+        if abs_grad is not None:
+            abs_grad.watch(log_alpha, rows, entry, rel, conics, off_x, off_y)
+        alpha = torch.exp(log_alpha).clamp_max(MAX_ALPHA)
+        with torch.no_grad():
+            valid = alpha >= ALPHA_THRESHOLD
+        alpha = alpha * valid
+        log_t = torch.log1p(-alpha)
+        log_t_after = torch.cumsum(log_t, dim=-1)  # log T after each Gaussian, front to back
+        with torch.no_grad():
+            keep = log_t_after > math.log(T_MIN)  # the pixel has not stopped yet (a prefix along K)
+        weight = alpha * torch.exp(log_t_after - log_t) * keep  # alpha_i T_i
+        acc = acc.index_copy(0, seg_tiles[segs], weight @ colors4[rows])  # [S_b,P,4]
 
-    # Per-tile sums: colours and the log of the final transmittance.
-    n_pix = ts * ts
-    seg_rgb = torch.zeros(n_tiles, n_pix, 3, dtype=dtype, device=device)
-    seg_rgb = seg_rgb.index_add(0, tile, weight[:, :, None] * colors[entry][:, None, :])
-    seg_logt = torch.zeros(n_tiles, n_pix, dtype=dtype, device=device).index_add(0, tile, log_t * keep)
-    t_final = torch.exp(seg_logt)[..., None]  # [tiles,P,1]
-
-    def to_image(x: torch.Tensor) -> torch.Tensor:
-        ch = x.shape[-1]
-        x = x.reshape(n_cams, tiles_y, tiles_x, ts, ts, ch).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(n_cams, tiles_y * ts, tiles_x * ts, ch)[:, :height, :width]
-
-    rgb = to_image(seg_rgb) + to_image(t_final) * backgrounds[:, None, None, :]
-    alphas = 1.0 - to_image(t_final)
+    # sum_i alpha_i T_i over the kept prefix is 1 - T_final: the 4th channel is the pixel's alpha.
+    image = acc.reshape(n_cams, tiles_y, tiles_x, ts, ts, 4).permute(0, 1, 3, 2, 4, 5)
+    image = image.reshape(n_cams, tiles_y * ts, tiles_x * ts, 4)[:, :height, :width]
+    alphas = image[..., 3:]
+    rgb = image[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
 
     info = {
         "means2d": means2d_info,
@@ -290,57 +325,42 @@ def rasterize(
         "conics": conics if packed else proj.conics,
         "gaussian_ids": gs_ids if packed else None,
         "camera_ids": cam_ids if packed else None,
-        "n_intersections": int(entry.shape[0]),
+        "n_intersections": n_rows,
     }
     return rgb, alphas, info
 
 
-def _tile_centres(tile: torch.Tensor, ts: int, tiles_x: int, tiles_y: int, dtype: torch.dtype) -> torch.Tensor:
-    """Pixel coordinates of the centres of global tile ids: [M] -> [M,2]."""
-    in_cam = tile % (tiles_x * tiles_y)
-    col = (in_cam % tiles_x).to(dtype)
-    row = torch.div(in_cam, tiles_x, rounding_mode="floor").to(dtype)
-    return torch.stack([col, row], dim=-1) * ts + ts / 2.0
+class _AbsGrad:
+    """Accumulates sum over pixels of |d loss / d means2d| during backward into ``means2d.absgrad``
+    (gsplat's ``absgrad``, used by AbsGS-style densification)."""
 
+    def __init__(self, means2d: torch.Tensor, cam_ids: torch.Tensor, gs_ids: torch.Tensor, packed: bool) -> None:
+        self.means2d, self.cam_ids, self.gs_ids, self.packed = means2d, cam_ids, gs_ids, packed
+        self.per_vis = torch.zeros(cam_ids.shape[0], 2, dtype=means2d.dtype, device=means2d.device)
 
-def _sigma_coefs(rel: torch.Tensor, conics: torch.Tensor) -> torch.Tensor:
-    """Coefficients of sigma(o) = 1/2 (u - o)^T conic (u - o) in the basis [1, ox, oy, ox^2, ox oy, oy^2].
+    def watch(self, log_alpha: torch.Tensor, rows: torch.Tensor, entry: torch.Tensor, rel: torch.Tensor,
+              conics: torch.Tensor, off_x: torch.Tensor, off_y: torch.Tensor) -> None:
+        """Hook ``log_alpha`` [S,P,K] (log o - sigma at the padded ``rows`` [S,K] of the entry list)."""
+        real = rows < entry.shape[0]
+        safe = torch.where(real, rows, 0)
+        ux, uy = rel.detach()[safe].unbind(-1)  # [S,K]
+        a, b, c = (t[:, None, :] for t in conics.detach()[entry[safe]].unbind(-1))  # [S,1,K]
+        dx = ux[:, None, :] - off_x[None, :, None]  # mean - pixel centre, [S,P,K]
+        dy = uy[:, None, :] - off_y[None, :, None]
 
-    Args: rel [M,2] = u, the mean relative to the tile centre; conics [M,3] = (a, b, c). Returns [M,6].
-    """
-    ux, uy = rel.unbind(-1)
-    a, b, c = conics.unbind(-1)
-    return torch.stack([
-        0.5 * a * ux * ux + b * ux * uy + 0.5 * c * uy * uy,
-        -(a * ux + b * uy),
-        -(b * ux + c * uy),
-        0.5 * a, b, 0.5 * c,
-    ], dim=-1)
+        def hook(grad: torch.Tensor) -> None:
+            # Per pixel, d loss / d mean2d = -grad * conic @ d; gsplat sums its absolute value over pixels.
+            gx = (grad * (a * dx + b * dy)).abs().sum(1)  # [S,K]
+            gy = (grad * (b * dx + c * dy)).abs().sum(1)
+            self.per_vis.index_add_(0, entry[rows[real]], torch.stack([gx[real], gy[real]], dim=-1))
+            if self.packed:
+                self.means2d.absgrad = self.per_vis
+            else:
+                out = torch.zeros_like(self.means2d.detach())
+                out[self.cam_ids, self.gs_ids] = self.per_vis
+                self.means2d.absgrad = out
 
-
-def _attach_absgrad(
-    sigma: torch.Tensor, rel: torch.Tensor, conics: torch.Tensor, off_x: torch.Tensor, off_y: torch.Tensor,
-    entry: torch.Tensor, cam_ids: torch.Tensor, gs_ids: torch.Tensor, means2d: torch.Tensor, packed: bool,
-) -> None:
-    """After backward, set ``means2d.absgrad`` = sum over pixels of |d loss / d means2d| (gsplat's absgrad)."""
-    sux, suy = rel.detach().unbind(-1)
-    sa, sb, sc = conics.detach().unbind(-1)
-
-    def hook(grad_sigma: torch.Tensor) -> None:
-        dx = sux[:, None] - off_x[None, :]  # mean - pixel centre, [M,P]
-        dy = suy[:, None] - off_y[None, :]
-        gx = (grad_sigma * (sa[:, None] * dx + sb[:, None] * dy)).abs().sum(1)
-        gy = (grad_sigma * (sb[:, None] * dx + sc[:, None] * dy)).abs().sum(1)
-        per_vis = torch.zeros(cam_ids.shape[0], 2, dtype=grad_sigma.dtype, device=grad_sigma.device)
-        per_vis.index_add_(0, entry, torch.stack([gx, gy], dim=-1))
-        if packed:
-            means2d.absgrad = per_vis
-        else:
-            out = torch.zeros_like(means2d.detach())
-            out[cam_ids, gs_ids] = per_vis
-            means2d.absgrad = out
-
-    sigma.register_hook(hook)
+        log_alpha.register_hook(hook)
 
 
 def rasterize_gaussians(
