@@ -181,7 +181,7 @@ class Gaussians:
 
 
 # -- initialisation -------------------------------------------------------------------------------
-def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 4096) -> torch.Tensor:
+def knn_mean_distance(points: torch.Tensor, k: int = 3, max_elements: int = 1 << 27) -> torch.Tensor:
     """Mean distance from each point to its ``k`` nearest other points, [N,3] -> [N].
 
     The 3DGS reference uses the ``simple-knn`` CUDA extension for this; it is not on any registry
@@ -198,7 +198,15 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, chunk: int = 4096) -> to
         pts = points.detach().double().numpy()
         dist, _ = cKDTree(pts).query(pts, k=k + 1)  # the first neighbour is the point itself
         return torch.from_numpy(np.asarray(dist[:, 1:]).mean(axis=1)).to(points.dtype)
+    return knn_mean_distance_torch(points, k, max_elements)
+
+
+def knn_mean_distance_torch(points: torch.Tensor, k: int = 3, max_elements: int = 1 << 27) -> torch.Tensor:
+    """The torch (GPU) path of :func:`knn_mean_distance`: blocks of rows of ``cdist`` with bounded memory."""
+    n = points.shape[0]
+    k = min(k, n - 1)
     out = torch.empty(n, dtype=points.dtype, device=points.device)
+    chunk = max(1, max_elements // n)  # rows per distance block: at most max_elements distances at a time
     for start in range(0, n, chunk):
         d = torch.cdist(points[start : start + chunk], points)
         out[start : start + chunk] = d.topk(k + 1, dim=1, largest=False).values[:, 1:].mean(dim=1)

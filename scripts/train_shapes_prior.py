@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import sys
 import tarfile
 import time
@@ -52,6 +53,8 @@ class TrainShapesConfig:
     """A prior folder (or .tar) to continue from; default --out/shapes_prior."""
     export: Optional[Path] = None
     """Also copy the final folder here (e.g. fsd_gs/assets/shapes_prior)."""
+    mirror: Optional[Path] = None
+    """After every save, also copy shapes_prior.tar, log.jsonl and eval.json here (e.g. a folder that is shipped back)."""
     seed: int = 0
     """Seed of the weights' initialisation and of the data (each resumed run adds its segment number)."""
     device: str = "auto"
@@ -174,7 +177,18 @@ def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: di
     with tarfile.open(tmp, "w") as tar:
         tar.add(folder, arcname="shapes_prior")
     os.replace(tmp, cfg.out / "shapes_prior.tar")
+    mirror(cfg)
     return folder
+
+
+def mirror(cfg: TrainShapesConfig) -> None:
+    """Copy the small run files into ``cfg.mirror`` (if set)."""
+    if cfg.mirror is None:
+        return
+    cfg.mirror.mkdir(parents=True, exist_ok=True)
+    for name in ("shapes_prior.tar", "log.jsonl", "eval.json"):
+        if (cfg.out / name).is_file():
+            shutil.copyfile(cfg.out / name, cfg.mirror / name)
 
 
 def resume_folder(cfg: TrainShapesConfig) -> Path:
@@ -205,6 +219,10 @@ def train(cfg: TrainShapesConfig) -> dict:
     from fsd_gs.device import resolve_device
 
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     if cfg.tiny:
         cfg.batch_objects, cfg.views_per_object, cfg.bank_size, cfg.bank_refresh = 2, 2, 4, 1
         cfg.workers, cfg.log_every, cfg.warmup, cfg.save_every_s = 0, 1, 2, 1e9
@@ -297,8 +315,8 @@ def train(cfg: TrainShapesConfig) -> dict:
         jloss.backward()
         opt_judge.step()
         step += 1
-        acc["loss"] += float(loss)
-        acc["judge"] += float(jloss)
+        acc["loss"] += float(loss.detach())
+        acc["judge"] += float(jloss.detach())
         acc["n"] += 1
         acc["render_s"] += t1 - t0
         acc["step_s"] += time.time() - t0
@@ -350,6 +368,7 @@ def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
            "colour_free": ev.colour_entropy(prior, judge)}
     res["eval_seconds"] = round(time.time() - t0, 1)
     (cfg.out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
+    mirror(cfg)
     print(json.dumps({"judge": res["judge"], "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
                       "prior_view": res["prior"]["view"], "colour_entropy_ratio": res["colour_free"]["entropy_ratio"]}), flush=True)
     return res

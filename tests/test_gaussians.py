@@ -6,7 +6,7 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.gaussians import (
     PARAM_KEYS, Gaussians, GaussiansConfig, LearningRates, gaussians_from_points, knn_mean_distance,
-    make_optimizers, random_ball_gaussians, rgb_to_sh0, sh0_to_rgb,
+    knn_mean_distance_torch, make_optimizers, random_ball_gaussians, rgb_to_sh0, sh0_to_rgb,
 )
 
 
@@ -37,6 +37,8 @@ def test_knn_scales_match_brute_force():
     d.fill_diagonal_(float("inf"))
     expected = d.topk(3, largest=False).values.mean(dim=1)
     assert torch.allclose(knn_mean_distance(pts), expected, atol=1e-5)
+    # the GPU path, in blocks of 7 rows (exercises the chunking), agrees too
+    assert torch.allclose(knn_mean_distance_torch(pts, max_elements=7 * 200), expected, atol=1e-5)
     g = gaussians_from_points(pts, torch.rand(200, 3), 0.1, 0)
     assert torch.allclose(g.scales[:, 0], expected, atol=1e-5)
 

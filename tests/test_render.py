@@ -267,6 +267,27 @@ def test_means2d_gets_screen_space_gradient() -> None:
     assert g.params["means"].grad is not None and g.params["sh0"].grad is not None
 
 
+def test_absgrad_is_sum_of_per_pixel_absolute_gradients() -> None:
+    """gsplat's absgrad: sum over pixels of |d (loss at that pixel) / d means2d|, per axis."""
+    p = {k: v.float() for k, v in make_params(4, 0, seed=13).items()}
+    cams = make_cameras(6, 5, n=1)
+    weights = torch.randn(1, 5, 6, 4, generator=torch.Generator().manual_seed(1))
+    cfg = RenderConfig(absgrad=True, clamp_rgb=False)
+    g = Gaussians(p, 0)
+    out = render(g, cams, torch.full((3,), 0.5), cfg)
+    (torch.cat([out.rgb, out.alpha], -1) * weights).sum().backward()
+    absgrad = out.info["means2d"].absgrad
+    expected = torch.zeros_like(absgrad)
+    for y in range(5):
+        for x in range(6):
+            g_px = Gaussians(p, 0)
+            o = render(g_px, cams, torch.full((3,), 0.5), RenderConfig(clamp_rgb=False))
+            (torch.cat([o.rgb, o.alpha], -1)[0, y, x] * weights[0, y, x]).sum().backward()
+            expected += o.info["means2d"].grad.abs()
+    assert float(expected.sum()) > 0
+    torch.testing.assert_close(absgrad, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_packed_info_matches_unpacked() -> None:
     g = random_ball_gaussians(GaussiansConfig(num_points=150), torch.Generator().manual_seed(2))
     cams = make_cameras(20, 20, n=2)

@@ -106,29 +106,36 @@ def test_gsplat_matches_reference(sh_degree: int) -> None:
     assert report["radii_agree"] >= RADII_AGREE, report
 
 
+def _unpack(info: dict, values: torch.Tensor, n: int) -> torch.Tensor:
+    """Packed per-(camera, Gaussian) values [nnz,2] -> dense [B,N,2] (zeros where not visible)."""
+    dense = torch.zeros(info["n_cameras"], n, 2, device=values.device, dtype=values.dtype)
+    dense[info["camera_ids"].long(), info["gaussian_ids"].long()] = values
+    return dense
+
+
 def test_gsplat_packed_and_absgrad_match_reference() -> None:
-    params = _params(2000, 0, seed=7)
+    n = 2000
+    params = _params(n, 0, seed=7)
     weights = torch.rand(2, 64, 64, 4, generator=torch.Generator().manual_seed(2)).cuda()
     gs = _run(params, 0, "gsplat", weights, packed=True, absgrad=True)
     ref = _run(params, 0, "reference", weights, packed=True, absgrad=True)
     gs_info, ref_info = gs["info"], ref["info"]
-    same_ids = torch.equal(gs_info["gaussian_ids"].long(), ref_info["gaussian_ids"]) and torch.equal(
-        gs_info["camera_ids"].long(), ref_info["camera_ids"])
+    m2d_gs, m2d_ref = gs_info["means2d"], ref_info["means2d"]
     report = {
         "rgb_max_abs": float((gs["rgb"] - ref["rgb"]).abs().max()),
         "nnz_gsplat": int(gs_info["gaussian_ids"].shape[0]),
         "nnz_ref": int(ref_info["gaussian_ids"].shape[0]),
-        "same_ids": same_ids,
+        "means2d_grad_rel_l2": _rel_l2(_unpack(gs_info, m2d_gs.grad, n), _unpack(ref_info, m2d_ref.grad, n)),
+        "absgrad_rel_l2": _rel_l2(_unpack(gs_info, m2d_gs.absgrad, n), _unpack(ref_info, m2d_ref.absgrad, n)),
+        "absgrad_ge_abs_grad": bool((m2d_ref.absgrad >= m2d_ref.grad.abs() - 1e-6).all()),
     }
-    if same_ids:
-        report["means2d_grad_rel_l2"] = _rel_l2(gs_info["means2d"].grad, ref_info["means2d"].grad)
-        report["absgrad_rel_l2"] = _rel_l2(gs_info["means2d"].absgrad, ref_info["means2d"].absgrad)
     print("\npacked+absgrad: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in report.items()))
     assert report["rgb_max_abs"] < IMAGE_MAX_ABS, report
-    assert same_ids, report
+    assert abs(report["nnz_gsplat"] - report["nnz_ref"]) <= (1 - RADII_AGREE) * report["nnz_ref"], report
     assert report["means2d_grad_rel_l2"] < GRAD_REL_L2, report
     assert report["absgrad_rel_l2"] < GRAD_REL_L2, report
+    assert report["absgrad_ge_abs_grad"], report
 
 
 def test_auto_backend_is_gsplat_on_cuda() -> None:

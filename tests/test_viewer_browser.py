@@ -28,7 +28,7 @@ import pytest
 from tests.browser import SKIP_REASON, HeadlessChromium, differs_from, find_chromium, fraction_in_box, wait_for_splats
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDTH, HEIGHT = 1100, 850
+WIDTH, HEIGHT = 1100, 950
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(find_chromium() is None, reason=SKIP_REASON)]
 
 
@@ -38,7 +38,7 @@ def _object_box(half: int = 70) -> tuple[int, int, int, int]:
     return cx - half, cy - half, cx + half, cy + half
 
 
-EMPTY_BOX = (20, 330, 150, 560)
+EMPTY_BOX = (20, 330, 150, 620)
 """Left of the object, below the notification area and above viser's logo: empty space."""
 
 

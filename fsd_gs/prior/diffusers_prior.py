@@ -96,6 +96,7 @@ class DiffusersPrior(DiffusionPrior):
         offload_text_encoder: bool = True,
         channels_last: bool = False,
         enable_xformers: bool = False,
+        compile: bool = False,
     ) -> None:
         self.source = Path(folder)
         self.device = torch.device(device)
@@ -108,6 +109,9 @@ class DiffusersPrior(DiffusionPrior):
         self.unet = load_unet(self.source, dtype).to(self.device)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
+        self.compiled = compile
+        if compile:
+            self.unet.compile(fullgraph=False)  # in place: attributes such as .config stay reachable
         if enable_xformers:
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -226,6 +230,8 @@ class LatentDiffusionPrior(DiffusersPrior):
         vae = _load("vae", self.source, lambda: AutoencoderKL.from_pretrained(
             self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True))
         self.vae = vae.eval().requires_grad_(False).to(self.device)
+        if self.compiled:
+            self.vae.encoder.compile(fullgraph=False)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
         self.channels = int(self.vae.config.latent_channels)

@@ -37,6 +37,8 @@ class PriorConfig:
     """Use xformers attention in the UNet (needs the xformers package; PyTorch's SDPA is used otherwise)."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
+    compile: bool = False
+    """torch.compile the UNet and the VAE encoder (first steps slower while compiling; keep shapes fixed)."""
     offload_text_encoder: bool = True
     """Keep the text encoder on the CPU except while encoding prompts (saves GPU memory; no effect on CPU)."""
     upcast_vae: bool = False
@@ -67,6 +69,8 @@ def prior_config_from(cfg: Any) -> PriorConfig:
         model=cfg.model,
         guidance_scale=float(getattr(guidance, "guidance_scale", PriorConfig.guidance_scale)),
         dtype=getattr(guidance, "dtype", "auto"),
+        compile=bool(getattr(guidance, "compile", False)),
+        channels_last=bool(getattr(guidance, "channels_last", False)),
     )
 
 
@@ -97,7 +101,7 @@ def load_prior(config: PriorConfig, device: torch.device | str = "auto") -> Diff
     folder = resolve_model(model, local_files_only=config.local_files_only, cache_dir=config.cache_dir,
                            revision=config.revision)
     common = dict(guidance_scale=config.guidance_scale, offload_text_encoder=config.offload_text_encoder,
-                  channels_last=config.channels_last, enable_xformers=config.enable_xformers)
+                  channels_last=config.channels_last, enable_xformers=config.enable_xformers, compile=config.compile)
     if (folder / "vae" / "config.json").is_file():
         return LatentDiffusionPrior(folder, device, dtype, upcast_vae=config.upcast_vae, **common)
     return PixelDiffusionPrior(folder, device, dtype, **common)

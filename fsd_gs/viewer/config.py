@@ -38,7 +38,7 @@ class ViewerConfig:
     """Longest side in pixels of a server render in "render" mode (the browser's canvas is scaled down to it)."""
     render_fps: float = 10.0
     """Most server renders per second per browser in "render" mode (while the user moves the camera)."""
-    panel_image_height: int = 160
+    panel_image_height: int = 140
     """Height in pixels of the panel images (last training render, noise window, world noise map)."""
     loss_points: int = 2000
     """Points kept in the loss curve (older points are thinned out, the whole run stays visible)."""

@@ -57,7 +57,8 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6, gap_color: i
 
 def outline_window(image: np.ndarray, origin: tuple[int, int], size: tuple[int, int], map_shape: tuple[int, int],
                    color: tuple[int, int, int] = WINDOW_COLOR, thickness: int = 2) -> np.ndarray:
-    """A copy of ``image`` (the map drawn at any scale) with the window rectangle outlined.
+    """A copy of ``image`` (the map drawn at any scale) with the window outlined (a ``color`` frame with a
+    white rim inside it, visible on any noise).
 
     Args:
         origin: (row0, col0) of the window in map cells.
@@ -67,13 +68,18 @@ def outline_window(image: np.ndarray, origin: tuple[int, int], size: tuple[int, 
     out = image.copy()
     img_h, img_w = out.shape[:2]
     sy, sx = img_h / map_shape[0], img_w / map_shape[1]
-    r0 = int(np.floor(origin[0] * sy))
-    r1 = min(img_h, int(np.ceil((origin[0] + size[0]) * sy)))
-    r0 = max(0, min(r0, img_h - 1))
-    cols = (np.arange(int(np.floor(origin[1] * sx)), int(np.ceil((origin[1] + size[1]) * sx))) % img_w)
+    r0 = max(0, min(int(np.floor(origin[0] * sy)), img_h - 1))
+    r1 = max(r0 + 1, min(img_h, int(np.ceil((origin[0] + size[0]) * sy))))
+    cols = np.arange(int(np.floor(origin[1] * sx)), int(np.ceil((origin[1] + size[1]) * sx))) % img_w
     t = max(1, thickness)
-    out[r0:min(img_h, r0 + t), cols] = color
-    out[max(r0, r1 - t):r1, cols] = color
-    for edge in (cols[:t], cols[-t:]):
-        out[r0:r1, edge] = color
+    for inset, paint in ((t, (255, 255, 255)), (0, color)):
+        width = t if inset == 0 else 1
+        top, bottom = r0 + inset, r1 - inset
+        inner = cols[inset:len(cols) - inset] if inset else cols
+        if bottom <= top or len(inner) == 0:
+            continue
+        out[top:min(img_h, top + width), inner] = paint
+        out[max(top, bottom - width):bottom, inner] = paint
+        out[top:bottom, inner[:width]] = paint
+        out[top:bottom, inner[-width:]] = paint
     return out

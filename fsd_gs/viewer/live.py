@@ -172,6 +172,7 @@ class LiveViewer:
         self._sent_time = -math.inf
         self._losses: collections.deque = collections.deque(maxlen=LOSS_QUEUE_LIMIT)
         self._last_gaussians: Any = None
+        self._rate: Optional[float] = None
         # Shared state (flags set by the page's callbacks; small, lock-protected where it matters).
         self._paused = False
         self._save_requested = False
@@ -258,10 +259,18 @@ class LiveViewer:
         if self.mode is None:
             self.mode = resolve_mode(self.config.mode, gaussians.device.type)
         keys = SPLAT_KEYS + (("shN",) if self.mode == "render" else ())
+        now = time.perf_counter()
+        rate, eta = _finite(snap.it_per_s), _finite(snap.eta_s)
+        if rate is None or rate <= 0:  # the trainer has no estimate (e.g. no progress bar): use ours
+            if math.isfinite(self._sent_time) and snap.step > self._sent_step:
+                measured = (snap.step - self._sent_step) / max(1e-9, now - self._sent_time)
+                self._rate = measured if self._rate is None else 0.7 * self._rate + 0.3 * measured
+            rate = self._rate or 0.0
+        if eta is None and rate > 0:
+            eta = (snap.total_steps - snap.step) / rate
         payload = _Payload(
             step=int(snap.step), total_steps=int(snap.total_steps), timestep=_detach(snap.timestep),
-            num_gaussians=int(snap.num_gaussians), it_per_s=float(snap.it_per_s or 0.0),
-            eta_s=float(snap.eta_s) if snap.eta_s is not None else math.nan,
+            num_gaussians=int(snap.num_gaussians), it_per_s=rate, eta_s=math.nan if eta is None else eta,
             params={k: gaussians.params[k].detach().clone() for k in keys},
             sh_degree=int(gaussians.sh_degree), active_sh_degree=int(gaussians.active_sh_degree),
             train_rgb=_detach(snap.train_rgb, clone=True), noise_window=_detach(snap.noise_window, clone=True),
@@ -270,7 +279,7 @@ class LiveViewer:
         )
         if download:
             self._attach_download(payload, gaussians)
-        self._sent_step, self._sent_time = snap.step, time.perf_counter()
+        self._sent_step, self._sent_time = snap.step, now
         return payload
 
     def _attach_download(self, payload: _Payload, gaussians: Any) -> None:
@@ -326,7 +335,7 @@ class LiveViewer:
                 data=(np.zeros(0), np.zeros(0)),
                 series=({"label": "step"}, {"label": "loss", "stroke": "#d9480f", "width": 1.5}),
                 scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
-                title="Loss", aspect=1.6,
+                axes=({}, {"size": 64}), title="Loss", aspect=2.0,
             )
             self.pause_button = gui.add_button("Pause", hint="Pause / resume training")
             self.save_button = gui.add_button("Save .ply now", hint="The trainer writes saved_step_N.ply into the run folder")
@@ -517,6 +526,14 @@ class LiveViewer:
         out = render(gaussians, cameras, background)
         image = to_uint8(out.rgb[0].float().cpu().numpy())
         client.scene.set_background_image(image, format="jpeg", jpeg_quality=85)
+
+
+def _finite(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _detach(value: Any, clone: bool = False) -> Any:
