@@ -172,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             save_sd21_base_random_pipeline(folder, seed=0)
         model = str(folder)
     priors: dict[bool, object] = {}
-    rows = []
+    rows: list[dict] = []
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
+        "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     for variant in GRIDS[args.grid]:
         if variant.compile not in priors:
             priors[variant.compile] = load_prior(PriorConfig(model=model, compile=variant.compile), device)
@@ -182,14 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         except torch.OutOfMemoryError as exc:
             rows.append({"variant": variant.name, "error": f"out of memory: {str(exc).splitlines()[0]}"})
         print(json.dumps(rows[-1]), flush=True)
+        args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1))  # after each variant
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    info = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
-        "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
-    }
-    args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     print_table(info, rows)
     return 0
 
