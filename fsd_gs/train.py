@@ -151,7 +151,11 @@ def start_viewer(cfg: TrainConfig, trainer: Any) -> Any:
     from fsd_gs.viewer.live import LiveViewer
 
     noise_map = getattr(trainer.noise, "world_map", None)
-    viewer = LiveViewer(cfg.viewer, total_steps=cfg.steps, noise_map=noise_map)
+    try:
+        viewer = LiveViewer(cfg.viewer, total_steps=cfg.steps, noise_map=noise_map)
+    except Exception as exc:  # the viewer never stops training
+        print(f"warning: the live viewer could not start ({exc}); training without it", file=sys.stderr)
+        return None
     print(f"viewer: {viewer.url}")
     return viewer
 

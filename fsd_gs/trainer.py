@@ -306,10 +306,12 @@ class Trainer:
             train_rgb=result.rgb[0], noise_window=result.eps[0], window_origin=origin,
             window_size=tuple(result.eps.shape[-2:]),
         ))
-        while viewer.paused and not self._stop_requested:
+        while True:
+            if viewer.pop_save_request():  # also while paused: "save .ply now" must not wait for Resume
+                write_ply(self.gaussians, self.paths.root / f"saved_step_{self.step:06d}.ply")
+            if not viewer.paused or self._stop_requested:
+                break
             time.sleep(0.05)
-        if viewer.pop_save_request():
-            write_ply(self.gaussians, self.paths.root / f"saved_step_{self.step:06d}.ply")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

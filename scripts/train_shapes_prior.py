@@ -65,15 +65,15 @@ class TrainShapesConfig:
     """Stop (and save) after this many seconds of this run, start-up included."""
     save_every_s: float = 120.0
     """Save the checkpoint this often (seconds), so a killed run loses little."""
-    batch_objects: int = 48
+    batch_objects: int = 96
     """Objects per step (x views_per_object views)."""
     views_per_object: int = 4
     """Views rendered per object per step."""
     bank_size: int = 3072
     """Objects kept on the device; ``bank_refresh`` of them are replaced by new ones every step."""
-    bank_refresh: int = 12
+    bank_refresh: int = 24
     """New objects per step (from the worker processes)."""
-    workers: int = 14
+    workers: int = 10
     """Processes building objects (0 = in the main process)."""
     lr: float = 4e-4
     """Peak learning rate of the UNet and text encoder (AdamW)."""
@@ -81,6 +81,8 @@ class TrainShapesConfig:
     """Learning rate at the end of the schedule."""
     warmup: int = 500
     """Warm-up steps at the start (and 1/5 of it after a resume)."""
+    decay_over_run: bool = False
+    """Anneal the learning rate (cosine to lr_final) over THIS run's time budget instead of over ``steps``."""
     judge_lr: float = 1e-3
     """Peak learning rate of the judge."""
     weight_decay: float = 0.01
@@ -154,10 +156,11 @@ def augment_for_judge(images: torch.Tensor, gen: torch.Generator) -> torch.Tenso
 
 
 # -- schedule and EMA -----------------------------------------------------------------------------
-def lr_at(step: int, cfg: TrainShapesConfig, peak: float, warm_start: int, warmup: int) -> float:
-    """Linear warm-up from ``warm_start`` over ``warmup`` steps, cosine from ``peak`` to the final ratio."""
+def lr_at(step: int, cfg: TrainShapesConfig, peak: float, warm_start: int, warmup: int, run_progress: float = 0.0) -> float:
+    """Linear warm-up from ``warm_start`` over ``warmup`` steps, cosine from ``peak`` to the final ratio
+    (progress = step / steps, or the fraction of this run's time budget with ``decay_over_run``)."""
     final = peak * cfg.lr_final / cfg.lr
-    progress = min(1.0, step / max(1, cfg.steps))
+    progress = min(1.0, run_progress if cfg.decay_over_run else step / max(1, cfg.steps))
     value = final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
     if step - warm_start < warmup:
         value *= (step - warm_start + 1) / warmup
@@ -166,8 +169,16 @@ def lr_at(step: int, cfg: TrainShapesConfig, peak: float, warm_start: int, warmu
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def warm_up_renderer(device: torch.device) -> None:
+    """Render one tiny object once (on CUDA this JIT-compiles gsplat's kernels: run it in a thread early)."""
+    from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
+    from fsd_gs.shapes.world import make_object
+
+    data = ShapesDataset(DatasetConfig(views_per_object=1), device)
+    data.render([make_object("cup", "red", torch.Generator().manual_seed(0))], torch.Generator().manual_seed(0))
 
 
 # -- checkpoint -----------------------------------------------------------------------------------
@@ -205,9 +216,9 @@ def resume_folder(cfg: TrainShapesConfig) -> Path:
 def load_for_resume(folder: Path, unet, text_encoder) -> tuple[Judge, dict]:
     from safetensors.torch import load_file
 
-    unet.load_state_dict({k: v.float() for k, v in load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")).items()})
-    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(folder / "text_encoder" / "model.safetensors")).items()},
-                                 strict=False)
+    unet_file, text_file = folder / "unet" / "diffusion_pytorch_model.safetensors", folder / "text_encoder" / "model.safetensors"
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(unet_file)).items()})
+    text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(text_file)).items()})
     judge = load_judge(folder / "judge").requires_grad_(True).train()
     summary = json.loads((folder / "shapes.json").read_text())["training"]
     return judge, summary
@@ -245,8 +256,9 @@ def train(cfg: TrainShapesConfig) -> dict:
     ema_unet = copy.deepcopy(unet).float().requires_grad_(False).eval()
     ema_te = copy.deepcopy(text_encoder).float().requires_grad_(False).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    opt_judge = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.weight_decay)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), **fused)
+    opt_judge = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.weight_decay, **fused)
     from diffusers import DDPMScheduler
 
     from fsd_gs.shapes.model import SCHEDULER_CONFIG
@@ -255,13 +267,19 @@ def train(cfg: TrainShapesConfig) -> dict:
     abar = sched.alphas_cumprod.to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
+    import threading
+
     data = ShapesDataset(cfg.dataset, device)
     stream = object_loader(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers)
-    bank = [to_object(next(stream), device) for _ in range(cfg.bank_size)]
+    bank = [to_object(next(stream), device)]  # the worker processes start (fork) here, before any thread does
+    warm = threading.Thread(target=warm_up_renderer, args=(device,), daemon=True)
+    warm.start()  # on CUDA: gsplat's JIT build overlaps with filling the bank
+    bank += [to_object(next(stream), device) for _ in range(cfg.bank_size - 1)]
     gen = torch.Generator().manual_seed(cfg.seed * 31 + segment)
-    print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; "
-          f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M, "
-          f"judge {sum(p.numel() for p in judge.parameters()) / 1e6:.2f}M params", flush=True)
+    warm.join()
+    sizes = ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
+                      for name, m in (("unet", unet), ("text", text_encoder), ("judge", judge)))
+    print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; {sizes} params", flush=True)
 
     step0 = int(summary["step"])
     step = step0
@@ -279,8 +297,6 @@ def train(cfg: TrainShapesConfig) -> dict:
             bank[int(torch.randint(len(bank), (), generator=gen))] = to_object(next(stream), device)
         pick = torch.randperm(len(bank), generator=gen)[: cfg.batch_objects].tolist()
         batch = data.render([bank[i] for i in pick], gen)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         t1 = time.time()
         x0 = batch.images * 2 - 1
         ids = tokenize(tokenizer, batch.captions).to(device)
@@ -288,10 +304,11 @@ def train(cfg: TrainShapesConfig) -> dict:
         noise = torch.randn(x0.shape, generator=gen).to(device)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        run_progress = (time.time() - t_run) / max(1.0, cfg.time_budget_s - (t_run - t_start))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, cfg.lr, step0, warmup)
+            group["lr"] = lr_at(step, cfg, cfg.lr, step0, warmup, run_progress)
         for group in opt_judge.param_groups:
-            group["lr"] = lr_at(step, cfg, cfg.judge_lr, step0, warmup)
+            group["lr"] = lr_at(step, cfg, cfg.judge_lr, step0, warmup, run_progress)
         with autocast:
             emb = text_encoder(ids)[0]
             eps = unet(x_t, t, encoder_hidden_states=emb).sample.float()
@@ -315,13 +332,13 @@ def train(cfg: TrainShapesConfig) -> dict:
         jloss.backward()
         opt_judge.step()
         step += 1
-        acc["loss"] += float(loss.detach())
-        acc["judge"] += float(jloss.detach())
+        acc["loss"] += loss.detach()
+        acc["judge"] += jloss.detach()
         acc["n"] += 1
         acc["render_s"] += t1 - t0
         acc["step_s"] += time.time() - t0
         if step % cfg.log_every == 0:
-            row = {"step": step, "loss": acc["loss"] / acc["n"], "judge_loss": acc["judge"] / acc["n"],
+            row = {"step": step, "loss": float(acc["loss"]) / acc["n"], "judge_loss": float(acc["judge"]) / acc["n"],
                    "lr": opt.param_groups[0]["lr"], "render_ms": 1000 * acc["render_s"] / acc["n"],
                    "step_ms": 1000 * acc["step_s"] / acc["n"], "elapsed_s": round(time.time() - t_start, 1)}
             print(json.dumps(row), flush=True)
@@ -331,8 +348,10 @@ def train(cfg: TrainShapesConfig) -> dict:
         if time.time() - last_save > cfg.save_every_s:
             _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, batch.images.shape[0] * (step - step0))
             last_save = time.time()
-    final = _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, cfg.batch_objects * cfg.views_per_object * (step - step0))
-    print(f"saved step {step} to {cfg.out / 'shapes_prior'} ({folder_size(cfg.out / 'shapes_prior') / 2**20:.1f} MiB)", flush=True)
+    images = cfg.batch_objects * cfg.views_per_object * (step - step0)
+    final = _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images)
+    mib = folder_size(cfg.out / "shapes_prior") / 2**20
+    print(f"saved step {step} to {cfg.out / 'shapes_prior'} ({mib:.1f} MiB)", flush=True)
     if cfg.export is not None:
         save_pipeline(cfg.export, ema_unet, ema_te, judge, summary=final)
     result = {"summary": final}
@@ -369,8 +388,9 @@ def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
     res["eval_seconds"] = round(time.time() - t0, 1)
     (cfg.out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
     mirror(cfg)
-    print(json.dumps({"judge": res["judge"], "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
-                      "prior_view": res["prior"]["view"], "colour_entropy_ratio": res["colour_free"]["entropy_ratio"]}), flush=True)
+    short = {"judge": res["judge"], "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
+             "prior_view": res["prior"]["view"], "colour_entropy_ratio": res["colour_free"]["entropy_ratio"]}
+    print(json.dumps(short), flush=True)
     return res
 
 

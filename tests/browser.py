@@ -167,6 +167,12 @@ class HeadlessChromium:
         missing = [n for n in needles if n not in text]
         raise AssertionError(f"the page never showed {missing}; its text was: {text[:2000]!r}")
 
+    def click_button(self, label: str) -> bool:
+        """Click the page's button whose text is ``label``; False if there is none."""
+        return bool(self.evaluate(
+            "(() => { const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === "
+            + json.dumps(label) + "); if (b) { b.click(); } return !!b; })()"))
+
     def dismiss_notifications(self) -> int:
         """Close the page's pop-up notifications (e.g. viser's "software WebGL" notice); returns how many."""
         return int(self.evaluate(

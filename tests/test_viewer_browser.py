@@ -86,6 +86,13 @@ class _Process:
         return self.proc.returncode
 
 
+def _step(text: str) -> int:
+    """The step the live viewer's progress panel shows."""
+    match = re.search(r"Step ([\d,]+) / ", text)
+    assert match, text[-1500:]
+    return int(match.group(1).replace(",", ""))
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "FSD_GS_FORCE_VIEWER": "1"}
@@ -114,11 +121,28 @@ def test_live_viewer_of_a_training_run(tiny_sd_dir, tmp_path):
                 text = browser.text()
             assert re.search(r"Step [1-9][\d,]* / 5,000", text), text[-1500:]
             assert re.search(r"t \d+ · Gaussians [\d,]+", text) and "it/s" in text and "ETA" in text
+            # Pause: the step stops; Resume: it goes on. Save .ply now: the trainer writes the file.
+            assert browser.click_button("Pause")
+            text = browser.wait_for_text(["paused", "Resume"], timeout=30)
+            time.sleep(1.5)
+            paused_at = _step(browser.text())
+            time.sleep(2.0)
+            assert _step(browser.text()) == paused_at, "training went on while paused"
+            assert browser.click_button("Resume") and browser.click_button("Save .ply now")
+            deadline = time.monotonic() + 60
+            while _step(browser.text()) <= paused_at and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert _step(browser.text()) > paused_at, "training did not resume"
+            while not list((tmp_path / "runs").rglob("saved_step_*.ply")) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert list((tmp_path / "runs").rglob("saved_step_*.ply")), "Save .ply now wrote nothing"
             browser.dismiss_notifications()
             wait_for_splats(browser, _object_box(), EMPTY_BOX, (255, 255, 255), timeout=90)
             loaded = browser.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 8).length")
             shot = tmp_path / "viewer-live.png"
             image = browser.screenshot(shot)
+            seen = _step(browser.text())
+        time.sleep(3.0)  # the page is closed now: training must simply go on
     finally:
         code = run.stop()
     drawn = differs_from(image, (255, 255, 255))
@@ -126,6 +150,8 @@ def test_live_viewer_of_a_training_run(tiny_sd_dir, tmp_path):
     assert fraction_in_box(drawn, *EMPTY_BOX) <= 0.05, "the empty space beside the object is not background"
     assert loaded >= 2, "the training-view and world-noise-map images did not load"
     assert code == 130, "\n".join(run.lines[-30:])  # Ctrl-C: saved and stopped
+    stopped = [int(m.group(1)) for line in run.lines if (m := re.search(r"interrupted at step (\d+)", line))]
+    assert stopped and stopped[0] > seen, "training did not go on after the page was closed"
     _keep_for_docs(shot, "viewer-live.png")
 
 

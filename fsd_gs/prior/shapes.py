@@ -35,7 +35,7 @@ def vocabulary_error(text: str) -> UserError | None:
     return UserError(
         f"the built-in shapes prior does not know {', '.join(repr(w) for w in unknown)}: its prompts are "
         f"\"a {{colour}} {{object}}\" with colours {', '.join(COLOUR_NAMES)} and objects {', '.join(KINDS)} "
-        f"(plus {', '.join(ARTICLES)}, ',', {', '.join(VIEW_WORDS)}), e.g. \"a red mushroom\"; "
+        f"(plus {', '.join(ARTICLES)}, ',', {', '.join(VIEW_WORDS)}), such as \"a red mushroom\"; "
         f"for open prompts use Stable Diffusion (--model {SD_HINT})"
     )
 

@@ -46,9 +46,11 @@ def rasterize_gsplat(
         eps2d=config.eps2d,
         sh_degree=sh_degree,
         packed=config.packed,
-        backgrounds=backgrounds,
+        backgrounds=None,  # composited below: gsplat 1.5.3 rejects backgrounds [B,3] when packed=True
         render_mode="RGB",
         absgrad=config.absgrad,
         rasterize_mode="classic",
     )
+    # Exactly gsplat's own compositing (pix_out + T_final * background, with T_final = 1 - alpha).
+    colors = colors + (1.0 - alphas) * backgrounds[:, None, None, :]
     return colors, alphas, meta

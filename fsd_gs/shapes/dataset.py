@@ -10,11 +10,13 @@ and the far plane hides the other objects. Same generator state, same batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from fsd_gs.camera import VIEW_NAMES, CameraConfig, Cameras, OrbitSampler
+
+from fsd_gs.camera import VIEW_NAMES, CameraConfig, Cameras, orbit_cameras, wrap_azimuth
 from fsd_gs.gaussians import Gaussians
 from fsd_gs.render import RenderConfig, render
 from fsd_gs.shapes.captions import CaptionConfig, sample_captions, view_of
@@ -85,6 +87,24 @@ def sample_backgrounds(n: int, generator: torch.Generator, config: DatasetConfig
     return bg.float()
 
 
+def sample_cameras(n_objects: int, views: int, config: CameraConfig, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> Cameras:
+    """``views`` cameras per object, [n_objects * views], drawn like :class:`fsd_gs.camera.OrbitSampler` does:
+    azimuth stratified per object (a random rotation plus one random angle per bin of 360/views degrees, so the
+    views surround it), elevation uniform on the sphere's band, distance and fovy uniform."""
+    n = n_objects * views
+    lo, hi = config.azimuth_range
+    bins = (torch.arange(views, dtype=torch.float64).repeat(n_objects) + torch.rand(n, generator=generator, dtype=torch.float64))
+    offset = torch.rand(n_objects, generator=generator, dtype=torch.float64).repeat_interleave(views)
+    azimuth = wrap_azimuth((lo + (hi - lo) * ((bins / views + offset) % 1.0)).float())
+    s_lo, s_hi = (math.sin(math.radians(e)) for e in config.elevation_range)
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    elevation = torch.rad2deg(torch.asin((s_lo + (s_hi - s_lo) * u[:, 0]).clamp(-1, 1))).float()
+    distance = (config.distance_range[0] + (config.distance_range[1] - config.distance_range[0]) * u[:, 1]).float()
+    fovy = (config.fovy_range[0] + (config.fovy_range[1] - config.fovy_range[0]) * u[:, 2]).float()
+    return orbit_cameras(azimuth, elevation, distance, fovy, config.width, config.height).to(device)
+
+
 def _translated(cameras: Cameras, offsets: torch.Tensor) -> Cameras:
     """The cameras looking at objects moved by ``offsets`` [B,3] (viewmat @ translate(-offset))."""
     shift = torch.eye(4, device=offsets.device).repeat(offsets.shape[0], 1, 1)
@@ -128,7 +148,7 @@ class ShapesDataset:
     def __init__(self, config: DatasetConfig | None = None, device: torch.device | str = "cpu") -> None:
         self.config = config or DatasetConfig()
         self.device = torch.device(device)
-        self.cameras = OrbitSampler(world_camera_config(self.config.resolution), self.device)
+        self.camera_config = world_camera_config(self.config.resolution)
 
     def objects(self, n: int, generator: torch.Generator) -> list[ShapeObject]:
         """``n`` random objects (CPU)."""
@@ -138,24 +158,21 @@ class ShapesDataset:
         """Render ``views_per_object`` random views of every object, with captions and labels."""
         cfg = self.config
         v = cfg.views_per_object
-        cams = [self.cameras.sample(generator, batch_size=v) for _ in objects]
-        cameras = Cameras(
-            torch.cat([c.viewmats for c in cams]), torch.cat([c.Ks for c in cams]), cfg.resolution, cfg.resolution,
-            *(torch.cat([getattr(c, k) for c in cams]) for k in ("azimuth", "elevation", "distance", "fovy")),
-        )
+        cameras = sample_cameras(len(objects), v, self.camera_config, generator, self.device)
         backgrounds = sample_backgrounds(len(objects) * v, generator, cfg).to(self.device)
-        gaussians = [o.gaussians.to(self.device) for o in objects]
+        gaussians = [o.gaussians if o.gaussians.device.type == self.device.type else o.gaussians.to(self.device) for o in objects]
         with torch.no_grad():
             images = render_objects(gaussians, cameras, backgrounds, v, cfg.render, together)
         kinds = [o.kind for o in objects for _ in range(v)]
         colours = [o.colour for o in objects for _ in range(v)]
         az, el = cameras.azimuth.cpu(), cameras.elevation.cpu()
+        views = [VIEW_NAMES.index(view_of(a, e)) for a, e in zip(az.tolist(), el.tolist())]
         return Batch(
             images=images,
             captions=sample_captions(kinds, colours, az, el, generator, cfg.captions),
             kind=torch.tensor([KINDS.index(k) for k in kinds]),
             colour=torch.tensor([COLOUR_NAMES.index(c) for c in colours]),
-            view=torch.tensor([VIEW_NAMES.index(view_of(a, e)) for a, e in zip(az.tolist(), el.tolist())]),
+            view=torch.tensor(views),
             azimuth=az,
             elevation=el,
         )

@@ -92,10 +92,14 @@ def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, sa
 
 
 def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] | None = None, n_samples: int = 64,
-                   guidance_scale: float = 5.0, steps: int = 50, seed: int = 1, batch: int = 64) -> dict[str, Any]:
-    """Entropy of the judge's colour over ``n_samples`` samples of "a {kind}" (random views), / log(#colours)."""
+                   guidance_scale: float = 5.0, steps: int = 50, seed: int = 1, batch: int = 64,
+                   n_kinds: int = 3) -> dict[str, Any]:
+    """Entropy of the judge's colour over ``n_samples`` samples of "a {kind}" (random views), / log(#colours).
+
+    ``kinds`` default: ``n_kinds`` kinds drawn at random with ``seed``.
+    """
     gen = torch.Generator().manual_seed(seed)
-    kinds = kinds or tuple(KINDS[i] for i in torch.randperm(len(KINDS), generator=gen)[:3].tolist())
+    kinds = kinds or tuple(KINDS[i] for i in torch.randperm(len(KINDS), generator=gen)[:n_kinds].tolist())
     rows = []
     for kind in kinds:
         counts = torch.zeros(len(COLOUR_NAMES), dtype=torch.long)

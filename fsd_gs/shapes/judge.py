@@ -102,7 +102,8 @@ def load_judge(folder: Path | str | None = None, device: torch.device | str = "c
         folder = shapes_prior_folder() / "judge"
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise UserError(f"no judge in {folder}: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (scripts/train_shapes_prior.py writes them)")
+        raise UserError(f"no judge in {folder}: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+                        "(scripts/train_shapes_prior.py writes them)")
     meta = json.loads((folder / CONFIG_NAME).read_text())
     if meta.get("kinds") != list(KINDS) or meta.get("colours") != list(COLOUR_NAMES):
         raise UserError(f"the judge in {folder} was trained on another version of the shapes world: retrain it")

@@ -194,7 +194,7 @@ class _Parts:
             self.add(p, torch.tensor(normal, dtype=torch.float32).expand(n, 3), colour)
 
     def fin(self, root: tuple, length: float, height: float, colour, direction: tuple, up: tuple = (0.0, 0.0, 1.0)) -> None:
-        """A flat triangle (both faces) with one edge of ``length`` along ``direction`` from ``root`` and apex ``height`` along ``up``."""
+        """A flat triangle (both faces): an edge of ``length`` along ``direction`` from ``root``, apex ``height`` along ``up``."""
         d = torch.nn.functional.normalize(torch.tensor(direction, dtype=torch.float32), dim=0)
         up_t = torch.nn.functional.normalize(torch.tensor(up, dtype=torch.float32), dim=0)
         n = self._count(length * height)  # both faces share the points: half the area each, twice
@@ -417,7 +417,7 @@ def _robot(p: _Parts, col) -> None:
     for s in (-1, 1):
         p.box((head / 2 + 0.005, s * head * 0.25, hz + head * 0.1), (0.01, 0.06, 0.06), DARK, faces="X")
     p.box((head / 2 + 0.005, 0, hz - head * 0.25), (0.01, head * 0.5, 0.03), DARK, faces="X")
-    p.box((bw / 2 + 0.005, 0, leg_h + bh * 0.6), (0.01, bd * 0.4, bh * 0.35), LIGHT, faces="X")  # chest panel
+    p.box((bw / 2 + 0.005, 0, leg_h + bh * 0.6), (0.01, bd * 0.6, bh * 0.5), LIGHT, faces="X")  # chest panel
     p.cylinder((0, 0, hz + head / 2 + 0.06), 0.015, 0.12, GREY, caps="")
     p.ellipsoid((0, 0, hz + head / 2 + 0.13), (0.035, 0.035, 0.035), (0.95, 0.2, 0.15))
 

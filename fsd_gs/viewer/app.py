@@ -134,41 +134,57 @@ class SplatArrays:
         return int(self.centers.shape[0])
 
 
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices from (not necessarily unit) wxyz quaternions: [N,4] -> [N,3,3]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
+def to_numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A numpy view or copy of a tensor without any CPU torch kernel (a device tensor is copied to the host).
+
+    The viewer thread must not run torch CPU kernels: a second thread that enters an OpenMP parallel region
+    keeps its own OpenMP team alive, and libgomp then throttles the training thread's team (we measured
+    training at half speed on a 2-core CPU). Device-to-host copies and numpy are fine.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    value = value.detach()
+    if value.device.type != "cpu":
+        value = value.cpu()
+    return value.numpy()
+
+
+def quat_to_rotmat(quats: np.ndarray) -> np.ndarray:
+    """Rotation matrices from (not necessarily unit) wxyz quaternions: [N,4] -> [N,3,3] (numpy, float32)."""
+    q = np.asarray(quats, dtype=np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    return np.stack([
         1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
         2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
+    ], axis=-1).reshape(-1, 3, 3)
 
 
-@torch.no_grad()
-def splat_arrays(params: dict[str, torch.Tensor], max_splats: Optional[int] = None) -> SplatArrays:
+def splat_arrays(params: dict[str, torch.Tensor | np.ndarray], max_splats: Optional[int] = None) -> SplatArrays:
     """Viser splats from raw Gaussian parameters (log-scales, wxyz quats, logit opacities, sh0 [N,1,3]).
 
-    When N > ``max_splats`` the ``max_splats`` most opaque Gaussians are kept. Tensors may live on
-    any device; the result is on the CPU.
+    When N > ``max_splats`` the ``max_splats`` most opaque Gaussians are kept. Tensors may live on any
+    device; everything after the copy to the host is numpy (see :func:`to_numpy`).
     """
-    logits = params["opacities"].detach().float().reshape(-1)
+    logits = to_numpy(params["opacities"]).reshape(-1).astype(np.float32, copy=False)
     total = int(logits.shape[0])
-    index: Optional[torch.Tensor] = None
+    index: Optional[np.ndarray] = None
     if max_splats is not None and total > max_splats:
-        index = torch.topk(logits, max_splats, sorted=False).indices
+        index = np.argpartition(-logits, max_splats - 1)[:max_splats]
 
-    def take(key: str) -> torch.Tensor:
-        value = params[key].detach()
-        value = value[index] if index is not None else value
-        return value.float().cpu()
+    def take(key: str) -> np.ndarray:
+        value = to_numpy(params[key]).astype(np.float32, copy=False)
+        return value[index] if index is not None else value
 
     means, log_scales, quats, sh0 = take("means"), take("scales"), take("quats"), take("sh0")
-    opacities = torch.sigmoid(take("opacities").reshape(-1, 1))
+    opacities = 1.0 / (1.0 + np.exp(-(logits[index] if index is not None else logits)))
     rot = quat_to_rotmat(quats)
-    variances = torch.exp(2.0 * log_scales)
-    covariances = (rot * variances[:, None, :]) @ rot.transpose(1, 2)
-    rgbs = (sh0.reshape(-1, 3) * SH_C0 + 0.5).clamp(0.0, 1.0)
-    return SplatArrays(means.numpy(), covariances.numpy(), rgbs.numpy(), opacities.numpy(), total)
+    scaled = rot * np.exp(log_scales)[:, None, :]  # R diag(s)
+    covariances = np.einsum("nij,nkj->nik", scaled, scaled)  # R diag(s^2) R^T
+    rgbs = np.clip(sh0.reshape(-1, 3) * SH_C0 + 0.5, 0.0, 1.0)
+    return SplatArrays(np.ascontiguousarray(means), covariances.astype(np.float32), rgbs.astype(np.float32),
+                       opacities.reshape(-1, 1).astype(np.float32), total)
 
 
 def viewmat_from_viser(wxyz: np.ndarray, position: np.ndarray) -> np.ndarray:

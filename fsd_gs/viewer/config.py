@@ -31,7 +31,7 @@ class ViewerConfig:
     update_every: int = 10
     """Send the current state to the page at most every this many steps."""
     min_interval_s: float = 0.5
-    """...and at most once per this many seconds (bounds the viewer's cost on fast GPUs)."""
+    """Also send at most once per this many seconds (bounds the viewer's cost when steps are fast)."""
     max_splats: int = 300_000
     """Largest number of Gaussians streamed in "splats" mode (the most opaque are kept)."""
     render_max_side: int = 768

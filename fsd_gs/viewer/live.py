@@ -28,12 +28,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from fsd_gs.viewer.app import ERRORS, ViewerApp, ViewFrame, cameras_from_viser, log, safe, splat_arrays
+from fsd_gs.viewer.app import ERRORS, ViewerApp, ViewFrame, cameras_from_viser, log, safe, splat_arrays, to_numpy
 from fsd_gs.viewer.config import ViewerConfig, resolve_mode
 from fsd_gs.viewer.images import channel_stats, noise_to_rgb, outline_window, resize_to_height, side_by_side, to_uint8
 
@@ -153,8 +153,10 @@ class LiveViewer:
     Attributes:
         url: where to open it (printed by the trainer).
         mode: "splats" or "render" once the first snapshot has arrived (None before).
-        stats: counters: "updates" (calls), "sent" (snapshots handed to the thread), "published"
-            (snapshots sent to the page), "skipped_busy" (due steps skipped because the thread was busy).
+        stats: counters: "updates" (calls), "sent" (snapshots handed to the thread; a waiting one may still be
+            replaced), "handled" (taken by the thread), "published" (sent to the page without error),
+            "skipped_busy" (due steps skipped because the thread was busy), "renders" (server renders),
+            "publish_cpu_s" (CPU seconds the viewer thread spent publishing).
     """
 
     def __init__(self, config: ViewerConfig, total_steps: int, noise_map: Optional[torch.Tensor] = None) -> None:
@@ -165,13 +167,14 @@ class LiveViewer:
                              frame=ViewFrame(distance=2.5, elevation=15.0, fov_deg=50.0))
         self.url = self.app.url
         self.mode: Optional[str] = None
-        self.stats = {"updates": 0, "sent": 0, "published": 0, "skipped_busy": 0, "renders": 0}
+        self.stats = {"updates": 0, "sent": 0, "handled": 0, "published": 0, "skipped_busy": 0, "renders": 0,
+                      "publish_cpu_s": 0.0}
 
         # Trainer-thread state (update() and the properties).
         self._sent_step = -(10**9)
         self._sent_time = -math.inf
         self._losses: collections.deque = collections.deque(maxlen=LOSS_QUEUE_LIMIT)
-        self._last_gaussians: Any = None
+        self._last_snapshot: Optional[TrainingSnapshot] = None
         self._rate: Optional[float] = None
         # Shared state (flags set by the page's callbacks; small, lock-protected where it matters).
         self._paused = False
@@ -204,8 +207,8 @@ class LiveViewer:
     @property
     def paused(self) -> bool:
         """True while the user has paused training in the page (the trainer sleeps in a loop meanwhile)."""
-        if self._paused and self._download_clients and self._last_gaussians is not None:
-            self._serve_download_while_paused()
+        if self._paused and self._last_snapshot is not None:
+            self._catch_up_while_paused()
         return self._paused
 
     def pop_save_request(self) -> bool:
@@ -223,7 +226,7 @@ class LiveViewer:
         try:
             self.stats["updates"] += 1
             self._losses.append((snapshot.step, snapshot.loss))
-            self._last_gaussians = snapshot.gaussians
+            self._last_snapshot = snapshot
             final = snapshot.step >= snapshot.total_steps
             download = bool(self._download_clients)
             if not (final or download):
@@ -271,9 +274,9 @@ class LiveViewer:
         payload = _Payload(
             step=int(snap.step), total_steps=int(snap.total_steps), timestep=_detach(snap.timestep),
             num_gaussians=int(snap.num_gaussians), it_per_s=rate, eta_s=math.nan if eta is None else eta,
-            params={k: gaussians.params[k].detach().clone() for k in keys},
+            params={k: _copy(gaussians.params[k]) for k in keys},
             sh_degree=int(gaussians.sh_degree), active_sh_degree=int(gaussians.active_sh_degree),
-            train_rgb=_detach(snap.train_rgb, clone=True), noise_window=_detach(snap.noise_window, clone=True),
+            train_rgb=_copy(snap.train_rgb), noise_window=_copy(snap.noise_window),
             window_origin=tuple(int(v) for v in snap.window_origin) if snap.window_origin is not None else None,
             window_size=tuple(int(v) for v in snap.window_size) if snap.window_size is not None else None,
         )
@@ -285,24 +288,21 @@ class LiveViewer:
     def _attach_download(self, payload: _Payload, gaussians: Any) -> None:
         with self._flag_lock:
             payload.download_clients, self._download_clients = sorted(self._download_clients), set()
-        payload.download = {k: v.detach().clone() for k, v in gaussians.params.items()}
+        payload.download = {k: _copy(v) for k, v in gaussians.params.items()}
         payload.sh_degree, payload.active_sh_degree = int(gaussians.sh_degree), int(gaussians.active_sh_degree)
 
-    def _serve_download_while_paused(self) -> None:
-        try:
-            with torch.no_grad():
-                payload = self._current_copy()
-                self._attach_download(payload, self._last_gaussians)
-            self._hand_over(payload)
-        except Exception:
-            ERRORS.report("download while paused")
-
-    def _current_copy(self) -> _Payload:
-        cur = self._current
-        if cur is None:
-            return _Payload(step=0, total_steps=self.total_steps, timestep=0, num_gaussians=0, it_per_s=0.0, eta_s=math.nan)
-        return _Payload(step=cur.step, total_steps=cur.total_steps, timestep=cur.timestep, num_gaussians=cur.num_gaussians,
-                        it_per_s=cur.it_per_s, eta_s=cur.eta_s)
+    def _catch_up_while_paused(self) -> None:
+        """While paused (the trainer polls :attr:`paused`), show the last step if it was not sent, and serve downloads."""
+        snap = self._last_snapshot
+        if self._busy or self._slot is not None:
+            return
+        if snap.step != self._sent_step or self._download_clients:
+            try:
+                self._hand_over(self._capture(snap, bool(self._download_clients)))
+            except Exception:
+                self._sent_step = snap.step  # do not retry this snapshot on every poll
+                self._download_clients.clear()
+                ERRORS.report("update while paused")
 
     def _hand_over(self, payload: _Payload) -> None:
         with self._cond:
@@ -411,13 +411,17 @@ class LiveViewer:
                 self._busy = True
             try:
                 if payload is not None:
+                    cpu_start = time.thread_time()
                     self._publish(payload)
                     self.stats["published"] += 1
+                    self.stats["publish_cpu_s"] += time.thread_time() - cpu_start
                 if self.mode == "render":
                     self._render_dirty()
             except Exception:
                 ERRORS.report("viewer thread")
             finally:
+                if payload is not None:
+                    self.stats["handled"] += 1
                 self._busy = False
 
     def _publish(self, p: _Payload) -> None:
@@ -443,9 +447,9 @@ class LiveViewer:
         height = self.config.panel_image_height
         parts = []
         if p.train_rgb is not None:
-            parts.append(resize_to_height(to_uint8(p.train_rgb.float().cpu().numpy()), height))
+            parts.append(resize_to_height(to_uint8(to_numpy(p.train_rgb)), height))
         if p.noise_window is not None and p.noise_window.ndim == 3:
-            window = noise_to_rgb(p.noise_window.float().cpu().numpy(), self._noise_stats)
+            window = noise_to_rgb(to_numpy(p.noise_window), self._noise_stats)
             parts.append(resize_to_height(window, height, nearest=True))
         if parts:
             self.train_image.image = parts[0] if len(parts) == 1 else side_by_side(parts[0], parts[1])
@@ -455,14 +459,7 @@ class LiveViewer:
                                                       self._noise_map_shape)
 
     def _send_download(self, p: _Payload) -> None:
-        from fsd_gs.gaussians import Gaussians
-        from fsd_gs.io.ply import write_ply
-
-        gaussians = Gaussians({k: v.float().cpu() for k, v in p.download.items()}, p.sh_degree, p.active_sh_degree)
-        with tempfile.TemporaryDirectory(prefix="fsd_gs_viewer_") as tmp:
-            path = Path(tmp) / "download.ply"
-            write_ply(gaussians, path)
-            content = path.read_bytes()
+        content = in_fresh_thread(_ply_bytes, p.download, p.sh_degree, p.active_sh_degree)
         clients = self.app.server.get_clients()
         for client_id in p.download_clients:
             client = clients.get(client_id)
@@ -496,7 +493,7 @@ class LiveViewer:
                 continue
             self._last_render[client_id] = now
             try:
-                self._render_for(client, current)
+                in_fresh_thread(self._render_for, client, current)
                 self.stats["renders"] += 1
             except Exception:
                 ERRORS.report("server render")
@@ -524,7 +521,7 @@ class LiveViewer:
         gaussians = Gaussians(dict(p.params), p.sh_degree, p.active_sh_degree)
         background = torch.tensor(self.app.background, dtype=torch.float32, device=device)
         out = render(gaussians, cameras, background)
-        image = to_uint8(out.rgb[0].float().cpu().numpy())
+        image = to_uint8(to_numpy(out.rgb[0]))
         client.scene.set_background_image(image, format="jpeg", jpeg_quality=85)
 
 
@@ -536,8 +533,47 @@ def _finite(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _detach(value: Any, clone: bool = False) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        return value.clone() if clone else value
-    return value
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _copy(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A contiguous float32 copy on the tensor's own device (asynchronous on CUDA: no host sync)."""
+    if value is None:
+        return None
+    return value.detach().to(dtype=torch.float32, copy=True).contiguous()
+
+
+def in_fresh_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a new thread, wait for it and return its result (or raise its exception).
+
+    For the viewer's torch work (writing a .ply, server renders): an OpenMP team that torch creates for a
+    thread lives as long as the thread, and a second live team slows the training thread's CPU kernels
+    (see :func:`fsd_gs.viewer.app.to_numpy`); a short-lived thread takes its team with it.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="fsd-gs-viewer-torch", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def _ply_bytes(params: dict[str, torch.Tensor], sh_degree: int, active_sh_degree: int) -> bytes:
+    """The INRIA-layout .ply of these parameters, as bytes."""
+    from fsd_gs.gaussians import Gaussians
+    from fsd_gs.io.ply import write_ply
+
+    gaussians = Gaussians({k: v.cpu() for k, v in params.items()}, sh_degree, active_sh_degree)
+    with tempfile.TemporaryDirectory(prefix="fsd_gs_viewer_") as tmp:
+        path = Path(tmp) / "download.ply"
+        write_ply(gaussians, path)
+        return path.read_bytes()
