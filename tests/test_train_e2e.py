@@ -44,6 +44,8 @@ def test_short_run_writes_every_output(tiny_sd_dir, tmp_path, capsys):
     for name in ("config.yaml", "model.ply", "report.json", "metrics.jsonl", "turntable.png",
                  "checkpoint/checkpoint.safetensors", "checkpoint/checkpoint.json", "snapshots/step_000003.ply"):
         assert (run / name).is_file(), name
+    pytest.importorskip("imageio_ffmpeg")  # the [test] extra installs it: the MP4 turntable is checked in CI
+    assert (run / "turntable.mp4").stat().st_size > 0
     report = json.loads((run / "report.json").read_text())
     assert report["completed"] and report["steps_done"] == 6 and report["num_gaussians"] > 0
     assert report["wall_time_s"] > 0 and "peak_rss_gb" in report
