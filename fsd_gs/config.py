@@ -8,7 +8,6 @@ dataclass defaults < ``--method`` defaults < ``--config`` preset (YAML) < comman
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -225,8 +224,3 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
     """The inverse of :func:`to_dict` (used by --resume to read a run's config.yaml)."""
     return merge_into(TrainConfig(), data)
 
-
-def slugify(text: str, max_len: int = 48) -> str:
-    """A file-name-safe slug of a prompt: "A red mushroom!" -> "a-red-mushroom"."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "prompt"

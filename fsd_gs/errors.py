@@ -7,6 +7,9 @@ its traceback.
 
 from __future__ import annotations
 
+import sys
+from typing import Callable, Sequence
+
 
 class UserError(ValueError):
     """Bad input from the user: a one-line message, exit code 2 at the command line."""
@@ -18,3 +21,12 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UserError(message)
+
+
+def run_cli(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Call ``run(argv)`` (default: sys.argv[1:]); a UserError becomes one line on stderr and exit code 2."""
+    try:
+        return run(sys.argv[1:] if argv is None else list(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code

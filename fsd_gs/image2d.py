@@ -12,10 +12,7 @@ folder, and prints that folder as the last line. Exit codes: 0 done, 2 bad input
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,10 +23,11 @@ import numpy as np
 import torch
 
 from fsd_gs.distill import distill_loss
-from fsd_gs.errors import UserError, require
+from fsd_gs.errors import require, run_cli
 from fsd_gs.noise import NOISE_PRESETS, build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.factory import DEFAULT_MODEL
+from fsd_gs.run_dir import create_fresh_dir
 from fsd_gs.schedule import ScheduleConfig, sample_timestep
 
 Method = Literal["fsd", "sds", "ddim"]
@@ -242,28 +240,6 @@ def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, 
 
 
 # -- outputs --------------------------------------------------------------------------------------
-def create_output_dir(output_dir: Path, prompt: str, method: str, now: _dt.datetime | None = None) -> Path:
-    """A new folder <output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-<method>[-k]/; an existing one is never reused."""
-    now = now or _dt.datetime.now()
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48].rstrip("-") or "prompt"
-    parent = Path(output_dir) / slug
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the output folder {parent} ({exc.strerror}): pass a writable --output-dir") from exc
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"the output folder {parent} is not writable: pass a writable --output-dir")
-    stem = f"{now:%Y%m%d-%H%M%S}-{method}"
-    for k in range(1000):
-        candidate = parent / (stem if k == 0 else f"{stem}-{k}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise UserError(f"too many runs named {stem} in {parent}: choose another --output-dir")
-
-
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[B,3,H,W] in [0,1] -> [B,H,W,3] uint8."""
     return (images.clamp(0, 1).permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
@@ -327,7 +303,7 @@ def run(argv: Sequence[str]) -> int:
     settings = cfg.settings()
     prior = load_prior(PriorConfig(model=cfg.model, guidance_scale=settings.guidance_scale, dtype=cfg.dtype), device)
     height, width = image_size(cfg, prior)  # before the output folder: bad input leaves nothing behind
-    folder = create_output_dir(cfg.output_dir, cfg.prompt, cfg.method)
+    folder = create_fresh_dir(cfg.output_dir, cfg.prompt, cfg.method)
     start = time.perf_counter()
     images = generate(cfg, prior)
     if device.type == "cuda":
@@ -348,11 +324,7 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: UserError -> one line on stderr and exit code 2."""
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

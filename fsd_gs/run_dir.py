@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsd_gs.config import slugify
 from fsd_gs.errors import UserError
+
+
+def slugify(text: str, max_len: int = 48) -> str:
+    """A file-name-safe slug of a prompt: "A red mushroom!" -> "a-red-mushroom"."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,11 @@ class RunPaths:
 
 def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime | None = None) -> RunPaths:
     """Create ``<output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-seed<N>[-k]/``; an existing folder is never reused."""
+    return RunPaths(create_fresh_dir(output_dir, prompt, f"seed{seed}", now))
+
+
+def create_fresh_dir(output_dir: Path, prompt: str, tag: str, now: _dt.datetime | None = None) -> Path:
+    """Create ``<output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-<tag>[-k]/`` and return it; never reuses a folder."""
     now = now or _dt.datetime.now()
     parent = Path(output_dir) / slugify(prompt)
     try:
@@ -60,7 +71,7 @@ def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime |
         raise UserError(f"cannot create the output folder {parent} ({exc.strerror}): pass a writable --output-dir") from exc
     if not os.access(parent, os.W_OK):
         raise UserError(f"the output folder {parent} is not writable: pass a writable --output-dir")
-    stem = f"{now:%Y%m%d-%H%M%S}-seed{seed}"
+    stem = f"{now:%Y%m%d-%H%M%S}-{tag}"
     for k in range(1000):
         candidate = parent / (stem if k == 0 else f"{stem}-{k}")
         try:
@@ -69,5 +80,5 @@ def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime |
             continue
         except OSError as exc:
             raise UserError(f"cannot create the run folder {candidate} ({exc.strerror}): pass a writable --output-dir") from exc
-        return RunPaths(candidate)
+        return candidate
     raise UserError(f"too many runs named {stem} in {parent}: choose another --output-dir")

@@ -21,7 +21,7 @@ import yaml
 
 from fsd_gs import __version__
 from fsd_gs.config import TrainConfig, base_config, from_dict, to_dict
-from fsd_gs.errors import UserError
+from fsd_gs.errors import UserError, run_cli
 from fsd_gs.run_dir import RunPaths, create_run_dir
 
 CPU_PARAM_LIMIT = 100_000_000
@@ -221,11 +221,7 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: UserError -> one line on stderr and exit code 2."""
-    try:
-        return run(sys.argv[1:] if argv is None else argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd_gs.config import TrainConfig, base_config, from_dict, presets_dir, slugify, to_dict
+from fsd_gs.config import TrainConfig, base_config, from_dict, presets_dir, to_dict
 from fsd_gs.errors import UserError
-from fsd_gs.run_dir import create_run_dir
+from fsd_gs.run_dir import create_run_dir, slugify
 from fsd_gs.train import parse_config
 
 
