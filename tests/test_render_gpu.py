@@ -4,17 +4,19 @@ Scene: 2,000 random anisotropic Gaussians (opacities 0.05-0.95, so some pixels h
 transmittance cut-off), 2 cameras at 128x128, SH degree 0 and 3, float32, loss = a fixed random
 weighting of rgb and alpha. Tolerances, and why they are not tighter:
 
-* image (rgb and alpha): max abs error < 1e-2 and mean abs error < 1e-4. gsplat uses fast-math
+* image (rgb and alpha): max abs error < 1e-2 and mean abs error < 1e-5. gsplat uses fast-math
   ``__expf`` and sequential float32 products, the reference exp(cumsum(log1p)); a pixel whose alpha
   sits exactly at the 1/255 threshold (or whose T sits at the 1e-4 cut-off) can flip between the two,
   which moves that one pixel by about 1/255.
 * gradients w.r.t. means, scales, quats, opacities, sh0, shN and means2d: relative L2 error
-  ||g_gsplat - g_ref|| / ||g_ref|| < 2e-2 (gsplat's backward recovers T by dividing by 1 - alpha in
+  ||g_gsplat - g_ref|| / ||g_ref|| < 1e-3 (gsplat's backward recovers T by dividing by 1 - alpha in
   float32, which amplifies rounding for nearly opaque Gaussians; the threshold flips above add a few
   outliers).
 * radii: equal for at least 99.9% of (camera, Gaussian) pairs (ceil() at a float boundary may differ).
 
-Every measured number is printed (run with ``-s``) before the asserts.
+Every measured number is printed (run with ``-s``) before the asserts. Measured on an H100 (torch
+2.11 + CUDA 13.0, gsplat 1.5.3): rgb max abs 1.7e-6 (SH 0) / 1.3e-4 (SH 3, one threshold flip), mean
+abs 4e-8; gradient relative L2 errors 8e-6 .. 4e-5; radii identical; absgrad relative L2 2e-5.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from fsd_gs.render import RenderConfig, render
 pytestmark = pytest.mark.cuda
 
 IMAGE_MAX_ABS = 1e-2
-IMAGE_MEAN_ABS = 1e-4
-GRAD_REL_L2 = 2e-2
+IMAGE_MEAN_ABS = 1e-5
+GRAD_REL_L2 = 1e-3
 RADII_AGREE = 0.999
 
 
@@ -91,7 +93,7 @@ def test_gsplat_matches_reference(sh_degree: int) -> None:
     radii_same = (gs["info"]["radii"] == ref["info"]["radii"]).all(-1).float().mean()
     report["radii_agree"] = float(radii_same)
     report["visible"] = int((ref["info"]["radii"] > 0).all(-1).sum())
-    report["stopped_pixels_ref_alpha>0.9999"] = int((ref["alpha"] > 0.9998).sum())
+    report["opaque_pixels"] = int((ref["alpha"] > 0.9998).sum())  # pixels that reached the T cut-off
     print(f"\nparity sh_degree={sh_degree}: " + ", ".join(f"{k}={v:.3g}" for k, v in report.items()))
 
     assert report["visible"] > 1000
