@@ -167,3 +167,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_sd_dir, 
 
     ckpt = load_checkpoint(run / "checkpoint")
     assert all(torch.isfinite(v).all() for v in ckpt.gaussians.params.values())
+
+
+def test_progressive_resolution_grows_the_render_to_full_size(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    sizes = []
+    original = Trainer._render_size
+
+    def spy(self):
+        size = original(self)
+        sizes.append(size)
+        return size
+
+    monkeypatch.setattr(Trainer, "_render_size", spy)
+    args = small_run_args(tiny_sd_dir, tmp_path, 6, "--optim.progressive-start", "32", "--optim.progressive-until", "0.5")
+    assert main(args) == 0
+    assert sizes[0] == (32, 32) and sizes[-1] == (64, 64)
+    assert all(a[0] <= b[0] for a, b in zip(sizes, sizes[1:]))  # never shrinks
+    assert (run_dir_from(capsys) / "model.ply").is_file()
