@@ -186,6 +186,11 @@ def run(argv: Sequence[str]) -> int:
     print(f"run folder: {paths.root}")
     if cfg.resume is not None:
         trainer.restore(paths.checkpoint)
+        if trainer.step >= cfg.steps:
+            print(f"the run is already complete ({trainer.step}/{cfg.steps} steps); nothing to do "
+                  f"(pass --steps N with N > {trainer.step} to continue it)")
+            print(paths.root)
+            return 0
         print(f"resumed at step {trainer.step}/{cfg.steps}")
     viewer = start_viewer(cfg, trainer)
     completed, code = False, 0

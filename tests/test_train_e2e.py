@@ -76,6 +76,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_gaussians(tiny_sd_dir, t
     assert main(["--resume", str(interrupted), "--output.no-progress"]) == 0
     assert run_dir_from(capsys) == interrupted
 
+    ply_time = (interrupted / "model.ply").stat().st_mtime_ns
+    assert main(["--resume", str(interrupted), "--output.no-progress"]) == 0  # complete: nothing to do
+    assert "already complete" in capsys.readouterr().out
+    assert (interrupted / "model.ply").stat().st_mtime_ns == ply_time
+
     a, b = read_ply(straight / "model.ply"), read_ply(interrupted / "model.ply")
     assert len(a) == len(b)
     for key in a.params:
