@@ -73,6 +73,8 @@ class Args:
     """Timed steps per measurement."""
     guidance_scale: float = 100.0
     """CFG scale (the cost does not depend on it unless it is 1)."""
+    prompt: Optional[str] = None
+    """Prompt; None: "a red mushroom" for the shapes prior, else "a DSLR photo of a corgi"."""
 
 
 def _sync(device: torch.device) -> None:
@@ -94,12 +96,13 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
     return statistics.median(samples)
 
 
-def measure_floor(prior, variant: Variant, guidance_scale: float, device: torch.device, warmup: int, iters: int):
+def measure_floor(prior, prompt: str, variant: Variant, guidance_scale: float, device: torch.device, warmup: int,
+                  iters: int):
     """(guided UNet forward ms, VAE encode forward+backward ms) at the variant's batch and resolution."""
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(variant.views, 3, variant.resolution, variant.resolution, device=device, generator=gen)
     images.requires_grad_(True)
-    emb = prior.encode_prompts("a DSLR photo of a corgi", "", True)
+    emb = prior.encode_prompts(prompt, "", True)
     cond, uncond = emb.select(["front"] * variant.views)
     with torch.no_grad():
         z = prior.encode_images(images)
@@ -116,13 +119,13 @@ def measure_floor(prior, variant: Variant, guidance_scale: float, device: torch.
     return time_ms(unet, device, warmup, iters), time_ms(encoder, device, warmup, iters)
 
 
-def build_trainer(prior, model: str, variant: Variant, device: torch.device):
+def build_trainer(prior, model: str, prompt: str, variant: Variant, device: torch.device):
     from fsd_gs.config import TrainConfig, base_config
     from fsd_gs.trainer import Trainer
 
     cfg: TrainConfig = base_config("fsd", None)
     cfg = dataclasses.replace(
-        cfg, prompt="a DSLR photo of a corgi", model=model, steps=10_000, device=str(device),
+        cfg, prompt=prompt, model=model, steps=10_000, device=str(device),
         camera=dataclasses.replace(cfg.camera, width=variant.resolution, height=variant.resolution,
                                    batch_size=variant.views),
         gaussians=dataclasses.replace(cfg.gaussians, num_points=variant.gaussians),
@@ -134,8 +137,9 @@ def build_trainer(prior, model: str, variant: Variant, device: torch.device):
 
 
 def run_variant(prior, model: str, variant: Variant, args: Args, device: torch.device) -> dict:
-    unet_ms, vae_ms = measure_floor(prior, variant, args.guidance_scale, device, args.warmup, args.iters)
-    trainer = build_trainer(prior, model, variant, device)
+    prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
+    unet_ms, vae_ms = measure_floor(prior, prompt, variant, args.guidance_scale, device, args.warmup, args.iters)
+    trainer = build_trainer(prior, model, prompt, variant, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step_ms = time_ms(trainer.train_step, device, args.warmup, args.iters)
