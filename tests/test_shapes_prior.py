@@ -113,3 +113,15 @@ def test_judge_reads_fresh_renders():
 
     acc = judge_accuracy(load_judge(), n_objects=6, seed=4242, views_per_object=2)
     assert acc["kind"] >= 0.75 and acc["colour"] >= 0.75
+
+
+def test_turntable_agreement_of_a_true_object():
+    from fsd_gs.shapes.evaluate import turntable_agreement
+    from fsd_gs.shapes.judge import load_judge
+    from fsd_gs.shapes.world import make_object
+
+    obj = make_object("mushroom", "red", torch.Generator().manual_seed(11))
+    res = turntable_agreement(obj.gaussians, "a red mushroom", load_judge(), n_views=8)
+    assert res["both"] >= 0.75 and res["n_views"] == 8
+    wrong = turntable_agreement(obj.gaussians, "a blue car", load_judge(), n_views=8)
+    assert wrong["both"] <= 0.25

@@ -74,7 +74,7 @@ def _entropy(counts: torch.Tensor) -> float:
 
 
 def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, samples_per_prompt: int = 8,
-                    guidance_scale: float = 5.0, steps: int = 50, seed: int = 0) -> dict[str, Any]:
+                    guidance_scale: float = 2.5, steps: int = 50, seed: int = 0) -> dict[str, Any]:
     """Judge agreement with random (kind, colour, view) prompts; per-prompt rows and totals."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -92,7 +92,7 @@ def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, sa
 
 
 def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] | None = None, n_samples: int = 64,
-                   guidance_scale: float = 5.0, steps: int = 50, seed: int = 1, batch: int = 64,
+                   guidance_scale: float = 2.5, steps: int = 50, seed: int = 1, batch: int = 64,
                    n_kinds: int = 3) -> dict[str, Any]:
     """Entropy of the judge's colour over ``n_samples`` samples of "a {kind}" (random views), / log(#colours).
 
@@ -135,3 +135,25 @@ def unet_latency(prior: DiffusionPrior, repeats: int = 20, warmup: int = 3) -> d
             times.append(time.perf_counter() - start)
     times.sort()
     return {"median_s": times[len(times) // 2], "min_s": times[0], "threads": torch.get_num_threads()}
+
+
+@torch.no_grad()
+def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int = 24, elevation: float = 15.0,
+                        fovy: float = 50.0, background: float = 1.0) -> dict[str, Any]:
+    """Render ``n_views`` turntable views (64 px, distance 2.5) of a distilled asset and let the judge read them.
+
+    Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``.
+    """
+    from fsd_gs.camera import turntable
+    from fsd_gs.render import render
+    from fsd_gs.shapes.captions import parse
+
+    kind, colour, _ = parse(prompt)
+    cams = turntable(n_views, elevation=elevation, distance=2.5, fovy=fovy, width=64, height=64, device=gaussians.device)
+    images = render(gaussians, cams, torch.full((3,), background, device=gaussians.device)).rgb.permute(0, 3, 1, 2)
+    pred = judge.predict(images)
+    kind_ok = pred["kind"] == KINDS.index(kind) if kind else torch.ones(n_views, dtype=torch.bool)
+    colour_ok = pred["colour"] == COLOUR_NAMES.index(colour) if colour else torch.ones(n_views, dtype=torch.bool)
+    return {"prompt": prompt, "kind": float(kind_ok.float().mean()), "colour": float(colour_ok.float().mean()),
+            "both": float((kind_ok & colour_ok).float().mean()), "n_views": n_views,
+            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())]}
