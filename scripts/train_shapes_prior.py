@@ -19,8 +19,8 @@ restarts with a short warm-up, the learning-rate schedule continues at the saved
 fit any time limit (the checkpoint is 13 MiB, small enough to carry between machines), at the cost of
 restarting the optimizer state -- the "training noise" between a one-run and a several-run recipe.
 
-The shipped weights (fsd_gs/assets/shapes_prior, step 1986) came from two runs on one H100, each a
-9.5-minute machine call (gsplat's JIT build and the object bank took ~2 minutes of each):
+The shipped weights (fsd_gs/assets/shapes_prior, step 2651) came from three runs on one H100, each a
+7-9.5-minute machine call (gsplat's JIT build and the object bank took ~2 minutes of each):
 
     # run 1: 1016 steps of 48 objects x 4 views, lr 4e-4 after 500 warm-up steps (barely decayed)
     python scripts/train_shapes_prior.py --out /tmp/run --time-budget-s 425 --save-every-s 90 --steps 16000 \
@@ -28,8 +28,12 @@ The shipped weights (fsd_gs/assets/shapes_prior, step 1986) came from two runs o
     # run 2: 970 more steps of 96 objects x 4 views, cosine 4e-4 -> 4e-5 over the run
     python scripts/train_shapes_prior.py --out /tmp/run --resume --resume-from <run 1's shapes_prior> \
         --decay-over-run --time-budget-s 465 --save-every-s 90 --steps 100000 --eval-at-end
+    # run 3: 665 more steps, cosine again over the run
+    python scripts/train_shapes_prior.py --out /tmp/run --resume --resume-from <run 2's shapes_prior> \
+        --decay-over-run --time-budget-s 390 --save-every-s 90 --steps 100000 --workers 6
 
-(567,552 images, 748 s inside the training loop.) More resumed runs like run 2 keep improving the prior.
+(Runs 1-2: 567,552 images, 748 s inside the training loop; run 3: 665 steps in about 230 s.) More resumed runs
+like runs 2-3 keep improving the prior.
 """
 
 from __future__ import annotations
