@@ -15,6 +15,13 @@ from typing import Iterator
 import torch
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued CUDA work on ``device`` (no-op on the CPU): call before reading a wall clock."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StageTimer:
     """Accumulates time per named stage: ``with timer("render"): ...``."""
 
@@ -46,8 +53,8 @@ class StageTimer:
 
     def summary(self) -> dict[str, float]:
         """Mean milliseconds per occurrence of each stage (synchronises CUDA once)."""
-        if self.device.type == "cuda" and self._events:
-            torch.cuda.synchronize(self.device)
+        if self._events:
+            synchronize(self.device)
         out = {name: sum(s.elapsed_time(e) for s, e in pairs) / len(pairs) for name, pairs in self._events.items()}
         out.update({name: sum(v) / len(v) for name, v in self._cpu.items()})
         return out

@@ -74,19 +74,20 @@ def _copy_field(dst: Any, src: Any, path: list[str]) -> Any:
 
 def prepare_resume(cli: TrainConfig, argv: Sequence[str]) -> tuple[TrainConfig, RunPaths]:
     """The saved config of the run in --resume, with the flags given on this command line applied on top."""
-    from fsd_gs.trainer import resume_exists
+    from fsd_gs.io.checkpoint import has_checkpoint
 
     run_dir = Path(cli.resume)
+    paths = RunPaths(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml): pass the folder a run printed last")
-    if not resume_exists(run_dir):
+    if not has_checkpoint(paths.checkpoint):
         raise UserError(f"{run_dir} has no checkpoint to resume from: start a new run instead")
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     for path in explicit_fields(argv):
         cfg = _copy_field(cfg, cli, path.split("."))
     cfg = dataclasses.replace(cfg, resume=run_dir)
     cfg.validate()
-    return cfg, RunPaths(run_dir)
+    return cfg, paths
 
 
 # -- helpers ---------------------------------------------------------------------------------------

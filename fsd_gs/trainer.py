@@ -23,7 +23,7 @@ from fsd_gs.densify import Densifier
 from fsd_gs.device import resolve_device
 from fsd_gs.distill import distill_loss
 from fsd_gs.gaussians import init_gaussians, make_optimizers
-from fsd_gs.io.checkpoint import Checkpoint, has_checkpoint, load_checkpoint, save_checkpoint
+from fsd_gs.io.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fsd_gs.io.ply import write_ply
 from fsd_gs.noise import build_noise
 from fsd_gs.prior.base import DiffusionPrior
@@ -334,8 +334,4 @@ def _is_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def resume_exists(run_dir: Path) -> bool:
-    return has_checkpoint(Path(run_dir) / "checkpoint")
 

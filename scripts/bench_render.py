@@ -28,6 +28,7 @@ import tyro
 
 from fsd_gs.camera import orbit_cameras
 from fsd_gs.gaussians import GaussiansConfig, random_ball_gaussians
+from fsd_gs.profiling import synchronize
 from fsd_gs.render import RenderConfig, render
 
 
@@ -70,11 +71,6 @@ def _cameras(batch: int, size: int, device: str):
     return orbit_cameras(az, el, torch.full((batch,), 2.5), torch.full((batch,), 50.0), size, size).to(device)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_case(case: Case, cfg: BenchConfig) -> dict:
     """Median forward, backward and forward+backward milliseconds of one case."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -90,13 +86,13 @@ def run_case(case: Case, cfg: BenchConfig) -> dict:
     for i in range(cfg.warmup + cfg.repeats):
         for p in gaussians.params.values():
             p.grad = None
-        _sync(case.device)
+        synchronize(case.device)
         t0 = time.perf_counter()
         out = render(gaussians, cams, bg, render_cfg)
-        _sync(case.device)
+        synchronize(case.device)
         t1 = time.perf_counter()
         (torch.cat([out.rgb, out.alpha], -1) * weights).sum().backward()
-        _sync(case.device)
+        synchronize(case.device)
         t2 = time.perf_counter()
         if i >= cfg.warmup:
             fwd.append(t1 - t0)

@@ -28,6 +28,8 @@ from typing import Callable, Literal, Optional
 
 import torch
 
+from fsd_gs.profiling import synchronize
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -77,21 +79,16 @@ class Args:
     """Prompt; None: "a red mushroom" for the shapes prior, else "a DSLR photo of a corgi"."""
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
     """Median over ``iters`` single calls of ``fn`` in milliseconds (after ``warmup`` calls)."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     samples = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import tarfile
@@ -52,6 +51,7 @@ from typing import Optional
 
 import torch
 
+from fsd_gs.io.atomic import atomic_open
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
 from fsd_gs.shapes.judge import Judge, load_judge
 from fsd_gs.shapes.model import build_networks, folder_size, load_tokenizer, save_pipeline, save_tokenizer, tokenize
@@ -201,10 +201,8 @@ def warm_up_renderer(device: torch.device) -> None:
 # -- checkpoint -----------------------------------------------------------------------------------
 def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
     folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary)
-    tmp = cfg.out / "shapes_prior.tar.tmp"
-    with tarfile.open(tmp, "w") as tar:
+    with atomic_open(cfg.out / "shapes_prior.tar") as f, tarfile.open(fileobj=f, mode="w") as tar:
         tar.add(folder, arcname="shapes_prior")
-    os.replace(tmp, cfg.out / "shapes_prior.tar")
     mirror(cfg)
     return folder
 

@@ -21,14 +21,10 @@ from fsd_gs.distill import distill_loss
 from fsd_gs.noise import NOISE_PRESETS, build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.factory import PriorConfig, load_prior
+from fsd_gs.profiling import synchronize
 from fsd_gs.schedule import FSD_SCHEDULE, sample_timestep
 
 VIEWS = ["front", "side", "back", "overhead"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def fsd_image_steps(prior: DiffusionPrior, height: int, width: int, batch: int = 1, steps: int = 3,
@@ -41,7 +37,7 @@ def fsd_image_steps(prior: DiffusionPrior, height: int, width: int, batch: int =
     device = prior.device
     start = time.perf_counter()
     embeddings = prior.encode_prompts("a photo of a red mushroom", "", view_dependent=True)
-    _sync(device)
+    synchronize(device)
     encode_s = time.perf_counter() - start
     cond, uncond = embeddings.select([VIEWS[i % len(VIEWS)] for i in range(batch)])
     noise = build_noise(NOISE_PRESETS["fsd2d"], prior.model_shape(height, width), seed=0, device=device)
@@ -52,7 +48,7 @@ def fsd_image_steps(prior: DiffusionPrior, height: int, width: int, batch: int =
         torch.cuda.reset_peak_memory_stats(device)
     times, losses, grad_norms = [], [], []
     for step in range(steps):
-        _sync(device)
+        synchronize(device)
         tic = time.perf_counter()
         t = sample_timestep(FSD_SCHEDULE, step / max(1, steps), None, prior.num_train_timesteps, batch=batch).to(device)
         eps = noise(torch.zeros(batch), torch.zeros(batch))
@@ -61,7 +57,7 @@ def fsd_image_steps(prior: DiffusionPrior, height: int, width: int, batch: int =
         result.loss.backward()
         grad_norms.append(float(images.grad.norm()))
         optimizer.step()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - tic)
         losses.append(float(result.loss.detach()))
     timed = times[1:] if len(times) > 1 else times
@@ -112,7 +108,7 @@ def test_sd21_size_fsd_step_fp16_cuda(sd21_random_dir, batch):
     device = torch.device("cuda")
     start = time.perf_counter()
     prior = load_prior(PriorConfig(model=str(sd21_random_dir), dtype="auto"), device)
-    _sync(device)
+    synchronize(device)
     load_s = time.perf_counter() - start
     assert prior.dtype == torch.float16 and prior.resolution == 512
     assert next(prior.unet.parameters()).device.type == "cuda"
