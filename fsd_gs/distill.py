@@ -16,7 +16,7 @@ DDIM (eta = 0) step from t to s written for the "clean image" variable z (docs/f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -64,6 +64,7 @@ def distill_loss(
     weighting: Weighting = "sigma_over_alpha",
     hifa_lambda: float = 0.0,
     return_predictions: bool = False,
+    cameras: Any = None,
 ) -> DistillOutput:
     """SDS / FSD loss of rendered ``images`` under ``prior``.
 
@@ -78,6 +79,8 @@ def distill_loss(
         hifa_lambda: weight of HiFA's image-space loss lambda ||x - stopgrad(decode(z0_hat))||^2 / B with z0_hat
             from the conditional-only prediction (docs/fsd.md sec. 5); 0 turns it off (no extra UNet call).
         return_predictions: also put the detached eps_hat and z0_hat in ``aux``.
+        cameras: the views' :class:`~fsd_gs.camera.Cameras`, passed on to priors whose
+            ``camera_conditioned`` is True (multi-view priors); ignored by the others.
     Returns:
         :class:`DistillOutput`; d loss / d z = w(t) (eps_hat - eps) / B (plus the image term).
     """
@@ -98,7 +101,7 @@ def distill_loss(
 
     with torch.no_grad():
         z_t = alpha * z.detach() + sigma * eps
-        eps_hat = prior.predict_noise(z_t, t, cond, uncond, guidance_scale).to(z.dtype)
+        eps_hat = _predict(prior, z_t, t, cond, uncond, guidance_scale, cameras).to(z.dtype)
         residual = eps_hat - eps
         target = z.detach() - w * residual
     loss_distill = 0.5 * ((z - target) ** 2).sum() / batch
@@ -112,7 +115,7 @@ def distill_loss(
     }
     if hifa_lambda > 0.0:
         with torch.no_grad():
-            eps_cond = eps_hat if guidance_scale == 1.0 else prior.predict_noise(z_t, t, cond, uncond, 1.0).to(z.dtype)
+            eps_cond = eps_hat if guidance_scale == 1.0 else _predict(prior, z_t, t, cond, uncond, 1.0, cameras).to(z.dtype)
             z0_cond = (z_t - sigma * eps_cond) / alpha
             x_hat = prior.decode(z0_cond).to(images.dtype)
         loss_image = hifa_lambda * ((images - x_hat) ** 2).sum() / batch
@@ -124,3 +127,10 @@ def distill_loss(
         aux["eps_hat"] = eps_hat
         aux["z0_hat"] = (z_t - sigma * eps_hat) / alpha
     return DistillOutput(loss=loss, aux=aux)
+
+
+def _predict(prior: DiffusionPrior, z_t, t, cond, uncond, guidance_scale: float, cameras: Any) -> torch.Tensor:
+    """prior.predict_noise, with ``cameras`` for camera-conditioned priors only."""
+    if prior.camera_conditioned:
+        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras)
+    return prior.predict_noise(z_t, t, cond, uncond, guidance_scale)

@@ -212,31 +212,15 @@ def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, con
     return z.detach()
 
 
-@torch.no_grad()
 def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
                 uncond: torch.Tensor) -> torch.Tensor:
-    """DDIM (eta 0) with diffusers' DDIMScheduler from x_T = noise [S,C,h,w]; returns the model-space samples."""
-    from diffusers import DDIMScheduler
-
-    from fsd_gs.prior.loading import quiet_hf
+    """The DDIM row of the 2D experiment: :func:`fsd_gs.sampling.ddim_sample` from x_T = noise [S,C,h,w]."""
+    from fsd_gs.sampling import ddim_sample as sample
 
     settings = cfg.settings()
-    config = dict(getattr(prior, "scheduler_config", {}) or {})
-    config.update(num_train_timesteps=prior.num_train_timesteps, prediction_type="epsilon")  # predict_noise gives eps
-    config.setdefault("beta_schedule", "scaled_linear")
-    config.setdefault("beta_start", 0.00085)
-    config.setdefault("beta_end", 0.012)
-    with quiet_hf():  # a PNDM config (Stable Diffusion's) has keys DDIM ignores
-        scheduler = DDIMScheduler.from_config(config)
-    scheduler.set_timesteps(settings.steps, device=prior.device)
-    z = noise.to(prior.device) * scheduler.init_noise_sigma
-    with _progress(len(scheduler.timesteps), cfg.progress, "ddim") as bar:
-        for t in scheduler.timesteps:
-            t_batch = t.reshape(1).expand(z.shape[0]).to(prior.device)
-            eps_hat = prior.predict_noise(z, t_batch, cond, uncond, settings.guidance_scale)
-            z = scheduler.step(eps_hat, t, z).prev_sample
-            bar.update(1)
-    return z
+    with _progress(settings.steps, cfg.progress, "ddim") as bar:
+        return sample(prior, noise, cond, uncond, settings.guidance_scale, settings.steps,
+                      on_step=lambda _: bar.update(1))
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -88,6 +88,8 @@ class NoiseFunction:
 
     kind: str = "random"
     world_map: Optional[torch.Tensor] = None
+    needs_depth: bool = False
+    """True when :meth:`sample` needs the rendered expected depth (surface-attached noise)."""
 
     def __init__(self, shape: Sequence[int], beta: float, device: torch.device) -> None:
         require(len(shape) == 3 and all(int(s) > 0 for s in shape),
@@ -111,6 +113,29 @@ class NoiseFunction:
                 f"the render resolution {height}x{width} is not a multiple of the noise resolution {h}x{w}: "
                 f"use a camera width and height that are multiples of {w} and {h}"
             )
+
+    def sample(
+        self,
+        cameras: Any,
+        alpha: Optional[torch.Tensor] = None,
+        depth: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Noise for a batch of views, as the training step asks for it.
+
+        Args:
+            cameras: the views' :class:`~fsd_gs.camera.Cameras` (B cameras, any device).
+            alpha: rendered opacity [B,H,W,1] (see :meth:`__call__`).
+            depth: rendered expected depth [B,H,W,1]; only read when :attr:`needs_depth`.
+            generator: source of the fresh noise.
+        Returns:
+            eps [B,C,h,w] float32.
+        """
+        return self(cameras.azimuth, cameras.elevation, alpha, generator)
+
+    def window_origin(self, azimuth: float, elevation: float) -> Optional[tuple[int, int]]:
+        """(row0, col0) of the world-map window a camera sees, for display; None without a world map."""
+        return None
 
     def __call__(
         self,

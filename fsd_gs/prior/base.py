@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
@@ -64,7 +64,13 @@ class DiffusionPrior(ABC):
         num_train_timesteps: T, the number of discrete training timesteps.
         alphas_cumprod: alphabar_t for t = 0..T-1, float32 [T], on ``device``.
         device, dtype: where and in which precision the networks run.
+        camera_conditioned: True for multi-view priors whose ``predict_noise`` takes a ``cameras``
+            keyword (the views' :class:`~fsd_gs.camera.Cameras`); the loss passes it only to those.
     """
+
+    camera_conditioned: bool = False
+    scheduler_config: Optional[dict] = None
+    """The model's diffusers scheduler config, for DDIM sampling (fsd_gs.sampling); None: SD's betas."""
 
     space: Literal["latent", "pixel"]
     channels: int

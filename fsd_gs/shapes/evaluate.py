@@ -53,18 +53,13 @@ def random_prompts(n: int = 24, seed: int = 2024) -> list[tuple[str, str, str]]:
 def ddim_sample(prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int,
                 generator: torch.Generator) -> torch.Tensor:
     """DDIM (eta 0) samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample."""
-    from diffusers import DDIMScheduler
+    from fsd_gs.sampling import ddim_sample as sample
 
-    scheduler = DDIMScheduler.from_config(prior.scheduler_config)
-    scheduler.set_timesteps(steps)
     emb = prior.encode_prompts(prompt, "", view_dependent=True)
     cond, uncond = emb.select(views)
     c, h, w = prior.model_shape(prior.resolution, prior.resolution)
-    x = torch.randn(len(views), c, h, w, generator=generator).to(prior.device)
-    for t in scheduler.timesteps:
-        eps = prior.predict_noise(x, t.expand(len(views)).to(prior.device), cond, uncond, guidance_scale)
-        x = scheduler.step(eps, t, x).prev_sample
-    return prior.decode(x)
+    x = torch.randn(len(views), c, h, w, generator=generator)
+    return prior.decode(sample(prior, x, cond, uncond, guidance_scale, steps))
 
 
 def _entropy(counts: torch.Tensor) -> float:
