@@ -65,6 +65,16 @@ class Cameras:
             self.azimuth[index], self.elevation[index], self.distance[index], self.fovy[index],
         )
 
+    @staticmethod
+    def cat(batches: list[Cameras]) -> Cameras:
+        """One batch of all cameras of ``batches`` (which must share an image size), in order."""
+        first = batches[0]
+        if any((c.width, c.height) != (first.width, first.height) for c in batches):
+            raise ValueError("cameras of different image sizes cannot be concatenated")
+        return Cameras(*(torch.cat([getattr(c, name) for c in batches]) if name not in ("width", "height")
+                         else getattr(first, name) for name in ("viewmats", "Ks", "width", "height", "azimuth",
+                                                                 "elevation", "distance", "fovy")))
+
     def with_resolution(self, width: int, height: int) -> Cameras:
         """The same viewpoints rendered at another image size (intrinsics rescaled)."""
         Ks = self.Ks.clone()
@@ -134,6 +144,10 @@ def orbit_cameras(
     )
 
 
+MAX_IMAGE_SIZE = 4096
+"""Largest training image side in pixels (diffusion priors are trained at 64-1024)."""
+
+
 @dataclass
 class CameraConfig:
     """Random orbit cameras for training (defaults close to threestudio's 3DGS preset)."""
@@ -163,7 +177,8 @@ class CameraConfig:
 
     def validate(self) -> None:
         require(self.batch_size >= 1, f"camera.batch_size must be >= 1, got {self.batch_size}")
-        require(self.width > 0 and self.height > 0, f"image size must be positive, got {self.width}x{self.height}")
+        require(0 < self.width <= MAX_IMAGE_SIZE and 0 < self.height <= MAX_IMAGE_SIZE,
+                f"camera.width and camera.height must lie in 1..{MAX_IMAGE_SIZE} pixels, got {self.width}x{self.height}")
         for name in ("azimuth_range", "elevation_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, name)
             require(lo <= hi, f"camera.{name} must be (low, high) with low <= high, got {(lo, hi)}")

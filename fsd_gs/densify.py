@@ -55,6 +55,7 @@ from typing import Any, Optional
 import torch
 
 from fsd_gs.errors import UserError, require
+from fsd_gs.gaussians import quat_to_rotmat
 
 STAT_KEYS = ("grad2d", "count", "radii")
 """Per-Gaussian running statistics in the state (each [N] float32 or None)."""
@@ -190,16 +191,6 @@ def reset_opacities(
         for state_value in optimizer.state.get(opacities, {}).values():
             if torch.is_tensor(state_value) and state_value.dim() >= 1:
                 state_value.zero_()
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices [N,3,3] from quaternions wxyz [N,4] (normalised here)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 def split_children(params: dict[str, torch.Tensor], index: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -251,14 +251,11 @@ def random_ball_gaussians(config: GaussiansConfig, generator: torch.Generator, d
     return g.to(device)
 
 
-def init_gaussians(config: GaussiansConfig, generator: torch.Generator, device: torch.device | str = "cpu") -> Gaussians:
-    """Initial Gaussians from the config: from ``init_ply`` if set, else random in a ball."""
-    if config.init_ply:
-        from fsd_gs.io.ply import read_ply
+def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from quaternions wxyz of any norm (normalised here): [...,4] -> [...,3,3] (kornia's formula)."""
+    from kornia.geometry.conversions import quaternion_to_rotation_matrix
 
-        g = read_ply(config.init_ply, sh_degree=config.sh_degree)
-        return g.to(device)
-    return random_ball_gaussians(config, generator, device)
+    return quaternion_to_rotation_matrix(torch.nn.functional.normalize(quats, dim=-1))
 
 
 def make_optimizers(gaussians: Gaussians, lrs: LearningRates, eps: float = 1e-15) -> dict[str, torch.optim.Optimizer]:

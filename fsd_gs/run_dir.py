@@ -40,8 +40,9 @@ class RunPaths:
         return self.root / "metrics.jsonl"
 
     @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint"
+    def checkpoints(self) -> Path:
+        """The folder of committed checkpoints (fsd_gs/io/checkpoint.py)."""
+        return self.root / "checkpoints"
 
     @property
     def snapshots(self) -> Path:

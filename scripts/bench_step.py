@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for variant in GRIDS[args.grid]:
         if variant.compile not in priors:
-            priors[variant.compile] = load_prior(PriorConfig(model=model, compile=variant.compile), device)
+            priors[variant.compile] = load_prior(model, PriorConfig(compile=variant.compile), device)
         print(f"-- {variant.name}", flush=True)
         try:
             rows.append(run_variant(priors[variant.compile], model, variant, args, device))

@@ -74,9 +74,9 @@ def run(cfg: EvalConfig) -> dict:
     folder = cfg.folder or shapes_prior_folder()
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    cpu_prior = load_shapes_prior(None, "cpu", folder=folder)
+    cpu_prior = load_shapes_prior("cpu", folder=folder)
     speed = ev.unet_latency(cpu_prior)
-    prior = cpu_prior if device.type == "cpu" else load_shapes_prior(None, device, folder=folder)
+    prior = cpu_prior if device.type == "cpu" else load_shapes_prior(device, folder=folder)
     judge = load_judge(folder / "judge", device)
     res = {
         "judge": ev.judge_accuracy(judge, n_objects=cfg.judge_objects, device=device),

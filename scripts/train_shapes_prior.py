@@ -394,7 +394,7 @@ def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
     from fsd_gs.shapes import evaluate as ev
 
     folder = cfg.out / "shapes_prior"
-    prior = load_shapes_prior(None, device, folder=folder)
+    prior = load_shapes_prior(device, folder=folder)
     judge = load_judge(folder / "judge", device)
     t0 = time.time()
     res = {"judge": ev.judge_accuracy(judge, n_objects=256, device=device),

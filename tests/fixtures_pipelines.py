@@ -32,14 +32,14 @@ def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_prior(tiny_sd_dir: Path):
     """The tiny latent pipeline loaded as a prior on the CPU (fp32). Shared: do not modify it."""
-    from fsd_gs.prior.factory import PriorConfig, load_prior
+    from fsd_gs.prior.factory import load_prior
 
-    return load_prior(PriorConfig(model=str(tiny_sd_dir)), "cpu")
+    return load_prior(str(tiny_sd_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_pixel_prior(tiny_pixel_dir: Path):
     """The tiny pixel-space pipeline loaded as a prior on the CPU (fp32). Shared: do not modify it."""
-    from fsd_gs.prior.factory import PriorConfig, load_prior
+    from fsd_gs.prior.factory import load_prior
 
-    return load_prior(PriorConfig(model=str(tiny_pixel_dir)), "cpu")
+    return load_prior(str(tiny_pixel_dir), device="cpu")

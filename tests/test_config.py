@@ -1,11 +1,12 @@
 """The config tree: method switching, presets, precedence, CLI errors, run folders."""
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from fsd_gs.config import TrainConfig, base_config, from_dict, presets_dir, to_dict
+from fsd_gs.config import TrainConfig, base_config, from_dict, preset_names, presets_dir, to_dict
 from fsd_gs.errors import UserError
 from fsd_gs.run_dir import create_run_dir, slugify
 from fsd_gs.train import parse_config
@@ -31,23 +32,50 @@ def test_flags_override_preset_which_overrides_method(tmp_path):
     assert cfg.method == "fsd" and cfg.schedule.kind == "sqrt" and cfg.noise.kind == "constant"
 
 
-def test_every_shipped_preset_loads_and_validates():
-    names = sorted(p.name for p in presets_dir().glob("*.yaml"))
-    assert {"fsd-sd21.yaml", "sds-sd21.yaml", "shapes-fsd.yaml", "shapes-sds.yaml"} <= set(names)
+def test_every_shipped_preset_loads_by_name_and_validates():
+    names = preset_names()
+    assert {"fsd-sd21", "sds-sd21", "shapes-fsd", "shapes-sds"} <= set(names)
     for name in names:
-        cfg = parse_config(["--config", str(presets_dir() / name), "--prompt", "a red mushroom"])
+        cfg = parse_config(["--config", name, "--prompt", "a red mushroom"])
         cfg.validate()
+        by_path = parse_config(["--config", str(presets_dir() / f"{name}.yaml"), "--prompt", "a red mushroom"])
+        assert dataclasses.replace(by_path, config=name) == cfg
 
 
 def test_fsd_and_sds_presets_differ_only_in_method_parts():
-    for fsd_name, sds_name in [("fsd-sd21.yaml", "sds-sd21.yaml"), ("shapes-fsd.yaml", "shapes-sds.yaml")]:
-        a = to_dict(base_config(None, presets_dir() / fsd_name))
-        b = to_dict(base_config(None, presets_dir() / sds_name))
+    for fsd_name, sds_name in [("fsd-sd21", "sds-sd21"), ("shapes-fsd", "shapes-sds")]:
+        a = to_dict(base_config(None, fsd_name))
+        b = to_dict(base_config(None, sds_name))
         assert {k for k in a if a[k] != b[k]} <= {"method", "noise", "schedule", "config"}
+
+
+def test_the_model_brings_its_own_preset():
+    shapes = parse_config(["--model", "shapes", "--prompt", "a red mushroom"])
+    assert (shapes.camera.width, shapes.steps, shapes.guidance.guidance_scale) == (
+        base_config(None, "shapes-fsd").camera.width, base_config(None, "shapes-fsd").steps,
+        base_config(None, "shapes-fsd").guidance.guidance_scale)
+    assert shapes.camera.width == 64  # not the SD default of 512 px, which would take hours on a CPU
+    sds = parse_config(["--model", "shapes", "--method", "sds", "--prompt", "a red mushroom"])
+    assert sds.noise.kind == "random" and sds.camera.width == 64
+    assert parse_config(["--prompt", "a cat"]).camera.width == 512  # the default model: Stable Diffusion
+
+
+def test_help_names_the_module_and_requires_the_prompt(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "python -m fsd_gs.train" in out and "--prompt STR" in out and "required" in out
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config([])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize("text, message", [
     ("stepz: 3\n", "stepz"), ("camera:\n  widht: 3\n", "camera.widht"), ("- a\n- b\n", "mapping"),
+    ("steps: many\n", "'steps' must be a whole number"), ("camera:\n  width: '64'\n", "'camera.width' must be a whole"),
+    ("camera: 5\n", "'camera' must be a section"), ("noise:\n  kind: blue\n", "'noise.kind' must be one of"),
+    ("camera:\n  elevation_range: [1, 2, 3]\n", "2 values"), ("guidance:\n  view_dependent: 1\n", "true or false"),
 ])
 def test_bad_presets_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -57,8 +85,16 @@ def test_bad_presets_name_the_problem(tmp_path, text, message):
 
 
 def test_unknown_preset_lists_the_shipped_ones():
-    with pytest.raises(UserError, match="shapes-fsd.yaml"):
+    with pytest.raises(UserError, match="shapes-fsd"):
         base_config(None, Path("configs/nope.yaml"))
+
+
+@pytest.mark.parametrize("flag, value", [("--guidance.guidance-scale", "nan"), ("--optim.lr.means", "inf"),
+                                         ("--camera.fovy-range", "nan")])
+def test_non_finite_numbers_are_refused_by_name(flag, value):
+    args = ["--prompt", "a cat", flag, value] + (["40"] if flag.endswith("range") else [])
+    with pytest.raises(UserError, match=flag):
+        parse_config(args).validate()
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -187,7 +187,7 @@ def test_every_view_of_a_batch_gets_its_own_window_and_mask():
 
 def test_constant_and_random_kinds():
     const = build_noise(NoiseConfig(kind="constant"), SHAPE, seed=0)
-    assert isinstance(const, ConstantNoise) and const.world_map is None and not hasattr(const, "window_origin")
+    assert isinstance(const, ConstantNoise) and const.world_map is None and const.window_origin(30.0, 10.0) is None
     eps = const([0.0, 180.0], [0.0, 45.0], ones_alpha(2, 0.0))
     assert torch.equal(eps[0], const.image) and torch.equal(eps[1], const.image)
     rand = build_noise(NoiseConfig(kind="random"), SHAPE, seed=0)

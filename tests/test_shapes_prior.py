@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.factory import PriorConfig, load_prior
+from fsd_gs.prior.factory import load_prior
 from fsd_gs.prior.shapes import ShapesPrior, load_shapes_prior, shapes_prior_folder, vocabulary_error
 from fsd_gs.shapes.captions import VOCABULARY
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
@@ -20,7 +20,7 @@ SHIPPED = shapes_prior_folder()
 
 @pytest.fixture(scope="module")
 def prior() -> ShapesPrior:
-    return load_prior(PriorConfig(model="shapes", guidance_scale=7.5), "cpu")
+    return load_prior("shapes", device="cpu")
 
 
 def test_shipped_folder_is_complete_and_small():
@@ -53,7 +53,7 @@ def test_shipped_prior_loads_through_the_prior_interface(prior):
 
 
 def test_the_same_folder_loads_as_a_plain_pixel_pipeline():
-    generic = load_prior(PriorConfig(model=str(SHIPPED)), "cpu")
+    generic = load_prior(str(SHIPPED), device="cpu")
     assert type(generic).__name__ == "PixelDiffusionPrior" and generic.resolution == 64
 
 
@@ -82,7 +82,7 @@ def test_a_fresh_folder_round_trips(tmp_path):
     torch.manual_seed(0)
     unet, text_encoder = build_networks(token_ids)
     folder = save_pipeline(tmp_path / "prior", unet, text_encoder, summary={"step": 1})
-    loaded = load_shapes_prior(None, "cpu", folder=folder)
+    loaded = load_shapes_prior("cpu", folder=folder)
     z = torch.randn(1, 3, 64, 64)
     t = torch.tensor([10])
     emb = torch.randn(1, MAX_TOKENS, 128)
@@ -94,7 +94,7 @@ def test_a_fresh_folder_round_trips(tmp_path):
 
 def test_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="missing"):
-        load_shapes_prior(None, "cpu", folder=tmp_path)
+        load_shapes_prior("cpu", folder=tmp_path)
 
 
 def test_dataset_is_deterministic_and_labelled():

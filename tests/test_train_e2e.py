@@ -16,7 +16,7 @@ import torch
 
 from fsd_gs.io.ply import read_ply
 from fsd_gs.train import main
-from fsd_gs.trainer import Trainer
+from fsd_gs.step import DistillStep
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,8 @@ def test_short_run_writes_every_output(tiny_sd_dir, tmp_path, capsys):
     run = run_dir_from(capsys)
     assert run.parent.parent == tmp_path and run.parent.name == "a-red-mushroom"
     for name in ("config.yaml", "model.ply", "report.json", "metrics.jsonl", "turntable.png",
-                 "checkpoint/checkpoint.safetensors", "checkpoint/checkpoint.json", "snapshots/step_000003.ply"):
+                 "checkpoints/step_000006/state.safetensors", "checkpoints/step_000006/state.json",
+                 "snapshots/step_000003.ply"):
         assert (run / name).is_file(), name
     pytest.importorskip("imageio_ffmpeg")  # the [test] extra installs it: the MP4 turntable is checked in CI
     assert (run / "turntable.mp4").stat().st_size > 0
@@ -60,19 +61,19 @@ def test_interrupted_and_resumed_run_ends_with_the_same_gaussians(tiny_sd_dir, t
     assert main(small_run_args(tiny_sd_dir, tmp_path / "a", 8)) == 0
     straight = run_dir_from(capsys)
 
-    original = Trainer.train_step
+    original = DistillStep.__call__
 
     def stop_at_5(self):
         result = original(self)
         if self.step == 5:
-            self.request_stop()  # what Ctrl-C does
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the run stops after this step
         return result
 
-    monkeypatch.setattr(Trainer, "train_step", stop_at_5)
+    monkeypatch.setattr(DistillStep, "__call__", stop_at_5)
     assert main(small_run_args(tiny_sd_dir, tmp_path / "b", 8)) == 130
     interrupted = run_dir_from(capsys)
     assert json.loads((interrupted / "report.json").read_text())["steps_done"] == 5
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.setattr(DistillStep, "__call__", original)
     assert main(["--resume", str(interrupted), "--output.no-progress"]) == 0
     assert run_dir_from(capsys) == interrupted
 
@@ -109,15 +110,15 @@ def test_ctrl_c_saves_checkpoint_and_ply(tiny_sd_dir, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert out.strip().splitlines()[-1] == str(run)
-    assert (run / "model.ply").is_file() and (run / "checkpoint" / "checkpoint.json").is_file()
+    assert (run / "model.ply").is_file() and list((run / "checkpoints").glob("step_*/state.json"))
     assert "--resume" in err
 
 
 @pytest.mark.parametrize("args, message", [
     (["--prompt", ""], "prompt is empty"),
     (["--prompt", "a cat", "--steps", "0"], "steps"),
-    (["--prompt", "a cat", "--config", "configs/nope.yaml"], "not found"),
-    (["--prompt", "a cat", "--method", "vsd"], "fsd or sds"),
+    (["--prompt", "a cat", "--config", "nope"], "not found"),
+    (["--prompt", "a cat", "--method", "xyz"], "--method"),
     (["--prompt", "a cat", "--model", "/nonexistent/folder"], "/nonexistent/folder"),
     (["--prompt", "a cat", "--camera.width", "100", "--camera.height", "100"], "multiple"),
 ])
@@ -138,9 +139,9 @@ def test_unwritable_output_dir(tiny_sd_dir, tmp_path, capsys):
 
 
 def test_large_model_on_cpu_is_refused_with_the_alternative(monkeypatch, tiny_sd_dir, tmp_path, capsys):
-    import fsd_gs.train as train_module
+    import fsd_gs.runner as runner_module
 
-    monkeypatch.setattr(train_module, "CPU_PARAM_LIMIT", 10)
+    monkeypatch.setattr(runner_module, "CPU_PARAM_LIMIT", 10)
     assert main(small_run_args(tiny_sd_dir, tmp_path, 2)) == 2
     err = capsys.readouterr().err
     assert "--model shapes" in err and "seconds per step" in err
@@ -149,9 +150,9 @@ def test_large_model_on_cpu_is_refused_with_the_alternative(monkeypatch, tiny_sd
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_sd_dir, tmp_path, capsys, monkeypatch):
     import dataclasses
 
-    import fsd_gs.trainer as trainer_module
+    import fsd_gs.step as step_module
 
-    original = trainer_module.distill_loss
+    original = step_module.distill_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -161,29 +162,29 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_sd_dir, 
             return dataclasses.replace(out, loss=out.loss * float("nan"))
         return out
 
-    monkeypatch.setattr(trainer_module, "distill_loss", poisoned)
+    monkeypatch.setattr(step_module, "distill_loss", poisoned)
     assert main(small_run_args(tiny_sd_dir, tmp_path, 8)) == 1
     captured = capsys.readouterr()
     run = Path(captured.out.strip().splitlines()[-1])
-    assert "nan" in captured.err.lower() and "checkpoint" in captured.err
-    meta = json.loads((run / "checkpoint" / "checkpoint.json").read_text())
-    assert meta["step"] == 3
-    from fsd_gs.io.checkpoint import load_checkpoint
+    assert "nan" in captured.err.lower() and "checkpoint (step 3) is kept" in captured.err
+    from fsd_gs.io.checkpoint import latest_checkpoint, load_checkpoint
 
-    ckpt = load_checkpoint(run / "checkpoint")
-    assert all(torch.isfinite(v).all() for v in ckpt.gaussians.params.values())
+    folder = latest_checkpoint(run / "checkpoints")
+    assert folder.name == "step_000003"
+    state, _ = load_checkpoint(folder)
+    assert all(torch.isfinite(v).all() for v in state["gaussians"]["params"].values())
 
 
 def test_progressive_resolution_grows_the_render_to_full_size(tiny_sd_dir, tmp_path, capsys, monkeypatch):
     sizes = []
-    original = Trainer._render_size
+    original = DistillStep.render_size
 
     def spy(self):
         size = original(self)
         sizes.append(size)
         return size
 
-    monkeypatch.setattr(Trainer, "_render_size", spy)
+    monkeypatch.setattr(DistillStep, "render_size", spy)
     args = small_run_args(tiny_sd_dir, tmp_path, 6, "--optim.progressive-start", "32", "--optim.progressive-until", "0.5")
     assert main(args) == 0
     assert sizes[0] == (32, 32) and sizes[-1] == (64, 64)

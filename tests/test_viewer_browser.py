@@ -150,7 +150,7 @@ def test_live_viewer_of_a_training_run(tiny_sd_dir, tmp_path):
     assert fraction_in_box(drawn, *EMPTY_BOX) <= 0.05, "the empty space beside the object is not background"
     assert loaded >= 2, "the training-view and world-noise-map images did not load"
     assert code == 130, "\n".join(run.lines[-30:])  # Ctrl-C: saved and stopped
-    stopped = [int(m.group(1)) for line in run.lines if (m := re.search(r"interrupted at step (\d+)", line))]
+    stopped = [int(m.group(1)) for line in run.lines if (m := re.search(r"stopped at step (\d+)", line))]
     assert stopped and stopped[0] > seen, "training did not go on after the page was closed"
     _keep_for_docs(shot, "viewer-live.png")
 

@@ -42,7 +42,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every platform can open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -86,7 +86,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview) -> Path:

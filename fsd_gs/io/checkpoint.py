@@ -1,134 +1,148 @@
-"""Training checkpoints: tensors in safetensors, everything else in JSON, both written atomically.
+"""Checkpoints that survive any kill: each one a folder, committed by a single rename.
 
-A checkpoint is two files in one folder, ``checkpoint.safetensors`` and ``checkpoint.json``. The JSON
-is written last and names the tensor file's SHA-256, so a reader can tell a complete checkpoint from a
-half-written one; nothing is ever unpickled.
+A run's checkpoints live in ``<run>/checkpoints/``:
 
-Tensor keys:
-    params/<key>                  Gaussian parameters (fsd_gs.gaussians.PARAM_KEYS)
-    optim/<key>/<state>           Adam state per parameter (exp_avg, exp_avg_sq, step)
-    densify/<name>                densification running statistics
-    rng/<name>                    torch.Generator states (uint8)
-    extra/<name>                  anything else the trainer wants back
+    checkpoints/step_000250/state.safetensors     every tensor of the state, by path ("gaussians/params/means")
+    checkpoints/step_000250/state.json            the rest of the state as JSON, the tensor file's SHA-256, meta
+    checkpoints/.tmp-step_000500-XXXX/            a checkpoint being written (ignored and cleaned up)
+
+:func:`save_checkpoint` writes both files into a fresh temporary folder, fsyncs them, and renames the
+folder to ``step_NNNNNN`` (one atomic rename), and only then deletes older checkpoints beyond
+``keep``. A kill at any instant therefore leaves the previous complete checkpoint in place, and
+:func:`latest_checkpoint` finds the newest folder whose JSON and tensors agree. Nothing is unpickled:
+tensors are read with safetensors, the rest with json.
+
+The state is any nested structure of dicts (str or int keys), lists, tuples, tensors and JSON values,
+e.g. ``DistillStep.state_dict()``; it comes back with the same structure (tuples as lists).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save as save_bytes
+from safetensors.torch import load as load_bytes, save as save_bytes
 
 from fsd_gs.errors import UserError
-from fsd_gs.gaussians import Gaussians
-from fsd_gs.io.atomic import atomic_write_bytes
+from fsd_gs.io.atomic import fsync_dir
 
-TENSORS_NAME = "checkpoint.safetensors"
-META_NAME = "checkpoint.json"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class Checkpoint:
-    """Everything needed to continue a run exactly where it stopped.
-
-    Attributes:
-        step: the number of completed optimisation steps.
-        gaussians: the Gaussians (params on CPU).
-        optimizer_states: per parameter key, ``torch.optim.Optimizer.state_dict()``.
-        densify_state: densification statistics (tensors or None).
-        rng_states: name -> generator state (uint8 tensor).
-        meta: JSON-serialisable extras (metrics so far, wall time, versions).
-    """
-
-    step: int
-    gaussians: Gaussians
-    optimizer_states: dict[str, dict[str, Any]]
-    densify_state: dict[str, torch.Tensor | None]
-    rng_states: dict[str, torch.Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
+TENSORS_NAME = "state.safetensors"
+META_NAME = "state.json"
+FORMAT_VERSION = 2
+_FOLDER = re.compile(r"^step_(\d{6,})$")
 
 
-def _flatten(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors: dict[str, torch.Tensor] = {}
-    groups: dict[str, Any] = {}
-    for key, value in ckpt.gaussians.params.items():
-        tensors[f"params/{key}"] = value.detach().cpu().contiguous()
-    for key, state_dict in ckpt.optimizer_states.items():
-        groups[key] = state_dict["param_groups"]
-        for index, state in state_dict["state"].items():
-            for name, value in state.items():
-                tensors[f"optim/{key}/{index}/{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    densify_none = []
-    for name, value in ckpt.densify_state.items():
-        if value is None:
-            densify_none.append(name)
-        else:
-            tensors[f"densify/{name}"] = value.detach().cpu().contiguous()
-    for name, value in ckpt.rng_states.items():
-        tensors[f"rng/{name}"] = value.cpu().contiguous()
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "step": ckpt.step,
-        "sh_degree": ckpt.gaussians.sh_degree,
-        "active_sh_degree": ckpt.gaussians.active_sh_degree,
-        "param_groups": groups,
-        "densify_none": densify_none,
-        "meta": ckpt.meta,
-    }
-    return tensors, meta
+# -- nested state <-> (tensors, JSON) ----------------------------------------------------------------
+def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu().contiguous()
+        return {"tensor": path}
+    if isinstance(value, dict):
+        return {"dict": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"cannot store a {type(value).__name__} at {path} in a checkpoint")
 
 
-def save_checkpoint(ckpt: Checkpoint, folder: str | Path) -> Path:
-    """Write ``ckpt`` into ``folder`` atomically (tensor file first, then the JSON that seals it)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors, meta = _flatten(ckpt)
-    payload = save_bytes(tensors)
-    meta["tensors_sha256"] = hashlib.sha256(payload).hexdigest()
-    atomic_write_bytes(folder / TENSORS_NAME, payload)
-    atomic_write_bytes(folder / META_NAME, json.dumps(meta, indent=1).encode())
-    return folder
+def _decode(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if "tensor" in node:
+        return tensors[node["tensor"]]
+    if "dict" in node:
+        return {k: _decode(v, tensors) for k, v in node["dict"]}
+    if "list" in node:
+        return [_decode(v, tensors) for v in node["list"]]
+    return node["value"]
 
 
-def has_checkpoint(folder: str | Path) -> bool:
-    return (Path(folder) / META_NAME).is_file() and (Path(folder) / TENSORS_NAME).is_file()
+# -- folders -----------------------------------------------------------------------------------------
+def checkpoint_folders(root: str | Path) -> list[Path]:
+    """The committed checkpoint folders under ``root``, newest (highest step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; a missing or damaged one is a UserError."""
-    folder = Path(folder)
-    if not has_checkpoint(folder):
-        raise UserError(f"no checkpoint in {folder}: expected {META_NAME} and {TENSORS_NAME} there")
+def _read(folder: Path) -> tuple[dict[str, Any], bytes]:
     try:
         meta = json.loads((folder / META_NAME).read_text())
         payload = (folder / TENSORS_NAME).read_bytes()
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"the checkpoint in {folder} cannot be read ({exc}); it may be damaged") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"the checkpoint in {folder} has format {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"the checkpoint {folder} cannot be read ({exc}); it may be damaged") from exc
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"the checkpoint {folder} has an unknown format (expected version {FORMAT_VERSION})")
     if hashlib.sha256(payload).hexdigest() != meta.get("tensors_sha256"):
-        raise UserError(f"the checkpoint in {folder} is incomplete (its tensor file does not match its JSON)")
-    flat = load_file(str(folder / TENSORS_NAME))
+        raise UserError(f"the checkpoint {folder} is incomplete (its tensor file does not match its JSON)")
+    return meta, payload
 
-    params = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("params/")}
-    gaussians = Gaussians(params, meta["sh_degree"], meta["active_sh_degree"])
-    optimizer_states: dict[str, dict[str, Any]] = {}
-    for key, groups in meta["param_groups"].items():
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        prefix = f"optim/{key}/"
-        for name, value in flat.items():
-            if name.startswith(prefix):
-                index, stat = name[len(prefix):].split("/", 1)
-                state.setdefault(int(index), {})[stat] = value
-        optimizer_states[key] = {"state": state, "param_groups": groups}
-    densify_state: dict[str, torch.Tensor | None] = {
-        k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("densify/")
-    }
-    densify_state.update({name: None for name in meta["densify_none"]})
-    rng_states = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("rng/")}
-    return Checkpoint(meta["step"], gaussians, optimizer_states, densify_state, rng_states, meta["meta"])
+
+def is_complete(folder: str | Path) -> bool:
+    """True when ``folder`` holds a checkpoint whose JSON and tensor file agree."""
+    try:
+        _read(Path(folder))
+    except UserError:
+        return False
+    return True
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint folder under ``root``, or None (damaged newer ones are skipped)."""
+    return next((folder for folder in checkpoint_folders(root) if is_complete(folder)), None)
+
+
+def save_checkpoint(state: dict[str, Any], root: str | Path, step: int, meta: dict[str, Any] | None = None,
+                    keep: int = 2) -> Path:
+    """Commit ``state`` as ``root/step_NNNNNN`` (atomically as a whole) and keep only the newest ``keep``.
+
+    An existing complete checkpoint of the same step is left as it is (the state of a step does not change).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    if final.is_dir() and is_complete(final):
+        return final
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, "state", tensors)
+    payload = save_bytes(tensors)
+    record = {"format_version": FORMAT_VERSION, "step": step, "tensors_sha256": hashlib.sha256(payload).hexdigest(),
+              "state": tree, "meta": meta or {}}
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        for name, data in ((TENSORS_NAME, payload), (META_NAME, json.dumps(record).encode())):
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if final.exists():  # a damaged folder of this step (a crash mid-delete): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(root)
+    for old in checkpoint_folders(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, meta) of the checkpoint in ``folder``; a missing or damaged one is a UserError."""
+    folder = Path(folder)
+    if not (folder / META_NAME).is_file():
+        raise UserError(f"no checkpoint in {folder}: expected {META_NAME} and {TENSORS_NAME} there")
+    record, payload = _read(folder)
+    return _decode(record["state"], load_bytes(payload)), record.get("meta", {})

@@ -69,6 +69,8 @@ class DiffusionPrior(ABC):
     """
 
     camera_conditioned: bool = False
+    views_per_group: int = 1
+    """Views the model denoises together (MVDream: 4); the step samples cameras and timesteps per group."""
     scheduler_config: Optional[dict] = None
     """The model's diffusers scheduler config, for DDIM sampling (fsd_gs.sampling); None: SD's betas."""
 
@@ -116,6 +118,10 @@ class DiffusionPrior(ABC):
         Returns:
             eps_hat [B,C,h,w] in float32.
         """
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The prior's networks (for parameter counts); priors without modules return an empty list."""
+        return []
 
     def check_image_size(self, height: int, width: int) -> None:
         """UserError unless ``height`` x ``width`` is positive and divisible by ``downsample``."""

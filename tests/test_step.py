@@ -1,0 +1,163 @@
+"""The step object on its own: one step on a tiny prior changes the Gaussians; its state round-trips bitwise."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+import torch
+
+from fsd_gs.io.checkpoint import load_checkpoint, save_checkpoint
+from fsd_gs.step import DistillStep, step_together
+from fsd_gs.train import parse_config
+
+
+def tiny_cfg(seed: int = 0, *extra: str):
+    return parse_config(["--model", "shapes", "--prompt", "a red mushroom", "--seed", str(seed), "--steps", "10",
+                         "--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200",
+                         "--densify.refine-start-iter", "2", "--densify.refine-every", "3", *extra])
+
+
+@pytest.fixture(scope="module")
+def shapes_prior():
+    from fsd_gs.prior.factory import load_prior
+
+    return load_prior("shapes", device="cpu")
+
+
+def params_of(step: DistillStep) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in step.gaussians.params.items()}
+
+
+def test_one_step_changes_the_gaussians(shapes_prior):
+    step = DistillStep(tiny_cfg(), shapes_prior, torch.device("cpu"))
+    before = params_of(step)
+    result = step()
+    assert step.step == 1 and torch.isfinite(result.loss)
+    after = params_of(step)
+    for key in ("means", "scales", "opacities", "sh0"):
+        assert not torch.equal(before[key], after[key]), key
+    assert result.rgb.shape == (1, 32, 32, 3) and result.eps.shape == (1, 3, 32, 32)
+
+
+def test_state_round_trips_bitwise_through_a_checkpoint(shapes_prior, tmp_path):
+    cfg = tiny_cfg()
+    a = DistillStep(cfg, shapes_prior, torch.device("cpu"))
+    for _ in range(4):  # past a densification (refine at step 2)
+        a()
+    folder = save_checkpoint(a.state_dict(), tmp_path, a.step)
+    b = DistillStep(cfg, shapes_prior, torch.device("cpu"))
+    state, _ = load_checkpoint(folder)
+    b.load_state_dict(state)
+    assert b.step == a.step and len(b.gaussians) == len(a.gaussians)
+    for _ in range(3):
+        ra, rb = a(), b()
+        assert torch.equal(ra.loss, rb.loss)
+    for key, value in params_of(a).items():
+        assert torch.equal(value, params_of(b)[key]), key
+
+
+def test_same_seed_same_asset_at_any_thread_count(shapes_prior):
+    results = []
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)  # what OMP_NUM_THREADS would set; the step pins its own count
+        try:
+            step = DistillStep(tiny_cfg(), shapes_prior, torch.device("cpu"))
+            for _ in range(6):
+                step()
+            results.append(params_of(step))
+        finally:
+            torch.set_num_threads(1)
+    for other in results[1:]:
+        for key, value in results[0].items():
+            assert torch.equal(value, other[key]), key
+
+
+def test_steps_of_several_seeds_together_match_separate_steps(shapes_prior, monkeypatch):
+    """One prior call for K assets gives each asset its own step's gradient.
+
+    Not bitwise: the prior's batched arithmetic (oneDNN / MKL pick other kernels for another batch size)
+    differs by ~1e-5 relative, so gradients are compared with a tolerance, taken just before Adam.
+    """
+    grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def spy(self, pending, loss):
+        grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
+        return original(self, pending, loss)
+
+    original = DistillStep._update
+    monkeypatch.setattr(DistillStep, "_update", spy)
+    cfgs = [tiny_cfg(seed) for seed in (0, 1)]
+    together = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
+    alone = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
+    for s in together:
+        s._mode = "together"
+    for s in alone:
+        s._mode = "alone"
+    results = step_together(together)
+    for s in alone:
+        s()
+    assert [r.eps.shape[0] for r in results] == [1, 1] and all(s.step == 1 for s in together)
+    for seed in (0, 1):  # relative L2 over the whole gradient (the quats' is pure rounding noise at step 0)
+        g_alone = torch.cat([g.flatten() for g in grads[("alone", seed)].values()])
+        g_together = torch.cat([g.flatten() for g in grads[("together", seed)].values()])
+        assert g_alone.norm() > 0 and (g_together - g_alone).norm() / g_alone.norm() < 1e-4, seed
+    assert not torch.equal(grads[("alone", 0)]["means"], grads[("alone", 1)]["means"])  # the seeds differ
+
+
+def test_no_import_cycles_among_the_package_modules():
+    root = pathlib.Path(__file__).resolve().parent.parent / "fsd_gs"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rsplit(".", 1)[0] if "." in target else ""
+                if target and target != name and not name.startswith(target + "."):
+                    graph[name].add(target)
+    # Tarjan's strongly connected components: any component of two or more modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
