@@ -7,8 +7,10 @@ its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, Sequence
+import warnings
+from typing import Callable, Iterator, Sequence
 
 
 class UserError(ValueError):
@@ -23,10 +25,23 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show our UserWarnings as one ``warning: ...`` line each on stderr (not Python's file:line form)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
 def run_cli(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
     """Call ``run(argv)`` (default: sys.argv[1:]); a UserError becomes one line on stderr and exit code 2."""
     try:
-        return run(sys.argv[1:] if argv is None else list(argv))
+        with warnings_as_lines():
+            return run(sys.argv[1:] if argv is None else list(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import tyro
 
-from fsd_gs.errors import UserError, require
+from fsd_gs.cli import tyro_cli
+from fsd_gs.errors import UserError, require, warnings_as_lines
 from fsd_gs.viewer.app import ViewerApp, ViewFrame, splat_arrays
 
 UpAxis = Literal["+z", "-z", "+y", "-y", "+x", "-x"]
@@ -59,6 +60,7 @@ class ViewPlyConfig:
 
 def load_gaussian_params(path: Path) -> dict[str, torch.Tensor]:
     """The raw parameters of the Gaussians in an INRIA-layout .ply (UserError if it is not one)."""
+    from fsd_gs.finite import drop_non_finite
     from fsd_gs.io.ply import read_ply
 
     try:
@@ -67,6 +69,7 @@ def load_gaussian_params(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # plyfile raises many kinds of errors for non-3DGS files
         raise UserError(f"{path} could not be read as a 3D Gaussian Splatting .ply ({exc})") from exc
+    gaussians = drop_non_finite(gaussians, path.name, verb="showing")
     return {k: v.detach() for k, v in gaussians.params.items()}
 
 
@@ -99,8 +102,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point: parse flags, serve until Ctrl-C. Bad input -> one line on stderr, exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = tyro.cli(ViewPlyConfig, args=args, description=ViewPlyConfig.__doc__)
-        app = serve(cfg)
+        cfg = tyro_cli(ViewPlyConfig, "python -m viewer", args)
+        with warnings_as_lines():
+            app = serve(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,237 @@
+"""The evaluation as one function: find runs -> render fixed views -> score -> figures -> table, JSON, gallery.
+
+    result = evaluate(EvaluateConfig(paths=(Path("outputs/bench/manifest.json"),)))
+    result.folder  # evaluation.json, evaluation.md, gallery/index.html
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+import tyro
+
+from fsd_gs.errors import UserError, require
+from fsd_gs.evaluate import gallery
+from fsd_gs.evaluate.report import SetResult, markdown, summarise_set, to_json
+from fsd_gs.evaluate.runs import Found, Run, find_runs, group_runs
+from fsd_gs.evaluate.scorers import DEFAULT_CLIP, ClipScorer, InceptionClassifier, JudgeScorer, Scorer, ViewScores, load_clip
+from fsd_gs.evaluate.views import ViewConfig, ddim_images, eval_cameras, render_views, world_object
+from fsd_gs.run_dir import slugify
+
+OUTPUT_NAMES = ("evaluation.json", "evaluation.md", "gallery")
+SHAPES = "shapes"
+
+
+@dataclass
+class EvaluateConfig:
+    """Measure what FSD promises (docs/fsd.md sec. 7, 9): quality, IS and CROSS-FID per prompt and method, the
+    paper's table (evaluation.md, evaluation.json) and an HTML gallery of turntables (gallery/index.html).
+
+    python -m fsd_gs.evaluate outputs/benchmark/manifest.json
+    python -m fsd_gs.evaluate outputs/ --view.views 24 --out results/eval
+    """
+
+    paths: tyro.conf.Positional[tuple[Path, ...]] = ()
+    """Run folders, folders searched recursively for run folders (config.yaml + model.ply), or batch manifest.json files."""
+    out: Optional[Path] = None
+    """Output folder (must not hold evaluation results already). Default: a fresh evaluation-<date-time>/ next to the
+    manifest, or inside the first PATH."""
+    view: ViewConfig = field(default_factory=ViewConfig)
+    """The fixed cameras every asset is rendered from."""
+    size: Optional[int] = None
+    """Rendered view size in pixels; None: 64 for the shapes prior (its judge's input), 256 otherwise."""
+    clip: str = DEFAULT_CLIP
+    """CLIP model for the quality and features of non-shapes backbones: a hub id (HF cache first) or a local folder."""
+    is_classifier: Literal["auto", "inception", "none"] = "auto"
+    """IS classifier: auto = the judge's kind head for shapes, Inception-v3 (torchmetrics + torch-fidelity) otherwise;
+    none = no IS for non-shapes backbones."""
+    truth: bool = True
+    """Shapes prior: also score the shapes world's own objects of each prompt (the truth row)."""
+    truth_objects: Optional[int] = None
+    """World objects per prompt; None: as many as the most seeds of any method of that prompt."""
+    ddim_samples: int = 8
+    """The prior's own DDIM samples per prompt (the paper's "DDIM images" row); 0 = no DDIM row."""
+    ddim_steps: int = 50
+    """DDIM steps of those samples."""
+    ddim_guidance: Optional[float] = None
+    """CFG scale of the DDIM samples; None: the runs' own guidance scale (what FSD distils towards)."""
+    device: str = "auto"
+    """auto (CUDA if available), cpu, cuda or cuda:N. CUDA renders with gsplat, the CPU with the reference rasterizer."""
+    gallery: bool = True
+    """Write gallery/index.html with animated turntables."""
+    frame_ms: int = 80
+    """Milliseconds per turntable frame in the gallery."""
+    progress: bool = True
+    """Progress bar over assets (only when stderr is a terminal)."""
+
+    def validate(self) -> None:
+        require(len(self.paths) > 0, "no PATH given: pass run folders, a folder of runs or a batch manifest.json")
+        require(self.view.views >= 2, f"--view.views must be >= 2, got {self.view.views}")
+        require(self.size is None or self.size >= 8, f"--size must be >= 8 pixels, got {self.size}")
+        require(self.ddim_samples >= 0 and self.ddim_steps >= 1, "--ddim-samples must be >= 0 and --ddim-steps >= 1")
+        require(self.truth_objects is None or self.truth_objects >= 1, "--truth-objects must be >= 1")
+        require(self.frame_ms >= 10, "--frame-ms must be >= 10")
+
+
+@dataclass
+class Evaluation:
+    folder: Path
+    results: list[SetResult]
+    missing: list[dict[str, str]]
+    data: dict[str, Any]
+
+
+def output_folder(cfg: EvaluateConfig, found: Found) -> Path:
+    """--out (refusing one that already holds results), else a fresh evaluation-<date-time>[-k] folder."""
+    if cfg.out is not None:
+        taken = [n for n in OUTPUT_NAMES if (cfg.out / n).exists()]
+        require(not taken, f"{cfg.out} already holds {', '.join(taken)}: pass a fresh --out folder")
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        return cfg.out
+    first = Path(cfg.paths[0])
+    base = first.parent if first.is_file() else first
+    stem = f"evaluation-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    for k in range(1000):
+        candidate = base / (stem if k == 0 else f"{stem}-{k}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot create {candidate} ({exc.strerror}): pass a writable --out folder") from exc
+    raise UserError(f"too many evaluation folders in {base}: pass --out")
+
+
+class _Scorers:
+    """One scorer per backbone, built on first use (the judge for shapes, CLIP for the rest)."""
+
+    def __init__(self, cfg: EvaluateConfig, device: torch.device) -> None:
+        self.cfg, self.device, self.cache = cfg, device, {}
+        self._clip: Optional[ClipScorer] = None
+
+    def get(self, model: str) -> Scorer:
+        if model not in self.cache:
+            self.cache[model] = self._judge() if model == SHAPES else self._clip_scorer()
+        return self.cache[model]
+
+    def _judge(self) -> Scorer:
+        from fsd_gs.shapes.judge import load_judge
+
+        return JudgeScorer(load_judge(device=self.device))
+
+    def _clip_scorer(self) -> Scorer:
+        if self._clip is None:
+            model, processor = load_clip(self.cfg.clip, self.device)
+            classifier = InceptionClassifier(self.device) if self.cfg.is_classifier in ("auto", "inception") else None
+            self._clip = ClipScorer(model, processor, self.cfg.clip, classifier, getattr(classifier, "name", None))
+        return self._clip
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="assets", unit="asset", disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _score_set(cfg: EvaluateConfig, scorer: Scorer, prompt: str, model: str, n_colours: int, gallery_dir: Path, slug: str,
+               results: list[SetResult], method: str, views_by_seed: dict[int, torch.Tensor], sources: dict[int, str],
+               still: bool = False, with_cross_fid: bool = True) -> None:
+    """Score the views [V,3,H,W] of each seed, append the figures to ``results`` and write the gallery cells."""
+    scores: dict[int, ViewScores] = {s: scorer.score(v, prompt) for s, v in views_by_seed.items()}
+    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources)
+    if cfg.gallery:
+        for s, v in views_by_seed.items():
+            name = gallery.media_name(slug, method, s, still)
+            if still:
+                gallery.save_still(v[0], gallery_dir / name)
+            else:
+                gallery.save_animation(v, gallery_dir / name, cfg.frame_ms)
+            result.media[s] = name
+    results.append(result)
+
+
+def evaluate(cfg: EvaluateConfig) -> Evaluation:
+    """Run the whole evaluation and write its files; returns where they are and what they say."""
+    from fsd_gs.device import resolve_device
+    from fsd_gs.io.ply import read_ply
+    from fsd_gs.prior.factory import load_prior
+    from fsd_gs.shapes.world import COLOUR_NAMES
+
+    cfg.validate()
+    found = find_runs(cfg.paths)
+    groups, dropped = group_runs(found.runs)
+    missing = [{"id": m.id, "reason": m.reason} for m in [*found.missing, *dropped]]
+    device = resolve_device(cfg.device)
+    scorers = _Scorers(cfg, device)
+    for model in sorted({key[2] for key in groups}):
+        scorers.get(model)  # bad --clip or a missing judge fails before anything is written
+    folder = output_folder(cfg, found)
+    gallery_dir = folder / "gallery"
+
+    prompts: dict[tuple[str, str], dict[str, dict[int, Run]]] = {}
+    for (prompt, method, model), seeds in groups.items():
+        prompts.setdefault((prompt, model), {})[method] = seeds
+    n_truth = {key: (cfg.truth_objects or max(len(s) for s in methods.values())) if key[1] == SHAPES and cfg.truth else 0
+               for key, methods in prompts.items()}
+    total = len(found.runs) - len(dropped) + sum(n_truth.values()) + (len(prompts) if cfg.ddim_samples else 0)
+
+    results: list[SetResult] = []
+    priors: dict[str, Any] = {}
+    with _progress(total, cfg.progress) as bar:
+        for (prompt, model), methods in sorted(prompts.items()):
+            scorer = scorers.get(model)
+            size = cfg.size or (64 if model == SHAPES else 256)
+            cams = eval_cameras(cfg.view, size, device)
+            slug = slugify(prompt)
+            n_colours = len(COLOUR_NAMES) if model == SHAPES else 0
+
+            scored = functools.partial(_score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results)
+
+            for method, runs in methods.items():
+                views = {}
+                for seed, run in runs.items():
+                    views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(device), cams, cfg.view.background)
+                    bar.update(1)
+                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()})
+            if n_truth[(prompt, model)]:
+                views, sources = {}, {}
+                for i in range(n_truth[(prompt, model)]):
+                    obj, colour = world_object(prompt, i)
+                    views[i] = render_views(obj.to(device), cams, cfg.view.background)
+                    sources[i] = f"shapes world object {i} ({colour})"
+                    bar.update(1)
+                scored("truth", views, sources)
+            if cfg.ddim_samples:
+                guidance = cfg.ddim_guidance or next(iter(next(iter(methods.values())).values())).guidance_scale
+                if model not in priors:
+                    priors[model] = load_prior(model, device=device)
+                images = ddim_images(priors[model], prompt, cams, cfg.ddim_samples, guidance, cfg.ddim_steps)
+                scored("ddim", {i: images[i:i + 1] for i in range(len(images))},
+                       {i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
+                        for i in range(len(images))},
+                       still=True, with_cross_fid=False)
+                bar.update(1)
+
+    settings = {**dataclasses.asdict(cfg.view), "size": cfg.size, "paths": [str(p) for p in cfg.paths],
+                "ddim_samples": cfg.ddim_samples, "ddim_steps": cfg.ddim_steps, "ddim_guidance": cfg.ddim_guidance,
+                "device": str(device), "manifests": [str(p) for p in found.manifests]}
+    notes = {model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name}
+             for model, s in scorers.cache.items()}
+    data = to_json(results, missing, settings, notes)
+    (folder / "evaluation.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (folder / "evaluation.md").write_text(markdown(results, missing, settings, notes))
+    if cfg.gallery:
+        gallery_dir.mkdir(exist_ok=True)
+        gallery.write_index(gallery_dir, results, {m: n["quality"] for m, n in notes.items()}, "FSD evaluation",
+                            gallery.gallery_notes(settings))
+    return Evaluation(folder, results, missing, data)
