@@ -128,7 +128,6 @@ class DistillStep:
         self.densify_counts: dict[str, int] = {}
         self.step = 0
         self.timer = StageTimer(self.device, enabled=False)
-        self._depth_kwargs = {"with_depth": True} if self.noise.needs_depth else {}
 
     # -- set-up -----------------------------------------------------------------------------------
     def _make_sampler(self) -> Any:
@@ -190,14 +189,15 @@ class DistillStep:
                 cams = cams.with_resolution(rw, rh)
             background = self._background(len(cams))
         with timer("render"):
-            out = render(self.gaussians, cams, background, cfg.render, **self._depth_kwargs)
+            out = render(self.gaussians, cams, background, cfg.render, with_depth=self.noise.needs_depth)
             rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
             alpha = out.alpha
-            depth = getattr(out, "depth", None)
+            depth = out.depth
             if (rh, rw) != self.prior_size:
                 rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
                 alpha = _resize_bhwc(alpha, self.prior_size)
-                depth = _resize_bhwc(depth, self.prior_size) if depth is not None else None
+                if depth is not None:  # resized premultiplied, so silhouettes do not pull in the background's 0
+                    depth = _resize_bhwc(depth * out.alpha, self.prior_size) / alpha.clamp_min(1e-10)
                 cams = cams.with_resolution(self.prior_size[1], self.prior_size[0])
         with timer("noise_and_t"):
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])

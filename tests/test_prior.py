@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,8 @@
 """Render Gaussians into a batch of cameras: gsplat on CUDA, a pure-torch reference on CPU.
 
-    out = render(gaussians, cameras, background, RenderConfig())
-    out.rgb [B,H,W,3], out.alpha [B,H,W,1], out.info (means2d, radii, ... for densification)
+    out = render(gaussians, cameras, background, RenderConfig(), with_depth=False)
+    out.rgb [B,H,W,3], out.alpha [B,H,W,1], out.info (means2d, radii, ... for densification),
+    out.depth [B,H,W,1] expected depth with ``with_depth=True`` (gsplat's "ED" mode), else None
 
 Both backends share the semantics of gsplat 1.5's ``rasterization`` (EWA projection with eps2d
 low-pass, opacity-aware tile culling, front-to-back compositing with the 1/255 and 1e-4 cut-offs,
@@ -47,6 +48,7 @@ def render(
     cameras: Cameras,
     background: torch.Tensor,
     config: RenderConfig | None = None,
+    with_depth: bool = False,
 ) -> RenderOutput:
     """Render ``gaussians`` into every camera of ``cameras`` over ``background``.
 
@@ -55,8 +57,11 @@ def render(
         cameras: B cameras sharing one image size, on the Gaussians' device.
         background: RGB [3] or [B,3] composited where the Gaussians leave transmittance.
         config: backend and rasterization settings (:class:`RenderConfig`).
+        with_depth: also render the expected depth sum_i w_i z_i / max(sum_i w_i, 1e-10) (camera-space z,
+            0 where nothing is drawn; gsplat's "RGB+ED" mode, the same on both backends).
     Returns:
-        :class:`RenderOutput` with rgb [B,H,W,3], alpha [B,H,W,1] and info (see its docstring).
+        :class:`RenderOutput` with rgb [B,H,W,3], alpha [B,H,W,1], info (see its docstring) and depth
+        [B,H,W,1] (None unless ``with_depth``).
     """
     cfg = config if config is not None else RenderConfig()
     cfg.validate()
@@ -80,7 +85,8 @@ def render(
     if backend == "gsplat":
         from fsd_gs.render.gsplat_backend import rasterize_gsplat
 
-        colors, alphas, meta = rasterize_gsplat(params, sh_degree, viewmats, Ks, width, height, bgs, cfg)
+        colors, alphas, meta = rasterize_gsplat(params, sh_degree, viewmats, Ks, width, height, bgs, cfg,
+                                                 with_depth=with_depth)
         info = {
             "means2d": meta["means2d"],
             "radii": meta["radii"],
@@ -95,8 +101,11 @@ def render(
     else:
         from fsd_gs.render.reference import rasterize_gaussians
 
-        colors, alphas, info = rasterize_gaussians(dict(params), sh_degree, viewmats, Ks, width, height, bgs, cfg)
+        colors, alphas, info = rasterize_gaussians(dict(params), sh_degree, viewmats, Ks, width, height, bgs, cfg,
+                                                    with_depth=with_depth)
     info.update({"width": width, "height": height, "n_cameras": n_cams, "backend": backend})
+    depth = colors[..., 3:4] if with_depth else None
+    colors = colors[..., :3]
     if cfg.clamp_rgb:
         colors = colors.clamp(0.0, 1.0)
-    return RenderOutput(rgb=colors, alpha=alphas, info=info)
+    return RenderOutput(rgb=colors, alpha=alphas, info=info, depth=depth)

@@ -59,6 +59,10 @@ class RenderOutput:
     Attributes:
         rgb: composited colours, [B,H,W,3] (background included; in [0,1] when ``clamp_rgb``).
         alpha: accumulated opacity 1 - T_final, [B,H,W,1], in [0,1].
+        depth: expected camera-space z, [B,H,W,1], or None unless ``render(..., with_depth=True)``:
+            sum_i w_i z_i / max(sum_i w_i, 1e-10) with the compositing weights w_i = alpha_i T_i and z_i
+            the depth of Gaussian i's mean (gsplat's "ED" render mode: normalised by the pixel's alpha,
+            so it is a depth where alpha > 0 and exactly 0 where alpha = 0; differentiable).
         info: what ``gsplat.strategy.DefaultStrategy`` needs, same keys for both backends:
             "means2d" [B,N,2] (or [nnz,2] packed; requires grad, ``retain_grad()`` called, so
             ``.grad`` holds the screen-space gradient after backward, and ``.absgrad`` when
@@ -70,3 +74,4 @@ class RenderOutput:
     rgb: torch.Tensor
     alpha: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+    depth: Optional[torch.Tensor] = None

@@ -16,6 +16,7 @@ def rasterize_gsplat(
     height: int,
     backgrounds: torch.Tensor,
     config: RenderConfig,
+    with_depth: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render raw Gaussian parameters (log scales, logit opacities, SH) with gsplat.
 
@@ -23,8 +24,10 @@ def rasterize_gsplat(
         params: the Gaussians' parameter dict (shapes in ``fsd_gs.gaussians``).
         sh_degree: degree to render with (<= the stored degree).
         viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3], all on the Gaussians' CUDA device.
+        with_depth: render gsplat's "RGB+ED" mode: a 4th channel of expected depth
+            sum_i w_i z_i / max(alpha, 1e-10) (0 where alpha = 0), not composited over the background.
     Returns:
-        colors [B,H,W,3] (not clamped above), alphas [B,H,W,1], and gsplat's meta dict, whose
+        colors [B,H,W,3] ([B,H,W,4] with depth; not clamped above), alphas [B,H,W,1], and gsplat's meta dict, whose
         "means2d" [B,N,2] (or [nnz,2] when packed) is the screen-space tensor to read gradients from.
     """
     from gsplat import rasterization
@@ -47,10 +50,11 @@ def rasterize_gsplat(
         sh_degree=sh_degree,
         packed=config.packed,
         backgrounds=None,  # composited below: gsplat 1.5.3 rejects backgrounds [B,3] when packed=True
-        render_mode="RGB",
+        render_mode="RGB+ED" if with_depth else "RGB",
         absgrad=config.absgrad,
         rasterize_mode="classic",
     )
     # Exactly gsplat's own compositing (pix_out + T_final * background, with T_final = 1 - alpha).
-    colors = colors + (1.0 - alphas) * backgrounds[:, None, None, :]
+    rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+    colors = torch.cat([rgb, colors[..., 3:]], dim=-1) if with_depth else rgb
     return colors, alphas, meta
