@@ -22,13 +22,14 @@ from fsd_gs.camera import CameraConfig
 from fsd_gs.densify import DensifyConfig
 from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
-from fsd_gs.noise import NOISE_PRESETS, NoiseConfig
+from fsd_gs.methods import METHOD_NAMES, MethodOptions, method_spec
+from fsd_gs.noise import NoiseConfig
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
-from fsd_gs.schedule import SCHEDULE_PRESETS, ScheduleConfig
+from fsd_gs.schedule import ScheduleConfig
 from fsd_gs.viewer.config import ViewerConfig
 
-Method = Literal["fsd", "sds"]
+Method = Literal["fsd", "sds", "nfsd", "csd", "vsd"]
 
 
 @dataclass
@@ -98,8 +99,9 @@ class TrainConfig:
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance (empty: the unconditional embedding)."""
     method: Method = "fsd"
-    """fsd: world-map noise + sqrt-annealed t (docs/fsd.md); sds: fresh noise + random t. Switches noise and
-    schedule together; explicit --noise.* / --schedule.* flags still win."""
+    """fsd: world-map noise + sqrt-annealed t (docs/fsd.md); sds: fresh noise + random t; nfsd, csd, vsd: the
+    paper's other baselines (docs/methods.md). Switches noise, schedule and the distillation direction together;
+    explicit --noise.* / --schedule.* flags still win."""
     config: Optional[str] = None
     """A preset applied before the command-line flags: a shipped name (shapes-fsd, shapes-sds, fsd-sd21, sds-sd21,
     ...) or a YAML file. Default: the model's own preset (shapes-<method> for --model shapes, <method>-sd21 otherwise)."""
@@ -124,6 +126,7 @@ class TrainConfig:
     atomics, so CUDA runs are close but not bitwise reproducible either way."""
 
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    method_options: MethodOptions = field(default_factory=MethodOptions)
     prior: PriorConfig = field(default_factory=PriorConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -144,7 +147,7 @@ class TrainConfig:
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
         for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr):
             part.validate()
-        for part in (self.densify, self.render, self.viewer):
+        for part in (self.densify, self.render, self.viewer, self.method_options):
             part.validate()
         require(self.output.log_every >= 1, "--output.log-every must be >= 1")
         if self.output.formats:
@@ -158,16 +161,16 @@ class TrainConfig:
 
 
 # -- method defaults ------------------------------------------------------------------------------
-METHODS = ("fsd", "sds")
-"""--method switches the noise and the schedule and nothing else (docs/fsd.md sec. 2); the values are
-NOISE_PRESETS / SCHEDULE_PRESETS of noise.py and schedule.py."""
+METHODS = METHOD_NAMES
+"""--method switches the noise, the schedule and the distillation direction and nothing else (docs/fsd.md sec. 2,
+docs/methods.md); the values live in fsd_gs.methods.METHODS."""
 
 
 def method_defaults(cfg: TrainConfig, method: str) -> TrainConfig:
     """``cfg`` with the noise and schedule of ``method``."""
-    require(method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(NOISE_PRESETS[method]),
-                               schedule=dataclasses.replace(SCHEDULE_PRESETS[method]))
+    spec = method_spec(method)
+    return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(spec.noise),
+                               schedule=dataclasses.replace(spec.schedule))
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
@@ -273,8 +276,9 @@ def load_preset(name: str | Path) -> dict[str, Any]:
 
 
 def default_preset(model: str | None, method: str | None) -> str:
-    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21)."""
-    method = method or "fsd"
+    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21; the methods
+    without a preset of their own take SDS's, since they share its fresh noise and random t)."""
+    method = method if method in ("fsd", "sds") else ("fsd" if method is None else "sds")
     if model == "shapes":
         return f"shapes-{method}"
     return f"{method}-sd21"
@@ -291,7 +295,6 @@ def base_config(method: str | None, preset: str | Path | None, model: str | None
         name = None
     data = load_preset(name) if name is not None else {}
     method = method or data.get("method", "fsd")
-    require(method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = method_defaults(TrainConfig(), method)
     cfg = merge_into(cfg, {k: v for k, v in data.items() if k != "method"})
     if model is not None:

@@ -1,4 +1,4 @@
-"""The score-distillation loss shared by SDS and FSD (docs/fsd.md sec. 1, 2 and 5).
+"""The score-distillation loss shared by every method (docs/fsd.md sec. 1, 2 and 5; docs/methods.md).
 
 SDS and FSD differ only in the noise eps and the timestep t the caller passes (fresh noise and random t,
 or the world-map noise and an annealed t); the loss is the same:
@@ -9,6 +9,11 @@ or the world-map noise and an annealed t); the loss is the same:
     target   = stopgrad(z - w(t) (eps_hat - eps))
     loss     = 0.5 sum((z - target)^2) / B                      so d loss / d z = w(t) (eps_hat - eps) / B
 
+The other methods (NFSD, CSD, VSD; fsd_gs/methods.py) replace the residual eps_hat - eps by their own
+direction through a :class:`~fsd_gs.methods.Guidance`; without one, the residual is eps_hat - eps.
+:func:`distill_loss_z` is the same loss on a model-space z (the 2D experiments optimise z directly);
+:func:`distill_loss` encodes rendered images first and can add HiFA's image-space term.
+
 With w(t) = sigma_t / alpha_t, one gradient-descent step on z of size B (w_t - w_s) / w_t is exactly the
 DDIM (eta = 0) step from t to s written for the "clean image" variable z (docs/fsd.md sec. 1).
 """
@@ -16,11 +21,12 @@ DDIM (eta = 0) step from t to s written for the "clean image" variable z (docs/f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 
 from fsd_gs.errors import UserError
+from fsd_gs.methods import Guidance, ScoreGuidance, predict
 from fsd_gs.prior.base import DiffusionPrior
 
 Weighting = Literal["sigma_over_alpha", "sigma2", "one"]
@@ -33,9 +39,11 @@ class DistillOutput:
 
     Attributes:
         loss: scalar to call backward on (distillation loss plus the optional HiFA image loss).
-        aux: detached tensors: "t" [B] timesteps, "w" [B] weights w(t), "grad_norm" [B] the norm of
-            (eps_hat - eps) per view, "loss_distill" and "loss_image" scalars; with ``return_predictions``
-            also "eps_hat" [B,C,h,w] and "z0_hat" [B,C,h,w] (the one-step clean estimate).
+        aux: detached tensors: "t" [B] timesteps, "w" [B] weights w(t), "grad_norm" [B] the norm of the
+            residual (eps_hat - eps for SDS/FSD) per view, "loss_distill" and "loss_image" scalars, plus what a
+            stateful guidance's update logs ("loss_lora" for VSD); with ``return_predictions`` also "eps_hat"
+            [B,C,h,w] (eps + residual: the prediction the direction stands for) and "z0_hat" [B,C,h,w]
+            (the one-step clean estimate (z_t - sigma_t eps_hat) / alpha_t).
     """
 
     loss: torch.Tensor
@@ -65,8 +73,9 @@ def distill_loss(
     hifa_lambda: float = 0.0,
     return_predictions: bool = False,
     cameras: Any = None,
+    guidance: Optional[Guidance] = None,
 ) -> DistillOutput:
-    """SDS / FSD loss of rendered ``images`` under ``prior``.
+    """Score-distillation loss of rendered ``images`` under ``prior``.
 
     Args:
         prior: the diffusion model (any :class:`~fsd_gs.prior.base.DiffusionPrior`).
@@ -80,14 +89,52 @@ def distill_loss(
             from the conditional-only prediction (docs/fsd.md sec. 5); 0 turns it off (no extra UNet call).
         return_predictions: also put the detached eps_hat and z0_hat in ``aux``.
         cameras: the views' :class:`~fsd_gs.camera.Cameras`, passed on to priors whose
-            ``camera_conditioned`` is True (multi-view priors); ignored by the others.
+            ``camera_conditioned`` is True (multi-view priors) and to the guidance; ignored by the others.
+        guidance: the method's direction (:func:`fsd_gs.methods.make_guidance`); None: eps_hat - eps (SDS/FSD).
+            A stateful guidance (VSD) also takes its training step on the detached z here, after the direction.
     Returns:
-        :class:`DistillOutput`; d loss / d z = w(t) (eps_hat - eps) / B (plus the image term).
+        :class:`DistillOutput`; d loss / d z = w(t) residual / B (plus the image term).
     """
+    z = prior.encode_images(images)
+    out, (z_t, alpha, sigma, t, eps_hat) = _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting,
+                                                    return_predictions, cameras, guidance)
+    if hifa_lambda > 0.0:
+        with torch.no_grad():
+            reuse = guidance_scale == 1.0 and (guidance is None or isinstance(guidance, ScoreGuidance))
+            eps_cond = eps_hat if reuse else predict(prior, z_t, t, cond, uncond, 1.0, cameras).to(z.dtype)
+            z0_cond = (z_t - sigma * eps_cond) / alpha
+            x_hat = prior.decode(z0_cond).to(images.dtype)
+        loss_image = hifa_lambda * ((images - x_hat) ** 2).sum() / images.shape[0]
+        out.loss = out.loss + loss_image
+        out.aux["loss_image"] = loss_image.detach()
+    return out
+
+
+def distill_loss_z(
+    prior: DiffusionPrior,
+    z: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    weighting: Weighting = "sigma_over_alpha",
+    return_predictions: bool = False,
+    cameras: Any = None,
+    guidance: Optional[Guidance] = None,
+) -> DistillOutput:
+    """The same loss on model-space images ``z`` [B,C,h,w] (part of the autograd graph), e.g. a 2D experiment's z.
+
+    Arguments as :func:`distill_loss` (no HiFA term: that one needs images). d loss / d z = w(t) residual / B.
+    """
+    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance)[0]
+
+
+def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance):
+    """The shared core: (DistillOutput, (z_t, alpha, sigma, t, eps_hat)) with alpha, sigma [B,1,1,1]."""
     if weighting not in WEIGHTINGS:
         weight(t, t, weighting)  # raises the UserError
-    batch = images.shape[0]
-    z = prior.encode_images(images)
+    batch = z.shape[0]
     if eps.shape != z.shape:
         raise ValueError(f"eps must have the model-space shape {tuple(z.shape)} of the images, got {tuple(eps.shape)}")
     t = torch.as_tensor(t, device=z.device).long().reshape(-1)
@@ -98,39 +145,29 @@ def distill_loss(
     sigma = sigma.to(z.device, z.dtype).view(-1, 1, 1, 1)
     eps = eps.to(z.device, z.dtype)
     w = weight(alpha, sigma, weighting)
+    guidance = guidance if guidance is not None else _SCORE
 
     with torch.no_grad():
-        z_t = alpha * z.detach() + sigma * eps
-        eps_hat = _predict(prior, z_t, t, cond, uncond, guidance_scale, cameras).to(z.dtype)
-        residual = eps_hat - eps
-        target = z.detach() - w * residual
+        z_detached = z.detach()
+        z_t = alpha * z_detached + sigma * eps
+        residual = guidance.direction(prior, z_detached, z_t, eps, t, cond, uncond, guidance_scale, cameras)
+        target = z_detached - w * residual
     loss_distill = 0.5 * ((z - target) ** 2).sum() / batch
-    loss = loss_distill
-
     aux: dict[str, torch.Tensor] = {
         "t": t.detach(),
         "w": w.detach().view(-1),
         "grad_norm": residual.flatten(1).norm(dim=1),
         "loss_distill": loss_distill.detach(),
+        "loss_image": torch.zeros((), device=z.device, dtype=z.dtype),
     }
-    if hifa_lambda > 0.0:
-        with torch.no_grad():
-            eps_cond = eps_hat if guidance_scale == 1.0 else _predict(prior, z_t, t, cond, uncond, 1.0, cameras).to(z.dtype)
-            z0_cond = (z_t - sigma * eps_cond) / alpha
-            x_hat = prior.decode(z0_cond).to(images.dtype)
-        loss_image = hifa_lambda * ((images - x_hat) ** 2).sum() / batch
-        loss = loss + loss_image
-        aux["loss_image"] = loss_image.detach()
-    else:
-        aux["loss_image"] = torch.zeros((), device=z.device, dtype=z.dtype)
+    if guidance.stateful:
+        aux.update(guidance.update(prior, z_detached, cameras))
+    eps_hat = eps + residual
     if return_predictions:
         aux["eps_hat"] = eps_hat
         aux["z0_hat"] = (z_t - sigma * eps_hat) / alpha
-    return DistillOutput(loss=loss, aux=aux)
+    return DistillOutput(loss=loss_distill, aux=aux), (z_t, alpha, sigma, t, eps_hat)
 
 
-def _predict(prior: DiffusionPrior, z_t, t, cond, uncond, guidance_scale: float, cameras: Any) -> torch.Tensor:
-    """prior.predict_noise, with ``cameras`` for camera-conditioned priors only."""
-    if prior.camera_conditioned:
-        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras)
-    return prior.predict_noise(z_t, t, cond, uncond, guidance_scale)
+_SCORE = ScoreGuidance("fsd")
+"""The residual eps_hat - eps of SDS and FSD, used when no guidance is given."""

@@ -1,12 +1,16 @@
-"""`python -m fsd_gs.image2d --prompt "..." --method fsd --seed 0 1 2`: the paper's 2D experiments.
+"""`python -m fsd_gs.image2d --prompt "..." --method fsd --seed 0 1 2`: the paper's 2D experiments (its Fig. 3).
 
-One image per seed, generated three ways from the same prior (docs/fsd.md sec. 6, paper App. 0.D.2):
+One image per seed, from the same prior and the same initial noise for every method (docs/fsd.md sec. 6,
+paper App. 0.D.2 Tab. 3, docs/methods.md):
   * fsd:  optimise the model-space image z with Adam; ONE fixed noise per seed, t decreasing linearly;
-  * sds:  the same, but fresh noise every step (and the paper's CFG 100, lr 2e-2);
+  * sds:  the same loss with fresh noise every step (and the paper's CFG 100, lr 2e-2);
+  * nfsd, csd, vsd: fresh noise like SDS, each with its own direction (fsd_gs/methods.py); VSD trains one
+    LoRA per seed (single particle);
   * ddim: 50 DDIM steps from x_T = the seed's noise (the sampler FSD imitates).
-The seed's noise is the same tensor for all three methods, so fsd and ddim of one seed are comparable.
+The seed's noise is the same tensor for all methods, so fsd and ddim of one seed are comparable.
 Writes seed<N>.png per seed, grid.png (seeds side by side), settings.json and report.json into a fresh
 folder, and prints that folder as the last line. Exit codes: 0 done, 2 bad input.
+scripts/methods_figure.py runs every method on the shapes prior and writes the Fig. 3 grid and its table.
 """
 
 from __future__ import annotations
@@ -22,33 +26,24 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from fsd_gs.distill import distill_loss
+from fsd_gs.distill import distill_loss_z
 from fsd_gs.errors import require, run_cli
+from fsd_gs.methods import METHODS, Image2DSettings, MethodOptions, make_guidance
 from fsd_gs.noise import NOISE_PRESETS, build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.factory import DEFAULT_MODEL
 from fsd_gs.run_dir import create_fresh_dir
 from fsd_gs.schedule import ScheduleConfig, sample_timestep
 
-Method = Literal["fsd", "sds", "ddim"]
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """One row of the paper's Tab. 3 (App. 0.D.2)."""
-
-    steps: int
-    guidance_scale: float
-    lr: Optional[float]
-    fresh_noise: bool
-
+Method = Literal["fsd", "sds", "nfsd", "csd", "vsd", "ddim"]
+MethodSettings = Image2DSettings
 
 METHOD_DEFAULTS: dict[str, MethodSettings] = {
-    "sds": MethodSettings(steps=500, guidance_scale=100.0, lr=2e-2, fresh_noise=True),
-    "fsd": MethodSettings(steps=500, guidance_scale=7.5, lr=3e-3, fresh_noise=False),
+    **{name: spec.image2d for name, spec in METHODS.items()},
     "ddim": MethodSettings(steps=50, guidance_scale=7.5, lr=None, fresh_noise=False),
 }
-"""Iterations, CFG scale, Adam learning rate and noise per method (SDS/FSD: Adam + linear t; DDIM: 50 steps)."""
+"""Tab. 3 of the paper: iterations, CFG scale, Adam learning rate and noise per method (the score-distillation
+methods: Adam + linear t; CSD, absent from the table, takes NFSD's column; DDIM: 50 steps)."""
 
 
 @dataclass
@@ -61,21 +56,22 @@ class Image2DConfig:
     prompt: str = ""
     """The text prompt (required)."""
     method: Method = "fsd"
-    """fsd: fixed noise per seed + linear t (Adam); sds: fresh noise each step + linear t (Adam); ddim: DDIM sampling."""
+    """fsd: fixed noise per seed + linear t (Adam); sds, nfsd, csd, vsd: fresh noise each step + linear t (Adam), each
+    with its own direction (docs/methods.md); ddim: DDIM sampling."""
     seed: tuple[int, ...] = (0,)
     """One image per seed (all seeds run together in one batch), e.g. --seed 0 1 2 3."""
     steps: Optional[int] = None
-    """Optimisation iterations (fsd, sds) or DDIM steps; None: the method's default (500, 500, 50)."""
+    """Optimisation iterations or DDIM steps; None: the method's default (500; ddim 50)."""
     guidance_scale: Optional[float] = None
-    """Classifier-free guidance scale omega; None: the method's default (fsd 7.5, sds 100, ddim 7.5)."""
+    """Classifier-free guidance scale omega; None: the method's default (sds 100, the others 7.5)."""
     lr: Optional[float] = None
-    """Adam learning rate on the model-space image (fsd, sds); None: the method's default (fsd 3e-3, sds 2e-2)."""
+    """Adam learning rate on the model-space image; None: the method's default (fsd 3e-3, the others 2e-2)."""
     t_min: float = 0.02
-    """Smallest timestep of the linear schedule, as a fraction of the model's T (fsd, sds)."""
+    """Smallest timestep of the linear schedule, as a fraction of the model's T (not ddim)."""
     t_max: float = 0.98
-    """Largest timestep of the linear schedule (the first step), as a fraction of T (fsd, sds)."""
+    """Largest timestep of the linear schedule (the first step), as a fraction of T (not ddim)."""
     weighting: Literal["sigma_over_alpha", "sigma2", "one"] = "sigma_over_alpha"
-    """w(t) of the loss: sigma_t/alpha_t (the exact DDIM step, docs/fsd.md sec. 1), sigma_t^2 or 1 (fsd, sds)."""
+    """w(t) of the loss: sigma_t/alpha_t (the exact DDIM step, docs/fsd.md sec. 1), sigma_t^2 or 1 (not ddim)."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance (empty: the unconditional embedding)."""
     model: str = DEFAULT_MODEL
@@ -92,6 +88,8 @@ class Image2DConfig:
     """A fresh folder <output_dir>/<prompt-slug>/<date-time>-<method>/ is created inside it (never overwritten)."""
     progress: bool = True
     """Show a progress bar."""
+    method_options: MethodOptions = dataclasses.field(default_factory=MethodOptions)
+    """NFSD's negative prompt and VSD's LoRA options."""
 
     def settings(self) -> MethodSettings:
         """The method's defaults with --steps / --guidance-scale / --lr applied."""
@@ -106,7 +104,8 @@ class Image2DConfig:
     def validate(self) -> None:
         """Check everything that can be checked before loading a model; UserError on the first problem."""
         require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a photo of a red mushroom" (or similar)')
-        require(self.method in METHOD_DEFAULTS, f"--method must be fsd, sds or ddim, got {self.method!r}")
+        require(self.method in METHOD_DEFAULTS,
+                f"--method must be one of {', '.join(METHOD_DEFAULTS)}, got {self.method!r}")
         require(len(self.seed) > 0, "--seed needs at least one seed, e.g. --seed 0 1 2")
         require(len(set(self.seed)) == len(self.seed), f"--seed has repeated values {list(self.seed)}: give each seed once")
         settings = self.settings()
@@ -116,6 +115,7 @@ class Image2DConfig:
             require(settings.lr is not None and settings.lr > 0, f"--lr must be positive, got {settings.lr}")
             require(0.0 < self.t_min < self.t_max < 1.0,
                     f"need 0 < --t-min < --t-max < 1, got t_min={self.t_min}, t_max={self.t_max}")
+            self.method_options.validate()
         for name in ("height", "width"):
             value = getattr(self, name)
             require(value is None or value > 0, f"--{name} must be a positive number of pixels, got {value}")
@@ -148,31 +148,6 @@ FRESH_NOISE_OFFSET = 7919
 """SDS's fresh noise of seed s comes from a generator seeded with s + this (independent of the seed's fixed noise)."""
 
 
-class ModelSpaceView(DiffusionPrior):
-    """``prior`` seen with its model space as its image space: encode_images and decode are the identity.
-
-    Lets fsd_gs.distill.distill_loss (written for rendered images) optimise a model-space image directly.
-    """
-
-    def __init__(self, prior: DiffusionPrior) -> None:
-        self.prior = prior
-        for name in ("space", "channels", "resolution", "num_train_timesteps", "alphas_cumprod", "device", "dtype"):
-            setattr(self, name, getattr(prior, name))
-        self.downsample = 1
-
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True):
-        return self.prior.encode_prompts(prompt, negative_prompt, view_dependent)
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return images
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return z
-
-    def predict_noise(self, z_t, t, cond, uncond, guidance_scale):
-        return self.prior.predict_noise(z_t, t, cond, uncond, guidance_scale)
-
-
 def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
@@ -181,17 +156,23 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
              uncond: torch.Tensor) -> torch.Tensor:
-    """FSD or SDS: Adam on the model-space images z [S,C,h,w] for settings.steps iterations; returns z (detached).
+    """A score-distillation method: Adam on the model-space images z [S,C,h,w] for settings.steps iterations.
 
     Start: z = (1 - sigma_T) / alpha_T * noise, the clean-image variable of DDIM's x_T = noise (docs/fsd.md sec. 1).
-    FSD adds the seed's noise at every step; SDS draws fresh noise per step from per-seed generators.
+    FSD adds the seed's noise at every step; the others draw fresh noise per step from per-seed generators.
+    A stateful method (VSD) gets one guidance per seed: each seed is its own particle.
+    Returns z (detached).
     """
+    if METHODS[cfg.method].stateful and len(cfg.seed) > 1:
+        return torch.cat([optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i:i + 1], cond[i:i + 1],
+                                   uncond[i:i + 1]) for i, s in enumerate(cfg.seed)])
     settings = cfg.settings()
     device = prior.device
     batch = len(cfg.seed)
     schedule = ScheduleConfig(kind="linear", t_min=cfg.t_min, t_max=cfg.t_max)
     schedule.validate()
-    view = ModelSpaceView(prior)
+    embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, view_dependent=False)
+    guidance = make_guidance(cfg.method, prior, embeddings, cfg.method_options, seed=cfg.seed[0])
     noise = noise.to(device)
     alpha_T, sigma_T = prior.alpha_sigma(sample_timestep(schedule, 0.0, None, prior.num_train_timesteps).to(device))
     z = (((1.0 - sigma_T) / alpha_T).view(1, 1, 1, 1) * noise).clone().requires_grad_(True)
@@ -202,7 +183,8 @@ def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, con
             progress = step / max(1, settings.steps - 1)  # the last step lands on t_min
             t = sample_timestep(schedule, progress, None, prior.num_train_timesteps, batch=batch).to(device)
             eps = fresh() if fresh is not None else noise
-            result = distill_loss(view, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting)
+            result = distill_loss_z(prior, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting,
+                                    guidance=guidance)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
@@ -285,7 +267,7 @@ def run(argv: Sequence[str]) -> int:
     cfg.validate()
     device = resolve_device(cfg.device)
     settings = cfg.settings()
-    prior = load_prior(PriorConfig(model=cfg.model, guidance_scale=settings.guidance_scale, dtype=cfg.dtype), device)
+    prior = load_prior(cfg.model, PriorConfig(dtype=cfg.dtype), device)
     height, width = image_size(cfg, prior)  # before the output folder: bad input leaves nothing behind
     folder = create_fresh_dir(cfg.output_dir, cfg.prompt, cfg.method)
     start = time.perf_counter()

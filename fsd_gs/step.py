@@ -23,7 +23,9 @@ from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.distill import distill_loss
 from fsd_gs.gaussians import Gaussians, make_optimizers
+from fsd_gs.errors import UserError
 from fsd_gs.initialize import init_gaussians
+from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.profiling import StageTimer
@@ -112,11 +114,10 @@ class DistillStep:
         self.prior_size = (cam.height, cam.width)
         prior.check_image_size(cam.height, cam.width)
         if cam.batch_size % prior.views_per_group:
-            from fsd_gs.errors import UserError
-
             raise UserError(f"this prior denoises views in groups of {prior.views_per_group}: set camera.batch_size to a "
                             f"multiple of {prior.views_per_group}")
         self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent)
+        self.guidance = make_guidance(cfg.method, prior, self.embeddings, cfg.method_options, seed=cfg.seed)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
         self.noise.check_resolution(cam.height, cam.width)
         self.sampler = self._make_sampler()
@@ -238,7 +239,8 @@ class DistillStep:
         with self.timer("prior"):
             return distill_loss(self.prior, pending.rgb, pending.eps, pending.t, pending.cond, pending.uncond,
                                 cfg.guidance.guidance_scale, weighting=cfg.guidance.weighting,
-                                hifa_lambda=cfg.guidance.hifa_lambda, cameras=pending.cameras).loss
+                                hifa_lambda=cfg.guidance.hifa_lambda, cameras=pending.cameras,
+                                guidance=self.guidance).loss
 
     def __call__(self) -> StepResult:
         """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
@@ -265,6 +267,7 @@ class DistillStep:
             "densify": self.densifier.state_to_tensors(self.densify_state),
             "rng": {name: gen.get_state() for name, gen in self.generators.items()},
             "densify_counts": dict(self.densify_counts),
+            "guidance": self.guidance.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -281,6 +284,7 @@ class DistillStep:
             self.generators[name].set_state(value)
         self.step = int(state["step"])
         self.densify_counts = dict(state.get("densify_counts", {}))
+        self.guidance.load_state_dict(state.get("guidance", {}))
 
 
 def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
@@ -292,6 +296,9 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
     Every step must have the same prior, prompt, guidance and image size.
     """
     first = steps[0]
+    if any(s.guidance.stateful for s in steps):
+        raise UserError(f"--method {first.cfg.method} trains a model per asset (its LoRA): train its seeds one at a time "
+                        "(batch: --group-seeds 1)")
     with cpu_threads(first.cfg.threads, first.device):
         pending = [s._prepare() for s in steps]
         joined = _Pending(

@@ -1,13 +1,87 @@
 #!/usr/bin/env bash
-# What we run on a CUDA machine before calling GPU work done (see BENCHMARKS.md for the figures):
-#   1. the CUDA-marked tests (gsplat/reference parity, SD-2.1-size prior in fp16),
-#   2. 200 FSD steps at 512x512 through `python -m fsd_gs.train` with a random-weight SD-2.1-base pipeline.
-# Usage: bash scripts/gpu_session.sh [WORK_DIR]   (outputs and logs go to WORK_DIR, default /tmp/fsd_gs_gpu)
-set -euo pipefail
+# What we run on a CUDA machine before calling GPU work done (figures go to BENCHMARKS.md):
+#   tests  the CUDA-marked tests (gsplat/reference parity incl. depth, SD-2.1-size prior in fp16, MVDream,
+#          surface noise CPU/CUDA agreement, viewer render mode, ...)
+#   train  200 FSD steps at 512x512 through `python -m fsd_gs.train` (random-weight SD-2.1-base), and two
+#          runs of one seed to measure how far CUDA is from bitwise
+#   batch  assets per GPU-hour: sequential CLI runs vs the batch engine (prior loaded once) vs K seeds together,
+#          then the same grid split over every visible GPU (one shard process per GPU), and the shapes grid
+#          packed 4 processes to one GPU
+# Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch]     (default: all three)
+set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
+shift || true
+STAGES=${*:-tests train batch}
 mkdir -p "$WORK"
-python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+python -c "import torch; print(torch.__version__, torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))"
+NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 [ -d "$WORK/sd21-random" ] || python scripts/make_random_pipeline.py --kind sd21 --out "$WORK/sd21-random"
-FSD_GS_SD21_DIR="$WORK/sd21-random" python -m pytest -q -s -m cuda tests 2>&1 | tee "$WORK/pytest_cuda.log" || echo "some CUDA tests FAILED (see above)"
-python -m fsd_gs.train --prompt "a DSLR photo of a corgi" --model "$WORK/sd21-random" --steps 200 \
-  --output-dir "$WORK/runs" --output.turntable-views 8 2>&1 | tee "$WORK/train200.log"
+SD="$WORK/sd21-random"
+now() { date +%s.%N; }
+
+if [[ " $STAGES " == *" tests "* ]]; then
+  FSD_GS_SD21_DIR="$SD" python -m pytest -q -rs -m cuda tests 2>&1 | tee "$WORK/pytest_cuda.log" \
+    || echo "some CUDA tests FAILED (see above)"
+fi
+
+if [[ " $STAGES " == *" train "* ]]; then
+  python -m fsd_gs.train --prompt "a DSLR photo of a corgi" --model "$SD" --steps 200 \
+    --output-dir "$WORK/runs" --output.turntable-views 8 2>&1 | tee "$WORK/train200.log"
+  for k in 1 2; do
+    python -m fsd_gs.train --prompt "a DSLR photo of a corgi" --model "$SD" --steps 50 --seed 7 \
+      --output-dir "$WORK/det$k" --output.turntable-views 2 --output.no-progress | tail -n 1 > "$WORK/det$k.path"
+  done
+  python - "$WORK" <<'PY' 2>&1 | tee "$WORK/cuda_determinism.txt"
+import sys
+from pathlib import Path
+from fsd_gs.io.ply import read_ply
+work = Path(sys.argv[1])
+a, b = (read_ply(Path((work / f"det{k}.path").read_text().strip()) / "model.ply") for k in (1, 2))
+print("same seed twice on CUDA, 50 steps: counts", len(a), len(b))
+if len(a) == len(b):
+    for key in a.params:
+        print(f"  {key}: max abs difference {float((a.params[key] - b.params[key]).abs().max()):.3g}")
+PY
+fi
+
+if [[ " $STAGES " == *" batch "* ]]; then
+  STEPS=${BENCH_STEPS:-200}
+  GRID=(--prompts "a DSLR photo of a corgi" "a red sports car" --seeds 0-1 --presets fsd-sd21)
+  PASS=(-- --model "$SD" --steps "$STEPS" --output.turntable-views 4 --output.no-progress)
+  {
+    echo "grid: 2 prompts x 2 seeds x fsd-sd21, $STEPS steps each, random-weight SD-2.1-base, $NGPU GPU(s)"
+    t0=$(now)
+    for p in "a DSLR photo of a corgi" "a red sports car"; do for s in 0 1; do
+      python -m fsd_gs.train --prompt "$p" --seed $s --model "$SD" --steps "$STEPS" --output-dir "$WORK/seq" \
+        --output.turntable-views 4 --output.no-progress > /dev/null
+    done; done
+    echo "sequential CLI: $(python -c "print(round($(now) - $t0, 1))") s for 4 assets"
+    t0=$(now)
+    CUDA_VISIBLE_DEVICES=0 python -m fsd_gs.batch "${GRID[@]}" --engine local --out "$WORK/b1" --no-progress "${PASS[@]}" > /dev/null
+    echo "batch engine, 1 GPU (one process, prior loaded once): $(python -c "print(round($(now) - $t0, 1))") s for 4 assets"
+    t0=$(now)
+    CUDA_VISIBLE_DEVICES=0 python -m fsd_gs.batch "${GRID[@]}" --engine local --group-seeds 2 --out "$WORK/bk" --no-progress "${PASS[@]}" > /dev/null
+    echo "batch engine, 1 GPU, --group-seeds 2: $(python -c "print(round($(now) - $t0, 1))") s for 4 assets"
+    if [ "$NGPU" -ge 2 ]; then
+      t0=$(now)
+      for i in $(seq 0 $((NGPU - 1))); do
+        CUDA_VISIBLE_DEVICES=$i python -m fsd_gs.batch "${GRID[@]}" --engine local --shard "$i/$NGPU" --out "$WORK/b$NGPU" \
+          --no-progress "${PASS[@]}" > "$WORK/shard$i.log" 2>&1 &
+      done
+      wait
+      echo "batch engine, $NGPU GPUs (one shard process per GPU): $(python -c "print(round($(now) - $t0, 1))") s for 4 assets"
+    fi
+    SHAPES=(--prompts "a red mushroom" "a blue car" "a green tree" "a pink cup" --seeds 0-1 --presets shapes-fsd)
+    t0=$(now)
+    CUDA_VISIBLE_DEVICES=0 python -m fsd_gs.batch "${SHAPES[@]}" --engine local --out "$WORK/s1" --no-progress > /dev/null
+    echo "shapes grid (8 assets x 600 steps), 1 process on GPU 0: $(python -c "print(round($(now) - $t0, 1))") s"
+    t0=$(now)
+    for i in 0 1 2 3; do
+      CUDA_VISIBLE_DEVICES=0 python -m fsd_gs.batch "${SHAPES[@]}" --engine local --shard "$i/4" --out "$WORK/s4" \
+        --no-progress > /dev/null 2>&1 &
+    done
+    wait
+    echo "shapes grid (8 assets x 600 steps), 4 processes packed on GPU 0: $(python -c "print(round($(now) - $t0, 1))") s"
+  } 2>&1 | tee "$WORK/bench_batch.log"
+fi

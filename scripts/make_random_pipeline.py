@@ -3,6 +3,8 @@
     python scripts/make_random_pipeline.py --kind tiny  --out /tmp/tiny-sd     # 64 px SD layout, ~1 MB, seconds
     python scripts/make_random_pipeline.py --kind sd21  --out /tmp/sd21-random # SD 2.1-base size, 2.6 GB (fp16)
     python scripts/make_random_pipeline.py --kind pixel --out /tmp/tiny-pixel  # pixel-space UNet, no VAE
+    python scripts/make_random_pipeline.py --kind mvdream --out /tmp/mvdream-random  # MVDream SD 2.1 size, 2.6 GB (fp16)
+    python scripts/make_random_pipeline.py --kind tiny-mvdream --out /tmp/tiny-mvdream  # MVDream layout at 64 px
 
 The folder loads with ``--model <folder>`` (fsd_gs.train, fsd_gs.image2d) and with diffusers'
 ``from_pretrained(folder)``. The folder must not exist yet (or be empty): nothing is overwritten.
@@ -22,12 +24,14 @@ from fsd_gs.errors import UserError
 
 @dataclass
 class Args:
-    """Build a random-weight diffusers pipeline (tiny SD, SD 2.1-base size, or tiny pixel-space) offline."""
+    """Build a random-weight diffusers pipeline (tiny SD, SD 2.1-base size, tiny pixel-space, or MVDream) offline."""
 
     out: Path
     """Folder to create (must not exist, or be empty)."""
-    kind: Literal["tiny", "sd21", "pixel"] = "tiny"
-    """tiny: SD layout at 64 px; sd21: the full SD 2.1-base architecture (random weights, fp16 on disk); pixel: no VAE."""
+    kind: Literal["tiny", "sd21", "pixel", "mvdream", "tiny-mvdream"] = "tiny"
+    """tiny: SD layout at 64 px; sd21: the full SD 2.1-base architecture (random weights, fp16 on disk); pixel: no VAE;
+    mvdream: MVDream SD 2.1-base's full size in the ashawkey/mvdream-sd2.1-diffusers layout (fp16, 256 px);
+    tiny-mvdream: the same layout at 64 px."""
     seed: int = 0
     """Seed of the random weights (same seed, same weights)."""
 
@@ -39,10 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
             raise UserError(f"{args.out} already exists and is not empty: pass a new folder to --out")
-        from fsd_gs.prior.random_pipeline import KINDS
+        from fsd_gs.prior import mvdream_random, random_pipeline
 
+        builders = {**random_pipeline.KINDS, **mvdream_random.KINDS}
         start = time.perf_counter()
-        path = KINDS[args.kind](args.out, seed=args.seed)
+        path = builders[args.kind](args.out, seed=args.seed)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -282,3 +282,12 @@ def test_same_seed_same_asset_at_any_thread_count_end_to_end(straight, tmp_path)
                               text=True, env={**ENV, "OMP_NUM_THREADS": threads}, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         same_gaussians(straight, Path(proc.stdout.strip().splitlines()[-1]))
+
+
+# -- exports at the end of a run --------------------------------------------------------------------
+def test_output_formats_are_written_at_the_end_and_bad_names_refused(tmp_path, capsys):
+    assert main(shapes_args(tmp_path / "a", 2, "--output.formats", "splat", "glb")) == 0
+    run = last_line(capsys)
+    assert (run / "model.splat").stat().st_size > 0 and (run / "model.glb").stat().st_size > 0
+    assert main(shapes_args(tmp_path / "b", 2, "--output.formats", "gif")) == 2
+    assert "gif" in capsys.readouterr().err and not (tmp_path / "b").exists()

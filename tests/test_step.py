@@ -161,3 +161,39 @@ def test_no_import_cycles_among_the_package_modules():
         if v not in index:
             visit(v)
     assert not cycles, f"import cycles: {cycles}"
+
+
+@pytest.mark.parametrize("method", ["nfsd", "csd", "vsd"])
+def test_every_method_steps_through_the_same_step(method, shapes_prior):
+    step = DistillStep(tiny_cfg(0, "--method", method), shapes_prior, torch.device("cpu"))
+    assert step.cfg.noise.kind == "random" and step.cfg.schedule.kind == "random"
+    before = params_of(step)
+    result = step()
+    assert torch.isfinite(result.loss) and not torch.equal(before["means"], params_of(step)["means"])
+
+
+def test_a_resumed_vsd_run_continues_exactly_with_its_lora(shapes_prior, tmp_path):
+    """VSD's LoRA and its optimiser are part of the step's state, so a checkpoint continues bitwise."""
+    cfg = tiny_cfg(0, "--method", "vsd")
+    a = DistillStep(cfg, shapes_prior, torch.device("cpu"))
+    for _ in range(2):
+        a()
+    lora_before = {k: v.clone() for k, v in a.guidance.state_dict()["lora"].items()}
+    folder = save_checkpoint(a.state_dict(), tmp_path, a.step)
+    b = DistillStep(cfg, shapes_prior, torch.device("cpu"))
+    state, _ = load_checkpoint(folder)
+    b.load_state_dict(state)
+    for _ in range(2):
+        assert torch.equal(a().loss, b().loss)
+    for key, value in params_of(a).items():
+        assert torch.equal(value, params_of(b)[key]), key
+    changed = [k for k, v in a.guidance.state_dict()["lora"].items() if not torch.equal(v, lora_before[k])]
+    assert changed, "the LoRA did not train"
+
+
+def test_seeds_of_a_vsd_run_cannot_step_together(shapes_prior):
+    from fsd_gs.errors import UserError
+
+    steps = [DistillStep(tiny_cfg(seed, "--method", "vsd"), shapes_prior, torch.device("cpu")) for seed in (0, 1)]
+    with pytest.raises(UserError, match="one at a time"):
+        step_together(steps)
