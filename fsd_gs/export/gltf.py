@@ -121,7 +121,7 @@ def glb_bytes(gaussians: Gaussians) -> bytes:
 def write_glb(gaussians: Gaussians, path: str | Path) -> Path:
     """Write ``gaussians`` as a KHR_gaussian_splatting ``.glb`` (see the module doc), atomically; returns ``path``.
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.export.finite.NonFiniteWarning`.
+    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
     Raises:
         UserError: nothing to write (empty or all non-finite), or the file cannot be written.
     """

@@ -211,7 +211,7 @@ def mesh_bytes(mesh, fmt: str) -> bytes:
 def write_mesh(gaussians: Gaussians, path: str | Path, config: MeshConfig | None = None) -> Path:
     """Extract the mesh of ``gaussians`` and write it to ``path`` in ``config.format``, atomically; returns ``path``.
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.export.finite.NonFiniteWarning`.
+    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
     Raises:
         UserError: bad config, nothing to mesh, no surface at the threshold, or the file cannot be written.
     """

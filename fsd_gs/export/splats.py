@@ -45,7 +45,7 @@ def _export_bytes(gaussians: Gaussians, fmt: str) -> bytes:
 def write_splat(gaussians: Gaussians, path: str | Path) -> Path:
     """Write ``gaussians`` as a ``.splat`` file (see the module doc), atomically; returns ``path``.
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.export.finite.NonFiniteWarning`.
+    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
     Raises:
         UserError: nothing to write (empty or all non-finite), or the file cannot be written.
     """
@@ -58,7 +58,7 @@ def write_ply_compressed(gaussians: Gaussians, path: str | Path) -> Path:
     """Write ``gaussians`` as a PlayCanvas compressed ``.ply`` (see the module doc), atomically; returns ``path``.
 
     Non-finite rows are dropped with a NonFiniteWarning, invisible ones (opacity <= 1/255) with an
-    :class:`~fsd_gs.export.finite.ExportWarning`.
+    :class:`~fsd_gs.finite.ExportWarning`.
     Raises:
         UserError: nothing to write (empty, all non-finite or all invisible), or the file cannot be written.
     """

@@ -17,17 +17,13 @@ from typing import Any
 
 import torch
 
-from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.mvdream_unet import CAMERA_DIM, MVDREAM_SD21_CONFIG, UNET_CLASS, build_unet, parse_config, to_ldm_state_dict
 from fsd_gs.prior.random_pipeline import (
     SD21_TEXT_CONFIG,
     SD21_VAE_CONFIG,
     TINY_TEXT_CONFIG,
     TINY_VAE_CONFIG,
-    _save_scheduler,
-    _save_text_encoder,
-    _write_model_index,
-    save_offline_tokenizer,
+    save_latent_pipeline,
 )
 
 TINY_MVDREAM_CONFIG: dict[str, Any] = {
@@ -79,19 +75,8 @@ def save_mvdream_pipeline(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Build a random-weight MVDream pipeline from configs and save it under ``path`` (seeded; one component at a time)."""
-    from diffusers import AutoencoderKL
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), quiet_hf():
-        torch.manual_seed(seed)
-        token_ids = save_offline_tokenizer(path / "tokenizer")
-        _save_text_encoder(path / "text_encoder", text_config, token_ids, dtype)
-        save_mvdream_unet(path / "unet", unet_config, dtype)
-        AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)
-    _save_scheduler(path / "scheduler")
-    _write_model_index(path, "MVDreamPipeline", MVDREAM_COMPONENTS, MVDREAM_EXTRA)
-    return path
+    return save_latent_pipeline(path, unet_config, vae_config, text_config, seed, dtype, save_unet=save_mvdream_unet,
+                                pipeline=("MVDreamPipeline", MVDREAM_COMPONENTS, MVDREAM_EXTRA))
 
 
 def build_tiny_mvdream(folder: Path | str, seed: int = 0) -> Path:

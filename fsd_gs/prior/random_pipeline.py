@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
@@ -203,13 +203,19 @@ def save_latent_pipeline(
     text_config: dict[str, Any],
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    save_unet: Optional[Callable[[Path, dict[str, Any], torch.dtype], Any]] = None,
+    pipeline: tuple[str, Any, Any] | None = None,
 ) -> Path:
     """Build a random-weight Stable-Diffusion-layout pipeline from configs and save it under ``path``.
 
     One component is built, saved and freed at a time (peak memory: the largest component).
-    Returns the pipeline folder.
+    ``save_unet(folder, unet_config, dtype)`` writes another UNet (MVDream's) in place of diffusers' own, and
+    ``pipeline`` = (class name, components, extra keys) its model_index.json. Returns the pipeline folder.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    def save_diffusers_unet(folder: Path, config: dict[str, Any], dtype: torch.dtype) -> None:
+        UNet2DConditionModel(**config).to(dtype).save_pretrained(folder, safe_serialization=True)
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -217,10 +223,10 @@ def save_latent_pipeline(
         torch.manual_seed(seed)
         token_ids = save_offline_tokenizer(path / "tokenizer")
         _save_text_encoder(path / "text_encoder", text_config, token_ids, dtype)
-        UNet2DConditionModel(**unet_config).to(dtype).save_pretrained(path / "unet", safe_serialization=True)
+        (save_unet or save_diffusers_unet)(path / "unet", unet_config, dtype)
         AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)
     _save_scheduler(path / "scheduler")
-    _write_model_index(path, "StableDiffusionPipeline", SD_COMPONENTS, SD_EXTRA)
+    _write_model_index(path, *(pipeline or ("StableDiffusionPipeline", SD_COMPONENTS, SD_EXTRA)))
     return path
 
 
