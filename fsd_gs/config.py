@@ -276,9 +276,8 @@ def load_preset(name: str | Path) -> dict[str, Any]:
 
 
 def default_preset(model: str | None, method: str | None) -> str:
-    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21; the methods
-    without a preset of their own take SDS's, since they share its fresh noise and random t)."""
-    method = method if method in ("fsd", "sds") else ("fsd" if method is None else "sds")
+    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21)."""
+    method = method or "fsd"
     if model == "shapes":
         return f"shapes-{method}"
     return f"{method}-sd21"

@@ -254,9 +254,9 @@ def generate(cfg: Image2DConfig, prior: DiffusionPrior) -> torch.Tensor:
 
 
 def parse_config(argv: Sequence[str]) -> Image2DConfig:
-    import tyro
+    from fsd_gs.cli import tyro_cli
 
-    return tyro.cli(Image2DConfig, args=list(argv), description=Image2DConfig.__doc__)
+    return tyro_cli(Image2DConfig, "python -m fsd_gs.image2d", argv)
 
 
 def run(argv: Sequence[str]) -> int:

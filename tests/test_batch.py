@@ -220,3 +220,16 @@ def test_small_priors_share_a_gpu(ray_session, tmp_path):
     assert len(items) == 4 and all(item["status"] == "done" for item in items.values())
     assert all(item["report"]["device"].startswith("cuda") for item in items.values())
     assert len({e["pid"] for e in events(out) if e["event"] == "done"}) == 2  # both workers shared the GPU
+
+
+def test_one_worker_per_visible_gpu_and_fractions_pack_small_priors():
+    """The layout Ray gets, for faked GPU counts: one actor per GPU, 1/f actors per GPU for --gpus-per-worker f."""
+    from fsd_gs.batch.engine import RaySettings, worker_layout
+
+    assert worker_layout(32, 2, RaySettings()) == (2, 1.0)
+    assert worker_layout(64, 4, RaySettings()) == (4, 1.0)
+    assert worker_layout(16, 1, RaySettings(gpus_per_worker=0.25)) == (4, 0.25)
+    assert worker_layout(2, 0, RaySettings()) == (2, 0.0)
+    assert worker_layout(8, 0, RaySettings(cpus_per_worker=2)) == (4, 0.0)
+    with pytest.raises(UserError, match="GPUs"):
+        worker_layout(8, 0, RaySettings(gpus_per_worker=1))

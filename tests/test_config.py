@@ -47,6 +47,11 @@ def test_fsd_and_sds_presets_differ_only_in_method_parts():
         a = to_dict(base_config(None, fsd_name))
         b = to_dict(base_config(None, sds_name))
         assert {k for k in a if a[k] != b[k]} <= {"method", "noise", "schedule", "config"}
+    for method in ("nfsd", "csd", "vsd"):  # the other baselines: SDS's noise and t, only the direction differs
+        a = to_dict(base_config(None, "shapes-sds"))
+        b = to_dict(base_config(None, f"shapes-{method}"))
+        assert {k for k in a if a[k] != b[k]} == {"method", "config"}
+        assert parse_config(["--model", "shapes", "--method", method, "--prompt", "a cup"]).camera.width == 64
 
 
 def test_the_model_brings_its_own_preset():

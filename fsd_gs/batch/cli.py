@@ -84,10 +84,10 @@ def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def parse_batch_args(argv: Sequence[str]) -> tuple[BatchConfig, list[str]]:
-    import tyro
+    from fsd_gs.cli import tyro_cli
 
     own, passthrough = split_passthrough(argv)
-    cfg = tyro.cli(BatchConfig, args=own, prog="python -m fsd_gs.batch", description=BatchConfig.__doc__)
+    cfg = tyro_cli(BatchConfig, "python -m fsd_gs.batch", own)
     cfg.validate()
     for arg in passthrough:
         name = arg.split("=", 1)[0]

@@ -49,6 +49,20 @@ class RaySettings:
     """Extra environment variables for the actors."""
 
 
+def worker_layout(n_cpu: float, n_gpu: float, settings: RaySettings) -> tuple[int, float]:
+    """(actors, GPUs per actor) for a cluster of ``n_cpu`` CPUs and ``n_gpu`` GPUs: one actor per GPU by default,
+    1 / gpus_per_worker actors per GPU for fractions, CPUs / cpus_per_worker actors without GPUs."""
+    gpw = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if n_gpu > 0 else 0.0)
+    cpw = settings.cpus_per_worker
+    require(gpw >= 0 and cpw > 0, "--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+    require(gpw <= n_gpu or gpw == 0, f"--gpus-per-worker {gpw} but the Ray cluster has {n_gpu:g} GPUs: "
+                                      "use --gpus-per-worker 0 for CPU workers")
+    if settings.workers is not None:
+        require(settings.workers >= 1, f"--workers must be >= 1, got {settings.workers}")
+        return settings.workers, gpw
+    return max(1, int(n_gpu // gpw) if gpw > 0 else int(n_cpu // cpw)), gpw
+
+
 class LocalEngine:
     """Runs each unit when asked, sequentially in this process, with one cached-prior worker."""
 
@@ -94,18 +108,8 @@ class RayEngine:
         if not ray.is_initialized():
             self._init_ray(settings)
         resources = ray.cluster_resources()
-        n_cpu, n_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-        gpw = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if n_gpu > 0 else 0.0)
+        self.workers, gpw = worker_layout(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), settings)
         cpw = settings.cpus_per_worker
-        require(gpw >= 0 and cpw > 0, "--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
-        require(gpw <= n_gpu or gpw == 0, f"--gpus-per-worker {gpw} but the Ray cluster has {n_gpu:g} GPUs: "
-                                          "use --gpus-per-worker 0 for CPU workers")
-        if settings.workers is not None:
-            require(settings.workers >= 1, f"--workers must be >= 1, got {settings.workers}")
-            workers = settings.workers
-        else:
-            workers = int(n_gpu // gpw) if gpw > 0 else int(n_cpu // cpw)
-        self.workers = max(1, workers)
         self.gpus_per_worker = gpw
         self.cpu_only = gpw == 0
         threads = max(1, int(math.floor(cpw)))
