@@ -48,7 +48,7 @@ methods: Adam + linear t; CSD, absent from the table, takes NFSD's column; DDIM:
 
 @dataclass
 class Image2DConfig:
-    """The paper's 2D experiments: FSD vs SDS vs DDIM on one image per seed (docs/fsd.md sec. 6).
+    """The paper's 2D experiments: FSD, SDS, NFSD, CSD, VSD and DDIM on one image per seed (docs/fsd.md sec. 6).
 
     python -m fsd_gs.image2d --prompt "a photo of a red mushroom" --method fsd --seed 0 1 2
     """
