@@ -8,13 +8,13 @@ after saving a checkpoint and the .ply (continue with --resume RUN_DIR).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from fsd_gs.config import TrainConfig, base_config
 from fsd_gs.errors import run_cli
@@ -24,20 +24,27 @@ PROG = "python -m fsd_gs.train"
 
 
 # -- configuration ---------------------------------------------------------------------------------
+@dataclass
+class _Defaults:
+    """The four options that choose the defaults the other flags apply to (parsed first, by tyro)."""
+
+    config: Optional[str] = None
+    method: Optional[str] = None
+    model: Optional[str] = None
+    resume: Optional[Path] = None
+
+
 def _defaults_from(argv: Sequence[str]) -> TrainConfig:
     """The defaults the flags apply to: the resumed run's saved config, or method + preset (or the model's preset)."""
-    first = argparse.ArgumentParser(add_help=False)
-    for name in ("--config", "--method", "--model", "--resume"):
-        first.add_argument(name)
-    known, _ = first.parse_known_args(list(argv))
-    if known.resume:
-        from fsd_gs.runner import saved_config
-
-        saved, _ = saved_config(RunPaths(Path(known.resume)))
-        return saved
-    base = base_config(known.method, known.config, known.model)
     import tyro
 
+    known, _ = tyro.cli(_Defaults, args=list(argv), return_unknown_args=True, add_help=False, console_outputs=False)
+    if known.resume is not None:
+        from fsd_gs.runner import saved_config
+
+        saved, _ = saved_config(RunPaths(known.resume))
+        return saved
+    base = base_config(known.method, known.config, known.model)
     return dataclasses.replace(base, prompt=tyro.MISSING)  # --prompt is required (shown so in --help)
 
 
