@@ -12,7 +12,7 @@ runner's job (fsd_gs/runner.py). Nothing here knows which prior, noise kind or r
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -58,7 +58,6 @@ class StepResult:
     rgb: torch.Tensor
     eps: torch.Tensor
     cameras: Cameras
-    densify_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -232,7 +231,7 @@ class DistillStep:
         self.gaussians.ensure_not_empty()
         self.step += 1
         return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps,
-                          pending.cameras.to("cpu"), dict(counts))
+                          pending.cameras.to("cpu"))
 
     def _loss(self, pending: _Pending) -> torch.Tensor:
         cfg = self.cfg

@@ -116,9 +116,9 @@ def measure_floor(prior, prompt: str, variant: Variant, guidance_scale: float, d
     return time_ms(unet, device, warmup, iters), time_ms(encoder, device, warmup, iters)
 
 
-def build_trainer(prior, model: str, prompt: str, variant: Variant, device: torch.device):
+def build_step(prior, model: str, prompt: str, variant: Variant, device: torch.device):
     from fsd_gs.config import TrainConfig, base_config
-    from fsd_gs.trainer import Trainer
+    from fsd_gs.step import DistillStep
 
     cfg: TrainConfig = base_config("fsd", None)
     cfg = dataclasses.replace(
@@ -127,24 +127,24 @@ def build_trainer(prior, model: str, prompt: str, variant: Variant, device: torc
                                    batch_size=variant.views),
         gaussians=dataclasses.replace(cfg.gaussians, num_points=variant.gaussians),
         densify=dataclasses.replace(cfg.densify, enabled=False),
-        guidance=dataclasses.replace(cfg.guidance, compile=variant.compile),
+        prior=dataclasses.replace(cfg.prior, compile=variant.compile),
     )
     cfg.validate()
-    return Trainer(cfg, prior)
+    return DistillStep(cfg, prior, device)
 
 
 def run_variant(prior, model: str, variant: Variant, args: Args, device: torch.device) -> dict:
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
     unet_ms, vae_ms = measure_floor(prior, prompt, variant, args.guidance_scale, device, args.warmup, args.iters)
-    trainer = build_trainer(prior, model, prompt, variant, device)
+    step = build_step(prior, model, prompt, variant, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = time_ms(trainer.train_step, device, args.warmup, args.iters)
+    step_ms = time_ms(step, device, args.warmup, args.iters)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    trainer.timer.enabled = True
+    step.timer.enabled = True
     for _ in range(args.iters):
-        trainer.train_step()
-    stages = trainer.timer.summary()
+        step()
+    stages = step.timer.summary()
     floor = unet_ms + (vae_ms if prior.space == "latent" else 0.0)
     return {
         "variant": variant.name, **dataclasses.asdict(variant),
