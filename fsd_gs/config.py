@@ -22,7 +22,7 @@ from fsd_gs.camera import CameraConfig
 from fsd_gs.densify import DensifyConfig
 from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
-from fsd_gs.methods import METHOD_NAMES, MethodOptions, method_spec
+from fsd_gs.methods import MethodOptions, method_spec
 from fsd_gs.noise import NoiseConfig
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
@@ -145,9 +145,8 @@ class TrainConfig:
         require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
-        for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr):
-            part.validate()
-        for part in (self.densify, self.render, self.viewer, self.method_options):
+        for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr, self.densify, self.render,
+                     self.viewer, self.method_options):
             part.validate()
         require(self.output.log_every >= 1, "--output.log-every must be >= 1")
         if self.output.formats:
@@ -161,13 +160,9 @@ class TrainConfig:
 
 
 # -- method defaults ------------------------------------------------------------------------------
-METHODS = METHOD_NAMES
-"""--method switches the noise, the schedule and the distillation direction and nothing else (docs/fsd.md sec. 2,
-docs/methods.md); the values live in fsd_gs.methods.METHODS."""
-
-
 def method_defaults(cfg: TrainConfig, method: str) -> TrainConfig:
-    """``cfg`` with the noise and schedule of ``method``."""
+    """``cfg`` with the noise and schedule of ``method`` (docs/fsd.md sec. 2, docs/methods.md: --method switches the
+    noise, the schedule and the distillation direction and nothing else; the values live in fsd_gs.methods)."""
     spec = method_spec(method)
     return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(spec.noise),
                                schedule=dataclasses.replace(spec.schedule))

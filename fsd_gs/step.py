@@ -109,6 +109,8 @@ class DistillStep:
         self.cfg = cfg
         self.prior = prior
         self.device = torch.device(device)
+        if cfg.deterministic and self.device.type == "cuda":
+            torch.use_deterministic_algorithms(True, warn_only=True)  # what torch can; gsplat's atomics stay
         cam = cfg.camera
         self.prior_size = (cam.height, cam.width)
         prior.check_image_size(cam.height, cam.width)
