@@ -135,6 +135,15 @@ def write_config(paths: RunPaths, cfg: TrainConfig, log: Optional[list] = None) 
     atomic_write_text(paths.config, yaml.safe_dump(data, sort_keys=False))
 
 
+def _saved_report(paths: RunPaths) -> dict:
+    """The run's report.json, or {} when it has none or it cannot be read (then the run is simply resumed)."""
+    try:
+        report = json.loads(paths.report.read_text())
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
 # -- metrics ---------------------------------------------------------------------------------------
 def repair_metrics(path: Path, step: int) -> None:
     """Keep the metric lines of steps <= ``step`` and drop torn or unreadable lines (an interrupted write)."""
@@ -424,11 +433,10 @@ def open_run(cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, s
     stack.enter_context(RunLock(paths.root))
     if paths.config.is_file():
         saved, raw = saved_config(paths)
-        changes = check_resume_changes(saved, cfg)
-        if paths.report.is_file() and not changes:
-            report = json.loads(paths.report.read_text())
-            if report.get("completed") and report.get("steps_done") == cfg.steps:
-                return Run(step, paths, progress=False), report
+        changes = check_resume_changes(saved, cfg)  # only harmless ones, or --steps to extend, get past this
+        report = _saved_report(paths)
+        if report.get("completed") and report.get("steps_done") == cfg.steps:
+            return Run(step, paths, progress=False), report
         if changes:
             write_config(paths, cfg, [*raw.get(RESUME_LOG, []), {"changed": {k: list(v) for k, v in changes.items()}}])
     else:

@@ -291,3 +291,10 @@ def test_output_formats_are_written_at_the_end_and_bad_names_refused(tmp_path, c
     assert (run / "model.splat").stat().st_size > 0 and (run / "model.glb").stat().st_size > 0
     assert main(shapes_args(tmp_path / "b", 2, "--output.formats", "gif")) == 2
     assert "gif" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_a_damaged_report_does_not_stop_a_resume(tmp_path, capsys):
+    run = interrupted_run(tmp_path, capsys)
+    (run / "report.json").write_text('{"completed": tr')
+    assert main(["--resume", str(run), "--output.no-progress"]) == 0
+    assert json.loads((run / "report.json").read_text())["completed"]
