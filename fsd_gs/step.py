@@ -305,17 +305,13 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
         joined = _Pending(
             rgb=torch.cat([p.rgb for p in pending]), eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]), cond=torch.cat([p.cond for p in pending]),
-            uncond=torch.cat([p.uncond for p in pending]), cameras=_cat_cameras([p.cameras for p in pending]),
+            uncond=torch.cat([p.uncond for p in pending]), cameras=Cameras.cat([p.cameras for p in pending]),
             render_out=None)
         loss = first._loss(joined) * len(steps)
         for s, p in zip(steps, pending):
             s._pre_backward(p)
         loss.backward()  # each asset's parameters get exactly their own gradient
         return [s._update(p, loss) for s, p in zip(steps, pending)]
-
-
-def _cat_cameras(cams: Sequence[Cameras]) -> Cameras:
-    return Cameras.cat(list(cams))
 
 
 def _resize_bhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
