@@ -64,7 +64,7 @@ class Driver:
     # -- items -------------------------------------------------------------------------------------------
     def config_of(self, item: GridItem) -> Any:
         cfg = dataclasses.replace(self.configs[item.preset.label], prompt=item.prompt, seed=item.seed)
-        if getattr(self.engine, "cpu_only", False) and cfg.device == "auto":
+        if self.engine.cpu_only and cfg.device == "auto":
             cfg = dataclasses.replace(cfg, device="cpu")  # CPU actors: never pick up a GPU Ray did not give them
         return cfg
 
