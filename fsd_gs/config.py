@@ -24,6 +24,7 @@ from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
 from fsd_gs.methods import MethodOptions, method_spec
 from fsd_gs.noise import NoiseConfig
+from fsd_gs.prior.compile import legacy_mode
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
 from fsd_gs.schedule import ScheduleConfig
@@ -201,6 +202,8 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
                 continue
         raise UserError(f"preset option {path!r} has the wrong type: {value!r}")
     if origin is Literal:
+        if {"on", "off"} <= set(args):  # compile: false of old configs, and YAML's unquoted on/off, are booleans
+            value = legacy_mode(value)
         require(value in args, f"preset option {path!r} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if origin is tuple:

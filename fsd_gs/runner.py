@@ -43,9 +43,9 @@ CPU_PARAM_LIMIT = 100_000_000
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-RESUMABLE_CHANGES = ("steps", "resume", "threads", "output.progress")
-"""Options a resume may change (steps only upwards); the viewer's options are free too. Anything else would
-change what the run computes: start a new run for that."""
+RESUMABLE_CHANGES = ("steps", "resume", "threads", "output.progress", "prior.compile")
+"""Options a resume may change (steps only upwards); the viewer's options are free too (and compiling, which
+changes only the speed and the last bits). Anything else would change what the run computes: start a new run."""
 
 
 class RunLocked(UserError):
@@ -161,13 +161,16 @@ def repair_metrics(path: Path, step: int) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def load_prior_for(cfg: TrainConfig) -> DiffusionPrior:
-    """The run's prior on its device; a large model on a CPU is refused unless --guidance.allow-slow-cpu."""
+def load_prior_for(cfg: TrainConfig, long_lived: bool = False) -> DiffusionPrior:
+    """The run's prior on its device; a large model on a CPU is refused unless --guidance.allow-slow-cpu.
+
+    ``long_lived``: the prior will serve many assets (a batch worker), so ``--prior.compile auto`` compiles.
+    """
     from fsd_gs.device import resolve_device
     from fsd_gs.prior.factory import load_prior, parameter_count
 
     device = resolve_device(cfg.device)
-    prior = load_prior(cfg.model, cfg.prior, device)
+    prior = load_prior(cfg.model, cfg.prior, device, steps=cfg.steps, long_lived=long_lived)
     if device.type == "cpu" and not cfg.guidance.allow_slow_cpu:
         n_params = parameter_count(prior)
         if n_params > CPU_PARAM_LIMIT:
@@ -371,7 +374,8 @@ def write_report(run: Run, completed: bool, outputs: dict[str, str]) -> dict:
     session_s = stats.wall - stats.wall_before
     after_first = session_s - (stats.first_step_s or 0.0) if stats.steps_this_session > 1 else 0.0
     if device.type == "cuda":
-        memory = {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
+        memory = {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+                  "peak_gpu_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
         name = f"{device} ({torch.cuda.get_device_name(device)})"
     else:
         import platform
@@ -389,6 +393,8 @@ def write_report(run: Run, completed: bool, outputs: dict[str, str]) -> dict:
         "num_gaussians": len(run.step.gaussians),
         "densify_counts": run.step.densify_counts,
         "device": name, **memory,
+        "prior_load_s": round(run.step.prior.load_seconds, 3),
+        "compile": str(run.step.prior.compile_decision),
         "versions": {"fsd_gs": __version__, "torch": torch.__version__},
         "outputs": outputs,
     }

@@ -63,7 +63,7 @@ def start_viewer(cfg: TrainConfig, noise_map: Any) -> Any:
     from fsd_gs.viewer.live import LiveViewer
 
     try:
-        viewer = LiveViewer(cfg.viewer, total_steps=cfg.steps, noise_map=noise_map)
+        viewer = LiveViewer(cfg.viewer, total_steps=cfg.steps, noise_map=noise_map, noise_kind=cfg.noise.kind)
     except Exception as exc:  # the viewer never stops training
         print(f"warning: the live viewer could not start ({exc}); training without it", file=sys.stderr)
         return None
@@ -89,6 +89,9 @@ def run(argv: Sequence[str]) -> int:
     cfg = parse_config(argv)
     cfg.validate()
     prior = load_prior_for(cfg)  # bad model, prompt or size fails here, before any folder exists
+    if prior.compile_decision.enabled or (cfg.prior.compile != "off" and prior.device.type == "cuda"):
+        cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.enabled else ""
+        print(f"prior compile: {prior.compile_decision}{cache}")
     with ExitStack() as stack:
         run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack, progress=True)
         root = run_.paths.root

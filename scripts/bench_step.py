@@ -3,23 +3,38 @@
 The floor of one distillation step with a latent model is the guided UNet forward (cond + uncond in one
 batch) plus the VAE encoder forward and backward, at the same batch, resolution, dtype and compile
 settings as the step. Everything else (rendering, noise, loss, Adam, Python, host syncs) is overhead;
-this script measures both and their ratio, with a per-stage breakdown of the step and peak GPU memory.
+this script measures both and their ratio, with a per-stage breakdown of the step.
+
+Each variant runs in a fresh child process (``--no-fresh-process``: in this process, one after another,
+each prior freed before the next), so its peak GPU memory (allocated and reserved, weights included) is
+its own, and its start-up is reported apart from the steady state: prior load, gsplat's first render
+(JIT build or load), the first step (compilation) and the rest of the warm-up (CUDA-graph recording).
 
 On a CUDA GPU (builds a random-weight SD-2.1-base pipeline from its config first: same FLOPs as the
 real model, no download):
     python scripts/bench_step.py --out bench_step.json
-    python scripts/bench_step.py --model /tmp/sd21-random --grid quick
+    python scripts/bench_step.py --model /tmp/sd21-random --grid speed --profile --repeat 2
+    python scripts/bench_step.py --model /tmp/sd21-random --variants 512px/1v/100k/cudagraphs --asset-steps 1200
 On the CPU with the built-in prior:
     python scripts/bench_step.py --model shapes --device cpu --grid cpu
 
-Prints a table and writes JSON (--out). Densification is off so the Gaussian count stays as given.
+Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile) or cudagraphs (compiled
++ CUDA graphs). ``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
+``--profile`` writes torch.profiler tables of steady steps, of the VAE encoder forward+backward alone and of
+the guided UNet alone (profile_<variant>_{step,floor_vae,floor_unet}.txt next to --out). ``--asset-steps N``
+also trains whole assets of the default preset through ``python -m fsd_gs.train`` (one fresh process per
+--asset-compile mode) and reports load, first step (compile) and steps apart. Densification is off in the
+step variants so the Gaussian count stays as given. Prints a table and writes JSON (--out).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +43,13 @@ from typing import Callable, Literal, Optional
 
 import torch
 
+from fsd_gs.errors import UserError
 from fsd_gs.profiling import synchronize
+
+ROOT = Path(__file__).resolve().parent.parent
+MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs"}
+"""--prior.compile mode -> the word in variant names."""
+_NAME = re.compile(r"^(\d+)px/(\d+)v/(\d+)k/(eager|compiled|cudagraphs)$")
 
 
 @dataclass(frozen=True)
@@ -36,20 +57,38 @@ class Variant:
     resolution: int
     views: int
     gaussians: int
-    compile: bool = False
+    compile: Literal["off", "on", "cudagraphs"] = "off"
 
     @property
     def name(self) -> str:
-        return f"{self.resolution}px/{self.views}v/{self.gaussians // 1000}k/{'compiled' if self.compile else 'eager'}"
+        return f"{self.resolution}px/{self.views}v/{self.gaussians // 1000}k/{MODE_NAMES[self.compile]}"
+
+    @property
+    def slug(self) -> str:
+        """The name as a file-name part."""
+        return self.name.replace("/", "_")
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        """The variant named ``name`` (e.g. 512px/1v/100k/cudagraphs); UserError when malformed."""
+        match = _NAME.match(name.strip())
+        if match is None:
+            raise UserError(f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE (MODE eager, compiled or "
+                            "cudagraphs), e.g. 512px/1v/100k/cudagraphs")
+        res, views, kilo, mode = match.groups()
+        modes = {word: key for key, word in MODE_NAMES.items()}
+        return cls(int(res), int(views), int(kilo) * 1000, modes[mode])  # type: ignore[arg-type]
 
 
 GRIDS: dict[str, list[Variant]] = {
-    # one factor at a time around the default step (512 px, 1 view, 100k Gaussians, eager)
+    # one factor at a time around the default step (512 px, 1 view, 100k Gaussians), eager and compiled
     "default": [
         Variant(512, 1, 100_000), Variant(256, 1, 100_000), Variant(512, 4, 100_000),
         Variant(512, 1, 10_000), Variant(512, 1, 1_000_000),
-        Variant(512, 1, 100_000, True), Variant(512, 4, 100_000, True),
+        Variant(512, 1, 100_000, "on"), Variant(512, 4, 100_000, "on"),
+        Variant(512, 1, 100_000, "cudagraphs"), Variant(512, 4, 100_000, "cudagraphs"),
     ],
+    "speed": [Variant(512, 1, 100_000, "on"), Variant(512, 1, 100_000, "cudagraphs"), Variant(512, 1, 100_000)],
     "quick": [Variant(512, 1, 100_000), Variant(512, 4, 100_000)],
     "cpu": [Variant(64, 1, 2_000), Variant(64, 1, 8_000), Variant(64, 4, 2_000)],
 }
@@ -62,23 +101,43 @@ class Args:
     model: Optional[str] = None
     """Prior: a diffusers folder, "shapes", or None to build a random-weight SD-2.1-base pipeline in --work."""
     work: Path = Path("/tmp/fsd_gs_bench")
-    """Scratch folder (the random pipeline is built here once)."""
+    """Scratch folder (the random pipeline is built here once; --asset-steps runs go here)."""
     out: Path = Path("bench_step.json")
-    """Where the JSON results go."""
+    """Where the JSON results go (child logs and profile tables go next to it)."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    grid: Literal["default", "quick", "cpu"] = "default"
-    """Which variants to run (see GRIDS)."""
+    grid: Literal["default", "speed", "quick", "cpu"] = "default"
+    """Which variants to run (see GRIDS); --variants overrides it."""
+    variants: tuple[str, ...] = ()
+    """Run these variants instead of the grid's, e.g. 512px/1v/100k/cudagraphs 512px/1v/100k/eager."""
+    fresh_process: bool = True
+    """Measure each variant in its own child process (peak memory and start-up of that variant alone)."""
+    repeat: int = 1
+    """Run each variant this many times (fresh processes: the second start-up shows the warm compile cache)."""
     warmup: int = 5
-    """Untimed steps before each measurement (compilation, allocator warm-up)."""
+    """Untimed steps before each measurement (compilation, CUDA-graph recording, allocator warm-up)."""
     iters: int = 20
     """Timed steps per measurement."""
     guidance_scale: float = 100.0
     """CFG scale (the cost does not depend on it unless it is 1)."""
     prompt: Optional[str] = None
     """Prompt; None: "a red mushroom" for the shapes prior, else "a DSLR photo of a corgi"."""
+    profile: bool = False
+    """Also write torch.profiler tables (top 40 by device time) of the step, the VAE floor and the UNet floor."""
+    profile_steps: int = 10
+    """Steady calls recorded per profile table."""
+    keep_vae_input_layout: bool = False
+    """Feed the VAE encoder the render's channels-last strides as before #17 (for comparing profiles); the floor
+    then also measures the encoder on such an input (vae_encode_render_layout_ms)."""
+    asset_steps: int = 0
+    """Also train whole assets of this many steps (default preset, fresh `python -m fsd_gs.train` processes); 0: no."""
+    asset_compile: tuple[str, ...] = ("auto",)
+    """--prior.compile of each asset run (auto, off, on, cudagraphs)."""
+    child: bool = False
+    """Internal: measure the one --variants entry in this process and write its row to --out."""
 
 
+# -- measuring ------------------------------------------------------------------------------------
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
     """Median over ``iters`` single calls of ``fn`` in milliseconds (after ``warmup`` calls)."""
     for _ in range(warmup):
@@ -93,16 +152,32 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
     return statistics.median(samples)
 
 
-def measure_floor(prior, prompt: str, variant: Variant, guidance_scale: float, device: torch.device, warmup: int,
-                  iters: int):
-    """(guided UNet forward ms, VAE encode forward+backward ms) at the variant's batch and resolution."""
+def timed_s(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn`` (synchronised)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, device: torch.device,
+                render_layout: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(guided UNet forward, VAE encode forward+backward) at the variant's batch and resolution.
+
+    The UNet gets random latents (no extra encoder call, so no extra compiled graph); the encoder gets a
+    contiguous image, or with ``render_layout`` a [B,H,W,3] tensor permuted to [B,3,H,W] as renders are.
+    """
     gen = torch.Generator(device=device).manual_seed(0)
-    images = torch.rand(variant.views, 3, variant.resolution, variant.resolution, device=device, generator=gen)
+    size = (variant.views, 3, variant.resolution, variant.resolution)
+    if render_layout:
+        images = torch.rand(size[0], size[2], size[3], 3, device=device, generator=gen).permute(0, 3, 1, 2)
+    else:
+        images = torch.rand(size, device=device, generator=gen)
     images.requires_grad_(True)
-    emb = prior.encode_prompts(prompt, "", True)
-    cond, uncond = emb.select(["front"] * variant.views)
-    with torch.no_grad():
-        z = prior.encode_images(images)
+    cond, uncond = prior.encode_prompts(prompt, "", True).select(["front"] * variant.views)
+    shape = prior.model_shape(variant.resolution, variant.resolution)
+    z = torch.randn(variant.views, *shape, device=device, generator=gen)
     t = torch.full((variant.views,), 500, device=device, dtype=torch.long)
 
     def unet() -> None:
@@ -113,12 +188,12 @@ def measure_floor(prior, prompt: str, variant: Variant, guidance_scale: float, d
         out.backward(torch.ones_like(out))
         images.grad = None
 
-    return time_ms(unet, device, warmup, iters), time_ms(encoder, device, warmup, iters)
+    return unet, encoder
 
 
-def build_step(prior, model: str, prompt: str, variant: Variant, device: torch.device):
+def train_config(model: str, prompt: str, variant: Variant, device: torch.device):
+    """The default FSD config at the variant's size, densification off, ``variant.compile`` as the prior mode."""
     from fsd_gs.config import TrainConfig, base_config
-    from fsd_gs.step import DistillStep
 
     cfg: TrainConfig = base_config("fsd", None)
     cfg = dataclasses.replace(
@@ -130,39 +205,174 @@ def build_step(prior, model: str, prompt: str, variant: Variant, device: torch.d
         prior=dataclasses.replace(cfg.prior, compile=variant.compile),
     )
     cfg.validate()
-    return DistillStep(cfg, prior, device)
+    return cfg
 
 
-def run_variant(prior, model: str, variant: Variant, args: Args, device: torch.device) -> dict:
+def first_render(cfg, device: torch.device) -> None:
+    """One small render: on CUDA the first gsplat call builds or loads its JIT extension."""
+    from fsd_gs.camera import OrbitSampler
+    from fsd_gs.initialize import init_gaussians
+    from fsd_gs.render import render
+
+    cams = OrbitSampler(cfg.camera, device="cpu").sample(torch.Generator().manual_seed(0)).to(device)
+    gaussians = init_gaussians(dataclasses.replace(cfg.gaussians, num_points=1000), torch.Generator().manual_seed(0),
+                               device)
+    with torch.no_grad():
+        render(gaussians, cams, torch.ones(len(cams), 3, device=device), cfg.render)
+
+
+def write_profile(fn: Callable[[], object], device: torch.device, calls: int, path: Path, title: str) -> None:
+    """A torch.profiler table (top 40 by device time on CUDA, CPU time otherwise) of ``calls`` calls of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+    key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
+    path.write_text(f"{title}: {calls} calls, sorted by {key}\n{table}\n")
+
+
+def memory_gb(device: torch.device) -> dict:
+    """Peak allocated and reserved GPU memory since the last reset (None on the CPU)."""
+    if device.type != "cuda":
+        return {"peak_allocated_gb": None, "peak_reserved_gb": None}
+    return {"peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+
+
+def measure_variant(model: str, variant: Variant, args: Args, device: torch.device) -> dict:
+    """Load, first render, first step, warm-up, steady step, stages, floor (and profiles) of one variant."""
+    from fsd_gs.prior.factory import PriorConfig, load_prior
+    from fsd_gs.step import DistillStep
+
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
-    unet_ms, vae_ms = measure_floor(prior, prompt, variant, args.guidance_scale, device, args.warmup, args.iters)
-    step = build_step(prior, model, prompt, variant, device)
+    cfg = train_config(model, prompt, variant, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step_ms = time_ms(step, device, args.warmup, args.iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    gsplat_s = timed_s(lambda: first_render(cfg, device), device)
+    prior = load_prior(model, PriorConfig(compile=variant.compile), device)
+    if args.keep_vae_input_layout and hasattr(prior, "vae_input_format"):
+        prior.vae_input_format = None
+    step = DistillStep(cfg, prior, device)
+    first_s = timed_s(step, device)
+    warm_s = timed_s(lambda: [step() for _ in range(max(0, args.warmup - 1))], device)
+    step_ms = time_ms(step, device, 0, args.iters)
+    memory = memory_gb(device)
     step.timer.enabled = True
     for _ in range(args.iters):
         step()
     stages = step.timer.summary()
-    floor = unet_ms + (vae_ms if prior.space == "latent" else 0.0)
-    return {
-        "variant": variant.name, **dataclasses.asdict(variant),
+    step.timer.enabled = False
+    unet, encoder = floor_calls(prior, prompt, variant, args.guidance_scale, device)
+    unet_ms = time_ms(unet, device, args.warmup, args.iters)
+    vae_ms = time_ms(encoder, device, args.warmup, args.iters) if prior.space == "latent" else 0.0
+    floor = unet_ms + vae_ms
+    row = {
+        "variant": variant.name, **dataclasses.asdict(variant), "compile_decision": str(prior.compile_decision),
+        "startup_s": {"gsplat_first_render": round(gsplat_s, 2), "prior_load": round(prior.load_seconds, 2),
+                      "first_step": round(first_s, 2), "rest_of_warmup": round(warm_s, 2),
+                      "total": round(gsplat_s + prior.load_seconds + first_s + warm_s, 2)},
         "unet_guided_ms": round(unet_ms, 2), "vae_encode_fwd_bwd_ms": round(vae_ms, 2),
         "floor_ms": round(floor, 2), "step_ms": round(step_ms, 2), "ratio": round(step_ms / floor, 3),
-        "stages_ms": {k: round(v, 2) for k, v in stages.items()},
-        "peak_gpu_memory_gb": round(peak, 3) if peak is not None else None,
+        "stages_ms": {k: round(v, 2) for k, v in stages.items()}, **memory,
     }
+    if args.keep_vae_input_layout and prior.space == "latent":
+        _, encoder_render = floor_calls(prior, prompt, variant, args.guidance_scale, device, render_layout=True)
+        row["vae_encode_render_layout_ms"] = round(time_ms(encoder_render, device, args.warmup, args.iters), 2)
+    if args.profile:
+        where = args.out.parent
+        calls = {"step": step, "floor_unet": unet, **({"floor_vae": encoder} if prior.space == "latent" else {})}
+        for what, fn in calls.items():
+            path = where / f"profile_{variant.slug}_{what}.txt"
+            write_profile(fn, device, args.profile_steps, path, f"{variant.name} {what}")
+            row.setdefault("profiles", []).append(str(path))
+    return row
+
+
+# -- processes ------------------------------------------------------------------------------------
+def child_argv(args: Args, model: str, variant: Variant, out: Path) -> list[str]:
+    """The command line measuring ``variant`` alone in a child process (writes its row to ``out``)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--variants", variant.name, "--out", str(out),
+            "--model", model, "--work", str(args.work), "--device", args.device, "--warmup", str(args.warmup),
+            "--iters", str(args.iters), "--guidance-scale", str(args.guidance_scale)]
+    if args.prompt:
+        argv += ["--prompt", args.prompt]
+    if args.profile:
+        argv += ["--profile", "--profile-steps", str(args.profile_steps)]
+    if args.keep_vae_input_layout:
+        argv += ["--keep-vae-input-layout"]
+    return argv
+
+
+def run_child(args: Args, model: str, variant: Variant, run: int) -> dict:
+    """``variant`` measured in a fresh process; its log goes next to --out; a failure becomes an error row."""
+    stem = f"{args.out.stem}_{variant.slug}_run{run}"
+    out, log = args.out.parent / f"{stem}.json", args.out.parent / f"{stem}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as handle:
+        done = subprocess.run(child_argv(args, model, variant, out), stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    process_s = round(time.perf_counter() - t0, 2)
+    if done.returncode != 0 or not out.is_file():
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+        return {"variant": variant.name, "run": run, "error": f"exit {done.returncode}: {' | '.join(tail)}",
+                "log": str(log)}
+    row = json.loads(out.read_text())
+    out.unlink()
+    return {**row, "run": run, "process_s": process_s, "log": str(log)}
+
+
+def measure_asset(args: Args, model: str, mode: str) -> dict:
+    """One whole asset of the default preset through ``python -m fsd_gs.train`` in a fresh process."""
+    prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
+    log = args.out.parent / f"{args.out.stem}_asset_{mode}.log"
+    cmd = [sys.executable, "-m", "fsd_gs.train", "--prompt", prompt, "--model", model, "--steps", str(args.asset_steps),
+           "--device", args.device, "--prior.compile", mode, "--output-dir", str(args.work / "assets"),
+           "--output.turntable-views", "4", "--output.no-progress"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    process_s = time.perf_counter() - t0
+    log.write_text(done.stdout + done.stderr)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"asset": mode, "error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}", "log": str(log)}
+    run_dir = Path(lines[-1])
+    report = json.loads((run_dir / "report.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps_s = float(metrics[-1]["wall_time"])  # from the run's start to its last step (checkpoints included)
+    first = float(report["first_step_s"])
+    return {
+        "asset": mode, "steps": args.asset_steps, "compile": report.get("compile"),
+        "process_s": round(process_s, 1), "prior_load_s": report.get("prior_load_s"), "first_step_s": round(first, 2),
+        "steps_s": round(steps_s, 1), "steady_ms_per_step": round((steps_s - first) / max(1, args.asset_steps - 1) * 1e3, 2),
+        "finish_s": round(float(report["wall_time_s"]) - steps_s, 1),
+        "peak_gpu_memory_gb": report.get("peak_gpu_memory_gb"), "peak_gpu_reserved_gb": report.get("peak_gpu_reserved_gb"),
+        "run_dir": str(run_dir), "log": str(log),
+    }
+
+
+def free(device: torch.device) -> None:
+    """Drop unreferenced models and cached GPU blocks (between in-process variants)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def chosen_variants(args: Args) -> list[Variant]:
+    return [Variant.parse(name) for name in args.variants] if args.variants else GRIDS[args.grid]
 
 
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from fsd_gs.device import resolve_device
-    from fsd_gs.prior.factory import PriorConfig, load_prior
 
     args = tyro.cli(Args, args=argv)
     device = resolve_device(args.device)
+    variants = chosen_variants(args)
     model = args.model
     if model is None:
         from fsd_gs.prior.random_pipeline import save_sd21_base_random_pipeline
@@ -172,41 +382,71 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building a random-weight SD-2.1-base pipeline in {folder} ...", flush=True)
             save_sd21_base_random_pipeline(folder, seed=0)
         model = str(folder)
-    priors: dict[bool, object] = {}
+    if args.child:
+        if len(variants) != 1:
+            raise UserError("--child measures exactly one variant: pass one --variants name")
+        args.out.write_text(json.dumps(measure_variant(model, variants[0], args, device)))
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    assets: list[dict] = []
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
         "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    for variant in GRIDS[args.grid]:
-        if variant.compile not in priors:
-            priors[variant.compile] = load_prior(model, PriorConfig(compile=variant.compile), device)
-        print(f"-- {variant.name}", flush=True)
-        try:
-            rows.append(run_variant(priors[variant.compile], model, variant, args, device))
-        except torch.OutOfMemoryError as exc:
-            rows.append({"variant": variant.name, "error": f"out of memory: {str(exc).splitlines()[0]}"})
-        print(json.dumps(rows[-1]), flush=True)
-        args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1))  # after each variant
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print_table(info, rows)
+
+    def save() -> None:  # after each measurement
+        args.out.write_text(json.dumps({"info": info, "rows": rows, "assets": assets}, indent=1))
+
+    for variant in variants:
+        for run in range(max(1, args.repeat)):
+            print(f"-- {variant.name} (run {run})", flush=True)
+            if args.fresh_process:
+                rows.append(run_child(args, model, variant, run))
+            else:
+                try:
+                    rows.append({**measure_variant(model, variant, args, device), "run": run})
+                except torch.OutOfMemoryError as exc:
+                    rows.append({"variant": variant.name, "run": run, "error": f"out of memory: {str(exc).splitlines()[0]}"})
+                free(device)
+            print(json.dumps(rows[-1]), flush=True)
+            save()
+    for mode in args.asset_compile if args.asset_steps > 0 else ():
+        print(f"-- asset: {args.asset_steps} steps, --prior.compile {mode}", flush=True)
+        assets.append(measure_asset(args, model, mode))
+        print(json.dumps(assets[-1]), flush=True)
+        save()
+    print_table(info, rows, assets)
     return 0
 
 
-def print_table(info: dict, rows: list[dict]) -> None:
+def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
     print(f"\n{info['device']}, torch {info['torch']}, {info['date']}")
-    print("| variant | UNet guided ms | VAE enc f+b ms | floor ms | step ms | step/floor | peak GB | stages ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet guided ms | VAE enc f+b ms | "
+          "floor ms | step ms | step/floor | peak alloc / reserved GB | stages ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['variant']} | {r['error']} |")
+            print(f"| {r['variant']} | {r.get('run', 0)} | {r['error']} |")
             continue
+        s = r["startup_s"]
         stages = ", ".join(f"{k} {v}" for k, v in r["stages_ms"].items())
-        print(f"| {r['variant']} | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | {r['floor_ms']} | "
-              f"{r['step_ms']} | {r['ratio']} | {r['peak_gpu_memory_gb']} | {stages} |")
+        print(f"| {r['variant']} | {r.get('run', 0)} | {s['total']} ({s['gsplat_first_render']} / {s['prior_load']} / "
+              f"{s['first_step']} / {s['rest_of_warmup']}) | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | "
+              f"{r['floor_ms']} | {r['step_ms']} | {r['ratio']} | {r['peak_allocated_gb']} / {r['peak_reserved_gb']} | "
+              f"{stages} |")
+    for a in assets:
+        if "error" in a:
+            print(f"asset --prior.compile {a['asset']}: {a['error']}")
+            continue
+        print(f"asset --prior.compile {a['asset']} [{a['compile']}]: {a['steps']} steps in {a['steps_s']} s "
+              f"(first step {a['first_step_s']} s, then {a['steady_ms_per_step']} ms/step); prior load "
+              f"{a['prior_load_s']} s; process {a['process_s']} s; peak {a['peak_gpu_memory_gb']} GB allocated, "
+              f"{a['peak_gpu_reserved_gb']} GB reserved")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fsd_gs.errors import run_cli
+
+    sys.exit(run_cli(main))

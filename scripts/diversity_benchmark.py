@@ -19,6 +19,7 @@ import datetime as _dt
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,13 @@ class BenchmarkConfig:
     runner: Literal["auto", "batch", "subprocess"] = "auto"
     """auto: python -m fsd_gs.batch when installed, else one python -m fsd_gs.train process per asset."""
     jobs: int = 2
-    """Assets trained at the same time (one CPU thread each)."""
+    """Assets trained at the same time (one CPU thread each); 1 with the batch runner: its local engine (one
+    process, e.g. on a GPU)."""
+    group_seeds: int = 1
+    """With the batch runner: optimise up to K seeds of a prompt and preset together (one prior call per step;
+    fast on a GPU, no gain on a one-thread CPU)."""
+    train_args: str = ""
+    """More train options for every asset, one string, e.g. --train-args="--guidance.guidance-scale 5" (with "=")."""
     views: int = 24
     """Evaluation views per asset (the paper: 24)."""
     ddim_samples: int = 8
@@ -70,6 +77,7 @@ class BenchmarkConfig:
         require(len(set(self.seeds)) == len(self.seeds), f"--seeds has repeated values {list(self.seeds)}")
         require(self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}")
         require(self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
+        require(self.group_seeds >= 1, f"--group-seeds must be >= 1, got {self.group_seeds}")
         if self.docs_dir is not None and not self.replace_docs:
             taken = [n for n in ("table.md", "gallery") if (self.docs_dir / n).exists()]
             require(not taken, f"{self.docs_dir} already holds {', '.join(taken)}: pass --replace-docs or another --docs-dir")
@@ -95,6 +103,11 @@ def preset_method(name: str) -> str:
     return str((data or {}).get("method", "fsd"))
 
 
+def train_options(cfg: BenchmarkConfig) -> list[str]:
+    """The train options every asset gets beyond its preset: --steps and --train-args."""
+    return (["--steps", str(cfg.steps)] if cfg.steps is not None else []) + shlex.split(cfg.train_args)
+
+
 class BatchCrashed(RuntimeError):
     """fsd_gs.batch ended with a traceback (not a per-asset failure, which stays in its manifest)."""
 
@@ -104,8 +117,7 @@ def train_with_batch(cfg: BenchmarkConfig, out: Path) -> Path:
     cmd = [sys.executable, "-m", "fsd_gs.batch", "--prompts", *cfg.prompts, "--seeds", *map(str, cfg.seeds),
            "--presets", *cfg.presets, "--out", str(out / "batch")]
     cmd += ["--engine", "local"] if cfg.jobs == 1 else ["--engine", "ray", "--workers", str(cfg.jobs), "--cpus-per-worker", "1"]
-    if cfg.steps is not None:
-        cmd += ["--", "--steps", str(cfg.steps)]
+    cmd += ["--group-seeds", str(cfg.group_seeds), "--", *train_options(cfg)]
     print("$ " + " ".join(cmd), flush=True)
     code = subprocess.call(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     manifest = out / "batch" / "manifest.json"
@@ -121,9 +133,7 @@ def train_with_batch(cfg: BenchmarkConfig, out: Path) -> Path:
 def _train_one(cfg: BenchmarkConfig, item: dict, out: Path) -> dict:
     cmd = [sys.executable, "-m", "fsd_gs.train", "--config", preset_path(item["preset"]), "--prompt", item["prompt"],
            "--seed", str(item["seed"]), "--output-dir", str(out / "runs" / item["preset"]), "--viewer.no-enabled",
-           "--output.no-progress"]
-    if cfg.steps is not None:
-        cmd += ["--steps", str(cfg.steps)]
+           "--output.no-progress", *train_options(cfg)]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     run_dir = Path(lines[-1]) if lines else None
@@ -198,7 +208,7 @@ def run(argv: Sequence[str]) -> int:
     steps = cfg.steps if cfg.steps is not None else "the presets'"
     header = (f"Diversity benchmark: {len(cfg.prompts)} prompts x {len(cfg.seeds)} seeds x {', '.join(cfg.presets)}, "
               f"{steps} steps, trained with {runner} in {train_s / 60:.1f} min; "
-              f"`python scripts/diversity_benchmark.py {' '.join(argv)}`".rstrip() + "\n\n")
+              f"`python scripts/diversity_benchmark.py {shlex.join(argv)}`".rstrip() + "\n\n")
     table = header + (result.folder / "evaluation.md").read_text()
     (result.folder / "benchmark.md").write_text(table)
     if cfg.docs_dir is not None:

@@ -4,6 +4,7 @@
     python scripts/eval_shapes_prior.py --quick               # fewer samples (~2 min on 2 cores)
     python scripts/eval_shapes_prior.py --device cuda --json runs/eval.json
     python scripts/eval_shapes_prior.py --ply outputs/a-red-mushroom/<run>/model.ply --prompt "a red mushroom"
+    python scripts/eval_shapes_prior.py --device cuda --sweep 1.5 2 2.5 3 4 5 7.5   # CFG sweep (choose the presets' CFG)
 
 Checks (thresholds from the issue):
   judge       kind and colour accuracy on fresh renders from an unseen seed            >= 0.98
@@ -57,6 +58,11 @@ class EvalConfig:
     """Instead of the checks above: judge 24 turntable views of this distilled asset (model.ply of a run)."""
     prompt: str = ""
     """The prompt the asset in --ply was made from (e.g. "a red mushroom")."""
+    sweep: tuple[float, ...] = ()
+    """Instead of the checks above: for each of these CFG scales, every kind colour-free (``sweep_samples`` DDIM
+    samples each: kind agreement, colour entropy) and ``prompts`` random named prompts (2 samples each)."""
+    sweep_samples: int = 16
+    """Samples per colour-free prompt in --sweep."""
 
 
 THRESHOLDS = {"judge_kind": 0.98, "judge_colour": 0.98, "prior_kind": 0.90, "prior_colour": 0.90,
@@ -110,6 +116,33 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(cfg: EvalConfig) -> int:
+    """--sweep: a table row per CFG scale (and the per-kind rows in --json)."""
+    from fsd_gs.device import resolve_device
+    from fsd_gs.prior.shapes import load_shapes_prior, shapes_prior_folder
+    from fsd_gs.shapes import evaluate as ev
+    from fsd_gs.shapes.judge import load_judge
+
+    folder = cfg.folder or shapes_prior_folder()
+    device = resolve_device(cfg.device)
+    prior = load_shapes_prior(device, folder=folder)
+    judge = load_judge(folder / "judge", device)
+    print(f"{folder}: {cfg.steps}-step DDIM; colour-free: every kind x {cfg.sweep_samples} samples; named: "
+          f"{cfg.prompts} random prompts x 2")
+    print("| CFG | colour-free kind (mean / worst) | colour entropy / max (mean / worst) | named: kind | named: colour |")
+    print("| --- | --- | --- | --- | --- |", flush=True)
+    rows = []
+    for scale in cfg.sweep:  # one scale at a time: a row is printed (and saved) as soon as it is measured
+        r = ev.cfg_sweep(prior, judge, (scale,), n_samples=cfg.sweep_samples, n_prompts=cfg.prompts, steps=cfg.steps)[0]
+        rows.append(r)
+        print(f"| {r['guidance_scale']:g} | {r['kind']:.3f} / {r['kind_min']:.2f} | {r['entropy_ratio']:.3f} / "
+              f"{r['entropy_min']:.2f} | {r['prompt_kind']:.3f} | {r['prompt_colour']:.3f} |", flush=True)
+        if cfg.json is not None:
+            cfg.json.parent.mkdir(parents=True, exist_ok=True)
+            cfg.json.write_text(json.dumps({"folder": str(folder), "steps": cfg.steps, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
@@ -124,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.json is not None:
             cfg.json.write_text(json.dumps(res, indent=2) + "\n")
         return 0 if res["both"] >= 0.75 else 1
+    if cfg.sweep:
+        return sweep(cfg)
     res = run(cfg)
     print(table(res))
     print(json.dumps(res["figures"]))

@@ -7,7 +7,16 @@
 #   batch  assets per GPU-hour: sequential CLI runs vs the batch engine (prior loaded once) vs K seeds together,
 #          then the same grid split over every visible GPU (one shard process per GPU), and the shapes grid
 #          packed 4 processes to one GPU
-# Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch]     (default: all three)
+#   prior  the shapes prior: CFG sweep of the shipped weights, PRIOR_TRAIN_S more seconds of training (resumed from
+#          them, learning rate annealed over the run), the same sweep of the result; tar in $WORK/prior/shapes_prior.tar
+#   diversity  the diversity benchmark (scripts/diversity_benchmark.py: DIVERSITY_PRESETS x 6 colour-free prompts x
+#          8 seeds, seeds of a prompt optimised together) into $WORK/diversity; PRIOR=folder uses that prior
+#   speed  issue #17 (~7 min): bench_step's eager / compiled / cudagraphs variants (512 px, 1 view, 100k Gaussians),
+#          each in a fresh process with its floor, start-up and peak memory, plus profiler tables, cold compile
+#          cache (speed-cold); then the compiled variants again in fresh processes (warm cache: the second run's
+#          start-up) and one 1200-step default asset with --prior.compile auto (speed-warm); all in $WORK/speed
+# Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
+#        (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
@@ -16,7 +25,9 @@ mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 python -c "import torch; print(torch.__version__, torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))"
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
-[ -d "$WORK/sd21-random" ] || python scripts/make_random_pipeline.py --kind sd21 --out "$WORK/sd21-random"
+if [[ " $STAGES " == *" tests "* || " $STAGES " == *" train "* || " $STAGES " == *" batch "* ]]; then
+  [ -d "$WORK/sd21-random" ] || python scripts/make_random_pipeline.py --kind sd21 --out "$WORK/sd21-random"
+fi
 SD="$WORK/sd21-random"
 now() { date +%s.%N; }
 
@@ -84,4 +95,50 @@ if [[ " $STAGES " == *" batch "* ]]; then
     wait
     echo "shapes grid (8 assets x 600 steps), 4 processes packed on GPU 0: $(python -c "print(round($(now) - $t0, 1))") s"
   } 2>&1 | tee "$WORK/bench_batch.log"
+fi
+
+if [[ " $STAGES " == *" prior "* ]]; then
+  SWEEP=(--device cuda --sweep 1.5 2 2.5 3 4 5 7.5 --sweep-samples 32 --prompts 48)
+  python scripts/eval_shapes_prior.py "${SWEEP[@]}" --json "$WORK/sweep_shipped.json" > "$WORK/sweep_shipped.md" 2>&1 &
+  python scripts/train_shapes_prior.py --out "$WORK/prior" --resume --resume-from fsd_gs/assets/shapes_prior \
+    --decay-over-run --time-budget-s "${PRIOR_TRAIN_S:-270}" --save-every-s 60 --steps 100000 --workers 12 \
+    --lr "${PRIOR_LR:-2e-4}" 2>&1 | tee "$WORK/prior_train.log" | grep -v '^{"step"' 
+  tail -n 3 "$WORK/prior/log.jsonl"
+  wait
+  python scripts/eval_shapes_prior.py "${SWEEP[@]}" --folder "$WORK/prior/shapes_prior" --json "$WORK/sweep_trained.json" \
+    > "$WORK/sweep_trained.md" 2>&1
+  cat "$WORK/sweep_shipped.md" "$WORK/sweep_trained.md"
+fi
+
+if [[ " $STAGES " == *" diversity "* ]]; then
+  if [ -n "${PRIOR:-}" ]; then  # this machine's copy of the checkout runs with that prior as the built-in one
+    rm -rf fsd_gs/assets/shapes_prior && cp -r "$PRIOR" fsd_gs/assets/shapes_prior
+  fi
+  read -r -a PRESETS <<< "${DIVERSITY_PRESETS:-shapes-sds shapes-fsd shapes-fsd-surface}"
+  python scripts/diversity_benchmark.py --presets "${PRESETS[@]}" --runner batch --jobs 1 --group-seeds 8 \
+    --out "$WORK/diversity" --docs-dir "$WORK/diversity/docs" ${DIVERSITY_ARGS:-} \
+    --train-args="--output.turntable-views 8 ${TRAIN_ARGS:-}" 2>&1 | tee "$WORK/diversity.log" | tail -n 40
+fi
+
+if [[ " $STAGES " == *" speed "* || " $STAGES " == *" speed-cold "* || " $STAGES " == *" speed-warm "* ]]; then
+  [ -d "$SD" ] || python scripts/make_random_pipeline.py --kind sd21 --out "$SD"
+  SPEED="$WORK/speed"
+  mkdir -p "$SPEED"
+  export FSD_GS_COMPILE_CACHE="$SPEED/compile_cache"  # cold on a fresh machine; warm for speed-warm
+  V512="512px/1v/100k"
+  if [[ " $STAGES " == *" speed "* || " $STAGES " == *" speed-cold "* ]]; then
+    t0=$(now)
+    python scripts/bench_step.py --model "$SD" --work "$WORK/bench" --out "$SPEED/bench_step_cold.json" \
+      --variants "$V512/compiled" "$V512/cudagraphs" "$V512/eager" --profile --profile-steps 10 2>&1 \
+      | tee "$SPEED/bench_step_cold.log"
+    echo "speed-cold: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$SPEED/timing.txt"
+  fi
+  if [[ " $STAGES " == *" speed "* || " $STAGES " == *" speed-warm "* ]]; then
+    t0=$(now)
+    python scripts/bench_step.py --model "$SD" --work "$WORK/bench" --out "$SPEED/bench_step_warm.json" \
+      --variants "$V512/compiled" "$V512/cudagraphs" --asset-steps 1200 --asset-compile auto 2>&1 \
+      | tee "$SPEED/bench_step_warm.log"
+    echo "speed-warm: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$SPEED/timing.txt"
+  fi
+  du -sh "$FSD_GS_COMPILE_CACHE" | tee -a "$SPEED/timing.txt"
 fi

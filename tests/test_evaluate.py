@@ -274,3 +274,29 @@ def test_unknown_clip_model_offline_is_one_sentence(monkeypatch: pytest.MonkeyPa
     err = capsys.readouterr().err.strip()
     assert "the CLIP model 'nobody-here/no-such-clip' is not available" in err and "\n" not in err
     assert not (tmp_path / "e").exists()  # nothing written on bad input
+
+
+def test_runs_with_another_noise_are_their_own_method() -> None:
+    """FSD with surface noise is evaluated as its own row, not mixed into FSD's seeds; SDS's own noise is plain SDS."""
+    from fsd_gs.evaluate.report import method_label
+    from fsd_gs.evaluate.runs import method_name
+
+    assert method_name({"method": "fsd", "noise": {"kind": "surface"}}) == "fsd-surface"
+    assert method_name({"method": "fsd", "noise": {"kind": "worldmap"}}) == "fsd"
+    assert method_name({"method": "sds", "noise": {"kind": "random"}}) == "sds"
+    assert method_name({"method": "fsd"}) == "fsd"
+    assert method_label("fsd-surface") == "FSD, surface noise"
+
+
+def test_cfg_sweep_measures_every_kind_at_every_scale() -> None:
+    """The sweep the presets' CFG is chosen from: one row per scale, every kind colour-free, figures in [0, 1]."""
+    from fsd_gs.prior.shapes import load_shapes_prior
+    from fsd_gs.shapes.evaluate import cfg_sweep
+    from fsd_gs.shapes.judge import load_judge
+    from fsd_gs.shapes.world import KINDS
+
+    rows = cfg_sweep(load_shapes_prior("cpu"), load_judge(None), (1.0, 3.0), n_samples=1, n_prompts=1, steps=2)
+    assert [r["guidance_scale"] for r in rows] == [1.0, 3.0]
+    for r in rows:
+        assert [x["prompt"].split()[-1] for x in r["rows"]] == list(KINDS)
+        assert 0.0 <= r["kind_min"] <= r["kind"] <= 1.0 and 0.0 <= r["entropy_min"] <= r["entropy_ratio"] + 1e-9

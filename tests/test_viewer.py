@@ -406,3 +406,17 @@ def test_standalone_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert main([str(not_ply)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_the_noise_panel_names_the_run_s_noise_kind():
+    """Surface noise (and every other kind) is shown next to the training render under its own name."""
+    v = LiveViewer(ViewerConfig(port=0, update_every=10**9), total_steps=10, noise_kind="surface")
+    try:
+        assert "surface-attached" in v.train_image.label and v.map_image is None
+    finally:
+        v.close()
+    v = LiveViewer(ViewerConfig(port=0, update_every=10**9), total_steps=10, noise_map=torch.randn(4, 8, 16))
+    try:
+        assert "world map" in v.train_image.label and v.map_image is not None
+    finally:
+        v.close()

@@ -85,7 +85,7 @@ class AssetWorker:
             self.priors.popitem(last=False)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        prior = load_prior_for(cfg)
+        prior = load_prior_for(cfg, long_lived=True)  # compile auto: on (CUDA), paid once for every asset
         self.loads += 1
         self.priors[key] = prior
         return prior

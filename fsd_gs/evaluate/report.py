@@ -19,9 +19,10 @@ from fsd_gs.evaluate.metrics import (
 from fsd_gs.evaluate.scorers import ViewScores
 
 FORMAT = "fsd_gs.evaluate/1"
-REFERENCE_ORDER = ("truth", "ddim", "sds", "fsd")
+REFERENCE_ORDER = ("truth", "ddim", "sds", "fsd", "fsd-surface")
 """Row order in tables: references first, then SDS before FSD as in the paper; other methods after, by name."""
-LABELS = {"truth": "world objects (truth)", "ddim": "DDIM images", "sds": "SDS", "fsd": "FSD"}
+LABELS = {"truth": "world objects (truth)", "ddim": "DDIM images", "sds": "SDS", "fsd": "FSD",
+          "fsd-surface": "FSD, surface noise"}
 
 
 def method_label(method: str) -> str:

@@ -64,6 +64,17 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "model.ply").is_file()
 
 
+def method_name(config: dict) -> str:
+    """The run's method, suffixed with its noise kind when that is not the method's own (``fsd-surface``)."""
+    from fsd_gs.methods import METHODS
+
+    method = str(config.get("method", "fsd"))
+    kind = (config.get("noise") or {}).get("kind")
+    if method in METHODS and kind and kind != METHODS[method].noise.kind:
+        return f"{method}-{kind}"
+    return method
+
+
 def read_run(run_dir: Path) -> Run | Missing:
     """The :class:`Run` of a run folder, or :class:`Missing` if it is not complete or unreadable."""
     run_dir = Path(run_dir)
@@ -86,7 +97,7 @@ def read_run(run_dir: Path) -> Run | Missing:
     if not isinstance(config, dict) or not str(config.get("prompt", "")).strip():
         return Missing(rid, "config.yaml has no prompt")
     guidance = config.get("guidance") or {}
-    return Run(run_dir=run_dir, prompt=str(config["prompt"]), method=str(config.get("method", "fsd")),
+    return Run(run_dir=run_dir, prompt=str(config["prompt"]), method=method_name(config),
                model=str(config.get("model", "")), seed=int(config.get("seed", 0)),
                guidance_scale=float(guidance.get("guidance_scale", 7.5)))
 

@@ -13,6 +13,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from fsd_gs.errors import UserError
+from fsd_gs.prior.compile import NOT_COMPILED, CompileDecision
 
 VIEW_SUFFIXES: dict[str, str] = {
     "none": "",
@@ -73,6 +74,10 @@ class DiffusionPrior(ABC):
     """Views the model denoises together (MVDream: 4); the step samples cameras and timesteps per group."""
     scheduler_config: Optional[dict] = None
     """The model's diffusers scheduler config, for DDIM sampling (fsd_gs.sampling); None: SD's betas."""
+    compile_decision: CompileDecision = NOT_COMPILED
+    """Whether and how the networks are torch.compiled, and why (fsd_gs/prior/compile.py; set when loaded)."""
+    load_seconds: float = 0.0
+    """Wall time :func:`fsd_gs.prior.factory.load_prior` took (0 when built directly)."""
 
     space: Literal["latent", "pixel"]
     channels: int

@@ -16,6 +16,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, PromptEmbeddings, view_prompt
+from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.loading import quiet_hf
 
 
@@ -94,7 +95,7 @@ class DiffusersPrior(DiffusionPrior):
         offload_text_encoder: bool = True,
         channels_last: bool = False,
         enable_xformers: bool = False,
-        compile: bool = False,
+        compile: CompileDecision | str = "off",
     ) -> None:
         self.source = Path(folder)
         self.device = torch.device(device)
@@ -106,9 +107,9 @@ class DiffusersPrior(DiffusionPrior):
         self.unet = self.load_unet().to(self.device)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
-        self.compiled = compile
-        if compile:
-            self.unet.compile(fullgraph=False)  # in place: attributes such as .config stay reachable
+        self.compile_decision = (compile if isinstance(compile, CompileDecision)
+                                 else resolve_compile(compile, self.device))
+        compile_module(self.unet, self.compile_decision.mode)
         if enable_xformers:
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -178,7 +179,8 @@ class DiffusersPrior(DiffusionPrior):
         """Epsilon [N,C,h,w] float32 from one UNet call (v-prediction and learned variance handled)."""
         if class_labels is not None:
             class_labels = class_labels.to(self.device, self.dtype)
-        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample.float()
+        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample
+        out = out.to(torch.float32, copy=True)  # a copy: a CUDA-graph output is overwritten by the next replay
         if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
             out = out[:, : self.channels]
         if self.prediction_type == "v_prediction":
@@ -241,8 +243,7 @@ class LatentDiffusionPrior(DiffusersPrior):
         vae = _load("vae", self.source, lambda: AutoencoderKL.from_pretrained(
             self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True))
         self.vae = vae.eval().requires_grad_(False).to(self.device)
-        if self.compiled:
-            self.vae.encoder.compile(fullgraph=False)
+        compile_module(self.vae.encoder, self.compile_decision.mode)
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
         self.channels = int(self.vae.config.latent_channels)
@@ -255,10 +256,17 @@ class LatentDiffusionPrior(DiffusersPrior):
         sample = self.unet.config.sample_size
         self.resolution = int(sample if isinstance(sample, int) else sample[0]) * self.downsample
 
+    vae_input_format: Optional[torch.memory_format] = torch.contiguous_format
+    """Memory format the VAE encoder's input is copied into (None: keep the caller's strides). Renders arrive as a
+    permuted [B,H,W,3] tensor (channels-last strides); one layout for every call keeps a compiled encoder on one
+    graph, the same one the benchmark's floor measures (scripts/bench_step.py --keep-vae-input-layout)."""
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> latents [B,4,H/8,W/8] float32: (posterior mean - shift) * scaling; differentiable."""
         self._check_images(images)
-        x = images.to(self.device, self.vae_dtype) * 2.0 - 1.0
+        mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
+        layout = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
+        x = images.to(self.device, self.vae_dtype, **layout) * 2.0 - 1.0
         mean = self.vae.encode(x).latent_dist.mean
         return ((mean - self.shift_factor) * self.scaling_factor).float()
 

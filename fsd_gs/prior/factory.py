@@ -8,6 +8,7 @@ another folder with vae/ a :class:`LatentDiffusionPrior`; one without, a :class:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +16,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.prior.compile import resolve_compile, setup_compile_cache
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype, resolve_model
 
 BUILTIN_SHAPES = "shapes"
@@ -22,27 +24,45 @@ BUILTIN_SHAPES = "shapes"
 __all__ = ["BUILTIN_SHAPES", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
 
 
-def load_prior(model: str, config: Optional[PriorConfig] = None, device: torch.device | str = "auto") -> DiffusionPrior:
-    """Resolve ``model`` (offline first) and build the prior on ``device``; bad input is a UserError."""
+def load_prior(model: str, config: Optional[PriorConfig] = None, device: torch.device | str = "auto",
+               steps: Optional[int] = None, long_lived: bool = False) -> DiffusionPrior:
+    """Resolve ``model`` (offline first) and build the prior on ``device``; bad input is a UserError.
+
+    ``steps`` (the run's length) and ``long_lived`` (a batch worker's prior, reused for many assets) feed the
+    ``--prior.compile auto`` decision (:func:`~fsd_gs.prior.compile.resolve_compile`), kept as the prior's
+    ``compile_decision``; ``load_seconds`` is the wall time of loading.
+    """
+    started = time.perf_counter()
+    prior = _load_prior(model, config or PriorConfig(), device, steps, long_lived)
+    prior.load_seconds = time.perf_counter() - started
+    return prior
+
+
+def _load_prior(model: str, config: PriorConfig, device: torch.device | str, steps: Optional[int],
+                long_lived: bool) -> DiffusionPrior:
     from fsd_gs.device import resolve_device
 
-    config = config or PriorConfig()
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model = (model or "").strip()
     if not model:
         raise UserError("--model is empty: pass a hub id, a local folder or 'shapes'")
     dtype = resolve_dtype(config.dtype, device)
+    decision = resolve_compile(config.compile, device, model, steps, long_lived)
     common = dict(offload_text_encoder=config.offload_text_encoder, channels_last=config.channels_last)
     if model == BUILTIN_SHAPES:
         from fsd_gs.prior.shapes import load_shapes_prior
 
-        return load_shapes_prior(device, dtype, **common)
+        prior = load_shapes_prior(device, dtype, **common)
+        prior.compile_decision = decision
+        return prior
+    if decision.enabled:
+        setup_compile_cache()
 
     from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
     from fsd_gs.prior.mvdream import CHECKPOINT_SUFFIXES, is_mvdream_folder, load_mvdream_prior
 
     hub = dict(local_files_only=config.local_files_only, cache_dir=config.cache_dir, revision=config.revision)
-    common.update(enable_xformers=config.enable_xformers, compile=config.compile)
+    common.update(enable_xformers=config.enable_xformers, compile=decision)
     if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:  # MVDream's original single-file checkpoint
         return load_mvdream_prior(model, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
     folder = resolve_model(model, **hub)

@@ -6,6 +6,8 @@ end of scripts/train_shapes_prior.py.
   all (kind, colour, view) triples; the judge's agreement with each prompt's kind and colour.
 * :func:`colour_entropy`: for colour-free prompts ("a mushroom"), the entropy of the judge's colours over
   many samples, as a fraction of log(number of colours).
+* :func:`cfg_sweep`: both of the above over a list of CFG scales, every kind colour-free, to choose the
+  presets' CFG from data.
 * :func:`unet_latency`: one guided UNet evaluation (batch 2) at 64x64 on the current device.
 """
 
@@ -108,6 +110,31 @@ def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] |
         rows.append({"prompt": f"{article(kind)} {kind}", "entropy_ratio": _entropy(counts) / math.log(len(COLOUR_NAMES)),
                      "kind": kind_ok / n_samples, "colours": dict(zip(COLOUR_NAMES, counts.tolist()))})
     return {"rows": rows, "entropy_ratio": min(r["entropy_ratio"] for r in rows), "n_samples": n_samples}
+
+
+def cfg_sweep(prior: DiffusionPrior, judge: Judge, scales: tuple[float, ...], n_samples: int = 16,
+              n_prompts: int = 24, samples_per_prompt: int = 2, steps: int = 50, seed: int = 1) -> list[dict[str, Any]]:
+    """For each CFG scale: colour-free kind agreement and colour entropy over every kind (``n_samples`` each), and
+    agreement on ``n_prompts`` random (kind, colour, view) prompts. The same seeds at every scale.
+
+    Returns one row per scale: ``guidance_scale``, ``kind`` (mean over kinds of the colour-free kind agreement),
+    ``kind_min``, ``entropy_ratio`` (mean) and ``entropy_min``, ``prompt_kind``, ``prompt_colour`` and the
+    colour-free ``rows`` (per kind).
+    """
+    out = []
+    for scale in scales:
+        free = colour_entropy(prior, judge, kinds=KINDS, n_samples=n_samples, guidance_scale=scale, steps=steps,
+                              seed=seed)
+        named = prior_agreement(prior, judge, n_prompts=n_prompts, samples_per_prompt=samples_per_prompt,
+                                guidance_scale=scale, steps=steps, seed=seed)
+        rows = free["rows"]
+        out.append({
+            "guidance_scale": scale, "kind": sum(r["kind"] for r in rows) / len(rows),
+            "kind_min": min(r["kind"] for r in rows),
+            "entropy_ratio": sum(r["entropy_ratio"] for r in rows) / len(rows), "entropy_min": free["entropy_ratio"],
+            "prompt_kind": named["kind"], "prompt_colour": named["colour"], "rows": rows,
+        })
+    return out
 
 
 @torch.no_grad()

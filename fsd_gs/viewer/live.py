@@ -141,6 +141,15 @@ def _as_float(value: Number) -> float:
     return float(value.detach().reshape(-1)[0]) if isinstance(value, torch.Tensor) else float(value)
 
 
+NOISE_LABELS = {
+    "worldmap": "Training render | its FSD noise window (cut from the world map below)",
+    "surface": "Training render | its surface-attached noise (the same surface point, the same noise, from every camera)",
+    "random": "Training render | its noise (fresh every step)",
+    "constant": "Training render | its noise (one fixed image for every camera)",
+}
+"""Label of the "Last training view" panel image for each --noise.kind."""
+
+
 class LiveViewer:
     """The live training viewer (a viser app); see the module docstring.
 
@@ -149,6 +158,8 @@ class LiveViewer:
         total_steps: steps of the run (for the progress bar).
         noise_map: the world noise map [C,H_map,W_map] (its first 3 channels are shown normalised), or
             None for noise functions without one.
+        noise_kind: the run's --noise.kind (worldmap, surface, random, constant): names the noise shown next to
+            the training render.
 
     Attributes:
         url: where to open it (printed by the trainer).
@@ -159,8 +170,10 @@ class LiveViewer:
             "publish_cpu_s" (CPU seconds the viewer thread spent publishing).
     """
 
-    def __init__(self, config: ViewerConfig, total_steps: int, noise_map: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, config: ViewerConfig, total_steps: int, noise_map: Optional[torch.Tensor] = None,
+                 noise_kind: str = "worldmap") -> None:
         config.validate()
+        self.noise_label = NOISE_LABELS.get(noise_kind, f"Training render | its noise ({noise_kind})")
         self.config = config
         self.total_steps = int(total_steps)
         self.app = ViewerApp(config.host, config.port, config.background, label="fsd_gs live",
@@ -341,7 +354,7 @@ class LiveViewer:
             self.save_button = gui.add_button("Save .ply now", hint="The trainer writes saved_step_N.ply into the run folder")
             self.download_button = gui.add_button("Download .ply", hint="Download the current Gaussians to this browser")
         with gui.add_folder("Last training view"):
-            self.train_image = gui.add_image(placeholder, label="Training render | its FSD noise window", format="jpeg")
+            self.train_image = gui.add_image(placeholder, label=self.noise_label, format="jpeg")
         if self._noise_map_rgb is not None:
             with gui.add_folder("World noise map"):
                 self.map_image = gui.add_image(self._noise_map_rgb, label="World noise map, current window outlined",
