@@ -19,7 +19,7 @@ restarts with a short warm-up, the learning-rate schedule continues at the saved
 fit any time limit (the checkpoint is 13 MiB, small enough to carry between machines), at the cost of
 restarting the optimizer state -- the "training noise" between a one-run and a several-run recipe.
 
-The shipped weights (fsd_gs/assets/shapes_prior, step 2651) came from three runs on one H100, each a
+The first weights (step 2651) came from three runs on one H100, each a
 7-9.5-minute machine call (gsplat's JIT build and the object bank took ~2 minutes of each):
 
     # run 1: 1016 steps of 48 objects x 4 views, lr 4e-4 after 500 warm-up steps (barely decayed)
@@ -32,8 +32,17 @@ The shipped weights (fsd_gs/assets/shapes_prior, step 2651) came from three runs
     python scripts/train_shapes_prior.py --out /tmp/run --resume --resume-from <run 2's shapes_prior> \
         --decay-over-run --time-budget-s 390 --save-every-s 90 --steps 100000 --workers 6
 
-(Runs 1-2: 567,552 images, 748 s inside the training loop; run 3: 665 steps in about 230 s.) More resumed runs
-like runs 2-3 keep improving the prior.
+(Runs 1-2: 567,552 images, 748 s inside the training loop; run 3: 665 steps in about 230 s.) That was step 2651.
+Two more resumed runs on one H200 (2026-12-01) with more colour-free captions made the shipped step 5099 (sweep
+and figures in BENCHMARKS.md, "a better shapes prior"):
+
+    # run 4: 1696 more steps, cosine 2e-4 -> 4e-5 over the run, 45% of captions without a colour word
+    python scripts/train_shapes_prior.py --out /tmp/g/prior --resume --resume-from <step 2651> --decay-over-run \
+        --time-budget-s 478 --save-every-s 45 --steps 100000 --workers 8 --lr 2e-4 --dataset.captions.p-no-colour 0.45
+    # run 5: 752 more steps, the same at lr 1.5e-4 for 250 s
+    python scripts/train_shapes_prior.py --out /tmp/g/prior2 --resume --resume-from <run 4's shapes_prior> \
+        --decay-over-run --time-budget-s 250 --save-every-s 45 --steps 100000 --workers 8 --lr 1.5e-4 \
+        --dataset.captions.p-no-colour 0.45
 """
 
 from __future__ import annotations
@@ -381,6 +390,7 @@ def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -
         "train_seconds": round(float(summary.get("train_seconds", 0.0)) + time.time() - t_run, 1),
         "images_seen": int(summary.get("images_seen", 0)) + int(images),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("dataset",)},
+        "captions": asdict(cfg.dataset.captions),
     }
     judge.eval()
     save_checkpoint(cfg, ema_unet, ema_te, judge, info)

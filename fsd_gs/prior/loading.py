@@ -31,7 +31,7 @@ class PriorConfig:
     """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
     compile: Literal["auto", "off", "on", "cudagraphs"] = "auto"
     """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); auto =
-    on for CUDA runs of >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs
+    cudagraphs for CUDA runs of >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs
     are cached in ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
