@@ -63,7 +63,8 @@ import torch
 from fsd_gs.io.atomic import atomic_open
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
 from fsd_gs.shapes.judge import Judge, load_judge
-from fsd_gs.shapes.model import build_networks, folder_size, load_tokenizer, save_pipeline, save_tokenizer, tokenize
+from fsd_gs.shapes.model import (build_networks, copy_tokenizer, folder_size, load_tokenizer, save_pipeline,
+                                 save_tokenizer, tokenize)
 from fsd_gs.shapes.world import ShapeObject, WorldConfig, sample_object
 
 
@@ -209,7 +210,8 @@ def warm_up_renderer(device: torch.device) -> None:
 
 # -- checkpoint -----------------------------------------------------------------------------------
 def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
-    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary)
+    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary,
+                           tokenizer=cfg.out / "tokenizer")
     with atomic_open(cfg.out / "shapes_prior.tar") as f, tarfile.open(fileobj=f, mode="w") as tar:
         tar.add(folder, arcname="shapes_prior")
     mirror(cfg)
@@ -265,13 +267,14 @@ def train(cfg: TrainShapesConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     tok_dir = cfg.out / "tokenizer"
-    token_ids = save_tokenizer(tok_dir)
+    src = resume_folder(cfg) if cfg.resume else None
+    token_ids = copy_tokenizer(src / "tokenizer", tok_dir) if src is not None else save_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     unet, text_encoder = build_networks(token_ids)
     judge = Judge()
     summary: dict = {"step": 0, "segments": 0, "train_seconds": 0.0, "images_seen": 0}
-    if cfg.resume:
-        judge, summary = load_for_resume(resume_folder(cfg), unet, text_encoder)
+    if src is not None:
+        judge, summary = load_for_resume(src, unet, text_encoder)
         print(f"resumed at step {summary['step']} (segment {summary['segments']})", flush=True)
     segment = int(summary["segments"])
     unet.to(device).train()
@@ -377,7 +380,7 @@ def train(cfg: TrainShapesConfig) -> dict:
     mib = folder_size(cfg.out / "shapes_prior") / 2**20
     print(f"saved step {step} to {cfg.out / 'shapes_prior'} ({mib:.1f} MiB)", flush=True)
     if cfg.export is not None:
-        save_pipeline(cfg.export, ema_unet, ema_te, judge, summary=final)
+        save_pipeline(cfg.export, ema_unet, ema_te, judge, summary=final, tokenizer=cfg.out / "tokenizer")
     result = {"summary": final}
     if cfg.eval_at_end:
         result["eval"] = evaluate(cfg, device)

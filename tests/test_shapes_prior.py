@@ -125,3 +125,28 @@ def test_turntable_agreement_of_a_true_object():
     assert res["both"] >= 0.75 and res["n_views"] == 8
     wrong = turntable_agreement(obj.gaussians, "a blue car", load_judge(), n_views=8)
     assert wrong["both"] <= 0.25
+
+
+def test_resumed_training_keeps_the_tokenizer_it_resumes_from(tmp_path, monkeypatch):
+    """A resumed run must reuse the checkpoint's token ids: rebuilding the BPE tokenizer can renumber tokens,
+    which silently re-wires the text encoder's learned embeddings."""
+    import importlib.util
+    import shutil
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_prior.py"
+    spec = importlib.util.spec_from_file_location("train_shapes_prior", script)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    src = tmp_path / "prior"
+    shutil.copytree(shapes_prior_folder(), src)
+    vocab_file = src / "tokenizer" / "vocab.json"
+    vocab = json.loads(vocab_file.read_text())
+    vocab["cup</w>"], vocab["car</w>"] = vocab["car</w>"], vocab["cup</w>"]  # ids no rebuild would give
+    vocab_file.write_text(json.dumps(vocab))
+    out = tmp_path / "run"
+    mod.main(["--out", str(out), "--resume", "--resume-from", str(src), "--tiny", "--steps", "1", "--device", "cpu"])
+    assert json.loads((out / "tokenizer" / "vocab.json").read_text()) == vocab
+    assert json.loads((out / "shapes_prior" / "tokenizer" / "vocab.json").read_text()) == vocab

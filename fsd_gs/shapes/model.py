@@ -113,8 +113,27 @@ def save_tokenizer(folder: Path | str) -> dict[str, int]:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(
         {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2) + "\n")
+    return token_ids(vocab)
+
+
+def token_ids(vocab: dict[str, int]) -> dict[str, int]:
+    """The ids the text encoder config needs, from a tokenizer's ``vocab``."""
     return {"vocab_size": len(vocab), "bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN],
             "pad_token_id": vocab[EOS_TOKEN]}
+
+
+def copy_tokenizer(src: Path | str, folder: Path | str) -> dict[str, int]:
+    """Copy the tokenizer files of ``src`` into ``folder`` (a resumed run keeps the ids its text encoder learned:
+    BPE training breaks frequency ties differently from process to process, so a rebuilt tokenizer can renumber
+    tokens); returns the ids the text encoder config needs."""
+    import shutil
+
+    src, folder = Path(src), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            shutil.copyfile(f, folder / f.name)
+    return token_ids(json.loads((folder / "vocab.json").read_text()))
 
 
 def load_tokenizer(folder: Path | str) -> Any:
@@ -142,15 +161,19 @@ def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
 
 def save_pipeline(
     folder: Path | str, unet: torch.nn.Module, text_encoder: torch.nn.Module, judge: torch.nn.Module | None = None,
-    summary: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16,
+    summary: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16, tokenizer: Path | None = None,
 ) -> Path:
-    """Write the whole prior folder (weights in ``dtype``); returns it."""
+    """Write the whole prior folder (weights in ``dtype``); returns it. ``tokenizer``: the tokenizer folder the
+    text encoder was trained with (copied; a new one is built when None, whose single-character ids can differ)."""
     import diffusers
     from diffusers import DDIMScheduler
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_tokenizer(folder / "tokenizer")
+    if tokenizer is not None:
+        copy_tokenizer(tokenizer, folder / "tokenizer")
+    else:
+        save_tokenizer(folder / "tokenizer")
     # save_pretrained of a converted copy: the training modules stay in their own precision.
     unet_copy = type(unet).from_config(unet.config)
     unet_copy.load_state_dict(unet.state_dict())
