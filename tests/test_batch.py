@@ -160,8 +160,8 @@ GROUPED_ATOL = 1e-2
 """--group-seeds vs single runs, parameters of O(1) after 4 steps. Not bitwise: fsd_gs.step.step_together sends one
 batch of 2K views to the prior instead of K batches of 2, whose arithmetic (oneDNN / MKL kernels chosen by batch
 size) rounds differently by ~1e-5, and Adam turns that into parameter differences (measured: up to 4e-4 in
-log-scales and 4e-3 in rotations after 4 steps). Where a gradient is ~0 that rounding can flip its sign, and Adam then moves the two runs a
-whole learning rate apart (log-scales: 5e-3 per step; one element differed by 0.0100 with the step-5099 prior). So
+log-scales and 4e-3 in rotations after 4 steps). Where a gradient is ~0 that rounding can flip its sign, and
+Adam then moves the two runs a whole learning rate apart (log-scales: 5e-3 per step; one element differed by 0.0100 with the step-5099 prior). So
 99% of every column must agree within this tolerance, and the rest within GROUPED_MAX (a few Adam steps).
 tests/test_step.py checks the gradients themselves."""
 

@@ -124,8 +124,8 @@ def token_ids(vocab: dict[str, int]) -> dict[str, int]:
 
 def copy_tokenizer(src: Path | str, folder: Path | str) -> dict[str, int]:
     """Copy the tokenizer files of ``src`` into ``folder`` (a resumed run keeps the ids its text encoder learned:
-    BPE training breaks frequency ties differently from process to process, so a rebuilt tokenizer can renumber
-    tokens); returns the ids the text encoder config needs."""
+    BPE training breaks frequency ties differently from build to build, even within a process, so a rebuilt
+    tokenizer can renumber single-character tokens); returns the ids the text encoder config needs."""
     import shutil
 
     src, folder = Path(src), Path(folder)
