@@ -130,8 +130,8 @@ def train_with_batch(cfg: BenchmarkConfig, out: Path) -> Path:
     return manifest
 
 
-def _train_one(cfg: BenchmarkConfig, item: dict, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "fsd_gs.train", "--config", preset_path(item["preset"]), "--prompt", item["prompt"],
+def _train_one(cfg: BenchmarkConfig, item: dict, arg: str, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "fsd_gs.train", "--config", preset_path(arg), "--prompt", item["prompt"],
            "--seed", str(item["seed"]), "--output-dir", str(out / "runs" / item["preset"]), "--viewer.no-enabled",
            "--output.no-progress", *train_options(cfg)]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
@@ -145,16 +145,18 @@ def _train_one(cfg: BenchmarkConfig, item: dict, out: Path) -> dict:
 
 
 def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
-    """One python -m fsd_gs.train per asset (``jobs`` at a time); writes and returns an fsd_gs.batch/1 manifest."""
-    from fsd_gs.run_dir import slugify
+    """One python -m fsd_gs.train per asset (``jobs`` at a time); writes and returns an fsd_gs.batch/1 manifest.
+    Items are fsd_gs.batch's grid (ids ``<prompt>/<preset label>/seed<N>``), so two presets of one method stay apart."""
+    from fsd_gs.batch.grid import build_grid, parse_presets
 
     manifest = out / "manifest.json"
     done = {}
     if manifest.is_file():
         done = {i["id"]: i for i in json.loads(manifest.read_text())["items"] if i["status"] == "done"}
-    items = [{"id": f"{slugify(p)}/{preset_method(pr)}/seed{s}", "prompt": p, "method": preset_method(pr), "preset": pr,
-              "seed": s, "run_dir": None, "status": "pending", "error": None}
-             for p in cfg.prompts for pr in cfg.presets for s in cfg.seeds]
+    grid = build_grid(cfg.prompts, parse_presets(cfg.presets), cfg.seeds)
+    args = {g.id: g.preset.arg for g in grid}
+    items = [{"id": g.id, "prompt": g.prompt, "method": preset_method(g.preset.arg), "preset": g.preset.label,
+              "seed": g.seed, "run_dir": None, "status": "pending", "error": None} for g in grid]
     items = [done.get(i["id"], i) for i in items]
 
     def write() -> None:
@@ -166,7 +168,7 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
     write()
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(cfg.jobs) as pool:
-        futures = {pool.submit(_train_one, cfg, items[k], out): k for k in todo}
+        futures = {pool.submit(_train_one, cfg, items[k], args[items[k]["id"]], out): k for k in todo}
         for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
             k = futures[future]
             items[k] = future.result()
@@ -177,6 +179,15 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
                   f"{' (' + items[k]['error'] + ')' if items[k]['error'] else ''}; {elapsed:.0f} s, about {eta:.0f} s left",
                   flush=True)
     return manifest
+
+
+def done_assets(out: Path) -> int:
+    """How many assets the benchmark folder's manifest (either runner's) already lists as done."""
+    count = 0
+    for manifest in (out / "manifest.json", out / "batch" / "manifest.json"):
+        if manifest.is_file():
+            count += sum(i.get("status") == "done" for i in json.loads(manifest.read_text()).get("items", []))
+    return count
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -193,6 +204,7 @@ def run(argv: Sequence[str]) -> int:
     runner = cfg.runner
     if runner == "auto":
         runner = "batch" if importlib.util.find_spec("fsd_gs.batch") is not None else "subprocess"
+    reused = done_assets(out)
     start = time.perf_counter()
     try:
         manifest = train_with_batch(cfg, out) if runner == "batch" else train_with_subprocesses(cfg, out)
@@ -206,8 +218,10 @@ def run(argv: Sequence[str]) -> int:
     result = evaluate(EvaluateConfig(paths=(manifest,), view=ViewConfig(views=cfg.views), ddim_samples=cfg.ddim_samples,
                                      ddim_steps=cfg.ddim_steps))
     steps = cfg.steps if cfg.steps is not None else "the presets'"
+    total = len(cfg.prompts) * len(cfg.seeds) * len(cfg.presets)
+    earlier = f" ({reused} of the {total} assets were trained by an earlier call with this --out)" if reused else ""
     header = (f"Diversity benchmark: {len(cfg.prompts)} prompts x {len(cfg.seeds)} seeds x {', '.join(cfg.presets)}, "
-              f"{steps} steps, trained with {runner} in {train_s / 60:.1f} min; "
+              f"{steps} steps, trained with {runner} in {train_s / 60:.1f} min{earlier}; "
               f"`python scripts/diversity_benchmark.py {shlex.join(argv)}`".rstrip() + "\n\n")
     table = header + (result.folder / "evaluation.md").read_text()
     (result.folder / "benchmark.md").write_text(table)

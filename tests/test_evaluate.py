@@ -80,13 +80,14 @@ def test_colour_entropy_and_pairwise_distance() -> None:
 
 # -- synthetic runs -------------------------------------------------------------------------------
 def write_run(folder: Path, prompt: str, method: str, seed: int, gaussians, model: str = "shapes",
-              completed: bool = True) -> Path:
+              completed: bool = True, guidance_scale: float = 100.0) -> Path:
     """A run folder as fsd_gs.train writes it: config.yaml (the full TrainConfig), model.ply, report.json."""
-    from fsd_gs.config import TrainConfig, method_defaults, to_dict
+    from fsd_gs.config import GuidanceConfig, TrainConfig, method_defaults, to_dict
     from fsd_gs.io.ply import write_ply
 
     folder.mkdir(parents=True)
-    cfg = method_defaults(TrainConfig(prompt=prompt, model=model, seed=seed), method)
+    cfg = method_defaults(TrainConfig(prompt=prompt, model=model, seed=seed,
+                                      guidance=GuidanceConfig(guidance_scale=guidance_scale)), method)
     (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_ply(gaussians, folder / "model.ply")
     (folder / "report.json").write_text(json.dumps({"prompt": prompt, "method": method, "completed": completed}))
@@ -101,14 +102,15 @@ def world(kind: str, colour: str, seed: int):
 
 @pytest.fixture(scope="module")
 def shapes_batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A batch folder with a manifest: "a mushroom" by fsd (a red and a blue mushroom: diverse) and by sds (two red
-    mushrooms: not), an incomplete run, a failed item and a pending one."""
+    """A batch folder with a manifest: "a mushroom" by fsd at CFG 2.5 (a red and a blue mushroom: diverse) and by sds
+    at CFG 7.5 (two red mushrooms: not), an incomplete run, a failed item and a pending one."""
     root = tmp_path_factory.mktemp("batch")
     items = []
     assets = {("fsd", 0): ("red", 1), ("fsd", 1): ("blue", 2), ("sds", 0): ("red", 3), ("sds", 1): ("red", 4)}
     for (method, seed), (colour, gseed) in assets.items():
         rel = f"a-mushroom/{method}/seed{seed}"
-        write_run(root / rel, "a mushroom", method, seed, world("mushroom", colour, gseed))
+        write_run(root / rel, "a mushroom", method, seed, world("mushroom", colour, gseed),
+                  guidance_scale={"fsd": 2.5, "sds": 7.5}[method])
         items.append({"id": rel, "prompt": "a mushroom", "method": method, "preset": f"shapes-{method}", "seed": seed,
                       "run_dir": rel, "status": "done", "error": None})
     write_run(root / "a-mushroom/fsd/seed2", "a mushroom", "fsd", 2, world("mushroom", "green", 5), completed=False)
@@ -146,6 +148,8 @@ def test_evaluation_of_shapes_runs_end_to_end(shapes_eval, shapes_batch: Path) -
     assert fsd.pairwise_distance > sds.pairwise_distance
     assert 1.0 <= fsd.inception_score <= 13.0
     assert by["ddim"].seeds == [0, 1] and by["ddim"].cross_fid is None and by["ddim"].views_per_seed == 1
+    # Each row names the CFG it was made with; the DDIM samples use FSD's (what FSD distils towards).
+    assert (fsd.guidance_scale, sds.guidance_scale, truth.guidance_scale, by["ddim"].guidance_scale) == (2.5, 7.5, None, 2.5)
     reasons = {m["id"]: m["reason"] for m in res.missing}
     assert "completed is false" in reasons["a-mushroom/fsd/seed2"]
     assert "failed: loss diverged" in reasons["a-mushroom/sds/seed2"] and "pending" in reasons["a-car/fsd/seed0"]
@@ -154,11 +158,28 @@ def test_evaluation_of_shapes_runs_end_to_end(shapes_eval, shapes_batch: Path) -
     summary = {row["method"]: row for row in data["summary"]}
     assert summary["fsd"]["cross_fid"]["mean"] == pytest.approx(fsd.cross_fid.value)
     md = (res.folder / "evaluation.md").read_text()
-    assert "| shapes (built-in) | FSD | 1 x 2 |" in md and "| shapes (built-in) | DDIM images |" in md
+    assert "| shapes (built-in) | FSD | 2.5 | 1 x 2 |" in md and "| shapes (built-in) | SDS | 7.5 | 1 x 2 |" in md
+    assert "| shapes (built-in) | DDIM images | 2.5 |" in md and "| shapes (built-in) | world objects (truth) | - |" in md
+    assert summary["sds"]["guidance_scales"] == [7.5] and summary["truth"]["guidance_scales"] == []
     assert md.index("| shapes (built-in) | SDS") < md.index("| shapes (built-in) | FSD")
     # Never overwrite: the same --out again is refused.
     with pytest.raises(UserError, match="fresh --out"):
         evaluate(EvaluateConfig(paths=(shapes_batch,), out=res.folder, view=ViewConfig(views=4), ddim_samples=0))
+
+
+def test_ddim_samples_use_the_fsd_runs_cfg_whatever_the_method_order() -> None:
+    from fsd_gs.evaluate.evaluation import ddim_guidance
+    from fsd_gs.evaluate.runs import Run, shared_guidance
+
+    def runs(method: str, scale: float) -> dict[int, Run]:
+        return {s: Run(Path(f"/r/{method}{s}"), "a cup", method, "shapes", s, scale) for s in (0, 1)}
+
+    methods = {"sds": runs("sds", 7.5), "fsd": runs("fsd", 2.5)}
+    assert ddim_guidance(EvaluateConfig(), methods) == 2.5
+    assert ddim_guidance(EvaluateConfig(ddim_guidance=4.0), methods) == 4.0
+    assert ddim_guidance(EvaluateConfig(), {"sds": runs("sds", 7.5)}) == 7.5
+    assert shared_guidance([*runs("sds", 7.5).values(), *runs("fsd", 2.5).values()]) is None
+    assert shared_guidance(runs("fsd", 2.5).values()) == 2.5
 
 
 def test_folder_search_finds_the_same_runs(shapes_batch: Path, tmp_path: Path) -> None:
@@ -245,7 +266,7 @@ def test_evaluation_with_clip_for_other_backbones(tmp_path: Path, tiny_clip_dir:
         assert -100 <= r.quality <= 100 and r.inception_score is None and r.seed_colours is None
         assert r.cross_fid.seeds_a == [0, 1] and (r.cross_fid.n_a, r.cross_fid.feature_dim) == (6, 24)
     md = (tmp_path / "eval" / "evaluation.md").read_text()
-    assert "| tiny-sd-folder | FSD | 1 x 4 |" in md and "CLIP score" in md and "colour entropy |" not in md.split("\n\n")[2]
+    assert "| tiny-sd-folder | FSD | 100 | 1 x 4 |" in md and "CLIP score" in md and "colour entropy |" not in md.split("\n\n")[2]
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import tyro
 from fsd_gs.errors import UserError, require
 from fsd_gs.evaluate import gallery
 from fsd_gs.evaluate.report import SetResult, markdown, summarise_set, to_json
-from fsd_gs.evaluate.runs import Found, Run, find_runs, group_runs
+from fsd_gs.evaluate.runs import Found, Run, find_runs, group_runs, shared_guidance
 from fsd_gs.evaluate.scorers import DEFAULT_CLIP, ClipScorer, InceptionClassifier, JudgeScorer, Scorer, ViewScores, load_clip
 from fsd_gs.evaluate.views import ViewConfig, ddim_images, eval_cameras, render_views, world_object
 from fsd_gs.run_dir import slugify
@@ -145,10 +145,10 @@ def _progress(total: int, enabled: bool):
 
 def _score_set(cfg: EvaluateConfig, scorer: Scorer, prompt: str, model: str, n_colours: int, gallery_dir: Path, slug: str,
                results: list[SetResult], method: str, views_by_seed: dict[int, torch.Tensor], sources: dict[int, str],
-               still: bool = False, with_cross_fid: bool = True) -> None:
+               still: bool = False, with_cross_fid: bool = True, guidance_scale: Optional[float] = None) -> None:
     """Score the views [V,3,H,W] of each seed, append the figures to ``results`` and write the gallery cells."""
     scores: dict[int, ViewScores] = {s: scorer.score(v, prompt) for s, v in views_by_seed.items()}
-    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources)
+    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources, guidance_scale)
     if cfg.gallery:
         for s, v in views_by_seed.items():
             name = gallery.media_name(slug, method, s, still)
@@ -158,6 +158,15 @@ def _score_set(cfg: EvaluateConfig, scorer: Scorer, prompt: str, model: str, n_c
                 gallery.save_animation(v, gallery_dir / name, cfg.frame_ms)
             result.media[s] = name
     results.append(result)
+
+
+def ddim_guidance(cfg: EvaluateConfig, methods: dict[str, dict[int, Run]]) -> float:
+    """The DDIM row's CFG scale: --ddim-guidance, else the FSD runs' (what FSD distils towards), else the first
+    method's. Methods may distil at different scales (SDS needs a higher one for the same quality)."""
+    if cfg.ddim_guidance:
+        return cfg.ddim_guidance
+    runs = methods.get("fsd") or next(iter(methods.values()))
+    return next(iter(runs.values())).guidance_scale
 
 
 def evaluate(cfg: EvaluateConfig) -> Evaluation:
@@ -202,7 +211,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
                 for seed, run in runs.items():
                     views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(device), cams, cfg.view.background)
                     bar.update(1)
-                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()})
+                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()},
+                       guidance_scale=shared_guidance(runs.values()))
             if n_truth[(prompt, model)]:
                 views, sources = {}, {}
                 for i in range(n_truth[(prompt, model)]):
@@ -212,14 +222,14 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
                     bar.update(1)
                 scored("truth", views, sources)
             if cfg.ddim_samples:
-                guidance = cfg.ddim_guidance or next(iter(next(iter(methods.values())).values())).guidance_scale
+                guidance = ddim_guidance(cfg, methods)
                 if model not in priors:
                     priors[model] = load_prior(model, device=device)
                 images = ddim_images(priors[model], prompt, cams, cfg.ddim_samples, guidance, cfg.ddim_steps)
                 scored("ddim", {i: images[i:i + 1] for i in range(len(images))},
                        {i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
                         for i in range(len(images))},
-                       still=True, with_cross_fid=False)
+                       still=True, with_cross_fid=False, guidance_scale=guidance)
                 bar.update(1)
 
     settings = {**dataclasses.asdict(cfg.view), "size": cfg.size, "paths": [str(p) for p in cfg.paths],

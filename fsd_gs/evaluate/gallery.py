@@ -57,6 +57,8 @@ def save_still(image: torch.Tensor, path: Path) -> Path:
 
 def _metrics(result: SetResult, quality_name: str) -> list[tuple[str, str]]:
     rows = [(quality_name, f"{result.quality:.2f}")]
+    if result.guidance_scale is not None:
+        rows.append(("CFG", f"{result.guidance_scale:g}"))
     if result.inception_score is not None:
         rows.append(("IS", f"{result.inception_score:.2f}"))
     if result.cross_fid is not None:

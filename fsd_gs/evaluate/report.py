@@ -49,6 +49,7 @@ class SetResult:
             colours / log(#colours) (shapes only).
         pairwise_distance: mean distance between the seeds' mean features.
         sources: seed -> where the asset came from; media: seed -> gallery file (relative to gallery/).
+        guidance_scale: the CFG scale the seeds were made with (None: world objects, or runs that differ).
     """
 
     prompt: str
@@ -65,6 +66,7 @@ class SetResult:
     colour_entropy: Optional[float] = None
     sources: dict[int, str] = field(default_factory=dict)
     media: dict[int, str] = field(default_factory=dict)
+    guidance_scale: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -74,7 +76,8 @@ class SetResult:
 
 
 def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewScores], n_colours: int,
-                  with_cross_fid: bool = True, sources: dict[int, str] | None = None) -> SetResult:
+                  with_cross_fid: bool = True, sources: dict[int, str] | None = None,
+                  guidance_scale: Optional[float] = None) -> SetResult:
     """The figures of one prompt x backbone x method from the view scores of each seed."""
     seeds = sorted(scores)
     all_probs = [scores[s].probs for s in seeds]
@@ -92,6 +95,7 @@ def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewSc
         seed_colours=colours,
         colour_entropy=None if colours is None else colour_entropy(list(colours.values()), n_colours),
         sources=dict(sources or {}),
+        guidance_scale=guidance_scale,
     )
 
 
@@ -106,6 +110,8 @@ class SummaryRow:
     figures: dict[str, tuple[Optional[float], Optional[float], int]]
     """name -> (mean, std, count) over prompts, for quality, inception_score, cross_fid, colour_entropy,
     pairwise_distance."""
+    guidance_scales: list[float] = field(default_factory=list)
+    """The CFG scales its prompts were made with (one value unless the runs differ; none for world objects)."""
 
 
 FIGURES = ("quality", "inception_score", "cross_fid", "colour_entropy", "pairwise_distance")
@@ -124,7 +130,8 @@ def summarise(results: Sequence[SetResult]) -> list[SummaryRow]:
     for model, method in keys:
         part = [r for r in results if (r.model, r.method) == (model, method)]
         rows.append(SummaryRow(model, method, len(part), max(len(r.seeds) for r in part),
-                               {name: mean_std([_figure(r, name) for r in part]) for name in FIGURES}))
+                               {name: mean_std([_figure(r, name) for r in part]) for name in FIGURES},
+                               sorted({r.guidance_scale for r in part if r.guidance_scale is not None})))
     return rows
 
 
@@ -137,6 +144,11 @@ def _pm(mean: Optional[float], std: Optional[float], digits: int = 2) -> str:
 
 def _num(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _cfg(scales: Sequence[Optional[float]]) -> str:
+    """CFG scales as a table cell: "2.5", "2.5/7.5" when they differ, "-" when there are none."""
+    return "/".join(f"{s:g}" for s in sorted({s for s in scales if s is not None})) or "-"
 
 
 def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], settings: dict[str, Any],
@@ -153,28 +165,29 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
         "of a prompt. CROSS-FID: FID between the views of the first and the second half of the seeds (higher = more diverse).",
         "",
     ]
-    header = "| backbone | method | prompts x seeds | quality | IS | CROSS-FID |"
-    sep = "| --- | --- | --- | --- | --- | --- |"
+    header = "| backbone | method | CFG | prompts x seeds | quality | IS | CROSS-FID |"
+    sep = "| --- | --- | --- | --- | --- | --- | --- |"
     if has_shapes:
         header += " colour entropy | pairwise feature distance |"
         sep += " --- | --- |"
     lines += [header, sep]
     for row in summarise(results):
         f = row.figures
-        cells = [backbone_label(row.model), method_label(row.method), f"{row.prompts} x {row.seeds}",
-                 _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]), _pm(*f["cross_fid"][:2], digits=1)]
+        cells = [backbone_label(row.model), method_label(row.method), _cfg(row.guidance_scales),
+                 f"{row.prompts} x {row.seeds}", _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]), _pm(*f["cross_fid"][:2], digits=1)]
         if has_shapes:
             cells += [_pm(*f["colour_entropy"][:2]), _pm(*f["pairwise_distance"][:2])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Per prompt", "",
-              "| prompt | backbone | method | seeds | quality | IS | CROSS-FID (samples a/b, dim) | colours per seed | "
+              "| prompt | backbone | method | CFG | seeds | quality | IS | CROSS-FID (samples a/b, dim) | colours per seed | "
               "colour entropy | pairwise distance |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (r.prompt, r.model, row_order(r.method))):
         cf = r.cross_fid
         cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
         colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
-        cells = [r.prompt, backbone_label(r.model), method_label(r.method), str(len(r.seeds)), f"{r.quality:.2f}",
+        cells = [r.prompt, backbone_label(r.model), method_label(r.method), _cfg([r.guidance_scale]), str(len(r.seeds)),
+                 f"{r.quality:.2f}",
                  _num(r.inception_score), cf_text, colours, _num(r.colour_entropy), _num(r.pairwise_distance)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## How it was measured", ""]
@@ -191,7 +204,8 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
                      "(rank-deficient covariances: compare them only with each other, same views and seeds).")
     if any(r.method == "ddim" for r in results):
         lines.append(f"- DDIM images: {settings['ddim_samples']} samples per prompt, {settings['ddim_steps']} DDIM steps, "
-                     "guidance as the runs (or --ddim-guidance), view-dependent prompts; "
+                     "at the FSD runs' CFG (what FSD distils towards; else the first method's, or --ddim-guidance), "
+                     "view-dependent prompts; "
                      "no CROSS-FID (independent samples).")
     if any(r.method == "truth" for r in results):
         lines.append("- World objects (truth): the shapes world's own objects of the prompt's kind "
@@ -205,6 +219,7 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
 def to_json(results: Sequence[SetResult], missing: Sequence[dict[str, str]], settings: dict[str, Any],
             scorer_notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = [{"model": r.model, "method": r.method, "prompts": r.prompts, "seeds": r.seeds,
+                "guidance_scales": r.guidance_scales,
                 **{name: {"mean": m, "std": s, "count": n} for name, (m, s, n) in r.figures.items()}}
                for r in summarise(results)]
     return {"format": FORMAT, "settings": settings, "scorers": scorer_notes, "summary": summary,

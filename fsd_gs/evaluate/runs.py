@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -169,6 +169,12 @@ def find_runs(paths: Iterable[Path | str]) -> Found:
         raise UserError(f"no finished runs (folders with config.yaml, model.ply and a completed report.json) in {where}"
                         f"{why}: pass the output folder of fsd_gs.train or fsd_gs.batch")
     return found
+
+
+def shared_guidance(runs: Iterable[Run]) -> Optional[float]:
+    """The CFG scale every run of ``runs`` was trained with; None when they differ (or there are none)."""
+    scales = {run.guidance_scale for run in runs}
+    return scales.pop() if len(scales) == 1 else None
 
 
 def group_runs(runs: Iterable[Run]) -> tuple[dict[tuple[str, str, str], dict[int, Run]], list[Missing]]:
