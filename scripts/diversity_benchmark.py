@@ -181,12 +181,16 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
     return manifest
 
 
-def done_assets(out: Path) -> int:
-    """How many assets the benchmark folder's manifest (either runner's) already lists as done."""
+def done_assets(cfg: BenchmarkConfig, out: Path) -> int:
+    """How many of this grid's assets the benchmark folder's manifest (either runner's) already lists as done."""
+    from fsd_gs.batch.grid import build_grid, parse_presets
+
+    ids = {g.id for g in build_grid(cfg.prompts, parse_presets(cfg.presets), cfg.seeds)}
     count = 0
     for manifest in (out / "manifest.json", out / "batch" / "manifest.json"):
         if manifest.is_file():
-            count += sum(i.get("status") == "done" for i in json.loads(manifest.read_text()).get("items", []))
+            items = json.loads(manifest.read_text()).get("items", [])
+            count += sum(i.get("status") == "done" and i.get("id") in ids for i in items)
     return count
 
 
@@ -204,7 +208,7 @@ def run(argv: Sequence[str]) -> int:
     runner = cfg.runner
     if runner == "auto":
         runner = "batch" if importlib.util.find_spec("fsd_gs.batch") is not None else "subprocess"
-    reused = done_assets(out)
+    reused = done_assets(cfg, out)
     start = time.perf_counter()
     try:
         manifest = train_with_batch(cfg, out) if runner == "batch" else train_with_subprocesses(cfg, out)

@@ -161,9 +161,9 @@ GROUPED_ATOL = 1e-2
 batch of 2K views to the prior instead of K batches of 2, whose arithmetic (oneDNN / MKL kernels chosen by batch
 size) rounds differently by ~1e-5, and Adam turns that into parameter differences (measured: up to 4e-4 in
 log-scales and 4e-3 in rotations after 4 steps). Where a gradient is ~0 that rounding can flip its sign, and
-Adam then moves the two runs a whole learning rate apart (log-scales: 5e-3 per step; one element differed by 0.0100 with the step-5099 prior). So
-99% of every column must agree within this tolerance, and the rest within GROUPED_MAX (a few Adam steps).
-tests/test_step.py checks the gradients themselves."""
+Adam then moves the two runs a whole learning rate apart (log-scales: 5e-3 per step; one element differed by 0.0100
+with the step-5099 prior). So 99% of every column must agree within this tolerance, and the rest within GROUPED_MAX
+(a few Adam steps). tests/test_step.py checks the gradients themselves."""
 
 GROUPED_MAX = 0.1
 """Largest difference of any parameter between grouped and single runs after 4 steps (a few learning rates)."""

@@ -174,7 +174,8 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
     for row in summarise(results):
         f = row.figures
         cells = [backbone_label(row.model), method_label(row.method), _cfg(row.guidance_scales),
-                 f"{row.prompts} x {row.seeds}", _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]), _pm(*f["cross_fid"][:2], digits=1)]
+                 f"{row.prompts} x {row.seeds}", _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]),
+                 _pm(*f["cross_fid"][:2], digits=1)]
         if has_shapes:
             cells += [_pm(*f["colour_entropy"][:2]), _pm(*f["pairwise_distance"][:2])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -187,8 +188,8 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
         cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
         colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
         cells = [r.prompt, backbone_label(r.model), method_label(r.method), _cfg([r.guidance_scale]), str(len(r.seeds)),
-                 f"{r.quality:.2f}",
-                 _num(r.inception_score), cf_text, colours, _num(r.colour_entropy), _num(r.pairwise_distance)]
+                 f"{r.quality:.2f}", _num(r.inception_score), cf_text, colours, _num(r.colour_entropy),
+                 _num(r.pairwise_distance)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## How it was measured", ""]
     for model, note in scorer_notes.items():
