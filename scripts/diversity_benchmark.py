@@ -108,6 +108,13 @@ def train_options(cfg: BenchmarkConfig) -> list[str]:
     return (["--steps", str(cfg.steps)] if cfg.steps is not None else []) + shlex.split(cfg.train_args)
 
 
+def benchmark_grid(cfg: BenchmarkConfig) -> list:
+    """The benchmark's assets as fsd_gs.batch's grid items (ids ``<prompt>/<preset label>/seed<N>``), for either runner."""
+    from fsd_gs.batch.grid import build_grid, parse_presets
+
+    return build_grid(cfg.prompts, parse_presets(cfg.presets), cfg.seeds)
+
+
 class BatchCrashed(RuntimeError):
     """fsd_gs.batch ended with a traceback (not a per-asset failure, which stays in its manifest)."""
 
@@ -146,16 +153,15 @@ def _train_one(cfg: BenchmarkConfig, item: dict, arg: str, out: Path) -> dict:
 
 def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
     """One python -m fsd_gs.train per asset (``jobs`` at a time); writes and returns an fsd_gs.batch/1 manifest.
-    Items are fsd_gs.batch's grid (ids ``<prompt>/<preset label>/seed<N>``), so two presets of one method stay apart."""
-    from fsd_gs.batch.grid import build_grid, parse_presets
-
+    Items are the benchmark's grid (:func:`benchmark_grid`), so two presets of one method stay apart."""
     manifest = out / "manifest.json"
     done = {}
     if manifest.is_file():
         done = {i["id"]: i for i in json.loads(manifest.read_text())["items"] if i["status"] == "done"}
-    grid = build_grid(cfg.prompts, parse_presets(cfg.presets), cfg.seeds)
+    grid = benchmark_grid(cfg)
     args = {g.id: g.preset.arg for g in grid}
-    items = [{"id": g.id, "prompt": g.prompt, "method": preset_method(g.preset.arg), "preset": g.preset.label,
+    methods = {g.preset.arg: preset_method(g.preset.arg) for g in grid}  # one YAML read per preset
+    items = [{"id": g.id, "prompt": g.prompt, "method": methods[g.preset.arg], "preset": g.preset.label,
               "seed": g.seed, "run_dir": None, "status": "pending", "error": None} for g in grid]
     items = [done.get(i["id"], i) for i in items]
 
@@ -183,9 +189,7 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
 
 def done_assets(cfg: BenchmarkConfig, out: Path) -> int:
     """How many of this grid's assets the benchmark folder's manifest (either runner's) already lists as done."""
-    from fsd_gs.batch.grid import build_grid, parse_presets
-
-    ids = {g.id for g in build_grid(cfg.prompts, parse_presets(cfg.presets), cfg.seeds)}
+    ids = {g.id for g in benchmark_grid(cfg)}
     count = 0
     for manifest in (out / "manifest.json", out / "batch" / "manifest.json"):
         if manifest.is_file():
