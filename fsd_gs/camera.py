@@ -256,6 +256,9 @@ def view_direction(
     return "side"
 
 
-def view_directions(cameras: Cameras) -> list[ViewName]:
-    """:func:`view_direction` for every camera of a batch."""
-    return [view_direction(a, e) for a, e in zip(cameras.azimuth.tolist(), cameras.elevation.tolist())]
+def view_directions(
+    cameras: Cameras, front_span: float = 45.0, back_span: float = 45.0, overhead_above: float = 60.0
+) -> list[ViewName]:
+    """:func:`view_direction` for every camera of a batch, with the same spans for each."""
+    return [view_direction(a, e, front_span, back_span, overhead_above)
+            for a, e in zip(cameras.azimuth.tolist(), cameras.elevation.tolist())]

@@ -24,10 +24,12 @@ from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
 from fsd_gs.methods import MethodOptions, method_spec
 from fsd_gs.noise import NoiseConfig
+from fsd_gs.perp_neg import PerpNegWeights
 from fsd_gs.prior.compile import legacy_mode
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
 from fsd_gs.schedule import ScheduleConfig
+from fsd_gs.view_prompts import ViewPromptConfig
 from fsd_gs.viewer.config import ViewerConfig
 
 Method = Literal["fsd", "sds", "nfsd", "csd", "vsd"]
@@ -45,9 +47,26 @@ class GuidanceConfig:
     hifa_lambda: float = 0.0
     """Weight of HiFA's image-space loss (docs/fsd.md sec. 5; ~0.01 when used); 0 turns it off."""
     view_dependent: bool = True
-    """Append ", front view" / ", side view" / ", back view" / ", overhead view" to the prompt per camera."""
+    """Append ", front view" / ", side view" / ", back view" / ", overhead view" to the prompt per camera (the spans
+    and the wording: --guidance.view-prompts.*)."""
+    view_prompts: ViewPromptConfig = field(default_factory=ViewPromptConfig)
+    """Which views count as front, back and overhead, and the words each view appends (the built-in shapes prior
+    keeps the wording its captions were trained with unless a *-suffix option overrides it)."""
+    perp_neg: bool = False
+    """Perp-Neg (docs/methods.md): the positive prompt of a view interpolates the front/side/back prompts by azimuth
+    and the other views' prompts become negatives, projected perpendicular to the positive direction. Costs 2 more
+    prior rows per view (2 + 2 instead of 2). Needs view-dependent prompting; works with every method and prior."""
+    perp_neg_weights: PerpNegWeights = field(default_factory=PerpNegWeights)
+    """Perp-Neg's weights of the negative prompts, f(r) = a exp(-b r) + c of the view's interpolation ratio r."""
     allow_slow_cpu: bool = False
     """Run a large model (Stable Diffusion) on a CPU anyway, at seconds per step."""
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` on the first bad guidance option."""
+        self.view_prompts.validate()
+        self.perp_neg_weights.validate()
+        require(not (self.perp_neg and not self.view_dependent),
+                "--guidance.perp-neg needs view-dependent prompts: drop --guidance.no-view-dependent")
 
 
 @dataclass
@@ -147,7 +166,7 @@ class TrainConfig:
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
         for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr, self.densify, self.render,
-                     self.viewer, self.method_options):
+                     self.viewer, self.method_options, self.guidance):
             part.validate()
         require(self.output.log_every >= 1, "--output.log-every must be >= 1")
         if self.output.formats:

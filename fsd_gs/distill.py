@@ -27,7 +27,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.methods import Guidance, ScoreGuidance, predict
-from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.prior.base import DiffusionPrior, NegativeViews
 
 Weighting = Literal["sigma_over_alpha", "sigma2", "one"]
 WEIGHTINGS: tuple[str, ...] = ("sigma_over_alpha", "sigma2", "one")
@@ -74,6 +74,7 @@ def distill_loss(
     return_predictions: bool = False,
     cameras: Any = None,
     guidance: Optional[Guidance] = None,
+    negatives: Optional[NegativeViews] = None,
 ) -> DistillOutput:
     """Score-distillation loss of rendered ``images`` under ``prior``.
 
@@ -92,15 +93,17 @@ def distill_loss(
             ``camera_conditioned`` is True (multi-view priors) and to the guidance; ignored by the others.
         guidance: the method's direction (:func:`fsd_gs.methods.make_guidance`); None: eps_hat - eps (SDS/FSD).
             A stateful guidance (VSD) also takes its training step on the detached z here, after the direction.
+        negatives: Perp-Neg's negative prompts of the B views (:func:`fsd_gs.perp_neg.select`): every method's
+            classifier direction becomes Perp-Neg's, predicted in the same prior call. None: plain CFG.
     Returns:
         :class:`DistillOutput`; d loss / d z = w(t) residual / B (plus the image term).
     """
     z = prior.encode_images(images)
     out, (z_t, alpha, sigma, t, eps_hat) = _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting,
-                                                    return_predictions, cameras, guidance)
+                                                    return_predictions, cameras, guidance, negatives)
     if hifa_lambda > 0.0:
         with torch.no_grad():
-            reuse = guidance_scale == 1.0 and (guidance is None or isinstance(guidance, ScoreGuidance))
+            reuse = guidance_scale == 1.0 and negatives is None and (guidance is None or isinstance(guidance, ScoreGuidance))
             eps_cond = eps_hat if reuse else predict(prior, z_t, t, cond, uncond, 1.0, cameras).to(z.dtype)
             z0_cond = (z_t - sigma * eps_cond) / alpha
             x_hat = prior.decode(z0_cond).to(images.dtype)
@@ -122,15 +125,18 @@ def distill_loss_z(
     return_predictions: bool = False,
     cameras: Any = None,
     guidance: Optional[Guidance] = None,
+    negatives: Optional[NegativeViews] = None,
 ) -> DistillOutput:
     """The same loss on model-space images ``z`` [B,C,h,w] (part of the autograd graph), e.g. a 2D experiment's z.
 
     Arguments as :func:`distill_loss` (no HiFA term: that one needs images). d loss / d z = w(t) residual / B.
     """
-    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance)[0]
+    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance,
+                    negatives)[0]
 
 
-def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance):
+def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance,
+             negatives=None):
     """The shared core: (DistillOutput, (z_t, alpha, sigma, t, eps_hat)) with alpha, sigma [B,1,1,1]."""
     if weighting not in WEIGHTINGS:
         weight(t, t, weighting)  # raises the UserError
@@ -150,7 +156,8 @@ def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_p
     with torch.no_grad():
         z_detached = z.detach()
         z_t = alpha * z_detached + sigma * eps
-        residual = guidance.direction(prior, z_detached, z_t, eps, t, cond, uncond, guidance_scale, cameras)
+        extra = {} if negatives is None else {"negatives": negatives}  # guidances written before Perp-Neg still work
+        residual = guidance.direction(prior, z_detached, z_t, eps, t, cond, uncond, guidance_scale, cameras, **extra)
         target = z_detached - w * residual
     loss_distill = 0.5 * ((z - target) ** 2).sum() / batch
     aux: dict[str, torch.Tensor] = {

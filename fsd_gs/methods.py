@@ -32,7 +32,8 @@ from torch import nn
 
 from fsd_gs.errors import UserError, require
 from fsd_gs.noise import NOISE_PRESETS, NoiseConfig
-from fsd_gs.prior.base import DiffusionPrior, PromptEmbeddings
+from fsd_gs.perp_neg import classifier_direction, negative_rows
+from fsd_gs.prior.base import DiffusionPrior, NegativeViews, PromptEmbeddings
 from fsd_gs.schedule import SCHEDULE_PRESETS, ScheduleConfig
 
 MethodName = Literal["fsd", "sds", "nfsd", "csd", "vsd"]
@@ -146,11 +147,13 @@ def default_negative_prompt(prior: DiffusionPrior) -> str:
 
 # -- noise predictions ----------------------------------------------------------------------------
 def predict(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-            guidance_scale: float, cameras: Any = None) -> torch.Tensor:
-    """``prior.predict_noise`` [B,C,h,w], with ``cameras`` for camera-conditioned priors only."""
+            guidance_scale: float, cameras: Any = None, negatives: Optional[NegativeViews] = None) -> torch.Tensor:
+    """``prior.predict_noise`` [B,C,h,w], with ``cameras`` for camera-conditioned priors only and Perp-Neg's
+    ``negatives`` when given."""
+    extra: dict[str, Any] = {} if negatives is None else {"negatives": negatives}
     if prior.camera_conditioned:
-        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras)
-    return prior.predict_noise(z_t, t, cond, uncond, guidance_scale)
+        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras, **extra)
+    return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, **extra)
 
 
 def raw_predictions(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, embeddings: Sequence[torch.Tensor],
@@ -179,7 +182,8 @@ class Guidance:
     stateful: bool = False
 
     def direction(self, prior: DiffusionPrior, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
-                  cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, cameras: Any = None) -> torch.Tensor:
+                  cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, cameras: Any = None,
+                  negatives: Optional[NegativeViews] = None) -> torch.Tensor:
         """The residual [B,C,h,w] multiplied by w(t) in the target (called without gradient).
 
         Args:
@@ -191,6 +195,8 @@ class Guidance:
             cond, uncond: text embeddings [B,L,D] (uncond may be [1,L,D]).
             guidance_scale: omega.
             cameras: the views' cameras (camera-conditioned priors and VSD), or None (2D).
+            negatives: Perp-Neg's negative prompts (fsd_gs/perp_neg.py), predicted in the same prior call; they
+                change the classifier direction eps(x_t; y) - eps(x_t; u) of every method. None: plain CFG.
         """
         raise NotImplementedError
 
@@ -218,8 +224,8 @@ class ScoreGuidance(Guidance):
     def __init__(self, name: str = "fsd") -> None:
         self.name = name
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None):
-        return predict(prior, z_t, t, cond, uncond, guidance_scale, cameras).to(z.dtype) - eps
+    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
+        return predict(prior, z_t, t, cond, uncond, guidance_scale, cameras, negatives).to(z.dtype) - eps
 
 
 class ClassifierGuidance(Guidance):
@@ -227,9 +233,10 @@ class ClassifierGuidance(Guidance):
 
     name = "csd"
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None):
-        eps_cond, eps_uncond = raw_predictions(prior, z_t, t, [cond, uncond], cameras)
-        return (guidance_scale * (eps_cond - eps_uncond)).to(z.dtype)
+    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
+        eps_cond, eps_uncond, *eps_negs = raw_predictions(prior, z_t, t, [cond, uncond, *negative_rows(negatives)], cameras)
+        weights = None if negatives is None else negatives.weights
+        return (guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_negs, weights)).to(z.dtype)
 
 
 class NoiseFreeGuidance(Guidance):
@@ -245,12 +252,16 @@ class NoiseFreeGuidance(Guidance):
     def __init__(self, negative: Optional[torch.Tensor]) -> None:
         self.negative = negative
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None):
+    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
+        views = negative_rows(negatives)
+        weights = None if negatives is None else negatives.weights
         if self.negative is None:
-            eps_cond, eps_uncond = raw_predictions(prior, z_t, t, [cond, uncond], cameras)
-            return (guidance_scale * (eps_cond - eps_uncond)).to(z.dtype)
-        eps_cond, eps_uncond, eps_neg = raw_predictions(prior, z_t, t, [cond, uncond, self.negative], cameras)
-        return (guidance_scale * (eps_cond - eps_uncond) + (eps_uncond - eps_neg)).to(z.dtype)
+            eps_cond, eps_uncond, *eps_views = raw_predictions(prior, z_t, t, [cond, uncond, *views], cameras)
+            return (guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_views, weights)).to(z.dtype)
+        eps_cond, eps_uncond, eps_neg, *eps_views = raw_predictions(prior, z_t, t, [cond, uncond, self.negative, *views],
+                                                                    cameras)
+        delta = classifier_direction(eps_cond, eps_uncond, eps_views, weights)
+        return (guidance_scale * delta + (eps_uncond - eps_neg)).to(z.dtype)
 
 
 class CameraEmbedding(nn.Module):
@@ -360,8 +371,8 @@ class VariationalGuidance(Guidance):
             out = abar.sqrt() * out + (1 - abar).sqrt() * z_t.to(out.dtype)
         return out
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None):
-        eps_hat = predict(prior, z_t, t, cond, uncond, guidance_scale, cameras)
+    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
+        eps_hat = predict(prior, z_t, t, cond, uncond, guidance_scale, cameras, negatives)
         with torch.no_grad():
             eps_lora = self.lora_eps(z_t, t, camera_labels(cameras, z_t.shape[0], z_t.device))
         return (eps_hat - eps_lora).to(z.dtype)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from fsd_gs.camera import Cameras, OrbitSampler, view_directions
+from fsd_gs.camera import Cameras, OrbitSampler
 from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.distill import distill_loss
@@ -27,7 +27,8 @@ from fsd_gs.errors import UserError
 from fsd_gs.initialize import init_gaussians
 from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise
-from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs import perp_neg
+from fsd_gs.prior.base import DiffusionPrior, NegativeViews
 from fsd_gs.profiling import StageTimer
 from fsd_gs.render import render
 from fsd_gs.schedule import sample_timestep
@@ -71,6 +72,7 @@ class _Pending:
     uncond: torch.Tensor
     cameras: Cameras
     render_out: Any
+    negatives: Optional[NegativeViews] = None  # Perp-Neg's negative prompts of the views (None: off)
 
 
 @contextlib.contextmanager
@@ -117,7 +119,8 @@ class DistillStep:
         if cam.batch_size % prior.views_per_group:
             raise UserError(f"this prior denoises views in groups of {prior.views_per_group}: set camera.batch_size to a "
                             f"multiple of {prior.views_per_group}")
-        self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent)
+        self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent,
+                                               suffixes=cfg.guidance.view_prompts.suffixes(prior.view_suffixes))
         self.guidance = make_guidance(cfg.method, prior, self.embeddings, cfg.method_options, seed=cfg.seed)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
         self.noise.check_resolution(cam.height, cam.width)
@@ -184,7 +187,7 @@ class DistillStep:
         self._set_learning_rates()
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
-            views = view_directions(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
+            views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
             cams = cams_cpu.to(self.device)
             rh, rw = self.render_size()
             if (rh, rw) != self.prior_size:
@@ -207,8 +210,14 @@ class DistillStep:
             t = sample_timestep(cfg.schedule, self.progress, self.generators["timestep"],
                                 self.prior.num_train_timesteps, batch=len(cams) // group)
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            cond, uncond = self.embeddings.select(views)
-        return _Pending(rgb, eps, t, cond, uncond, cams, out)
+            negatives = None
+            if cfg.guidance.perp_neg:
+                cond, uncond, negatives = perp_neg.select(self.embeddings, cams_cpu.azimuth, cams_cpu.elevation,
+                                                          cfg.guidance.perp_neg_weights,
+                                                          cfg.guidance.view_prompts.overhead_above)
+            else:
+                cond, uncond = self.embeddings.select(views)
+        return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives)
 
     def _pre_backward(self, pending: _Pending) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
@@ -241,7 +250,7 @@ class DistillStep:
             return distill_loss(self.prior, pending.rgb, pending.eps, pending.t, pending.cond, pending.uncond,
                                 cfg.guidance.guidance_scale, weighting=cfg.guidance.weighting,
                                 hifa_lambda=cfg.guidance.hifa_lambda, cameras=pending.cameras,
-                                guidance=self.guidance).loss
+                                guidance=self.guidance, negatives=pending.negatives).loss
 
     def __call__(self) -> StepResult:
         """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
@@ -306,12 +315,18 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             rgb=torch.cat([p.rgb for p in pending]), eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]), cond=torch.cat([p.cond for p in pending]),
             uncond=torch.cat([p.uncond for p in pending]), cameras=Cameras.cat([p.cameras for p in pending]),
-            render_out=None)
+            render_out=None, negatives=_joined_negatives([p.negatives for p in pending]))
         loss = first._loss(joined) * len(steps)
         for s, p in zip(steps, pending):
             s._pre_backward(p)
         loss.backward()  # each asset's parameters get exactly their own gradient
         return [s._update(p, loss) for s, p in zip(steps, pending)]
+
+
+def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:
+    """The assets' Perp-Neg negatives as one batch (None when Perp-Neg is off; every step has the same config)."""
+    present = [p for p in parts if p is not None]
+    return NegativeViews.cat(present) if present else None
 
 
 def _resize_bhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Mapping, Optional, Sequence
 
 import torch
 
@@ -22,12 +22,13 @@ VIEW_SUFFIXES: dict[str, str] = {
     "back": ", back view",
     "overhead": ", overhead view",
 }
-"""DreamFusion-style view-dependent prompt suffixes, keyed by :func:`fsd_gs.camera.view_direction`."""
+"""DreamFusion-style view-dependent prompt suffixes, keyed by :func:`fsd_gs.camera.view_direction`: every prior's
+default wording, and the wording the built-in shapes prior's captions were trained with (fsd_gs/shapes/captions.py)."""
 
 
-def view_prompt(prompt: str, view: str) -> str:
-    """``prompt`` with the suffix of ``view`` ("none", "front", "side", "back" or "overhead")."""
-    return prompt + VIEW_SUFFIXES[view]
+def view_prompt(prompt: str, view: str, suffixes: Mapping[str, str] = VIEW_SUFFIXES) -> str:
+    """``prompt`` with the suffix of ``view`` ("none", "front", "side", "back" or "overhead") in ``suffixes``' wording."""
+    return prompt + suffixes[view]
 
 
 @dataclass
@@ -54,6 +55,27 @@ class PromptEmbeddings:
         return self.cond[index], self.uncond.expand(len(rows), -1, -1)
 
 
+@dataclass
+class NegativeViews:
+    """Perp-Neg's negative prompts of a batch of B views (fsd_gs/perp_neg.py), predicted in the same prior call.
+
+    Attributes:
+        embeddings: the negative prompts' text embeddings, N per view, [N,B,L,D].
+        weights: their signed weights w_i in e_pos + sum_i w_i perp(e_i, e_pos), [B,N] (negative: a push away).
+    """
+
+    embeddings: torch.Tensor
+    weights: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @staticmethod
+    def cat(parts: Sequence[NegativeViews]) -> NegativeViews:
+        """One batch of the views of ``parts`` (same N), in order."""
+        return NegativeViews(torch.cat([p.embeddings for p in parts], dim=1), torch.cat([p.weights for p in parts]))
+
+
 class DiffusionPrior(ABC):
     """An epsilon-prediction diffusion model with classifier-free guidance.
 
@@ -78,6 +100,8 @@ class DiffusionPrior(ABC):
     """Whether and how the networks are torch.compiled, and why (fsd_gs/prior/compile.py; set when loaded)."""
     load_seconds: float = 0.0
     """Wall time :func:`fsd_gs.prior.factory.load_prior` took (0 when built directly)."""
+    view_suffixes: Mapping[str, str] = VIEW_SUFFIXES
+    """The prior's own wording of the view suffixes (what :meth:`encode_prompts` appends unless given others)."""
 
     space: Literal["latent", "pixel"]
     channels: int
@@ -89,8 +113,12 @@ class DiffusionPrior(ABC):
     dtype: torch.dtype
 
     @abstractmethod
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
-        """Embed ``prompt`` (with every view suffix when ``view_dependent``) and the negative prompt."""
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
+                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
+        """Embed ``prompt`` (with every view suffix when ``view_dependent``) and the negative prompt.
+
+        ``suffixes``: the wording of each view's suffix (keys of :data:`VIEW_SUFFIXES`); None: :attr:`view_suffixes`.
+        """
 
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -112,6 +140,7 @@ class DiffusionPrior(ABC):
         cond: torch.Tensor,
         uncond: torch.Tensor,
         guidance_scale: float,
+        negatives: Optional[NegativeViews] = None,
     ) -> torch.Tensor:
         """Guided noise prediction eps_uncond + omega * (eps_cond - eps_uncond).
 
@@ -119,7 +148,9 @@ class DiffusionPrior(ABC):
             z_t: noisy model-space input [B,C,h,w].
             t: integer timesteps [B] in [0, T).
             cond, uncond: text embeddings [B,L,D] (from :meth:`PromptEmbeddings.select`).
-            guidance_scale: omega; 1.0 skips the unconditional pass.
+            guidance_scale: omega; 1.0 skips the unconditional pass (unless there are negatives).
+            negatives: Perp-Neg's negative prompts, predicted in the same network call; the direction
+                eps_cond - eps_uncond becomes :func:`fsd_gs.perp_neg.classifier_direction`'s. None: plain CFG.
         Returns:
             eps_hat [B,C,h,w] in float32.
         """

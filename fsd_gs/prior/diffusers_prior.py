@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, PromptEmbeddings, view_prompt
+from fsd_gs.perp_neg import classifier_direction, negative_rows
+from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, NegativeViews, PromptEmbeddings, view_prompt
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.loading import quiet_hf
 
@@ -128,7 +129,7 @@ class DiffusersPrior(DiffusionPrior):
         self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
         self.alphas_cumprod = _alphas_cumprod(self.scheduler_config).to(self.device)
         self._text_cache: dict[str, torch.Tensor] = {}
-        self._prompt_cache: dict[tuple[str, str, bool], PromptEmbeddings] = {}
+        self._prompt_cache: dict[tuple[str, str, bool, tuple[tuple[str, str], ...]], PromptEmbeddings] = {}
 
     def load_unet(self) -> Any:
         """The frozen UNet of ``source`` in ``dtype`` (on the CPU); priors with another UNet layout override it."""
@@ -159,17 +160,20 @@ class DiffusersPrior(DiffusionPrior):
                 self._text_cache[text] = row.to(self.device, self.dtype)
         return torch.stack([self._text_cache[t] for t in texts])
 
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
+                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
         """Embeddings of ``prompt`` per view ("none", "front", "side", "back", "overhead") and of the negative prompt.
 
-        Computed once per (prompt, negative_prompt, view_dependent) and cached.
+        ``suffixes``: each view's wording (default :attr:`view_suffixes`). Computed once per (prompt,
+        negative_prompt, view_dependent, suffixes) and cached.
         """
         if not prompt or not prompt.strip():
             raise UserError('the prompt is empty: pass a text prompt such as --prompt "a red mushroom"')
-        key = (prompt, negative_prompt, bool(view_dependent))
+        wording = {**dict(self.view_suffixes), **dict(suffixes or {})}
+        key = (prompt, negative_prompt, bool(view_dependent), tuple(sorted(wording.items())))
         if key not in self._prompt_cache:
             views = tuple(VIEW_SUFFIXES) if view_dependent else ("none",)
-            hidden = self.embed_texts([view_prompt(prompt, v) for v in views] + [negative_prompt])  # one batch
+            hidden = self.embed_texts([view_prompt(prompt, v, wording) for v in views] + [negative_prompt])  # one batch
             self._prompt_cache[key] = PromptEmbeddings(cond=hidden[:-1], uncond=hidden[-1:], views=views)
         return self._prompt_cache[key]
 
@@ -196,14 +200,17 @@ class DiffusersPrior(DiffusionPrior):
         cond: torch.Tensor,
         uncond: torch.Tensor,
         guidance_scale: float,
+        negatives: Optional[NegativeViews] = None,
         class_labels: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """eps_uncond + omega (eps_cond - eps_uncond), float32 [B,C,h,w]; cond and uncond in ONE UNet call.
 
         ``t`` is [B] (or a scalar) of integer timesteps; cond/uncond are [B,L,D] or [1,L,D] (broadcast).
-        ``class_labels`` [B,K]: per-view conditioning for UNets with a class embedding (MVDream's cameras),
-        the same for the conditional and unconditional pass; None for text-only UNets.
-        With omega == 1 only the conditional pass runs. No gradient flows through the UNet.
+        ``negatives``: Perp-Neg's N negative prompts per view, in the same UNet call (2 + N rows per view); the
+        direction is then :func:`fsd_gs.perp_neg.classifier_direction`'s. ``class_labels`` [B,K]: per-view
+        conditioning for UNets with a class embedding (MVDream's cameras), the same for every pass; None for
+        text-only UNets. With omega == 1 and no negatives only the conditional pass runs. No gradient flows
+        through the UNet.
         """
         if z_t.dim() != 4 or z_t.shape[1] != self.channels:
             raise ValueError(f"z_t must be [B,{self.channels},h,w], got {tuple(z_t.shape)}")
@@ -211,13 +218,16 @@ class DiffusersPrior(DiffusionPrior):
         z_t = z_t.to(self.device)
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
         cond = cond.to(self.device).expand(batch, -1, -1)
-        if guidance_scale == 1.0:
+        if guidance_scale == 1.0 and negatives is None:
             return self._unet_eps(z_t, t, cond, class_labels)
         uncond = uncond.to(self.device).expand(batch, -1, -1)
-        labels = None if class_labels is None else torch.cat([class_labels, class_labels])
-        eps = self._unet_eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]), labels)
-        eps_cond, eps_uncond = eps.chunk(2)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        rows = [cond, uncond, *(e.to(self.device) for e in negative_rows(negatives))]
+        k = len(rows)
+        labels = None if class_labels is None else torch.cat([class_labels] * k)
+        eps = self._unet_eps(torch.cat([z_t] * k), torch.cat([t] * k), torch.cat(rows), labels)
+        eps_cond, eps_uncond, *eps_negatives = eps.chunk(k)
+        weights = None if negatives is None else negatives.weights
+        return eps_uncond + guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_negatives, weights)
 
     # -- images -----------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:

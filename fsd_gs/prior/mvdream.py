@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from fsd_gs.errors import UserError
+from fsd_gs.prior.base import NegativeViews
 from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
 from fsd_gs.prior.mvdream_cameras import DEFAULT_ELEVATION, mvdream_camera_vectors, reference_group
@@ -192,12 +193,14 @@ class MVDreamPrior(LatentDiffusionPrior):
         cond: torch.Tensor,
         uncond: torch.Tensor,
         guidance_scale: float,
+        negatives: Optional[NegativeViews] = None,
         cameras: Any = None,
     ) -> torch.Tensor:
         """Guided eps [B,C,h,w] float32 for B views in groups of ``views_per_group`` consecutive views.
 
         Args:
-            z_t, t, cond, uncond, guidance_scale: as :meth:`DiffusionPrior.predict_noise`.
+            z_t, t, cond, uncond, guidance_scale, negatives: as :meth:`DiffusionPrior.predict_noise` (Perp-Neg's
+                negatives of a group are denoised as a group of their own, with the group's cameras).
             cameras: the views' :class:`~fsd_gs.camera.Cameras` (B of them), or None for MVDream's reference views.
         Raises UserError when B is not a multiple of ``views_per_group``.
         """
@@ -208,7 +211,7 @@ class MVDreamPrior(LatentDiffusionPrior):
                 f"camera.batch_size to a multiple of {self.views_per_group}"
             )
         labels = self.camera_vectors(cameras, batch)
-        return super().predict_noise(z_t, t, cond, uncond, guidance_scale, class_labels=labels)
+        return super().predict_noise(z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels)
 
 
 def load_mvdream_prior(

@@ -12,12 +12,12 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.base import PromptEmbeddings
+from fsd_gs.prior.base import VIEW_SUFFIXES, PromptEmbeddings
 from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
 
@@ -67,6 +67,10 @@ class ShapesPrior(PixelDiffusionPrior):
     Attributes beyond the base class: ``judge_folder`` (the classifier shipped beside the model).
     """
 
+    view_suffixes: Mapping[str, str] = VIEW_SUFFIXES
+    """The wording its training captions used (fsd_gs/shapes/captions.py: "a red car, front view"); other wording,
+    given through --guidance.view-prompts.*-suffix, must stay within the world's vocabulary."""
+
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
         super().__init__(folder, device, dtype, **kwargs)
         self.judge_folder = Path(folder) / "judge"
@@ -76,10 +80,11 @@ class ShapesPrior(PixelDiffusionPrior):
             check_prompt(text)
         return super().embed_texts(texts)
 
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
+    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
+                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
         check_prompt(prompt)
         check_prompt(negative_prompt)
-        return super().encode_prompts(prompt, negative_prompt, view_dependent)
+        return super().encode_prompts(prompt, negative_prompt, view_dependent, suffixes)
 
 
 def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

@@ -1,0 +1,172 @@
+"""Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm"): the other views as negative prompts.
+
+View-dependent prompting alone asks for "a chair, back view" at the back, but the 2D prior's idea of a chair
+is mostly its front, so the front creeps onto every side (the multi-face "Janus" problem). Perp-Neg keeps the
+positive prompt of a view and pushes away from the prompts of the other views, but only along the part of
+their guidance direction that the positive prompt does not share (its perpendicular component), so the push
+cannot cancel what the positive prompt asks for. For a view at azimuth a (degrees, 0 = the object's front):
+
+    front-side, |a| < 90:   r = 1 - |a|/90   pos = r E_front + (1 - r) E_side   negatives: front -f_fs(r),  side -f_sf(1 - r)
+    side-back,  |a| >= 90:  r = 2 - |a|/90   pos = r E_side + (1 - r) E_back    negatives: side -f_sb(r),  front -f_fsb(r)
+    overhead (elevation above the overhead limit): pos = E_overhead, both weights 0
+
+    e_pos = eps(x_t; pos) - eps(x_t; u)      e_i = eps(x_t; neg_i) - eps(x_t; u)
+    delta = e_pos + sum_i w_i perp(e_i, e_pos)         perp(x, y) = x - (<x, y> / <y, y>) y   (per view, over C, h, w)
+    eps_hat = eps(x_t; u) + omega delta
+
+E_v are the text embeddings of the view prompts ("<prompt>, front view", ...), u the unconditional embedding,
+f(r) = a exp(-b r) + c the exponential-decay weights of the angle (:class:`PerpNegWeights`). ``delta`` replaces
+the classifier direction eps(x_t; y) - eps(x_t; u) of plain CFG in every method (:func:`classifier_direction`);
+with every w_i = 0 it is plain CFG exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from fsd_gs.camera import wrap_azimuth
+from fsd_gs.errors import require
+from fsd_gs.prior.base import NegativeViews, PromptEmbeddings
+
+Decay = tuple[float, float, float]
+"""(a, b, c) of f(r) = a exp(-b r) + c."""
+
+NEGATIVES = 2
+"""Negative prompts per view (N): the two view prompts other than the positive's nearest."""
+
+
+@dataclass
+class PerpNegWeights:
+    """The exponential-decay weights f(r) = a exp(-b r) + c of Perp-Neg's negative prompts, as (a, b, c).
+
+    r is the interpolation ratio of the view (front-side: 1 at the front, 0 at the side; side-back: 1 at the side,
+    0 at the back). The defaults are the published ones (threestudio's perp_neg_f_*); each reaches 0 where its
+    negative is the view itself (f_fs(1) = f_sf(0)... = 0 up to rounding)."""
+
+    front_side: Decay = (4.0, 0.5, -2.426)
+    """f_fs: weight of the front prompt as a negative at front-side views, of r (0 at the front itself)."""
+    side_front: Decay = (4.0, 0.5, -2.426)
+    """f_sf: weight of the side prompt as a negative at front-side views, of 1 - r (0 at the side itself)."""
+    side_back: Decay = (1.0, 0.5, -0.606)
+    """f_sb: weight of the side prompt as a negative at side-back views, of r (0 at the side itself)."""
+    front_side_back: Decay = (1.0, 0.5, 0.967)
+    """f_fsb: weight of the front prompt as a negative at side-back views, of r (1.97 at the back, 1.57 at the side)."""
+
+    def validate(self) -> None:
+        """Raise :class:`~fsd_gs.errors.UserError` on the first non-finite parameter."""
+        for name in ("front_side", "side_front", "side_back", "front_side_back"):
+            values = getattr(self, name)
+            require(len(values) == 3 and all(math.isfinite(float(v)) for v in values),
+                    f"--guidance.perp-neg-weights.{name.replace('_', '-')} must be three finite numbers a b c, got {values}")
+
+
+def decay(params: Decay, r: torch.Tensor) -> torch.Tensor:
+    """f(r) = a exp(-b r) + c elementwise, for r of any shape (float64 in, float64 out)."""
+    a, b, c = (float(v) for v in params)
+    return a * torch.exp(-b * r) + c
+
+
+@dataclass
+class PerpNegPlan:
+    """What Perp-Neg does at each of B views: the positive's mix of view prompts and the signed negative weights.
+
+    Attributes:
+        positive: [B,V] mixing weights over the rows of :class:`PromptEmbeddings` ``cond`` (each row sums to 1).
+        negatives: [B,N] long, the rows of ``cond`` used as negative prompts.
+        weights: [B,N] float64, the signed weights w_i of delta (<= 0 with the default schedule: a push away).
+    """
+
+    positive: torch.Tensor
+    negatives: torch.Tensor
+    weights: torch.Tensor
+
+
+def plan(azimuth: torch.Tensor, elevation: torch.Tensor, views: Sequence[str], weights: PerpNegWeights,
+         overhead_above: float = 60.0) -> PerpNegPlan:
+    """The :class:`PerpNegPlan` of B views at ``azimuth`` and ``elevation`` [B] (degrees).
+
+    ``views`` names the rows of the embeddings (:attr:`PromptEmbeddings.views`); it must hold front, side, back and
+    overhead (view-dependent prompting).
+    """
+    require(all(v in views for v in ("front", "side", "back", "overhead")),
+            "--guidance.perp-neg needs view-dependent prompts: leave --guidance.view-dependent on")
+    row = {v: views.index(v) for v in ("front", "side", "back", "overhead")}
+    az = wrap_azimuth(azimuth.detach().to("cpu", torch.float64)).abs()
+    el = elevation.detach().to("cpu", torch.float64)
+    batch = az.shape[0]
+    front_side = az < 90.0
+    overhead = el > overhead_above
+    r = torch.where(front_side, 1.0 - az / 90.0, 2.0 - az / 90.0)
+
+    positive = torch.zeros(batch, len(views), dtype=torch.float64)
+    idx = torch.arange(batch)
+    first = torch.where(front_side, row["front"], row["side"])     # the row r weighs
+    second = torch.where(front_side, row["side"], row["back"])     # the row 1 - r weighs
+    positive[idx, first] += r
+    positive[idx, second] += 1.0 - r
+    positive[overhead] = 0.0
+    positive[overhead, row["overhead"]] = 1.0
+
+    negatives = torch.stack([torch.where(front_side, row["front"], row["side"]),
+                             torch.where(front_side, row["side"], row["front"])], dim=1)
+    w = torch.stack([
+        torch.where(front_side, -decay(weights.front_side, r), -decay(weights.side_back, r)),
+        torch.where(front_side, -decay(weights.side_front, 1.0 - r), -decay(weights.front_side_back, r)),
+    ], dim=1)
+    w[overhead] = 0.0
+    return PerpNegPlan(positive=positive, negatives=negatives, weights=w)
+
+
+def select(embeddings: PromptEmbeddings, azimuth: torch.Tensor, elevation: torch.Tensor, weights: PerpNegWeights,
+           overhead_above: float = 60.0) -> tuple[torch.Tensor, torch.Tensor, NegativeViews]:
+    """Perp-Neg's (cond [B,L,D], uncond [B,L,D], negatives) for B views at ``azimuth``, ``elevation`` [B] (degrees).
+
+    cond is the interpolated view embedding of each view (the positive), negatives the other views' embeddings
+    [N,B,L,D] with their signed weights [B,N] (:func:`plan`).
+    """
+    p = plan(azimuth, elevation, embeddings.views, weights, overhead_above)
+    table = embeddings.cond  # [V,L,D]
+    mix = p.positive.to(table.device, table.dtype)
+    cond = torch.einsum("bv,vld->bld", mix, table)  # weights 1 and 0 give a view prompt's row exactly
+    negative_rows = p.negatives.t().to(table.device)  # [N,B]
+    negatives = NegativeViews(embeddings=table[negative_rows], weights=p.weights.to(table.device))
+    uncond = embeddings.uncond.expand(cond.shape[0], -1, -1)
+    return cond, uncond, negatives
+
+
+def perpendicular(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The component of x [B,...] perpendicular to y [B,...], per sample: x - (<x, y> / <y, y>) y (x where y = 0)."""
+    dims = tuple(range(1, x.dim()))
+    xy = (x * y).sum(dim=dims, keepdim=True)
+    yy = (y * y).sum(dim=dims, keepdim=True)
+    scale = torch.where(yy > 0, xy / torch.where(yy > 0, yy, torch.ones_like(yy)), torch.zeros_like(yy))
+    return x - scale * y
+
+
+def classifier_direction(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_negatives: Sequence[torch.Tensor] = (),
+                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The guidance direction [B,C,h,w] every method scales by omega: eps_cond - eps_uncond, or with Perp-Neg's
+    negatives (N predictions [B,C,h,w] and signed weights [B,N]) e_pos + sum_i w_i perp(eps_neg_i - eps_uncond, e_pos).
+
+    The one place where the classifier-free direction is formed (the priors' CFG, CSD and NFSD all call it).
+    """
+    delta = eps_cond - eps_uncond
+    if weights is None:
+        return delta
+    if weights.shape != (delta.shape[0], len(eps_negatives)):
+        raise ValueError(f"Perp-Neg got weights of shape {tuple(weights.shape)} for {len(eps_negatives)} negatives of "
+                         f"{delta.shape[0]} views")
+    push = torch.zeros_like(delta)
+    for i, eps_neg in enumerate(eps_negatives):
+        w = weights[:, i].to(delta.device, delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
+        push = push + w * perpendicular(eps_neg - eps_uncond, delta)
+    return delta + push
+
+
+def negative_rows(negatives: Optional[NegativeViews]) -> list[torch.Tensor]:
+    """The negatives' embeddings as N tensors [B,L,D] (none without Perp-Neg), for one batched prior call."""
+    return [] if negatives is None else list(negatives.embeddings.unbind(0))
