@@ -17,6 +17,9 @@ real model, no download):
     python scripts/bench_step.py --model /tmp/sd21-random --variants 512px/1v/100k/cudagraphs --asset-steps 1200
 On the CPU with the built-in prior:
     python scripts/bench_step.py --model shapes --device cpu --grid cpu
+Perp-Neg's cost per step (--guidance.perp-neg: 2 + 2 UNet rows per view instead of 2): the same variants twice,
+    python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --out plain.json
+    python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --perp-neg --out perpneg.json
 
 Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile) or cudagraphs (compiled
 + CUDA graphs). ``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
@@ -133,6 +136,9 @@ class Args:
     """Also train whole assets of this many steps (default preset, fresh `python -m fsd_gs.train` processes); 0: no."""
     asset_compile: tuple[str, ...] = ("auto",)
     """--prior.compile of each asset run (auto, off, on, cudagraphs)."""
+    perp_neg: bool = False
+    """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2); the floor's
+    guided UNet then gets the same negatives. Compare with a run without it for Perp-Neg's cost per step."""
     child: bool = False
     """Internal: measure the one --variants entry in this process and write its row to --out."""
 
@@ -162,11 +168,12 @@ def timed_s(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, device: torch.device,
-                render_layout: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+                render_layout: bool = False, perp_neg: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
     """(guided UNet forward, VAE encode forward+backward) at the variant's batch and resolution.
 
     The UNet gets random latents (no extra encoder call, so no extra compiled graph); the encoder gets a
     contiguous image, or with ``render_layout`` a [B,H,W,3] tensor permuted to [B,3,H,W] as renders are.
+    ``perp_neg``: the guided UNet also predicts Perp-Neg's negatives (views at azimuth 30, in the same call).
     """
     gen = torch.Generator(device=device).manual_seed(0)
     size = (variant.views, 3, variant.resolution, variant.resolution)
@@ -175,13 +182,21 @@ def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, dev
     else:
         images = torch.rand(size, device=device, generator=gen)
     images.requires_grad_(True)
-    cond, uncond = prior.encode_prompts(prompt, "", True).select(["front"] * variant.views)
+    embeddings = prior.encode_prompts(prompt, "", True)
+    negatives = None
+    if perp_neg:
+        from fsd_gs.perp_neg import PerpNegWeights, select
+
+        cond, uncond, negatives = select(embeddings, torch.full((variant.views,), 30.0), torch.zeros(variant.views),
+                                         PerpNegWeights())
+    else:
+        cond, uncond = embeddings.select(["front"] * variant.views)
     shape = prior.model_shape(variant.resolution, variant.resolution)
     z = torch.randn(variant.views, *shape, device=device, generator=gen)
     t = torch.full((variant.views,), 500, device=device, dtype=torch.long)
 
     def unet() -> None:
-        prior.predict_noise(z, t, cond, uncond, guidance_scale)
+        prior.predict_noise(z, t, cond, uncond, guidance_scale, **({} if negatives is None else {"negatives": negatives}))
 
     def encoder() -> None:
         out = prior.encode_images(images)
@@ -191,8 +206,9 @@ def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, dev
     return unet, encoder
 
 
-def train_config(model: str, prompt: str, variant: Variant, device: torch.device):
-    """The default FSD config at the variant's size, densification off, ``variant.compile`` as the prior mode."""
+def train_config(model: str, prompt: str, variant: Variant, device: torch.device, perp_neg: bool = False):
+    """The default FSD config at the variant's size, densification off, ``variant.compile`` as the prior mode
+    (and ``--guidance.perp-neg`` when ``perp_neg``)."""
     from fsd_gs.config import TrainConfig, base_config
 
     cfg: TrainConfig = base_config("fsd", None)
@@ -203,6 +219,7 @@ def train_config(model: str, prompt: str, variant: Variant, device: torch.device
         gaussians=dataclasses.replace(cfg.gaussians, num_points=variant.gaussians),
         densify=dataclasses.replace(cfg.densify, enabled=False),
         prior=dataclasses.replace(cfg.prior, compile=variant.compile),
+        guidance=dataclasses.replace(cfg.guidance, perp_neg=perp_neg),
     )
     cfg.validate()
     return cfg
@@ -250,7 +267,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     from fsd_gs.step import DistillStep
 
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
-    cfg = train_config(model, prompt, variant, device)
+    cfg = train_config(model, prompt, variant, device, args.perp_neg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gsplat_s = timed_s(lambda: first_render(cfg, device), device)
@@ -267,12 +284,13 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
         step()
     stages = step.timer.summary()
     step.timer.enabled = False
-    unet, encoder = floor_calls(prior, prompt, variant, args.guidance_scale, device)
+    unet, encoder = floor_calls(prior, prompt, variant, args.guidance_scale, device, perp_neg=args.perp_neg)
     unet_ms = time_ms(unet, device, args.warmup, args.iters)
     vae_ms = time_ms(encoder, device, args.warmup, args.iters) if prior.space == "latent" else 0.0
     floor = unet_ms + vae_ms
     row = {
-        "variant": variant.name, **dataclasses.asdict(variant), "compile_decision": str(prior.compile_decision),
+        "variant": variant.name, **dataclasses.asdict(variant), "perp_neg": args.perp_neg,
+        "compile_decision": str(prior.compile_decision),
         "startup_s": {"gsplat_first_render": round(gsplat_s, 2), "prior_load": round(prior.load_seconds, 2),
                       "first_step": round(first_s, 2), "rest_of_warmup": round(warm_s, 2),
                       "total": round(gsplat_s + prior.load_seconds + first_s + warm_s, 2)},
@@ -305,6 +323,8 @@ def child_argv(args: Args, model: str, variant: Variant, out: Path) -> list[str]
         argv += ["--profile", "--profile-steps", str(args.profile_steps)]
     if args.keep_vae_input_layout:
         argv += ["--keep-vae-input-layout"]
+    if args.perp_neg:
+        argv += ["--perp-neg"]
     return argv
 
 
@@ -392,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     assets: list[dict] = []
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model, "perp_neg": args.perp_neg,
         "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 
@@ -422,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
-    print(f"\n{info['device']}, torch {info['torch']}, {info['date']}")
+    print(f"\n{info['device']}, torch {info['torch']}, {info['date']}{', Perp-Neg on' if info.get('perp_neg') else ''}")
     print("| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet guided ms | VAE enc f+b ms | "
           "floor ms | step ms | step/floor | peak alloc / reserved GB | stages ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")
