@@ -44,8 +44,8 @@ class PerpNegWeights:
     """The exponential-decay weights f(r) = a exp(-b r) + c of Perp-Neg's negative prompts, as (a, b, c).
 
     r is the interpolation ratio of the view (front-side: 1 at the front, 0 at the side; side-back: 1 at the side,
-    0 at the back). The defaults are the published ones (threestudio's perp_neg_f_*); each reaches 0 where its
-    negative is the view itself (f_fs(1) = f_sf(0)... = 0 up to rounding)."""
+    0 at the back). The defaults are the published ones (threestudio's perp_neg_f_*); a negative that is the view's
+    own prompt gets ~0 (f_fs(1) = f_sf(1) = f_sb(1) = 0 to 3 decimals)."""
 
     front_side: Decay = (4.0, 0.5, -2.426)
     """f_fs: weight of the front prompt as a negative at front-side views, of r (0 at the front itself)."""
