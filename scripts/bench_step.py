@@ -346,12 +346,13 @@ def run_child(args: Args, model: str, variant: Variant, run: int) -> dict:
 
 
 def measure_asset(args: Args, model: str, mode: str) -> dict:
-    """One whole asset of the default preset through ``python -m fsd_gs.train`` in a fresh process."""
+    """One whole asset of the default preset through ``python -m fsd_gs.train`` in a fresh process (with Perp-Neg
+    when --perp-neg)."""
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
     log = args.out.parent / f"{args.out.stem}_asset_{mode}.log"
     cmd = [sys.executable, "-m", "fsd_gs.train", "--prompt", prompt, "--model", model, "--steps", str(args.asset_steps),
            "--device", args.device, "--prior.compile", mode, "--output-dir", str(args.work / "assets"),
-           "--output.turntable-views", "4", "--output.no-progress"]
+           "--output.turntable-views", "4", "--output.no-progress"] + (["--guidance.perp-neg"] if args.perp_neg else [])
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     process_s = time.perf_counter() - t0

@@ -144,8 +144,9 @@ def _inputs(prior, batch: int, seed: int = 0):
     return z, torch.full((batch,), 500)
 
 
-def test_negatives_are_batched_into_the_one_prior_call_and_match_separate_predictions(shapes_prior):
-    prior = shapes_prior
+@pytest.mark.parametrize("prior_name", ["shapes_prior", "tiny_pixel_prior", "tiny_sd_prior"])
+def test_negatives_are_batched_into_the_one_prior_call_and_match_separate_predictions(prior_name, request):
+    prior = request.getfixturevalue(prior_name)
     emb = prior.encode_prompts("a red chair")
     cond, uncond, negatives = select(emb, torch.tensor([20.0, 150.0]), torch.tensor([10.0, 10.0]), PerpNegWeights())
     z, t = _inputs(prior, 2)
