@@ -299,6 +299,9 @@ def test_shapes_prior_keeps_the_wording_its_captions_were_trained_with(shapes_pr
 
     for view in VIEWS:
         assert caption("car", "red", view) == "a red car" + shapes_prior.view_suffixes[view]
+    # the shipped weights were trained on this wording: changing it means retraining the prior
+    assert dict(shapes_prior.view_suffixes) == {"none": "", "front": ", front view", "side": ", side view",
+                                                "back": ", back view", "overhead": ", overhead view"}
     emb = shapes_prior.encode_prompts("a red car")
     assert torch.equal(emb.cond[emb.views.index("front")], shapes_prior.embed_texts(["a red car, front view"])[0])
 
