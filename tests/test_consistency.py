@@ -87,6 +87,7 @@ def test_the_judge_flags_a_turned_world_object_and_not_the_object(tmp_path: Path
         g = world(kind, "red", 3)
         upright = scorer.score(render_views(g, cams, (1, 1, 1)), f"a {kind}")
         back_to_front = scorer.score(render_views(turned(g), cams, (1, 1, 1)), f"a {kind}")
+        assert upright.views is not None and back_to_front.views is not None
         a, b = consistency(upright.views, cams.azimuth.tolist()), consistency(back_to_front.views, cams.azimuth.tolist())
         assert a.view_accuracy == 1.0 and not a.janus, (kind, a.reads)
         assert b.janus and b.view_accuracy <= 0.5, (kind, b.reads)
@@ -178,7 +179,7 @@ def test_evaluation_with_clip_reads_views_of_prompts_with_a_front(tmp_path: Path
     by = {r.prompt: r for r in res.results}
     dog, teapot = by["a photo of a dog"], by["a photo of a teapot"]
     assert dog.has_front and dog.view_accuracy is not None and dog.clear_azimuths == [0.0, 60.0, 180.0, 240.0]
-    assert sum(n for row in dog.confusion.values() for n in row.values()) == 8
+    assert dog.confusion is not None and sum(n for row in dog.confusion.values() for n in row.values()) == 8
     assert not teapot.has_front and teapot.janus_rate is None and len(teapot.view_reads[1]) == 6
     data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert data["summary"][0]["front_prompts"] == ["a photo of a dog"]
