@@ -140,6 +140,8 @@ def test_json_and_markdown_have_the_consistency_columns(janus_eval) -> None:
     assert "| 100.0% ± 0.0% |" in sds_row
     assert "| a car | shapes (built-in) | SDS |" in md and "100.0% (0 1)" in md
     assert "## View confusion" in md and "back: front 2" in md
+    assert "- Reference: the world's objects read view accuracy 1.00, Janus 0.0% on 1 prompt(s) with a front: " \
+           "the view reader is calibrated." in md
 
 
 def test_the_gallery_marks_janus_seeds_and_shows_the_reads(janus_eval) -> None:
@@ -184,3 +186,14 @@ def test_evaluation_with_clip_reads_views_of_prompts_with_a_front(tmp_path: Path
     data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert data["summary"][0]["front_prompts"] == ["a photo of a dog"]
     assert "CLIP view probe" in data["scorers"]["tiny-sd-folder"]["views"]
+
+
+def test_a_miscalibrated_reference_row_is_a_warning(janus_eval) -> None:
+    import dataclasses
+
+    from fsd_gs.evaluate.report import reference_check, summarise
+
+    # The turned cars as if they were the world's objects: the reference check must say the reader is not to be trusted.
+    wrong = [dataclasses.replace(r, method="truth") for r in janus_eval.results if r.method == "sds"]
+    (row,) = summarise(wrong)
+    assert "WARNING" in reference_check(row) and "Janus 100.0%" in reference_check(row)

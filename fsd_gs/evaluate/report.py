@@ -188,6 +188,17 @@ def summarise(results: Sequence[SetResult]) -> list[SummaryRow]:
     return rows
 
 
+def reference_check(row: SummaryRow, accuracy: float = 0.95, janus: float = 0.0) -> str:
+    """One line on the truth row's consistency: the view reader must read the world's own objects right."""
+    acc, rate = row.figures["view_accuracy"][0], row.figures["janus_rate"][0]
+    ok = acc is not None and rate is not None and acc >= accuracy and rate <= janus
+    verdict = ("the view reader is calibrated" if ok else
+               f"WARNING: below {accuracy:g} / above {100 * janus:g}%: the view reader misreads the world's own objects, "
+               "so the consistency figures of this backbone are not to be trusted (retrain the judge's view head)")
+    return (f"- Reference: the world's objects read view accuracy {_num(acc)}, Janus {_janus_pct(rate)} on "
+            f"{len(row.front_prompts)} prompt(s) with a front: {verdict}.")
+
+
 def confusion_text(confusion: Optional[dict[str, dict[str, int]]]) -> str:
     """Compact confusion: "front: front 7, side 1 · side: side 16 · back: back 6, front 2" (non-zero counts)."""
     if not confusion:
@@ -299,6 +310,7 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
     if any(r.method == "truth" for r in results):
         lines.append("- World objects (truth): the shapes world's own objects of the prompt's kind "
                      "(random colour when the prompt names none), rendered from the same cameras.")
+        lines += [reference_check(row) for row in summarise(results) if row.method == "truth" and row.front_prompts]
     if missing:
         lines += ["", f"## Missing ({len(missing)})", ""]
         lines += [f"- {m['id']}: {m['reason']}" for m in missing]
