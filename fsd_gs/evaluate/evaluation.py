@@ -33,10 +33,12 @@ SHAPES = "shapes"
 
 @dataclass
 class EvaluateConfig:
-    """Measure what FSD promises (docs/fsd.md sec. 7, 9): quality, IS and CROSS-FID per prompt and method, the
-    paper's table (evaluation.md, evaluation.json) and an HTML gallery of turntables (gallery/index.html).
+    """Measure what FSD promises (docs/fsd.md sec. 7, 9): quality, IS and CROSS-FID per prompt and method, and 3D
+    consistency (view accuracy, Janus rate; docs/evaluation.md), the paper's table (evaluation.md, evaluation.json) and
+    an HTML gallery of turntables (gallery/index.html).
 
     python -m fsd_gs.evaluate outputs/benchmark/manifest.json
+
     python -m fsd_gs.evaluate outputs/ --view.views 24 --out results/eval
     """
 
@@ -78,7 +80,7 @@ class EvaluateConfig:
     """Show progress over the assets as the train command does: a bar on a terminal, a plain line every 5% (with ETA)
     otherwise."""
     threads: int = 1
-    """CPU only: torch threads for rendering and scoring (as train's --threads; 0 = torch's default, all cores)."""
+    """CPU only: torch threads for rendering and scoring (as train's --threads; 0 = leave torch's own setting)."""
 
     def validate(self) -> None:
         require(len(self.paths) > 0, "no PATH given: pass run folders, a folder of runs or a batch manifest.json")
