@@ -197,3 +197,15 @@ def test_a_miscalibrated_reference_row_is_a_warning(janus_eval) -> None:
     wrong = [dataclasses.replace(r, method="truth") for r in janus_eval.results if r.method == "sds"]
     (row,) = summarise(wrong)
     assert "WARNING" in reference_check(row) and "Janus 100.0%" in reference_check(row)
+
+
+def test_the_shipped_view_head_reads_the_worlds_front_kinds() -> None:
+    """eval_shapes_prior.py's "views" check (one object per kind here; 8 in the check): 1.00 and 0% Janus."""
+    from fsd_gs.shapes.evaluate import world_view_consistency
+    from fsd_gs.shapes.judge import load_judge
+    from fsd_gs.shapes.world import FRONT_KINDS
+
+    res = world_view_consistency(load_judge(), objects_per_kind=1, seed_offset=77_000)
+    assert list(res["per_kind"]) == list(FRONT_KINDS)
+    assert res["overall"] == {"view_accuracy": 1.0, "janus": 0.0, "kind": 1.0, "colour": 1.0}, res["per_kind"]
+    assert res["confusion"]["back"]["back"] == len(FRONT_KINDS) and res["confusion"]["side"]["side"] == 2 * len(FRONT_KINDS)
