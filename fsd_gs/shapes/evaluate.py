@@ -164,8 +164,11 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
                         fovy: float = 50.0, background: float = 1.0) -> dict[str, Any]:
     """Render ``n_views`` turntable views (64 px, distance 2.5) of a distilled asset and let the judge read them.
 
-    Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``.
+    Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``, the
+    view read of each camera and, for front kinds, the view accuracy on the clear cameras and the Janus flag
+    (:mod:`fsd_gs.evaluate.consistency`; None otherwise).
     """
+    from fsd_gs.evaluate.consistency import consistency, has_front
     from fsd_gs.camera import turntable
     from fsd_gs.render import render
     from fsd_gs.shapes.captions import parse
@@ -174,11 +177,14 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
     cams = turntable(n_views, elevation=elevation, distance=2.5, fovy=fovy, width=64, height=64, device=gaussians.device)
     images = render(gaussians, cams, torch.full((3,), background, device=gaussians.device)).rgb.permute(0, 3, 1, 2)
     pred = judge.predict(images)
+    reads = [VIEW_NAMES[v] for v in pred["view"].tolist()]
+    c = consistency(reads, cams.azimuth.tolist()) if has_front(prompt, "shapes") else None
     kind_ok = pred["kind"] == KINDS.index(kind) if kind else torch.ones(n_views, dtype=torch.bool)
     colour_ok = pred["colour"] == COLOUR_NAMES.index(colour) if colour else torch.ones(n_views, dtype=torch.bool)
     return {"prompt": prompt, "kind": float(kind_ok.float().mean()), "colour": float(colour_ok.float().mean()),
             "both": float((kind_ok & colour_ok).float().mean()), "n_views": n_views,
-            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())]}
+            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())],
+            "views": reads, "view_accuracy": c.view_accuracy if c else None, "janus": c.janus if c else None}
 
 
 @torch.no_grad()
