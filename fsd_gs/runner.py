@@ -197,8 +197,8 @@ class RunStats:
 class _Progress:
     """A tqdm bar on a terminal, else a plain line every ``every`` steps (logs stay readable)."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, label: str = "") -> None:
-        self.total, self.step, self.enabled, self.label = total, initial, enabled, label
+    def __init__(self, total: int, initial: int, enabled: bool, label: str = "", unit: str = "step") -> None:
+        self.total, self.step, self.enabled, self.label, self.unit = total, initial, enabled, label, unit
         self.interactive = enabled and sys.stdout.isatty()
         self.every = max(1, total // 20)
         self.bar = None
@@ -206,7 +206,7 @@ class _Progress:
         if self.interactive:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1, desc=label or None)
+            self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, smoothing=0.1, desc=label or None)
 
     @property
     def rate(self) -> float:
@@ -220,8 +220,9 @@ class _Progress:
                 self.bar.set_postfix(postfix, refresh=False)
         elif self.enabled and (step % self.every == 0 or step == self.total):
             eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
-            extra = " ".join(f"{k} {v}" for k, v in postfix.items())
-            print(f"{self.label}step {step}/{self.total} {extra} {self.rate:.2f} steps/s eta {eta:.0f} s", flush=True)
+            extra = "".join(f" {k} {v}" for k, v in postfix.items())
+            u = self.unit
+            print(f"{self.label}{u} {step}/{self.total}{extra} {self.rate:.2f} {u}s/s eta {eta:.0f} s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -12,6 +12,9 @@ Checks (thresholds from the issue):
               judge agrees with the prompt's kind and colour                           >= 0.90
   colour-free colour entropy of the judge over 64 samples of "a {kind}" / log(#colours) >= 0.80
   cpu speed   one guided UNet evaluation (batch 2) at 64x64, 2 threads, median         <= 60 ms
+  views       the judge's view head on the world's objects of every front kind from the evaluation
+              cameras (24 turntable views, elevation 15, 64 px): view accuracy on the clear cameras
+              (0/90/180/270 deg = front/side/back/side) and the Janus rate (180 deg reads "front")  >= 0.98, <= 0
   --ply       judge agreement (kind and colour) on 24 turntable views of a distilled asset >= 0.75
 """
 
@@ -38,6 +41,8 @@ class EvalConfig:
     """CPU threads for the speed check (the 2-core target machine)."""
     judge_objects: int = 128
     """Fresh objects (x 4 views) for the judge accuracy."""
+    view_objects: int = 8
+    """World objects per front kind for the view check (x 24 turntable views)."""
     prompts: int = 24
     """Random (kind, colour, view) prompts."""
     samples_per_prompt: int = 4
@@ -66,7 +71,7 @@ class EvalConfig:
 
 
 THRESHOLDS = {"judge_kind": 0.98, "judge_colour": 0.98, "prior_kind": 0.90, "prior_colour": 0.90,
-              "colour_entropy_ratio": 0.80, "cpu_guided_unet_ms": 60.0}
+              "colour_entropy_ratio": 0.80, "cpu_guided_unet_ms": 60.0, "view_accuracy": 0.98, "janus_rate_max": 0.0}
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -77,6 +82,7 @@ def run(cfg: EvalConfig) -> dict:
 
     if cfg.quick:
         cfg.judge_objects, cfg.samples_per_prompt, cfg.colour_free_samples, cfg.colour_free_kinds = 16, 1, 16, 1
+        cfg.view_objects = 2
     folder = cfg.folder or shapes_prior_folder()
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
@@ -91,28 +97,33 @@ def run(cfg: EvalConfig) -> dict:
         "colour_free": ev.colour_entropy(prior, judge, n_samples=cfg.colour_free_samples, guidance_scale=cfg.guidance_scale,
                                          steps=cfg.steps, n_kinds=cfg.colour_free_kinds),
         "speed": speed,
+        "views": ev.world_view_consistency(judge, objects_per_kind=cfg.view_objects),
     }
     figures = {
         "judge_kind": res["judge"]["kind"], "judge_colour": res["judge"]["colour"],
         "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
         "colour_entropy_ratio": min(r["entropy_ratio"] for r in res["colour_free"]["rows"]),
         "cpu_guided_unet_ms": 1000 * speed["median_s"],
+        "view_accuracy": res["views"]["overall"]["view_accuracy"], "janus_rate_max": res["views"]["overall"]["janus"],
     }
     res["figures"] = figures
-    res["pass"] = {k: (v <= THRESHOLDS[k] if k.endswith("_ms") else v >= THRESHOLDS[k]) for k, v in figures.items()}
+    res["pass"] = {k: (v <= THRESHOLDS[k] if k.endswith(("_ms", "_max")) else v >= THRESHOLDS[k]) for k, v in figures.items()}
     return res
 
 
 def table(res: dict) -> str:
     lines = ["| check | value | target | pass |", "| --- | --- | --- | --- |"]
     for key, value in res["figures"].items():
-        target = ("<= " if key.endswith("_ms") else ">= ") + f"{THRESHOLDS[key]:g}"
+        target = ("<= " if key.endswith(("_ms", "_max")) else ">= ") + f"{THRESHOLDS[key]:g}"
         lines.append(f"| {key} | {value:.3f} | {target} | {'yes' if res['pass'][key] else 'NO'} |")
     lines += ["", "| prompt | kind | colour | view |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['prompt']} | {r['kind']:.2f} | {r['colour']:.2f} | {r['view']:.2f} |" for r in res["prior"]["rows"]]
     lines += ["", "| colour-free prompt | entropy / max | kind | colours |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['prompt']} | {r['entropy_ratio']:.2f} | {r['kind']:.2f} | {r['colours']} |"
               for r in res["colour_free"]["rows"]]
+    lines += ["", "| front kind (world objects) | view accuracy | Janus | kind | colour |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {k} | {r['view_accuracy']:.2f} | {r['janus']:.0%} | {r['kind']:.2f} | {r['colour']:.2f} |"
+              for k, r in res["views"]["per_kind"].items()]
     return "\n".join(lines)
 
 

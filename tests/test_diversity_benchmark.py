@@ -29,6 +29,9 @@ def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_pat
     fsd_cfg = base_config(None, "shapes-fsd").guidance.guidance_scale
     assert f"| shapes (built-in) | FSD | {fsd_cfg:g} | 1 x 2 |" in table and "earlier call" not in table
     assert (docs / "gallery" / "index.html").is_file()
+    # 3D consistency: the columns, and "a car" (a front kind) counted in the confusion of each row.
+    assert any(line.startswith("| backbone | method |") and "| view accuracy | Janus |" in line for line in table.splitlines())
+    assert "| shapes (built-in) | FSD | a car | front: " in table
 
     # The docs folder is never overwritten without --replace-docs: one sentence, exit code 2.
     assert diversity_benchmark.main(tiny(out, docs, "shapes-sds", "shapes-fsd", "shapes-fsd-surface")) == 2
@@ -44,3 +47,15 @@ def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_pat
     sds_cfg = base_config(None, "shapes-sds").guidance.guidance_scale
     assert f"| shapes (built-in) | SDS | {sds_cfg:g} | 1 x 2 |" in table
     assert f"| shapes (built-in) | DDIM images | {fsd_cfg:g} |" in table  # the DDIM row samples at FSD's CFG
+
+
+def test_prompt_sets_add_the_front_kinds_and_can_be_chosen() -> None:
+    from fsd_gs.shapes.world import FRONT_KINDS
+
+    cfg = diversity_benchmark.BenchmarkConfig()
+    assert cfg.prompt_list == diversity_benchmark.PROMPT_SETS["all"] and len(set(cfg.prompt_list)) == len(cfg.prompt_list)
+    assert set(diversity_benchmark.PROMPTS) < set(cfg.prompt_list)
+    assert {"a chair", "a fish", "a house", "a car", "a bird", "a robot"} <= set(cfg.prompt_list)
+    assert all(p.split()[-1] in FRONT_KINDS for p in diversity_benchmark.PROMPT_SETS["front"])
+    assert diversity_benchmark.BenchmarkConfig(prompt_set="colour-free").prompt_list == diversity_benchmark.PROMPTS
+    assert diversity_benchmark.BenchmarkConfig(prompts=("a cup",), prompt_set="front").prompt_list == ("a cup",)

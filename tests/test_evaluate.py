@@ -321,3 +321,35 @@ def test_cfg_sweep_measures_every_kind_at_every_scale() -> None:
     for r in rows:
         assert [x["prompt"].split()[-1] for x in r["rows"]] == list(KINDS)
         assert 0.0 <= r["kind_min"] <= r["kind"] <= 1.0 and 0.0 <= r["entropy_min"] <= r["entropy_ratio"] + 1e-9
+
+
+def test_progress_without_a_terminal_and_pinned_threads(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like the train command: a plain progress line (count, rate, ETA) when stdout is no terminal, and torch's CPU
+    threads pinned to --threads while rendering and scoring (restored afterwards)."""
+    import fsd_gs.evaluate.evaluation as evaluation
+
+    seen: list[int] = []
+    render = evaluation.render_views
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "render_views", spy)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"r{seed}", "a cup", "fsd", seed, world("cup", "red", seed))
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "e", view=ViewConfig(views=2), device="cpu",
+                            threads=threads, gallery=False))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("evaluate: asset ")]
+    assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]  # 2 runs + 2 world objects
+    assert all("assets/s eta" in line for line in lines)
+    assert seen == [threads] * 4 and torch.get_num_threads() == before
+    evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "quiet", view=ViewConfig(views=2), device="cpu",
+                            gallery=False, progress=False))
+    assert "evaluate: asset" not in capsys.readouterr().out
+    with pytest.raises(UserError, match="--threads"):
+        evaluate(EvaluateConfig(paths=(tmp_path / "runs",), threads=-1))

@@ -5,6 +5,7 @@ Modules, in the order data flows:
   views.py       the fixed evaluation cameras; views of assets, of the shapes world's objects, DDIM samples
   scorers.py     quality, IS probabilities and features per view (the shapes judge, or CLIP)
   metrics.py     FID / CROSS-FID, IS, colour entropy, pairwise distances (pure functions)
+  consistency.py 3D consistency from per-view reads: view accuracy on the clear cameras, Janus flag, confusion
   report.py      results as data, the paper's table (markdown) and JSON
   gallery.py     the HTML gallery of animated turntables
   evaluation.py  the pipeline (EvaluateConfig -> evaluate)

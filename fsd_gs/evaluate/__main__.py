@@ -1,5 +1,6 @@
-"""`python -m fsd_gs.evaluate PATH [PATH ...]`: quality, IS and CROSS-FID per prompt and method, the paper's
-table and a gallery. The output folder is the last line printed. Exit codes: 0 done, 2 bad input."""
+"""`python -m fsd_gs.evaluate PATH [PATH ...]`: quality, IS, CROSS-FID and 3D consistency (view accuracy, Janus
+rate) per prompt and method, the paper's table and a gallery. The output folder is the last line printed.
+Exit codes: 0 done, 2 bad input."""
 
 from __future__ import annotations
 

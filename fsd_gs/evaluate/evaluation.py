@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -25,6 +25,7 @@ from fsd_gs.evaluate.runs import Found, Run, find_runs, group_runs, shared_guida
 from fsd_gs.evaluate.scorers import DEFAULT_CLIP, ClipScorer, InceptionClassifier, JudgeScorer, Scorer, ViewScores, load_clip
 from fsd_gs.evaluate.views import ViewConfig, ddim_images, eval_cameras, render_views, world_object
 from fsd_gs.run_dir import slugify
+from fsd_gs.step import cpu_threads
 
 OUTPUT_NAMES = ("evaluation.json", "evaluation.md", "gallery")
 SHAPES = "shapes"
@@ -32,10 +33,12 @@ SHAPES = "shapes"
 
 @dataclass
 class EvaluateConfig:
-    """Measure what FSD promises (docs/fsd.md sec. 7, 9): quality, IS and CROSS-FID per prompt and method, the
-    paper's table (evaluation.md, evaluation.json) and an HTML gallery of turntables (gallery/index.html).
+    """Measure what FSD promises (docs/fsd.md sec. 7, 9): quality, IS and CROSS-FID per prompt and method, and 3D
+    consistency (view accuracy, Janus rate; docs/evaluation.md), the paper's table (evaluation.md, evaluation.json) and
+    an HTML gallery of turntables (gallery/index.html).
 
     python -m fsd_gs.evaluate outputs/benchmark/manifest.json
+
     python -m fsd_gs.evaluate outputs/ --view.views 24 --out results/eval
     """
 
@@ -54,11 +57,15 @@ class EvaluateConfig:
     """IS classifier: auto = the judge's kind head for shapes, Inception-v3 (torchmetrics + torch-fidelity) otherwise;
     none = no IS for non-shapes backbones."""
     truth: bool = True
-    """Shapes prior: also score the shapes world's own objects of each prompt (the truth row)."""
+    """Shapes prior: also score the shapes world's own objects of each prompt (the truth row, and the reference of the
+    3D consistency figures: it must read ~1.00 view accuracy / 0% Janus). Cheap: rendering them costs what rendering
+    the runs does (0.1 s per object for 24 views at 64 px on one CPU thread)."""
     truth_objects: Optional[int] = None
     """World objects per prompt; None: as many as the most seeds of any method of that prompt."""
-    ddim_samples: int = 8
-    """The prior's own DDIM samples per prompt (the paper's "DDIM images" row); 0 = no DDIM row."""
+    ddim_samples: int = 0
+    """The prior's own DDIM samples per prompt (the paper's "DDIM images" row); 0 = no DDIM row. Off by default: it
+    dominates the cost (8 samples x 50 steps of the 64 px shapes prior: ~55 s per prompt on one CPU thread, against
+    ~1 s to render and score 4 assets); pass 8 for the paper's row (the diversity benchmark does)."""
     ddim_steps: int = 50
     """DDIM steps of those samples."""
     ddim_guidance: Optional[float] = None
@@ -70,7 +77,10 @@ class EvaluateConfig:
     frame_ms: int = 80
     """Milliseconds per turntable frame in the gallery."""
     progress: bool = True
-    """Progress bar over assets (only when stderr is a terminal)."""
+    """Show progress over the assets as the train command does: a bar on a terminal, a plain line every 5% (with ETA)
+    otherwise."""
+    threads: int = 1
+    """CPU only: torch threads for rendering and scoring (as train's --threads; 0 = leave torch's own setting)."""
 
     def validate(self) -> None:
         require(len(self.paths) > 0, "no PATH given: pass run folders, a folder of runs or a batch manifest.json")
@@ -79,6 +89,7 @@ class EvaluateConfig:
         require(self.ddim_samples >= 0 and self.ddim_steps >= 1, "--ddim-samples must be >= 0 and --ddim-steps >= 1")
         require(self.truth_objects is None or self.truth_objects >= 1, "--truth-objects must be >= 1")
         require(self.frame_ms >= 10, "--frame-ms must be >= 10")
+        require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
 
 
 @dataclass
@@ -136,19 +147,31 @@ class _Scorers:
         return self._clip
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+class _Counter:
+    """The train command's progress (fsd_gs.runner) counting assets: call :meth:`done` after each one."""
 
-    return tqdm(total=total, desc="assets", unit="asset", disable=not (enabled and sys.stderr.isatty()),
-                dynamic_ncols=True, file=sys.stderr)
+    def __init__(self, total: int, enabled: bool) -> None:
+        from fsd_gs.runner import _Progress
+
+        self.progress, self.count = _Progress(total, 0, enabled, "evaluate: ", unit="asset"), 0
+
+    def done(self) -> None:
+        self.count += 1
+        self.progress.update(self.count, {})
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 def _score_set(cfg: EvaluateConfig, scorer: Scorer, prompt: str, model: str, n_colours: int, gallery_dir: Path, slug: str,
-               results: list[SetResult], method: str, views_by_seed: dict[int, torch.Tensor], sources: dict[int, str],
-               still: bool = False, with_cross_fid: bool = True, guidance_scale: Optional[float] = None) -> None:
-    """Score the views [V,3,H,W] of each seed, append the figures to ``results`` and write the gallery cells."""
+               results: list[SetResult], azimuths: list[float], method: str, views_by_seed: dict[int, torch.Tensor],
+               sources: dict[int, str], still: bool = False, with_cross_fid: bool = True,
+               guidance_scale: Optional[float] = None) -> None:
+    """Score the views [V,3,H,W] of each seed (turntable views at ``azimuths``, or single stills: no consistency),
+    append the figures to ``results`` and write the gallery cells."""
     scores: dict[int, ViewScores] = {s: scorer.score(v, prompt) for s, v in views_by_seed.items()}
-    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources, guidance_scale)
+    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources, guidance_scale,
+                           azimuths=None if still else azimuths)
     if cfg.gallery:
         for s, v in views_by_seed.items():
             name = gallery.media_name(slug, method, s, still)
@@ -196,7 +219,8 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
 
     results: list[SetResult] = []
     priors: dict[str, Any] = {}
-    with _progress(total, cfg.progress) as bar:
+    bar = _Counter(total, cfg.progress)
+    with cpu_threads(cfg.threads, device), contextlib.closing(bar):
         for (prompt, model), methods in sorted(prompts.items()):
             scorer = scorers.get(model)
             size = cfg.size or (64 if model == SHAPES else 256)
@@ -204,13 +228,14 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
             slug = slugify(prompt)
             n_colours = len(COLOUR_NAMES) if model == SHAPES else 0
 
-            scored = functools.partial(_score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results)
+            scored = functools.partial(_score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results,
+                                       cams.azimuth.tolist())
 
             for method, runs in methods.items():
                 views = {}
                 for seed, run in runs.items():
                     views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(device), cams, cfg.view.background)
-                    bar.update(1)
+                    bar.done()
                 scored(method, views, {s: str(r.run_dir) for s, r in runs.items()},
                        guidance_scale=shared_guidance(runs.values()))
             if n_truth[(prompt, model)]:
@@ -219,7 +244,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
                     obj, colour = world_object(prompt, i)
                     views[i] = render_views(obj.to(device), cams, cfg.view.background)
                     sources[i] = f"shapes world object {i} ({colour})"
-                    bar.update(1)
+                    bar.done()
                 scored("truth", views, sources)
             if cfg.ddim_samples:
                 guidance = ddim_guidance(cfg, methods)
@@ -230,12 +255,13 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
                        {i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
                         for i in range(len(images))},
                        still=True, with_cross_fid=False, guidance_scale=guidance)
-                bar.update(1)
+                bar.done()
 
     settings = {**dataclasses.asdict(cfg.view), "size": cfg.size, "paths": [str(p) for p in cfg.paths],
                 "ddim_samples": cfg.ddim_samples, "ddim_steps": cfg.ddim_steps, "ddim_guidance": cfg.ddim_guidance,
-                "device": str(device), "manifests": [str(p) for p in found.manifests]}
-    notes = {model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name}
+                "truth": cfg.truth, "threads": cfg.threads, "device": str(device), "manifests": [str(p) for p in found.manifests]}
+    notes = {model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name,
+                     "views": s.view_reader}
              for model, s in scorers.cache.items()}
     data = to_json(results, missing, settings, notes)
     (folder / "evaluation.json").write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -27,7 +27,13 @@ figure { margin: 0; text-align: center; font-size: 0.75em; color: #555; }
 figure img { width: 128px; height: 128px; image-rendering: pixelated; display: block; background: #fff; }
 dl.metrics { display: grid; grid-template-columns: auto auto; gap: 0 0.8em; font-size: 0.8em; margin: 0.5em 0 0; }
 dl.metrics dt { color: #666; } dl.metrics dd { margin: 0; font-variant-numeric: tabular-nums; }
+figure.janus img { outline: 3px solid #d22; outline-offset: -3px; }
+figure .janus-badge { color: #fff; background: #d22; border-radius: 3px; padding: 0 0.3em; font-weight: bold; }
+figure .reads { font-family: ui-monospace, monospace; letter-spacing: 0.05em; }
+figure .reads .wrong { color: #d22; font-weight: bold; }
 """
+
+VIEW_LETTERS = {"front": "F", "side": "S", "back": "B", "overhead": "O"}
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -67,7 +73,31 @@ def _metrics(result: SetResult, quality_name: str) -> list[tuple[str, str]]:
         rows.append(("colour entropy", f"{result.colour_entropy:.2f}"))
     if result.pairwise_distance is not None:
         rows.append(("pairwise distance", f"{result.pairwise_distance:.2f}"))
+    if result.view_accuracy is not None:
+        rows.append(("view accuracy", f"{result.view_accuracy:.2f}"))
+    if result.janus_rate is not None:
+        rows.append(("Janus", f"{100 * result.janus_rate:.0f}% ({len(result.janus_seeds)}/{len(result.seeds)})"))
     return rows
+
+
+def _reads(result: SetResult, seed: int) -> tuple[str, str]:
+    """The seed's view reads as (caption HTML: the clear cameras' letters, wrong ones marked; hover text: every
+    camera "azimuth: read"), or ("", "") without reads."""
+    from fsd_gs.evaluate.consistency import EXPECTED_VIEWS
+
+    reads = result.view_reads.get(seed)
+    if not reads:
+        return "", ""
+    hover = "view read per camera: " + ", ".join(f"{a:g}°: {r}" for a, r in zip(result.azimuths, reads))
+    if result.clear_azimuths is None:
+        return "", hover
+    letters = []
+    for azimuth, expected in zip(result.clear_azimuths, EXPECTED_VIEWS):
+        read = reads[result.azimuths.index(azimuth)]
+        cls = "" if read == expected else " class='wrong'"
+        letters.append(f"<span{cls} title='{azimuth:g}°: {html.escape(read)} (expected {expected})'>"
+                       f"{VIEW_LETTERS.get(read, '?')}</span>")
+    return "<div class='reads'>" + "".join(letters) + "</div>", hover
 
 
 def _cell(result: SetResult, seed: int) -> str:
@@ -77,8 +107,13 @@ def _cell(result: SetResult, seed: int) -> str:
     if result.seed_colours:
         label += f" · {result.seed_colours[seed]}"
     alt = f"{result.prompt} - {method_label(result.method)} - {label}"
-    img = f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">' if src else "<div>(no image)</div>"
-    return f"<figure>{img}<figcaption>{html.escape(label)}</figcaption></figure>"
+    reads, hover = _reads(result, seed)
+    janus = seed in result.janus_seeds
+    title = f' title="{html.escape(hover)}"' if hover else ""
+    img = f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{title}>' if src else "<div>(no image)</div>"
+    badge = " <span class='janus-badge' title='the back camera (180°) reads front'>JANUS</span>" if janus else ""
+    cls = " class='janus'" if janus else ""
+    return f"<figure{cls}>{img}<figcaption>{html.escape(label)}{badge}{reads}</figcaption></figure>"
 
 
 def write_index(folder: Path, results: Sequence[SetResult], quality_names: dict[str, str], title: str,
@@ -113,4 +148,7 @@ def media_name(prompt_slug: str, method: str, seed: int, still: bool = False) ->
 
 def gallery_notes(settings: dict[str, Any]) -> list[str]:
     return [f"Each cell turns once around the asset: {settings['views']} views at elevation {settings['elevation']:g} deg, "
-            "the same cameras for every method. Metrics of the row beside each method; evaluation.md has the table."]
+            "the same cameras for every method. Metrics of the row beside each method; evaluation.md has the table.",
+            "Under each cell of a prompt with a front: the view read at azimuth 0/90/180/270 (F front, S side, B back, "
+            "O overhead; should be F S B S, wrong ones in red); hover an image for every camera's read. A red frame and "
+            "JANUS mark seeds whose back camera reads front."]

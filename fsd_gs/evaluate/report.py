@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from fsd_gs.evaluate.consistency import EXPECTED_VIEWS, add_confusion, consistency, empty_confusion, has_front
 from fsd_gs.evaluate.metrics import (
     CrossFID, colour_entropy, cross_fid, inception_score, majority, mean_pairwise_distance, mean_std,
 )
@@ -50,6 +51,14 @@ class SetResult:
         pairwise_distance: mean distance between the seeds' mean features.
         sources: seed -> where the asset came from; media: seed -> gallery file (relative to gallery/).
         guidance_scale: the CFG scale the seeds were made with (None: world objects, or runs that differ).
+        view_reads: seed -> the view read of each camera (:mod:`fsd_gs.evaluate.consistency`; empty without reads).
+        has_front: the prompt's object has a front (:func:`~fsd_gs.evaluate.consistency.has_front`); only then are
+            the consistency figures below set.
+        view_accuracy: mean over seeds of the share of clear cameras read right; ``view_accuracy_per_seed`` per seed.
+        janus_rate: share of seeds whose back camera (180 deg) reads "front"; ``janus_seeds`` lists them.
+        confusion: expected view -> read view -> count over the clear cameras of all seeds.
+        clear_azimuths: the azimuths of the cameras standing in for 0/90/180/270 deg.
+        azimuths: every camera's azimuth (degrees), in the order of ``view_reads``.
     """
 
     prompt: str
@@ -67,6 +76,15 @@ class SetResult:
     sources: dict[int, str] = field(default_factory=dict)
     media: dict[int, str] = field(default_factory=dict)
     guidance_scale: Optional[float] = None
+    view_reads: dict[int, list[str]] = field(default_factory=dict)
+    has_front: bool = False
+    view_accuracy: Optional[float] = None
+    view_accuracy_per_seed: dict[int, float] = field(default_factory=dict)
+    janus_rate: Optional[float] = None
+    janus_seeds: list[int] = field(default_factory=list)
+    confusion: Optional[dict[str, dict[str, int]]] = None
+    clear_azimuths: Optional[list[float]] = None
+    azimuths: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -75,10 +93,33 @@ class SetResult:
         return data
 
 
+def _consistency_fields(prompt: str, model: str, scores: dict[int, ViewScores],
+                        azimuths: Optional[Sequence[float]]) -> dict[str, Any]:
+    """SetResult's consistency fields; empty when a seed has no view reads or they do not match the cameras."""
+    seeds = sorted(scores)
+    reads = {s: scores[s].views for s in seeds}
+    if azimuths is None or any(r is None or len(r) != len(azimuths) for r in reads.values()):
+        return {}
+    fields: dict[str, Any] = {"view_reads": {s: list(r or []) for s, r in reads.items()}, "has_front": has_front(prompt, model),
+                              "azimuths": [float(a) % 360.0 for a in azimuths]}
+    if fields["has_front"]:
+        per_seed = {s: consistency(fields["view_reads"][s], azimuths) for s in seeds}
+        confusion = empty_confusion()
+        for c in per_seed.values():
+            add_confusion(confusion, c.confusion)
+        fields.update(view_accuracy=float(np.mean([c.view_accuracy for c in per_seed.values()])),
+                      view_accuracy_per_seed={s: c.view_accuracy for s, c in per_seed.items()},
+                      janus_rate=float(np.mean([c.janus for c in per_seed.values()])),
+                      janus_seeds=[s for s, c in per_seed.items() if c.janus], confusion=confusion,
+                      clear_azimuths=per_seed[seeds[0]].clear_azimuths)
+    return fields
+
+
 def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewScores], n_colours: int,
                   with_cross_fid: bool = True, sources: dict[int, str] | None = None,
-                  guidance_scale: Optional[float] = None) -> SetResult:
-    """The figures of one prompt x backbone x method from the view scores of each seed."""
+                  guidance_scale: Optional[float] = None, azimuths: Optional[Sequence[float]] = None) -> SetResult:
+    """The figures of one prompt x backbone x method from the view scores of each seed; with the cameras'
+    ``azimuths`` (degrees, one per view) and view reads in the scores also its 3D consistency."""
     seeds = sorted(scores)
     all_probs = [scores[s].probs for s in seeds]
     colours = None
@@ -96,6 +137,7 @@ def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewSc
         colour_entropy=None if colours is None else colour_entropy(list(colours.values()), n_colours),
         sources=dict(sources or {}),
         guidance_scale=guidance_scale,
+        **_consistency_fields(prompt, model, scores, azimuths),
     )
 
 
@@ -109,12 +151,16 @@ class SummaryRow:
     seeds: int
     figures: dict[str, tuple[Optional[float], Optional[float], int]]
     """name -> (mean, std, count) over prompts, for quality, inception_score, cross_fid, colour_entropy,
-    pairwise_distance."""
+    pairwise_distance, view_accuracy and janus_rate (the last two over ``front_prompts`` only)."""
     guidance_scales: list[float] = field(default_factory=list)
     """The CFG scales its prompts were made with (one value unless the runs differ; none for world objects)."""
+    front_prompts: list[str] = field(default_factory=list)
+    """The prompts with a front whose view accuracy and Janus rate the row averages."""
+    confusion: Optional[dict[str, dict[str, int]]] = None
+    """Expected view -> read view -> count over the clear cameras of every seed of ``front_prompts``."""
 
 
-FIGURES = ("quality", "inception_score", "cross_fid", "colour_entropy", "pairwise_distance")
+FIGURES = ("quality", "inception_score", "cross_fid", "colour_entropy", "pairwise_distance", "view_accuracy", "janus_rate")
 
 
 def _figure(result: SetResult, name: str) -> Optional[float]:
@@ -129,10 +175,51 @@ def summarise(results: Sequence[SetResult]) -> list[SummaryRow]:
     rows = []
     for model, method in keys:
         part = [r for r in results if (r.model, r.method) == (model, method)]
+        fronts = [r for r in part if r.confusion is not None]
+        confusion = None
+        if fronts:
+            confusion = empty_confusion()
+            for r in fronts:
+                add_confusion(confusion, r.confusion or {})
         rows.append(SummaryRow(model, method, len(part), max(len(r.seeds) for r in part),
                                {name: mean_std([_figure(r, name) for r in part]) for name in FIGURES},
-                               sorted({r.guidance_scale for r in part if r.guidance_scale is not None})))
+                               sorted({r.guidance_scale for r in part if r.guidance_scale is not None}),
+                               sorted({r.prompt for r in fronts}), confusion))
     return rows
+
+
+def reference_check(row: SummaryRow, accuracy: float = 0.95, janus: float = 0.0) -> str:
+    """One line on the truth row's consistency: the view reader must read the world's own objects right."""
+    acc, rate = row.figures["view_accuracy"][0], row.figures["janus_rate"][0]
+    ok = acc is not None and rate is not None and acc >= accuracy and rate <= janus
+    verdict = ("the view reader is calibrated" if ok else
+               f"WARNING: below {accuracy:g} / above {100 * janus:g}%: the view reader misreads the world's own objects, "
+               "so the consistency figures of this backbone are not to be trusted (retrain the judge's view head)")
+    return (f"- Reference: the world's objects read view accuracy {_num(acc)}, Janus {_janus_pct(rate)} on "
+            f"{len(row.front_prompts)} prompt(s) with a front: {verdict}.")
+
+
+def confusion_text(confusion: Optional[dict[str, dict[str, int]]]) -> str:
+    """Compact confusion: "front: front 7, side 1 · side: side 16 · back: back 6, front 2" (non-zero counts)."""
+    if not confusion:
+        return "-"
+    parts = []
+    for expected in dict.fromkeys(EXPECTED_VIEWS):
+        row = confusion.get(expected, {})
+        counts = ", ".join(f"{read} {n}" for read, n in sorted(row.items(), key=lambda kv: (kv[0] != expected, -kv[1])) if n)
+        parts.append(f"{expected}: {counts or '-'}")
+    return " · ".join(parts)
+
+
+def _pct_pm(mean: Optional[float], std: Optional[float]) -> str:
+    """A share as "12.5% ± 3.1%" (or "-")."""
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}%" + ("" if std is None else f" ± {100 * std:.1f}%")
+
+
+def _janus_pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 # -- markdown -------------------------------------------------------------------------------------
@@ -165,8 +252,8 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
         "of a prompt. CROSS-FID: FID between the views of the first and the second half of the seeds (higher = more diverse).",
         "",
     ]
-    header = "| backbone | method | CFG | prompts x seeds | quality | IS | CROSS-FID |"
-    sep = "| --- | --- | --- | --- | --- | --- | --- |"
+    header = "| backbone | method | CFG | prompts x seeds | quality | IS | CROSS-FID | view accuracy | Janus |"
+    sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     if has_shapes:
         header += " colour entropy | pairwise feature distance |"
         sep += " --- | --- |"
@@ -175,27 +262,39 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
         f = row.figures
         cells = [backbone_label(row.model), method_label(row.method), _cfg(row.guidance_scales),
                  f"{row.prompts} x {row.seeds}", _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]),
-                 _pm(*f["cross_fid"][:2], digits=1)]
+                 _pm(*f["cross_fid"][:2], digits=1), _pm(*f["view_accuracy"][:2]),
+                 _pct_pm(*f["janus_rate"][:2])]
         if has_shapes:
             cells += [_pm(*f["colour_entropy"][:2]), _pm(*f["pairwise_distance"][:2])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Per prompt", "",
               "| prompt | backbone | method | CFG | seeds | quality | IS | CROSS-FID (samples a/b, dim) | colours per seed | "
-              "colour entropy | pairwise distance |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "colour entropy | pairwise distance | view accuracy | Janus (seeds) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (r.prompt, r.model, row_order(r.method))):
         cf = r.cross_fid
         cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
         colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
         cells = [r.prompt, backbone_label(r.model), method_label(r.method), _cfg([r.guidance_scale]), str(len(r.seeds)),
                  f"{r.quality:.2f}", _num(r.inception_score), cf_text, colours, _num(r.colour_entropy),
-                 _num(r.pairwise_distance)]
+                 _num(r.pairwise_distance), _num(r.view_accuracy),
+                 "-" if r.janus_rate is None else f"{_janus_pct(r.janus_rate)} ({' '.join(map(str, r.janus_seeds)) or 'none'})"]
         lines.append("| " + " | ".join(cells) + " |")
+    rows_with_fronts = [row for row in summarise(results) if row.confusion is not None]
+    if rows_with_fronts:
+        lines += ["", "## View confusion (clear cameras: expected view: read view counts)", "",
+                  "| backbone | method | prompts with a front | confusion |", "| --- | --- | --- | --- |"]
+        lines += [f"| {backbone_label(row.model)} | {method_label(row.method)} | {', '.join(row.front_prompts)} | "
+                  f"{confusion_text(row.confusion)} |" for row in rows_with_fronts]
     lines += ["", "## How it was measured", ""]
     for model, note in scorer_notes.items():
         classifier = note["classifier"] or "none (IS not computed)"
         lines.append(f"- {backbone_label(model)}: quality = {note['quality']}; IS classifier = {classifier}; "
-                     f"features = {note['features']}.")
+                     f"features = {note['features']}; view reads = {note.get('views', '-')}.")
+    lines.append("- 3D consistency (docs/evaluation.md): view accuracy = share of the clear cameras (azimuth 0/90/180/270, "
+                 "the nearest camera to each when the views miss one) read as front/side/back/side; Janus = share of seeds "
+                 "whose back camera (180) reads \"front\". Only prompts whose object has a front count (shapes: FRONT_KINDS; "
+                 "other priors: a front-bearing noun); the confusion table lists them per row. Not measured for DDIM samples.")
     cfs = [r.cross_fid for r in results if r.cross_fid is not None]
     if cfs:
         deficient = sum(cf.rank_deficient for cf in cfs)
@@ -211,6 +310,7 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
     if any(r.method == "truth" for r in results):
         lines.append("- World objects (truth): the shapes world's own objects of the prompt's kind "
                      "(random colour when the prompt names none), rendered from the same cameras.")
+        lines += [reference_check(row) for row in summarise(results) if row.method == "truth" and row.front_prompts]
     if missing:
         lines += ["", f"## Missing ({len(missing)})", ""]
         lines += [f"- {m['id']}: {m['reason']}" for m in missing]
@@ -220,7 +320,7 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
 def to_json(results: Sequence[SetResult], missing: Sequence[dict[str, str]], settings: dict[str, Any],
             scorer_notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = [{"model": r.model, "method": r.method, "prompts": r.prompts, "seeds": r.seeds,
-                "guidance_scales": r.guidance_scales,
+                "guidance_scales": r.guidance_scales, "front_prompts": r.front_prompts, "confusion": r.confusion,
                 **{name: {"mean": m, "std": s, "count": n} for name, (m, s, n) in r.figures.items()}}
                for r in summarise(results)]
     return {"format": FORMAT, "settings": settings, "scorers": scorer_notes, "summary": summary,

@@ -35,12 +35,14 @@ class ViewScores:
         features: [V,D] feature vectors for FID and feature distances.
         probs: [V,K] class probabilities for IS, or None without a classifier.
         colours: V judged colour names (shapes only), else None.
+        views: V read view names ("front", "side", "back", "overhead"; :mod:`fsd_gs.evaluate.consistency`), or None.
     """
 
     quality: np.ndarray
     features: np.ndarray
     probs: Optional[np.ndarray] = None
     colours: Optional[list[str]] = None
+    views: Optional[list[str]] = None
 
 
 class Scorer(Protocol):
@@ -50,6 +52,8 @@ class Scorer(Protocol):
     """What the FID features are, e.g. "judge penultimate features"."""
     classifier_name: Optional[str]
     """What gives the IS probabilities; None when IS is not computed."""
+    view_reader: str
+    """What reads each view's side ("front", "side", ...) for the consistency figures."""
 
     def score(self, images: torch.Tensor, prompt: str) -> ViewScores:
         """Scores of views [V,3,H,W] in [0,1] of an asset made from ``prompt``."""
@@ -62,6 +66,7 @@ class JudgeScorer:
     quality_name = "judge agreement"
     feature_name = "judge penultimate features"
     classifier_name = "judge kind head"
+    view_reader = "judge view head"
 
     def __init__(self, judge: torch.nn.Module, batch_size: int = 128) -> None:
         self.judge = judge
@@ -70,16 +75,18 @@ class JudgeScorer:
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompt: str) -> ViewScores:
         from fsd_gs.shapes.captions import parse
+        from fsd_gs.camera import VIEW_NAMES
         from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
 
         kind, colour, _ = parse(prompt)
         param = next(self.judge.parameters())
-        feats, kinds, colours = [], [], []
+        feats, kinds, colours, views = [], [], [], []
         for chunk in images.split(self.batch_size):
             f = self.judge.features(chunk.to(param.device, param.dtype))
             feats.append(f.float().cpu())
             kinds.append(self.judge.kind_head(f).float().cpu())
             colours.append(self.judge.colour_head(f).float().cpu())
+            views.append(self.judge.view_head(f).argmax(1).cpu())
         kind_logits, colour_logits = torch.cat(kinds), torch.cat(colours)
         v = kind_logits.shape[0]
         kind_ok = kind_logits.argmax(1) == KINDS.index(kind) if kind else torch.ones(v, dtype=torch.bool)
@@ -90,6 +97,7 @@ class JudgeScorer:
             features=torch.cat(feats).double().numpy(),
             probs=kind_logits.softmax(1).double().numpy(),
             colours=[COLOUR_NAMES[i] for i in colour_idx.tolist()],
+            views=[VIEW_NAMES[i] for i in torch.cat(views).tolist()],
         )
 
 
@@ -99,9 +107,13 @@ def _embedding(out: object) -> torch.Tensor:
 
 
 class ClipScorer:
-    """CLIP score (100 x cosine of image and text embeddings) and CLIP image embeddings as features."""
+    """CLIP score (100 x cosine of image and text embeddings) and CLIP image embeddings as features.
+
+    Its view probe (a proxy, docs/evaluation.md) reads each view as the arg-max of its cosine to "the front of
+    <prompt>", "the side of <prompt>", "the back of <prompt>" and "the top of <prompt>" (top = overhead)."""
 
     quality_name = "CLIP score"
+    view_reader = "CLIP view probe (the front / side / back / top of <prompt>)"
 
     def __init__(self, model: torch.nn.Module, processor: object, name: str,
                  classifier: Optional[Classifier] = None, classifier_name: Optional[str] = None,
@@ -136,6 +148,16 @@ class ClipScorer:
             out.append(_embedding(self.model.get_image_features(pixel_values=pixel_values)).float().cpu())
         return torch.cat(out)
 
+    def view_reads(self, embeddings: torch.Tensor, prompt: str) -> list[str]:
+        """The view probe: per image embedding [V,D], the view whose phrase is the most similar (view names)."""
+        from fsd_gs.evaluate.consistency import probe_phrases
+
+        phrases = probe_phrases(prompt)
+        texts = torch.nn.functional.normalize(torch.stack([self.text_embedding(p) for p in phrases.values()]), dim=1)
+        best = (torch.nn.functional.normalize(embeddings, dim=1) @ texts.T).argmax(dim=1)
+        names = list(phrases)
+        return [names[i] for i in best.tolist()]
+
     def score(self, images: torch.Tensor, prompt: str) -> ViewScores:
         emb = self.image_embeddings(images)
         text = self.text_embedding(prompt)
@@ -143,7 +165,8 @@ class ClipScorer:
         probs = None
         if self.classifier is not None:
             probs = self.classifier(images).double().cpu().numpy()
-        return ViewScores(quality=(100.0 * cos).double().numpy(), features=emb.double().numpy(), probs=probs)
+        return ViewScores(quality=(100.0 * cos).double().numpy(), features=emb.double().numpy(), probs=probs,
+                          views=self.view_reads(emb, prompt))
 
 
 def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, object]:

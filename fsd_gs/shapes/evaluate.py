@@ -164,8 +164,11 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
                         fovy: float = 50.0, background: float = 1.0) -> dict[str, Any]:
     """Render ``n_views`` turntable views (64 px, distance 2.5) of a distilled asset and let the judge read them.
 
-    Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``.
+    Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``, the
+    view read of each camera and, for front kinds, the view accuracy on the clear cameras and the Janus flag
+    (:mod:`fsd_gs.evaluate.consistency`; None otherwise).
     """
+    from fsd_gs.evaluate.consistency import consistency, has_front
     from fsd_gs.camera import turntable
     from fsd_gs.render import render
     from fsd_gs.shapes.captions import parse
@@ -174,8 +177,49 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
     cams = turntable(n_views, elevation=elevation, distance=2.5, fovy=fovy, width=64, height=64, device=gaussians.device)
     images = render(gaussians, cams, torch.full((3,), background, device=gaussians.device)).rgb.permute(0, 3, 1, 2)
     pred = judge.predict(images)
+    reads = [VIEW_NAMES[v] for v in pred["view"].tolist()]
+    c = consistency(reads, cams.azimuth.tolist()) if has_front(prompt, "shapes") else None
     kind_ok = pred["kind"] == KINDS.index(kind) if kind else torch.ones(n_views, dtype=torch.bool)
     colour_ok = pred["colour"] == COLOUR_NAMES.index(colour) if colour else torch.ones(n_views, dtype=torch.bool)
     return {"prompt": prompt, "kind": float(kind_ok.float().mean()), "colour": float(colour_ok.float().mean()),
             "both": float((kind_ok & colour_ok).float().mean()), "n_views": n_views,
-            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())]}
+            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())],
+            "views": reads, "view_accuracy": c.view_accuracy if c else None, "janus": c.janus if c else None}
+
+
+@torch.no_grad()
+def world_view_consistency(judge: Judge, kinds: tuple[str, ...] | None = None, objects_per_kind: int = 8,
+                           seed_offset: int = 10_000, views: int = 24) -> dict[str, Any]:
+    """The judge's view head on the world's own objects of every front kind, from the evaluation cameras
+    (:class:`fsd_gs.evaluate.views.ViewConfig`: ``views`` turntable views at elevation 15, 64 px, white background).
+
+    Returns per kind and over all: view accuracy on the clear cameras (0/90/180/270 deg should read
+    front/side/back/side), the Janus rate (share of objects whose 180-deg camera reads "front") and the
+    kind and colour accuracy over all views; ``confusion`` counts (expected view, read view) over all kinds."""
+    from fsd_gs.evaluate.consistency import add_confusion, consistency, empty_confusion
+    from fsd_gs.evaluate.views import ViewConfig, eval_cameras, render_views, world_object
+    from fsd_gs.shapes.world import FRONT_KINDS
+
+    view_cfg = ViewConfig(views=views)
+    param = next(judge.parameters())
+    cams = eval_cameras(view_cfg, 64, param.device)
+    azimuths = cams.azimuth.tolist()
+    per_kind: dict[str, dict[str, float]] = {}
+    confusion = empty_confusion()
+    for kind in kinds or FRONT_KINDS:
+        acc, janus, kind_ok, colour_ok = [], [], [], []
+        for i in range(objects_per_kind):
+            obj, colour = world_object(f"a {kind}", i, seed_offset)
+            pred = judge.predict(render_views(obj.to(param.device), cams, view_cfg.background))
+            c = consistency([VIEW_NAMES[v] for v in pred["view"].tolist()], azimuths)
+            add_confusion(confusion, c.confusion)
+            acc.append(c.view_accuracy)
+            janus.append(float(c.janus))
+            kind_ok.append(float((pred["kind"] == KINDS.index(kind)).float().mean()))
+            colour_ok.append(float((pred["colour"] == COLOUR_NAMES.index(colour)).float().mean()))
+        per_kind[kind] = {"view_accuracy": sum(acc) / len(acc), "janus": sum(janus) / len(janus),
+                          "kind": sum(kind_ok) / len(kind_ok), "colour": sum(colour_ok) / len(colour_ok)}
+    overall = {key: sum(row[key] for row in per_kind.values()) / len(per_kind)
+               for key in ("view_accuracy", "janus", "kind", "colour")}
+    return {"per_kind": per_kind, "overall": overall, "confusion": confusion, "objects_per_kind": objects_per_kind,
+            "views": views, "seed_offset": seed_offset}
