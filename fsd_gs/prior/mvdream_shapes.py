@@ -50,8 +50,9 @@ def multiview_unet(unet: Any, views_per_group: int = 4) -> Any:
     missing, unexpected = mv.load_state_dict({k: v.float() for k, v in unet.state_dict().items()}, strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
         raise ValueError(f"the multi-view UNet does not fit the shapes UNet (missing {missing}, unexpected {unexpected})")
-    torch.nn.init.zeros_(mv.class_embedding.linear_2.weight)
-    torch.nn.init.zeros_(mv.class_embedding.linear_2.bias)
+    camera_out: Any = mv.class_embedding.linear_2  # type: ignore[union-attr]
+    torch.nn.init.zeros_(camera_out.weight)
+    torch.nn.init.zeros_(camera_out.bias)
     set_views_per_group(mv, views_per_group)
     return mv.train(unet.training)
 
