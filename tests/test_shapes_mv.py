@@ -13,9 +13,9 @@ import torch
 
 from fsd_gs.camera import orbit_cameras
 from fsd_gs.errors import UserError
-from fsd_gs.prior.mvdream import PixelMVDreamPrior, is_mvdream_folder, load_mvdream_prior
+from fsd_gs.prior.mvdream import MultiViewPriorMixin, PixelMVDreamPrior, is_mvdream_folder, load_mvdream_prior
 from fsd_gs.prior.mvdream_shapes import multiview_unet, save_shapes_mv
-from fsd_gs.prior.shapes import ShapesMVPrior, load_shapes_mv_prior, load_shapes_prior, shapes_prior_folder
+from fsd_gs.prior.shapes import ShapesMVPrior, ShapesPrior, load_shapes_mv_prior, load_shapes_prior, shapes_prior_folder
 from fsd_gs.shapes.model import folder_size
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_mv.py"
@@ -59,7 +59,8 @@ def test_the_zero_camera_start_in_groups_of_one_view_is_the_shipped_prior(start_
     shapes = load_shapes_prior("cpu")
     one = load_shapes_mv_prior("cpu", folder=start_folder, views_per_group=1)
     four = load_shapes_mv_prior("cpu", folder=start_folder)
-    assert isinstance(one, ShapesMVPrior) and isinstance(one, PixelMVDreamPrior) and one.camera_conditioned
+    assert isinstance(one, ShapesMVPrior) and isinstance(one, MultiViewPriorMixin) and isinstance(one, ShapesPrior)
+    assert one.camera_conditioned and one.views_per_group == 1 and one.judge_folder == start_folder / "judge"
     z, t, cond, uncond, cams = _inputs(shapes, 4)
     ref = shapes.predict_noise(z, t, cond, uncond, 2.5)
     out = one.predict_noise(z, t, cond, uncond, 2.5, cameras=cams)

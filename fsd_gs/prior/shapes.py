@@ -6,8 +6,8 @@ and adds one thing: prompts must use the world's vocabulary (fsd_gs/shapes/capti
 one-sentence :class:`UserError` lists the known words and points to Stable Diffusion for open prompts.
 
 ``--model shapes-mv`` loads ``fsd_gs/assets/shapes_mv`` (written by scripts/train_shapes_mv.py: the shapes UNet
-fine-tuned MVDream-style, fsd_gs/prior/mvdream_shapes.py) as a :class:`ShapesMVPrior`, the pixel-space MVDream
-prior with the same vocabulary check.
+fine-tuned MVDream-style, fsd_gs/prior/mvdream_shapes.py) as a :class:`ShapesMVPrior`: MVDream's multi-view
+part (fsd_gs/prior/mvdream.py) over :class:`ShapesPrior`, so the vocabulary check and the rest apply too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fsd_gs.errors import UserError
 from fsd_gs.prior.base import PromptEmbeddings
 from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
-from fsd_gs.prior.mvdream import PixelMVDreamPrior
+from fsd_gs.prior.mvdream import MultiViewPriorMixin
 
 
 def shapes_prior_folder() -> Path:
@@ -71,33 +71,31 @@ def check_prompt(text: str) -> None:
         raise error
 
 
-class VocabularyCheckMixin:
-    """The shapes world's vocabulary check on every text a diffusers prior embeds (mixed in before the prior class).
+class ShapesPrior(PixelDiffusionPrior):
+    """:class:`PixelDiffusionPrior` on the shipped folder, with the vocabulary check on every text it embeds.
 
-    Attributes: ``judge_folder`` (the classifier shipped beside the model).
+    Attributes beyond the base class: ``judge_folder`` (the classifier shipped beside the model).
     """
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
-        super().__init__(folder, device, dtype, **kwargs)  # type: ignore[call-arg]
+        super().__init__(folder, device, dtype, **kwargs)
         self.judge_folder = Path(folder) / "judge"
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         for text in texts:
             check_prompt(text)
-        return super().embed_texts(texts)  # type: ignore[misc]
+        return super().embed_texts(texts)
 
     def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
         check_prompt(prompt)
         check_prompt(negative_prompt)
-        return super().encode_prompts(prompt, negative_prompt, view_dependent)  # type: ignore[misc]
+        return super().encode_prompts(prompt, negative_prompt, view_dependent)
 
 
-class ShapesPrior(VocabularyCheckMixin, PixelDiffusionPrior):
-    """:class:`PixelDiffusionPrior` on the shipped folder, with the vocabulary check on every text it embeds."""
-
-
-class ShapesMVPrior(VocabularyCheckMixin, PixelMVDreamPrior):
-    """The multi-view shapes prior (shapes-mv): :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior` with the check."""
+class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
+    """The multi-view shapes prior (shapes-mv): MVDream's multi-view part (camera embedding, cross-view attention,
+    grouped prediction; :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin`, as in
+    :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior`) over :class:`ShapesPrior` (vocabulary check, judge folder)."""
 
 
 def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -126,7 +124,7 @@ def load_shapes_mv_prior(device: torch.device | str = "cpu", dtype: torch.dtype 
     Args:
         device, dtype: where and in which precision the networks run.
         folder: another folder of the same layout (default: the shipped one, fsd_gs/assets/shapes_mv).
-        kwargs: :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior` options (views_per_group, offload_text_encoder, ...).
+        kwargs: :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin` options (views_per_group, offload_text_encoder, ...).
     """
     from fsd_gs.prior.mvdream import is_mvdream_folder
 
