@@ -297,6 +297,8 @@ def default_preset(model: str | None, method: str | None) -> str:
     method = method or "fsd"
     if model == "shapes":
         return f"shapes-{method}"
+    if model == "shapes-mv":  # the multi-view shapes prior: shapes-<method>-mv
+        return f"shapes-{method}-mv"
     return f"{method}-sd21"
 
 

@@ -208,6 +208,49 @@ def warm_up_renderer(device: torch.device) -> None:
     data.render([make_object("cup", "red", torch.Generator().manual_seed(0))], torch.Generator().manual_seed(0))
 
 
+def training_alphas(device: torch.device) -> torch.Tensor:
+    """alpha-bar [T] of the shapes prior's training noise schedule (fsd_gs.shapes.model.SCHEDULER_CONFIG), on ``device``."""
+    from diffusers import DDPMScheduler
+
+    from fsd_gs.shapes.model import SCHEDULER_CONFIG
+
+    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
+    return sched.alphas_cumprod.to(device)
+
+
+def start_bank(seed: int, world: WorldConfig, workers: int, size: int, device: torch.device):
+    """(bank of ``size`` objects on ``device``, the endless object stream that refreshes it); gsplat's JIT build runs in
+    a thread while the bank fills (the worker processes fork first, before any thread starts)."""
+    import threading
+
+    stream = object_loader(seed, world, workers)
+    bank = [to_object(next(stream), device)]
+    warm = threading.Thread(target=warm_up_renderer, args=(device,), daemon=True)
+    warm.start()
+    bank += [to_object(next(stream), device) for _ in range(size - 1)]
+    warm.join()
+    return bank, stream
+
+
+def epsilon_loss(unet, x0: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, abar: torch.Tensor, gen: torch.Generator,
+                 min_snr_gamma: float, autocast, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The denoising loss: mean over images [B,3,H,W] of |eps_hat(x_t, t) - eps|^2, min-SNR weighted (gamma 0: plain).
+
+    ``t`` [B] timesteps, ``emb`` [B,L,D] text states, ``abar`` the schedule's alpha-bar, ``class_labels`` [B,K] for
+    UNets with a class embedding (shapes-mv's cameras); the noise comes from ``gen`` (CPU).
+    """
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    a = abar[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with autocast:
+        eps = unet(x_t, t, encoder_hidden_states=emb, class_labels=class_labels).sample.float()
+    per = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    if min_snr_gamma > 0:
+        snr = abar[t] / (1 - abar[t])
+        per = per * (snr.clamp(max=min_snr_gamma) / snr)
+    return per.mean()
+
+
 # -- checkpoint -----------------------------------------------------------------------------------
 def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
     folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary,
@@ -286,24 +329,12 @@ def train(cfg: TrainShapesConfig) -> dict:
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), **fused)
     opt_judge = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.weight_decay, **fused)
-    from diffusers import DDPMScheduler
-
-    from fsd_gs.shapes.model import SCHEDULER_CONFIG
-
-    sched = DDPMScheduler(**{k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one", "steps_offset")})
-    abar = sched.alphas_cumprod.to(device)
+    abar = training_alphas(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
-    import threading
-
     data = ShapesDataset(cfg.dataset, device)
-    stream = object_loader(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers)
-    bank = [to_object(next(stream), device)]  # the worker processes start (fork) here, before any thread does
-    warm = threading.Thread(target=warm_up_renderer, args=(device,), daemon=True)
-    warm.start()  # on CUDA: gsplat's JIT build overlaps with filling the bank
-    bank += [to_object(next(stream), device) for _ in range(cfg.bank_size - 1)]
+    bank, stream = start_bank(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers, cfg.bank_size, device)
     gen = torch.Generator().manual_seed(cfg.seed * 31 + segment)
-    warm.join()
     sizes = ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
                       for name, m in (("unet", unet), ("text", text_encoder), ("judge", judge)))
     print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; {sizes} params", flush=True)
@@ -327,10 +358,7 @@ def train(cfg: TrainShapesConfig) -> dict:
         t1 = time.time()
         x0 = batch.images * 2 - 1
         ids = tokenize(tokenizer, batch.captions).to(device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        a = abar[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
         run_progress = (time.time() - t_run) / max(1.0, cfg.time_budget_s - (t_run - t_start))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, cfg.lr, step0, warmup, run_progress)
@@ -338,12 +366,7 @@ def train(cfg: TrainShapesConfig) -> dict:
             group["lr"] = lr_at(step, cfg, cfg.judge_lr, step0, warmup, run_progress)
         with autocast:
             emb = text_encoder(ids)[0]
-            eps = unet(x_t, t, encoder_hidden_states=emb).sample.float()
-        per = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
-        if cfg.min_snr_gamma > 0:
-            snr = abar[t] / (1 - abar[t])
-            per = per * (snr.clamp(max=cfg.min_snr_gamma) / snr)
-        loss = per.mean()
+        loss = epsilon_loss(unet, x0, t, emb, abar, gen, cfg.min_snr_gamma, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

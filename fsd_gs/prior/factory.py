@@ -20,8 +20,9 @@ from fsd_gs.prior.compile import resolve_compile, setup_compile_cache
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype, resolve_model
 
 BUILTIN_SHAPES = "shapes"
+BUILTIN_SHAPES_MV = "shapes-mv"
 
-__all__ = ["BUILTIN_SHAPES", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
+__all__ = ["BUILTIN_SHAPES", "BUILTIN_SHAPES_MV", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
 
 
 def load_prior(model: str, config: Optional[PriorConfig] = None, device: torch.device | str = "auto",
@@ -49,10 +50,10 @@ def _load_prior(model: str, config: PriorConfig, device: torch.device | str, ste
     dtype = resolve_dtype(config.dtype, device)
     decision = resolve_compile(config.compile, device, model, steps, long_lived)
     common = dict(offload_text_encoder=config.offload_text_encoder, channels_last=config.channels_last)
-    if model == BUILTIN_SHAPES:
-        from fsd_gs.prior.shapes import load_shapes_prior
+    if model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV):  # shapes-mv: the multi-view one (fsd_gs/assets/shapes_mv)
+        from fsd_gs.prior.shapes import load_shapes_mv_prior, load_shapes_prior
 
-        prior = load_shapes_prior(device, dtype, **common)
+        prior = (load_shapes_prior if model == BUILTIN_SHAPES else load_shapes_mv_prior)(device, dtype, **common)
         prior.compile_decision = decision
         return prior
     if decision.enabled:

@@ -28,7 +28,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import NegativeViews
-from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior
+from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
 from fsd_gs.prior.mvdream_cameras import DEFAULT_ELEVATION, mvdream_camera_vectors, reference_group
 from fsd_gs.prior.mvdream_unet import LDM_PREFIX, MVDREAM_SD21_CONFIG, UNET_CLASS, MVDreamUNetSpec, load_unet, parse_config
@@ -117,17 +117,46 @@ def _read_folder_unet(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
 
 
 # -- the prior ------------------------------------------------------------------------------------
-class MVDreamPrior(LatentDiffusionPrior):
-    """Stable Diffusion 2.1-base's latent prior with MVDream's camera-conditioned multi-view UNet.
+def _is_diffusers_unet(folder: Path) -> bool:
+    """True when ``folder``/unet was written by diffusers (``UNet2DConditionModel`` config and names), as the
+    shapes-mv prior is, rather than in MVDream's original names."""
+    try:
+        return json.loads((folder / "unet" / "config.json").read_text()).get("_class_name") == "UNet2DConditionModel"
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    Attributes beyond :class:`LatentDiffusionPrior`:
+
+def load_diffusers_multiview_unet(folder: Path, dtype: torch.dtype, views_per_group: int) -> Any:
+    """A diffusers-format multi-view UNet (``class_embed_type="projection"`` over the 16-d camera) from
+    ``folder``/unet, with cross-view self-attention over ``views_per_group`` views; UserError without the camera."""
+    from fsd_gs.prior.diffusers_prior import load_unet as load_diffusers_unet
+    from fsd_gs.prior.mvdream_unet import CAMERA_DIM, set_views_per_group
+
+    unet = load_diffusers_unet(folder, dtype)
+    config = unet.config
+    if config.class_embed_type != "projection" or config.projection_class_embeddings_input_dim != CAMERA_DIM:
+        raise UserError(f"the UNet of {folder / 'unet'} has no {CAMERA_DIM}-d camera embedding "
+                        "(class_embed_type projection): it is not a multi-view model")
+    set_views_per_group(unet, views_per_group)
+    return unet
+
+
+class MultiViewPriorMixin:
+    """MVDream's multi-view part of a diffusers prior: the UNet (camera embedding + cross-view attention),
+    the camera vectors and the grouped noise prediction. Mixed into a latent or a pixel-space prior.
+
+    Attributes:
         views_per_group: F, the views that attend to each other (4); batches must be multiples of F.
-        spec: the UNet architecture (:class:`~fsd_gs.prior.mvdream_unet.MVDreamUNetSpec`).
+        spec: the UNet architecture (:class:`~fsd_gs.prior.mvdream_unet.MVDreamUNetSpec`) for UNets in MVDream's
+            original names; None for a diffusers-format UNet (shapes-mv).
         unet_source: the folder or file the UNet weights came from.
         default_elevation: elevation (degrees) of the reference views used when no cameras are given.
     """
 
     camera_conditioned = True
+    source: Path
+    dtype: torch.dtype
+    device: torch.device
 
     def __init__(
         self,
@@ -146,7 +175,7 @@ class MVDreamPrior(LatentDiffusionPrior):
             views_per_group: F (MVDream was trained with 4).
             unet_checkpoint: a single-file checkpoint to take the UNet from instead of ``folder``/unet.
             unet_config: the UNet's LDM-style config for ``unet_checkpoint`` (default: MVDream SD 2.1-base's).
-            kwargs: :class:`LatentDiffusionPrior` options (offload_text_encoder, compile, ...).
+            kwargs: the base prior's options (offload_text_encoder, compile, ...).
         """
         if kwargs.pop("enable_xformers", False):
             raise UserError("MVDream runs its cross-view attention with PyTorch's SDPA: leave enable_xformers off")
@@ -156,14 +185,14 @@ class MVDreamPrior(LatentDiffusionPrior):
         self.default_elevation = float(default_elevation)
         self._unet_checkpoint = None if unet_checkpoint is None else Path(unet_checkpoint)
         self._unet_config = dict(unet_config) if unet_config is not None else None
-        self.spec: MVDreamUNetSpec
-        super().__init__(folder, device, dtype, **kwargs)
-        if self.prediction_type != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
-            self.prediction_type = "epsilon"
-            self.scheduler_config = {**self.scheduler_config, "prediction_type": "epsilon"}
+        self.spec: Optional[MVDreamUNetSpec] = None
+        super().__init__(folder, device, dtype, **kwargs)  # type: ignore[call-arg]
 
     def load_unet(self) -> Any:
         """MVDream's UNet as a diffusers ``UNet2DConditionModel`` (camera embedding + cross-view attention)."""
+        if self._unet_checkpoint is None and _is_diffusers_unet(self.source):
+            self.unet_source = str(self.source / "unet")
+            return load_diffusers_multiview_unet(self.source, self.dtype, self.views_per_group)
         if self._unet_checkpoint is not None:
             config = self._unet_config if self._unet_config is not None else MVDREAM_SD21_CONFIG
             state, where = read_unet_checkpoint(self._unet_checkpoint), str(self._unet_checkpoint)
@@ -211,7 +240,25 @@ class MVDreamPrior(LatentDiffusionPrior):
                 f"camera.batch_size to a multiple of {self.views_per_group}"
             )
         labels = self.camera_vectors(cameras, batch)
-        return super().predict_noise(z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels)
+        return super().predict_noise(  # type: ignore[misc]
+            z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels)
+
+
+class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):
+    """Stable Diffusion 2.1-base's latent prior with MVDream's camera-conditioned multi-view UNet
+    (attributes: :class:`MultiViewPriorMixin` and :class:`LatentDiffusionPrior`)."""
+
+    def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
+        """Args: as :class:`MultiViewPriorMixin` plus :class:`LatentDiffusionPrior`'s (upcast_vae, ...)."""
+        super().__init__(folder, device, dtype, **kwargs)
+        if self.prediction_type != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
+            self.prediction_type = "epsilon"
+            self.scheduler_config = {**self.scheduler_config, "prediction_type": "epsilon"}
+
+
+class PixelMVDreamPrior(MultiViewPriorMixin, PixelDiffusionPrior):
+    """A pixel-space multi-view prior (no VAE; e.g. the built-in shapes-mv): an RGB UNet with MVDream's camera
+    embedding and cross-view self-attention (attributes: :class:`MultiViewPriorMixin`, :class:`PixelDiffusionPrior`)."""
 
 
 def load_mvdream_prior(
@@ -223,8 +270,9 @@ def load_mvdream_prior(
     cache_dir: Optional[Path] = None,
     revision: Optional[str] = None,
     **kwargs: Any,
-) -> MVDreamPrior:
-    """An :class:`MVDreamPrior` from a hub id / folder (MVDream diffusers layout) or a single-file checkpoint.
+) -> MVDreamPrior | PixelMVDreamPrior:
+    """An :class:`MVDreamPrior` from a hub id / folder (MVDream diffusers layout) or a single-file checkpoint; a
+    folder without vae/ (pixel space, shapes-mv) gives a :class:`PixelMVDreamPrior`.
 
     Args:
         source: hub id or folder (e.g. ashawkey/mvdream-sd2.1-diffusers), or a .safetensors/.pt checkpoint.
@@ -251,4 +299,7 @@ def load_mvdream_prior(
             f"{source!s} is not an MVDream pipeline (its model_index.json names no MVDreamPipeline): pass "
             f"{DEFAULT_MVDREAM_MODEL}, a folder in its layout, or the original .pt/.safetensors checkpoint"
         )
+    if not (folder / "vae").is_dir():  # pixel space (shapes-mv): no VAE to upcast
+        kwargs.pop("upcast_vae", None)
+        return PixelMVDreamPrior(folder, device, dtype, **kwargs)
     return MVDreamPrior(folder, device, dtype, **kwargs)

@@ -4,6 +4,10 @@
 the same diffusers ``from_pretrained`` path as any pixel-space pipeline (:class:`PixelDiffusionPrior`),
 and adds one thing: prompts must use the world's vocabulary (fsd_gs/shapes/captions.py), otherwise a
 one-sentence :class:`UserError` lists the known words and points to Stable Diffusion for open prompts.
+
+``--model shapes-mv`` loads ``fsd_gs/assets/shapes_mv`` (written by scripts/train_shapes_mv.py: the shapes UNet
+fine-tuned MVDream-style, fsd_gs/prior/mvdream_shapes.py) as a :class:`ShapesMVPrior`: MVDream's multi-view
+part (fsd_gs/prior/mvdream.py) over :class:`ShapesPrior`, so the vocabulary check and the rest apply too.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ from fsd_gs.errors import UserError
 from fsd_gs.prior.base import VIEW_SUFFIXES, PromptEmbeddings
 from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
+from fsd_gs.prior.mvdream import MultiViewPriorMixin
 
 
 def shapes_prior_folder() -> Path:
     """The folder of the shipped weights, ``fsd_gs/assets/shapes_prior``."""
     return Path(__file__).resolve().parent.parent / "assets" / "shapes_prior"
+
+
+def shapes_mv_folder() -> Path:
+    """The folder of the shipped multi-view weights, ``fsd_gs/assets/shapes_mv``."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes_mv"
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,6 +97,12 @@ class ShapesPrior(PixelDiffusionPrior):
         return super().encode_prompts(prompt, negative_prompt, view_dependent, suffixes)
 
 
+class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
+    """The multi-view shapes prior (shapes-mv): MVDream's multi-view part (camera embedding, cross-view attention,
+    grouped prediction; :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin`, as in
+    :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior`) over :class:`ShapesPrior` (vocabulary check, judge folder)."""
+
+
 def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                       folder: Path | str | None = None, **kwargs: Any) -> ShapesPrior:
     """The built-in prior on ``device``.
@@ -104,3 +120,23 @@ def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = t
             "python scripts/train_shapes_prior.py"
         )
     return ShapesPrior(folder, device, dtype, **kwargs)
+
+
+def load_shapes_mv_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                         folder: Path | str | None = None, **kwargs: Any) -> ShapesMVPrior:
+    """The built-in multi-view prior (shapes-mv) on ``device``.
+
+    Args:
+        device, dtype: where and in which precision the networks run.
+        folder: another folder of the same layout (default: the shipped one, fsd_gs/assets/shapes_mv).
+        kwargs: :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin` options (views_per_group, offload_text_encoder, ...).
+    """
+    from fsd_gs.prior.mvdream import is_mvdream_folder
+
+    folder = Path(folder) if folder is not None else shapes_mv_folder()
+    if not is_mvdream_folder(folder) or not (folder / "unet" / "config.json").is_file():
+        raise UserError(
+            f"the built-in multi-view shapes prior is missing from {folder}: train it with "
+            "python scripts/train_shapes_mv.py --export fsd_gs/assets/shapes_mv, or use --model shapes"
+        )
+    return ShapesMVPrior(folder, torch.device(device), dtype, **kwargs)

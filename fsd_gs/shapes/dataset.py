@@ -154,11 +154,16 @@ class ShapesDataset:
         """``n`` random objects (CPU)."""
         return [sample_object(generator, self.config.world) for _ in range(n)]
 
+    def cameras(self, n_objects: int, generator: torch.Generator) -> Cameras:
+        """The ``n_objects * views_per_object`` cameras of one batch (:func:`sample_cameras`; subclasses may draw
+        other views, e.g. the multi-view trainer's groups 90 deg apart)."""
+        return sample_cameras(n_objects, self.config.views_per_object, self.camera_config, generator, self.device)
+
     def render(self, objects: list[ShapeObject], generator: torch.Generator, together: bool | None = None) -> Batch:
         """Render ``views_per_object`` random views of every object, with captions and labels."""
         cfg = self.config
         v = cfg.views_per_object
-        cameras = sample_cameras(len(objects), v, self.camera_config, generator, self.device)
+        cameras = self.cameras(len(objects), generator)
         backgrounds = sample_backgrounds(len(objects) * v, generator, cfg).to(self.device)
         gaussians = [o.gaussians if o.gaussians.device.type == self.device.type else o.gaussians.to(self.device) for o in objects]
         with torch.no_grad():
