@@ -231,3 +231,56 @@ def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp
         assert torch.isfinite(result.loss)
         counts.add(len(step.gaussians))
     assert step.params_finite() and len(counts) > 1
+
+
+# -- gsplat's JIT build: once per machine, under a file lock ----------------------------------------------
+GSPLAT_BUILDER = """
+import os, sys, time, types
+from pathlib import Path
+import torch.utils.cpp_extension as ext
+
+root, workers = Path(os.environ["TORCH_EXTENSIONS_DIR"]), int(sys.argv[1])
+
+def fake_jit_compile(name, sources, *rest, **kwargs):  # torch's JIT build (gsplat passes build_directory 7th)
+    so = Path(rest[4]) / f"{name}.so"
+    event = "load" if so.exists() else "build"
+    if event == "build":  # a real build takes minutes: wait until every process has started, so all overlap
+        deadline = time.time() + 120
+        while len(list(root.glob("started.*"))) < workers and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the last one to start gets to look for the extension too
+        (so.parent / f"{name}.cuda.o").write_bytes(b"objects")
+        so.write_bytes(b"extension")
+    with open(root / "events.log", "a") as f:
+        f.write(f"{event} {os.getpid()}\\n")
+    return types.ModuleType(name)
+
+ext._jit_compile = fake_jit_compile
+ext._find_cuda_home = lambda: str(root / "cuda")  # a CUDA toolkit with bin/nvcc (made by the test)
+from fsd_gs.render.gsplat_backend import ensure_gsplat_built, gsplat_build_folder
+(root / f"started.{os.getpid()}").touch()
+ensure_gsplat_built()
+ensure_gsplat_built()  # a second call in one process is free
+assert (gsplat_build_folder() / "gsplat_cuda.so").read_bytes() == b"extension"
+"""
+
+
+def test_gsplat_jit_build_runs_once_when_several_processes_start_together(tmp_path):
+    """4 processes start on a fresh extensions folder at once (the build mocked on the CPU: torch's _jit_compile
+    replaced): exactly one builds, the others wait for its lock and load what it built, and all succeed."""
+    pytest.importorskip("gsplat")
+    root = tmp_path / "torch_extensions"
+    (root / "cuda" / "bin").mkdir(parents=True)
+    (root / "cuda" / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    workers = 4
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", GSPLAT_BUILDER, str(workers)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    events = sorted(line.split()[0] for line in (root / "events.log").read_text().splitlines())
+    assert events == ["build"] + ["load"] * (workers - 1), events
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("building its CUDA extension once") == 1
+    assert (root / "gsplat_cuda" / "gsplat_cuda.cuda.o").is_file()  # nobody deleted the builder's objects
