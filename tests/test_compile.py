@@ -284,3 +284,28 @@ def test_gsplat_jit_build_runs_once_when_several_processes_start_together(tmp_pa
     stderr = "".join(err for _, err in outputs)
     assert stderr.count("building its CUDA extension once") == 1
     assert (root / "gsplat_cuda" / "gsplat_cuda.cuda.o").is_file()  # nobody deleted the builder's objects
+
+
+def test_a_fresh_batch_worker_says_what_it_compiles_and_how_long_that_takes(tmp_path, monkeypatch, capsys):
+    """The batch's note for a worker's first unit: gsplat's build while none is there, the prior's compilation with
+    the cold or the warm figure depending on the compile cache; nothing on the CPU."""
+    import dataclasses as dc
+
+    from fsd_gs.batch.progress import GridProgress, startup_note
+    from fsd_gs.config import base_config
+    from fsd_gs.prior.compile import FIRST_STEP_COLD_S, FIRST_STEP_WARM_S
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    cfg = dc.replace(base_config("fsd", None), prompt="a corgi", model="some/sd21", steps=1200)
+    assert startup_note(cfg, "cpu") is None and startup_note(dc.replace(cfg, model="shapes"), "cpu") is None
+    cold = startup_note(cfg, "cuda")
+    assert cold is not None and "gsplat builds its CUDA extension" in cold and f"~{FIRST_STEP_COLD_S} s" in cold
+    (tmp_path / "ext" / "gsplat_cuda" / "gsplat_cuda.so").write_bytes(b"built")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "fxgraph").write_text("cached")
+    warm = startup_note(cfg, "cuda")
+    assert warm is not None and "gsplat" not in warm and f"~{FIRST_STEP_WARM_S} s with the warm cache" in warm
+    assert startup_note(dc.replace(cfg, model="shapes"), "cuda") is None  # built, and shapes is never compiled
+    GridProgress(4, 0, enabled=False).starting("worker0", warm)
+    assert capsys.readouterr().out.strip() == f"worker0: {warm}"

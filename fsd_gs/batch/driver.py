@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from fsd_gs.batch.grid import GridItem, WorkUnit
 from fsd_gs.batch.manifest import Manifest, completed_report, new_item, now_iso
-from fsd_gs.batch.progress import GridProgress
+from fsd_gs.batch.progress import GridProgress, startup_note
 from fsd_gs.batch.stop import StopSignals, exit_code
 
 STOP_GRACE_S = 120.0
@@ -70,6 +70,7 @@ class Driver:
         self.manifest = Manifest(self.folder)
         self.entries: dict[str, dict[str, Any]] = {}
         self.stopped_by: Optional[int] = None  # a unit came back interrupted (its worker got the signal)
+        self.started_workers: set[str] = set()
 
     # -- items -------------------------------------------------------------------------------------------
     def config_of(self, item: GridItem) -> Any:
@@ -138,6 +139,7 @@ class Driver:
                             tasks = [(i.id, self.config_of(i), self.folder / i.id) for i in unit.items]
                             worker = self.engine.submit(unit.id, tasks)
                             submitted += 1
+                            self._first_unit_of(worker, tasks[0][1], progress)
                             for item in unit.items:
                                 self._set(item.id, status="running", attempts=self.entries[item.id]["attempts"] + 1)
                                 self.manifest.log("start", id=item.id, unit=unit.id, attempt=tries[unit.id],
@@ -167,6 +169,15 @@ class Driver:
         counts = Counter(e["status"] for e in self.entries.values())
         return BatchResult(self.manifest.path, dict(counts), interrupted=interrupted,
                            signum=signals.signum or self.stopped_by, submitted=submitted)
+
+    def _first_unit_of(self, worker: str, cfg: Any, progress: GridProgress) -> None:
+        """Say what a fresh worker compiles before its first steps, and how long that usually takes."""
+        if worker in self.started_workers:
+            return
+        self.started_workers.add(worker)
+        note = startup_note(cfg, self.engine.device)
+        if note:
+            progress.starting(worker, note)
 
     def _outcome(self, unit: WorkUnit, outcome: Any, tries: Counter, queue: deque, progress: GridProgress) -> None:
         """Record a finished submission: its results, or a lost worker (resubmitted unless tried enough)."""
