@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ class _Pending:
     uncond: torch.Tensor
     cameras: Cameras
     render_out: Any
+    cameras_cpu: Optional[Cameras] = None  # the sampled cameras, for the result (no device-to-host copy, no sync)
 
 
 @contextlib.contextmanager
@@ -185,7 +186,7 @@ class DistillStep:
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
             views = view_directions(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
-            cams = cams_cpu.to(self.device)
+            cams = cams_cpu.to(self.device, non_blocking=True)  # a blocking copy would wait for the GPU queue
             rh, rw = self.render_size()
             if (rh, rw) != self.prior_size:
                 cams = cams.with_resolution(rw, rh)
@@ -208,7 +209,7 @@ class DistillStep:
                                 self.prior.num_train_timesteps, batch=len(cams) // group)
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
             cond, uncond = self.embeddings.select(views)
-        return _Pending(rgb, eps, t, cond, uncond, cams, out)
+        return _Pending(rgb, eps, t, cond, uncond, cams, out, cams_cpu)
 
     def _pre_backward(self, pending: _Pending) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
@@ -232,8 +233,8 @@ class DistillStep:
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
         self.step += 1
-        return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps,
-                          pending.cameras.to("cpu"))
+        cameras = pending.cameras_cpu if pending.cameras_cpu is not None else pending.cameras.to("cpu")
+        return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps, cameras)
 
     def _loss(self, pending: _Pending) -> torch.Tensor:
         cfg = self.cfg
@@ -308,9 +309,10 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             uncond=torch.cat([p.uncond for p in pending]), cameras=Cameras.cat([p.cameras for p in pending]),
             render_out=None)
         loss = first._loss(joined) * len(steps)
-        for s, p in zip(steps, pending):
-            s._pre_backward(p)
-        loss.backward()  # each asset's parameters get exactly their own gradient
+        with first.timer("backward"):
+            for s, p in zip(steps, pending):
+                s._pre_backward(p)
+            loss.backward()  # each asset's parameters get exactly their own gradient
         return [s._update(p, loss) for s, p in zip(steps, pending)]
 
 

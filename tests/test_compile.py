@@ -173,6 +173,25 @@ def test_bench_step_runs_a_chosen_variant_in_a_child_process(tmp_path):
     assert Path(row["log"]).is_file() and not (tmp_path / "bench_32px_1v_1k_eager_run0.json").exists()
 
 
+def test_bench_step_grouped_variant_steps_seeds_together_with_the_views_prior_work(tmp_path):
+    """512px/4s/... = 4 assets of one view stepped by step_together: the same prior batch as 4 views (the floor is
+    measured at 4 views), every asset's stages added up."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_step
+    finally:
+        sys.path.pop(0)
+    grouped = bench_step.Variant.parse("32px/2s/1k/eager")
+    assert (grouped.seeds, grouped.views, grouped.batch) == (2, 1, 2) and grouped.name == "32px/2s/1k/eager"
+    assert bench_step.Variant.parse("32px/2v/1k/eager").batch == 2
+    out = tmp_path / "bench.json"
+    assert bench_step.main(["--model", "shapes", "--device", "cpu", "--variants", "32px/2s/1k/eager", "--no-fresh-process",
+                            "--warmup", "1", "--iters", "2", "--out", str(out), "--work", str(tmp_path)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["variant"] == "32px/2s/1k/eager" and row["seeds"] == 2 and row["step_ms"] > 0
+    assert {"render", "prior", "backward", "optimizer"} <= set(row["stages_ms"])
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["on", "cudagraphs"])
