@@ -364,3 +364,27 @@ def test_sigterm_stops_a_ray_batch_without_native_dumps_and_local_continues_it(t
     code, _, stderr = stop_batch(out, signal.SIGTERM, "--workers", "1")
     assert_stopped_cleanly(out, code, 143, stderr)
     assert_rerun_continues(out, "--engine", "local")
+
+
+def test_a_signal_while_the_prior_loads_trains_nothing_and_reports_interrupted(tmp_path, monkeypatch):
+    """A worker records a stop signal that arrives outside the steps (loading the prior) instead of dying half-way,
+    and returns its unit as pending/interrupted with that signal, before any run folder is written."""
+    import dataclasses as dc
+
+    from fsd_gs.batch.worker import AssetWorker
+    from fsd_gs.config import base_config
+
+    worker = AssetWorker()
+
+    def load_then_get_a_signal(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here
+        return object()
+
+    monkeypatch.setattr(worker, "prior_for", load_then_get_a_signal)
+    cfg = dc.replace(base_config("fsd", None), prompt="a red mushroom", model="shapes")
+    before = signal.getsignal(signal.SIGTERM)
+    results = worker.run([("a/shapes-fsd/seed0", cfg, tmp_path / "run")])
+    assert [(r["status"], r["error"], r["signum"]) for r in results] == [("pending", "interrupted", signal.SIGTERM)]
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the worker's handler is gone again
