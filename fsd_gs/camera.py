@@ -49,11 +49,14 @@ class Cameras:
     def device(self) -> torch.device:
         return self.viewmats.device
 
-    def to(self, device: torch.device | str) -> Cameras:
-        """The same cameras with every tensor on ``device``."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Cameras:
+        """The same cameras with every tensor on ``device`` (``non_blocking``: host-to-GPU copies do not wait for the
+        GPU's queue; the training step uses that)."""
+        nb = non_blocking
         return Cameras(
-            self.viewmats.to(device), self.Ks.to(device), self.width, self.height,
-            self.azimuth.to(device), self.elevation.to(device), self.distance.to(device), self.fovy.to(device),
+            self.viewmats.to(device, non_blocking=nb), self.Ks.to(device, non_blocking=nb), self.width, self.height,
+            self.azimuth.to(device, non_blocking=nb), self.elevation.to(device, non_blocking=nb),
+            self.distance.to(device, non_blocking=nb), self.fovy.to(device, non_blocking=nb),
         )
 
     def __getitem__(self, index: int | slice | torch.Tensor) -> Cameras:

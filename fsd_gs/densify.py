@@ -236,6 +236,7 @@ class Densifier:
         self.config = config
         self.scene_scale = float(scene_scale)
         self.seed = seed
+        self._scales: dict[tuple, torch.Tensor] = {}
         if config.refine_stop_iter is not None:
             self.stop_iter: float = config.refine_stop_iter
         elif total_steps is not None:
@@ -326,6 +327,14 @@ class Densifier:
             counts["n_reset"] = 1
         return counts
 
+    def _scale(self, sx: float, sy: float, like: torch.Tensor) -> torch.Tensor:
+        """The tensor [sx, sy] on ``like``'s device and dtype, made once per value: a new one every step would be a
+        host-to-GPU copy that waits for the GPU's queue (a sync per step and asset)."""
+        key = (sx, sy, like.device, like.dtype)
+        if key not in self._scales:
+            self._scales[key] = like.new_tensor([sx, sy])
+        return self._scales[key]
+
     def _update_state(self, params: Any, state: dict[str, Any], info: dict[str, Any], packed: bool) -> None:
         """Accumulate the per-view screen-space gradient norm, the visibility count and the max screen radius."""
         for key in ("means2d", "radii", "width", "height", "n_cameras"):
@@ -344,7 +353,7 @@ class Densifier:
         if grads is None:  # the loss did not reach the Gaussians this step
             return
         width, height, n_cams = float(info["width"]), float(info["height"]), float(info["n_cameras"])
-        scale = grads.new_tensor([width / 2.0 * n_cams, height / 2.0 * n_cams])  # pixels -> NDC, undo the batch mean
+        scale = self._scale(width / 2.0 * n_cams, height / 2.0 * n_cams, grads)  # pixels -> NDC, undo the batch mean
         norms = (grads * scale).norm(dim=-1)
         radii = info["radii"]
         device = state["grad2d"].device

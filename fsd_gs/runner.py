@@ -30,6 +30,7 @@ import yaml
 
 from fsd_gs import __version__
 from fsd_gs.config import RESUME_LOG, TrainConfig, from_dict, to_dict
+from fsd_gs.device import same_device
 from fsd_gs.errors import UserError
 from fsd_gs.io.atomic import atomic_write_text
 from fsd_gs.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -50,6 +51,14 @@ changes only the speed and the last bits). Anything else would change what the r
 
 class RunLocked(UserError):
     """Another live process owns the run folder."""
+
+
+class RunStopped(KeyboardInterrupt):
+    """A stop signal ended the run after saving it; ``signum`` is that signal (the batch exits with 128 + it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
 
 
 # -- the run folder's lock ---------------------------------------------------------------------------
@@ -118,6 +127,8 @@ def check_resume_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tu
     changes = config_changes(saved, given)
     for path, (old, new) in changes.items():
         if path.startswith("viewer.") or path in RESUMABLE_CHANGES:
+            continue
+        if path == "device" and same_device(str(old), str(new)):  # e.g. "auto" recorded, "cpu" given, on a CPU
             continue
         raise UserError(f"--resume cannot change --{path.replace('_', '-')} (the run has {old!r}, given {new!r}): "
                         "start a new run for that (only --steps may extend a run)")
@@ -473,7 +484,7 @@ def train_assets(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], prior: O
             completed = run_loop(runs, stop)
         reports = {id(run): run.finish(run.step.step >= run.cfg.steps) for run in runs}
         if not completed:
-            raise KeyboardInterrupt(f"stopped by signal {stop.signum}")
+            raise RunStopped(int(stop.signum or signal.SIGINT))
         return [done if done is not None else reports[id(run)] for run, done in opened]
 
 

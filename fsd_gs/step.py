@@ -73,6 +73,7 @@ class _Pending:
     cameras: Cameras
     render_out: Any
     negatives: Optional[NegativeViews] = None  # Perp-Neg's negative prompts of the views (None: off)
+    cameras_cpu: Optional[Cameras] = None  # the sampled cameras, for the result (no device-to-host copy, no sync)
 
 
 @contextlib.contextmanager
@@ -188,7 +189,7 @@ class DistillStep:
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
             views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
-            cams = cams_cpu.to(self.device)
+            cams = cams_cpu.to(self.device, non_blocking=True)  # a blocking copy would wait for the GPU queue
             rh, rw = self.render_size()
             if (rh, rw) != self.prior_size:
                 cams = cams.with_resolution(rw, rh)
@@ -217,7 +218,7 @@ class DistillStep:
                                                           cfg.guidance.view_prompts.overhead_above)
             else:
                 cond, uncond = self.embeddings.select(views)
-        return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives)
+        return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
 
     def _pre_backward(self, pending: _Pending) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
@@ -241,8 +242,8 @@ class DistillStep:
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
         self.step += 1
-        return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps,
-                          pending.cameras.to("cpu"))
+        cameras = pending.cameras_cpu if pending.cameras_cpu is not None else pending.cameras.to("cpu")
+        return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps, cameras)
 
     def _loss(self, pending: _Pending) -> torch.Tensor:
         cfg = self.cfg
@@ -317,9 +318,10 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             uncond=torch.cat([p.uncond for p in pending]), cameras=Cameras.cat([p.cameras for p in pending]),
             render_out=None, negatives=_joined_negatives([p.negatives for p in pending]))
         loss = first._loss(joined) * len(steps)
-        for s, p in zip(steps, pending):
-            s._pre_backward(p)
-        loss.backward()  # each asset's parameters get exactly their own gradient
+        with first.timer("backward"):
+            for s, p in zip(steps, pending):
+                s._pre_backward(p)
+            loss.backward()  # each asset's parameters get exactly their own gradient
         return [s._update(p, loss) for s, p in zip(steps, pending)]
 
 

@@ -22,7 +22,10 @@ Perp-Neg's cost per step (--guidance.perp-neg: 2 + 2 UNet rows per view instead 
     python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --perp-neg --out perpneg.json
 
 Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile) or cudagraphs (compiled
-+ CUDA graphs). ``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
++ CUDA graphs); RESpx/SEEDSs/THOUSANDSk/MODE is the grouped step of the batch (``--group-seeds``): SEEDS assets of
+one view each (THOUSANDS Gaussians each) stepped by fsd_gs.step.step_together with one prior call, the same prior
+work as SEEDS views (``--grid grouped`` puts 512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
+``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
 ``--profile`` writes torch.profiler tables of steady steps, of the VAE encoder forward+backward alone and of
 the guided UNet alone (profile_<variant>_{step,floor_vae,floor_unet}.txt next to --out). ``--asset-steps N``
 also trains whole assets of the default preset through ``python -m fsd_gs.train`` (one fresh process per
@@ -52,7 +55,7 @@ from fsd_gs.profiling import synchronize
 ROOT = Path(__file__).resolve().parent.parent
 MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs"}
 """--prior.compile mode -> the word in variant names."""
-_NAME = re.compile(r"^(\d+)px/(\d+)v/(\d+)k/(eager|compiled|cudagraphs)$")
+_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs)$")
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,18 @@ class Variant:
     views: int
     gaussians: int
     compile: Literal["off", "on", "cudagraphs"] = "off"
+    seeds: int = 1
+    """Assets stepped together (step_together, one prior call); each has ``views`` views and ``gaussians``."""
 
     @property
     def name(self) -> str:
-        return f"{self.resolution}px/{self.views}v/{self.gaussians // 1000}k/{MODE_NAMES[self.compile]}"
+        count = f"{self.seeds}s" if self.seeds > 1 else f"{self.views}v"
+        return f"{self.resolution}px/{count}/{self.gaussians // 1000}k/{MODE_NAMES[self.compile]}"
+
+    @property
+    def batch(self) -> int:
+        """Views per prior call: views x seeds."""
+        return self.views * self.seeds
 
     @property
     def slug(self) -> str:
@@ -76,11 +87,12 @@ class Variant:
         """The variant named ``name`` (e.g. 512px/1v/100k/cudagraphs); UserError when malformed."""
         match = _NAME.match(name.strip())
         if match is None:
-            raise UserError(f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE (MODE eager, compiled or "
-                            "cudagraphs), e.g. 512px/1v/100k/cudagraphs")
-        res, views, kilo, mode = match.groups()
+            raise UserError(f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
+                            "(MODE eager, compiled or cudagraphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs")
+        res, count, kind, kilo, mode = match.groups()
         modes = {word: key for key, word in MODE_NAMES.items()}
-        return cls(int(res), int(views), int(kilo) * 1000, modes[mode])  # type: ignore[arg-type]
+        views, seeds = (int(count), 1) if kind == "v" else (1, int(count))
+        return cls(int(res), views, int(kilo) * 1000, modes[mode], seeds)  # type: ignore[arg-type]
 
 
 GRIDS: dict[str, list[Variant]] = {
@@ -93,7 +105,11 @@ GRIDS: dict[str, list[Variant]] = {
     ],
     "speed": [Variant(512, 1, 100_000, "on"), Variant(512, 1, 100_000, "cudagraphs"), Variant(512, 1, 100_000)],
     "quick": [Variant(512, 1, 100_000), Variant(512, 4, 100_000)],
-    "cpu": [Variant(64, 1, 2_000), Variant(64, 1, 8_000), Variant(64, 4, 2_000)],
+    "cpu": [Variant(64, 1, 2_000), Variant(64, 1, 8_000), Variant(64, 4, 2_000), Variant(64, 1, 2_000, seeds=4)],
+    # the batch's grouped step beside the same prior work as views, in each compile mode (#27)
+    "grouped": [Variant(512, 4, 100_000, "cudagraphs"), Variant(512, 1, 100_000, "cudagraphs", seeds=4),
+                Variant(512, 4, 100_000), Variant(512, 1, 100_000, seeds=4),
+                Variant(512, 1, 100_000, "cudagraphs")],
 }
 
 
@@ -109,7 +125,7 @@ class Args:
     """Where the JSON results go (child logs and profile tables go next to it)."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    grid: Literal["default", "speed", "quick", "cpu"] = "default"
+    grid: Literal["default", "speed", "quick", "cpu", "grouped"] = "default"
     """Which variants to run (see GRIDS); --variants overrides it."""
     variants: tuple[str, ...] = ()
     """Run these variants instead of the grid's, e.g. 512px/1v/100k/cudagraphs 512px/1v/100k/eager."""
@@ -139,6 +155,9 @@ class Args:
     perp_neg: bool = False
     """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2); the floor's
     guided UNet then gets the same negatives. Compare with a run without it for Perp-Neg's cost per step."""
+    sync_debug: bool = False
+    """CUDA: count the host syncs of one steady step (torch.cuda.set_sync_debug_mode) and where they happen
+    (syncs_per_step, sync_sites in the row): each one stalls the GPU queue while Python prepares the next work."""
     child: bool = False
     """Internal: measure the one --variants entry in this process and write its row to --out."""
 
@@ -176,7 +195,7 @@ def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, dev
     ``perp_neg``: the guided UNet also predicts Perp-Neg's negatives (views at azimuth 30, in the same call).
     """
     gen = torch.Generator(device=device).manual_seed(0)
-    size = (variant.views, 3, variant.resolution, variant.resolution)
+    size = (variant.batch, 3, variant.resolution, variant.resolution)
     if render_layout:
         images = torch.rand(size[0], size[2], size[3], 3, device=device, generator=gen).permute(0, 3, 1, 2)
     else:
@@ -187,13 +206,13 @@ def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, dev
     if perp_neg:
         from fsd_gs.perp_neg import PerpNegWeights, select
 
-        cond, uncond, negatives = select(embeddings, torch.full((variant.views,), 30.0), torch.zeros(variant.views),
+        cond, uncond, negatives = select(embeddings, torch.full((variant.batch,), 30.0), torch.zeros(variant.batch),
                                          PerpNegWeights())
     else:
-        cond, uncond = embeddings.select(["front"] * variant.views)
+        cond, uncond = embeddings.select(["front"] * variant.batch)
     shape = prior.model_shape(variant.resolution, variant.resolution)
-    z = torch.randn(variant.views, *shape, device=device, generator=gen)
-    t = torch.full((variant.views,), 500, device=device, dtype=torch.long)
+    z = torch.randn(variant.batch, *shape, device=device, generator=gen)
+    t = torch.full((variant.batch,), 500, device=device, dtype=torch.long)
 
     def unet() -> None:
         prior.predict_noise(z, t, cond, uncond, guidance_scale, **({} if negatives is None else {"negatives": negatives}))
@@ -253,6 +272,25 @@ def write_profile(fn: Callable[[], object], device: torch.device, calls: int, pa
     path.write_text(f"{title}: {calls} calls, sorted by {key}\n{table}\n")
 
 
+def count_syncs(fn: Callable[[], object], device: torch.device) -> dict:
+    """Host syncs of one call of ``fn`` on CUDA, by the Python line that caused them (``{}`` on the CPU)."""
+    import warnings
+    from collections import Counter
+
+    if device.type != "cuda":
+        return {}
+    synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return {"syncs_per_step": sum(sites.values()), "sync_sites": dict(sites.most_common(20))}
+
+
 def memory_gb(device: torch.device) -> dict:
     """Peak allocated and reserved GPU memory since the last reset (None on the CPU)."""
     if device.type != "cuda":
@@ -264,7 +302,7 @@ def memory_gb(device: torch.device) -> dict:
 def measure_variant(model: str, variant: Variant, args: Args, device: torch.device) -> dict:
     """Load, first render, first step, warm-up, steady step, stages, floor (and profiles) of one variant."""
     from fsd_gs.prior.factory import PriorConfig, load_prior
-    from fsd_gs.step import DistillStep
+    from fsd_gs.step import DistillStep, step_together
 
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
     cfg = train_config(model, prompt, variant, device, args.perp_neg)
@@ -274,16 +312,22 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     prior = load_prior(model, PriorConfig(compile=variant.compile), device)
     if args.keep_vae_input_layout and hasattr(prior, "vae_input_format"):
         prior.vae_input_format = None
-    step = DistillStep(cfg, prior, device)
+    steps = [DistillStep(dataclasses.replace(cfg, seed=seed), prior, device) for seed in range(variant.seeds)]
+    step: Callable[[], object] = steps[0] if variant.seeds == 1 else (lambda: step_together(steps))
     first_s = timed_s(step, device)
     warm_s = timed_s(lambda: [step() for _ in range(max(0, args.warmup - 1))], device)
     step_ms = time_ms(step, device, 0, args.iters)
     memory = memory_gb(device)
-    step.timer.enabled = True
+    for s in steps:
+        s.timer.enabled = True
     for _ in range(args.iters):
         step()
-    stages = step.timer.summary()
-    step.timer.enabled = False
+    stages: dict[str, float] = {}  # per step of the whole group: each seed's stages added up
+    for s in steps:
+        for name, ms in s.timer.summary().items():
+            stages[name] = stages.get(name, 0.0) + ms
+        s.timer.enabled = False
+    syncs = count_syncs(step, device) if args.sync_debug else {}
     unet, encoder = floor_calls(prior, prompt, variant, args.guidance_scale, device, perp_neg=args.perp_neg)
     unet_ms = time_ms(unet, device, args.warmup, args.iters)
     vae_ms = time_ms(encoder, device, args.warmup, args.iters) if prior.space == "latent" else 0.0
@@ -296,7 +340,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
                       "total": round(gsplat_s + prior.load_seconds + first_s + warm_s, 2)},
         "unet_guided_ms": round(unet_ms, 2), "vae_encode_fwd_bwd_ms": round(vae_ms, 2),
         "floor_ms": round(floor, 2), "step_ms": round(step_ms, 2), "ratio": round(step_ms / floor, 3),
-        "stages_ms": {k: round(v, 2) for k, v in stages.items()}, **memory,
+        "stages_ms": {k: round(v, 2) for k, v in stages.items()}, **memory, **syncs,
     }
     if args.keep_vae_input_layout and prior.space == "latent":
         _, encoder_render = floor_calls(prior, prompt, variant, args.guidance_scale, device, render_layout=True)
@@ -325,6 +369,8 @@ def child_argv(args: Args, model: str, variant: Variant, out: Path) -> list[str]
         argv += ["--keep-vae-input-layout"]
     if args.perp_neg:
         argv += ["--perp-neg"]
+    if args.sync_debug:
+        argv += ["--sync-debug"]
     return argv
 
 
@@ -456,7 +502,7 @@ def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
         print(f"| {r['variant']} | {r.get('run', 0)} | {s['total']} ({s['gsplat_first_render']} / {s['prior_load']} / "
               f"{s['first_step']} / {s['rest_of_warmup']}) | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | "
               f"{r['floor_ms']} | {r['step_ms']} | {r['ratio']} | {r['peak_allocated_gb']} / {r['peak_reserved_gb']} | "
-              f"{stages} |")
+              f"{stages} |" + (f" syncs/step {r['syncs_per_step']}: {r['sync_sites']}" if "syncs_per_step" in r else ""))
     for a in assets:
         if "error" in a:
             print(f"asset --prior.compile {a['asset']}: {a['error']}")

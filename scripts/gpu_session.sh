@@ -15,8 +15,18 @@
 #          each in a fresh process with its floor, start-up and peak memory, plus profiler tables, cold compile
 #          cache (speed-cold); then the compiled variants again in fresh processes (warm cache: the second run's
 #          start-up) and one 1200-step default asset with --prior.compile auto (speed-warm); all in $WORK/speed
+#   throughput  issue #27 on Ray (install it first: ../shared/tools/device-wheels.sh, two calls; then
+#          PYTHONPATH=/tmp/site:$PWD), each sub-stage one call of <= 9 min on one H200, all through scripts/bench_batch.py
+#          (JSON + one line per mode in $WORK/throughput):
+#          throughput-step    bench_step --grid grouped: 512px/4s (4 seeds, step_together) beside 512px/4v (4 views),
+#                             cudagraphs and eager, with --sync-debug (host syncs per step and their lines)  ~4 min
+#          throughput-sd      fsd-sd21, 1200 steps, 1 prompt x 4 seeds: the batch one at a time, then --group-seeds 4
+#                             (1 Ray worker on the GPU; the first mode pays the cold compile)                  ~8 min
+#          throughput-sd-seq  the same 1200-step asset as sequential `python -m fsd_gs.train` runs, 2 seeds  ~2 min
+#          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs, then 4 prompts x 8 seeds (32 assets) on
+#                             Ray with --group-seeds 8 and 1, 2, 4, 8 workers per GPU (--gpus-per-worker 1 .. 0.125) ~6 min
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
-#        (default: tests train batch)
+#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes]   (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
@@ -25,7 +35,8 @@ mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 python -c "import torch; print(torch.__version__, torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))"
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
-if [[ " $STAGES " == *" tests "* || " $STAGES " == *" train "* || " $STAGES " == *" batch "* ]]; then
+if [[ " $STAGES " == *" tests "* || " $STAGES " == *" train "* || " $STAGES " == *" batch "* \
+      || " $STAGES " == *" throughput-"* ]]; then
   [ -d "$WORK/sd21-random" ] || python scripts/make_random_pipeline.py --kind sd21 --out "$WORK/sd21-random"
 fi
 SD="$WORK/sd21-random"
@@ -141,4 +152,37 @@ if [[ " $STAGES " == *" speed "* || " $STAGES " == *" speed-cold "* || " $STAGES
     echo "speed-warm: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$SPEED/timing.txt"
   fi
   du -sh "$FSD_GS_COMPILE_CACHE" | tee -a "$SPEED/timing.txt"
+fi
+
+TP="$WORK/throughput"
+if [[ " $STAGES " == *" throughput-"* ]]; then
+  mkdir -p "$TP"
+  python -c "import ray; print('ray', ray.__version__)" || echo "ray is missing: see ../shared/tools/device-wheels.sh"
+fi
+if [[ " $STAGES " == *" throughput-step "* ]]; then
+  python scripts/bench_step.py --model "$SD" --work "$WORK/bench" --grid grouped --sync-debug \
+    --out "$TP/bench_step_grouped.json" 2>&1 | tee "$TP/bench_step_grouped.log" | tail -n 8
+fi
+if [[ " $STAGES " == *" throughput-sd "* ]]; then
+  python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-3 \
+    --steps 1200 --modes batch grouped --group-seeds 4 --workers 1 --gpus-per-worker 1 --work-dir "$TP/sd" \
+    --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 | tee "$TP/sd.log"
+fi
+if [[ " $STAGES " == *" throughput-sd-seq "* ]]; then
+  python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-1 \
+    --steps 1200 --modes sequential --work-dir "$TP/sd-seq" --out "$TP/sd_seq.json" -- --output.turntable-views 8 \
+    2>&1 | tee "$TP/sd_seq.log"
+fi
+if [[ " $STAGES " == *" throughput-shapes "* ]]; then
+  SHAPES_PROMPTS=("a red mushroom" "a blue car" "a green tree" "a pink cup")
+  python scripts/bench_batch.py --presets shapes-fsd --prompts "a red mushroom" --seeds 0-3 --steps 600 \
+    --modes sequential --work-dir "$TP/shapes-seq" --out "$TP/shapes_seq.json" 2>&1 | tee "$TP/shapes.log"
+  for gpw in 1 0.5 0.25 0.125; do
+    python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
+      --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$TP/shapes-$gpw" \
+      --out "$TP/shapes_gpw$gpw.json" 2>&1 | sed "s/^/gpus-per-worker $gpw: /" | tee -a "$TP/shapes.log"
+  done
+  python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
+    --modes batch --gpus-per-worker 0.25 --work-dir "$TP/shapes-single" --out "$TP/shapes_single.json" 2>&1 \
+    | sed "s/^/gpus-per-worker 0.25, one seed at a time: /" | tee -a "$TP/shapes.log"
 fi

@@ -1,5 +1,6 @@
 """`python -m fsd_gs.batch` on the built-in shapes prior (CPU): the grid, Ray workers that die, reruns that do
-no work, a refused prompt, shards, and K seeds trained together equal to K single runs.
+no work, a refused prompt, shards, K seeds trained together equal to K single runs, the default --group-seeds
+per prior and method (VSD one at a time), stop signals on both engines, and a batch continued with the other engine.
 
 One Ray session (2 CPUs) serves the whole module; the 8-asset grid is trained once (module fixture) and
 the tests read what it left.
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +72,8 @@ def grid_run(ray_session, tmp_path_factory):
     marker = out.parent / "crash.marker"
     os.environ[CRASH_ENV] = str(marker)
     try:
-        code = main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0-1", "--workers", "2"))
+        code = main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0-1", "--workers", "2",
+                          "--group-seeds", "1"))  # one seed at a time (the shapes prior's default groups 8)
     finally:
         del os.environ[CRASH_ENV]
     assert marker.exists(), "the crash hook never fired"
@@ -144,7 +150,8 @@ def test_rerun_does_no_work(grid_run, capsys):
     out, _ = grid_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/report.json")}
     n_events = len(events(out))
-    assert main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0", "1", "--workers", "2")) == 0
+    assert main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0", "1", "--workers", "2",
+                      "--group-seeds", "1")) == 0
     assert last_line(capsys) == str(out / "manifest.json")
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/report.json")} == before and len(before) == 8
     assert len(events(out)) == n_events  # nothing was started
@@ -240,3 +247,144 @@ def test_one_worker_per_visible_gpu_and_fractions_pack_small_priors():
     assert worker_layout(8, 0, RaySettings(cpus_per_worker=2)) == (4, 0.0)
     with pytest.raises(UserError, match="GPUs"):
         worker_layout(8, 0, RaySettings(gpus_per_worker=1))
+
+
+# -- --group-seeds per prior and method ----------------------------------------------------------------
+def test_default_group_seeds_per_prior_and_vsd_one_at_a_time(tmp_path, capsys):
+    """The shapes prior groups 8 seeds by default, SD 1; VSD (a LoRA per asset) trains its seeds one at a time when
+    asked to group, says so once, and fails none of them."""
+    from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
+    from fsd_gs.batch.cli import preset_configs
+    from fsd_gs.batch.grid import parse_presets as presets
+
+    configs = preset_configs(presets(["shapes-fsd", "shapes-vsd", "fsd-sd21"]), [], "a red mushroom")
+    assert [group_plan(configs[k], None).size for k in ("shapes-fsd", "shapes-vsd", "fsd-sd21")] == \
+        [SHAPES_GROUP_SEEDS, 1, DIFFUSION_GROUP_SEEDS]
+    assert group_plan(configs["fsd-sd21"], 4).size == 4 and group_plan(configs["shapes-vsd"], 4).size == 1
+    assert group_plan(configs["shapes-vsd"], 4).note and group_plan(configs["shapes-vsd"], None).note is None
+
+    out = tmp_path / "vsd"
+    assert main(batch(out, "--prompts", "a red mushroom", "--presets", "shapes-vsd", "shapes-fsd", "--seeds", "0-1",
+                      "--group-seeds", "2", "--engine", "local")) == 0
+    printed = capsys.readouterr().out
+    items = manifest_items(out)
+    assert len(items) == 4 and all(item["status"] == "done" for item in items.values())
+    units = [e["unit"] for e in events(out) if e["event"] == "start"]
+    vsd = [f"a-red-mushroom/shapes-vsd/seed{s}" for s in (0, 1)]
+    assert units[:2] == vsd and units[2:] == ["a-red-mushroom/shapes-fsd/seed0+1"] * 2  # VSD alone, FSD grouped
+    assert printed.count("trains a model per asset") == 1
+    summary = (out / "summary.md").read_text()
+    assert summary.count("trains a model per asset") == 1 and "4 assets: 4 done" in summary
+    meta = json.loads((out / "manifest.json").read_text())["batch"]
+    assert meta["group_seeds"] == {"shapes-vsd": 1, "shapes-fsd": 2}
+
+
+# -- a batch continued with the other engine: the device is recorded resolved, the same way -----------------
+def test_device_auto_is_recorded_resolved_and_an_equivalent_device_is_a_harmless_change():
+    from fsd_gs.config import base_config
+    from fsd_gs.runner import check_resume_changes
+
+    import dataclasses as dc
+    from fsd_gs.batch.driver import Driver
+    from fsd_gs.batch.engine import LocalEngine
+
+    cfg = dc.replace(base_config("fsd", None), prompt="a red mushroom", model="shapes")
+    item = build_grid(["a red mushroom"], ["shapes-fsd"], [0])[0]
+    driver = Driver(Path("unused"), [], {"shapes-fsd": cfg}, LocalEngine())
+    assert driver.config_of(item).device == "cpu"  # as the Ray engine's CPU workers record it (not "auto")
+    assert "device" in check_resume_changes(dc.replace(cfg, device="auto"), dc.replace(cfg, device="cpu"))
+    with pytest.raises(UserError, match="--device"):
+        check_resume_changes(dc.replace(cfg, device="cpu"), dc.replace(cfg, device="cuda:0"))
+
+
+# -- stop signals: the running assets save, the manifest says pending, the rerun continues ------------------
+STOP_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+STOP_STEPS = "60"
+"""Steps of the assets a stop test interrupts: they are still running when the first checkpoint appears."""
+
+
+def stop_batch(out: Path, sig: int, *engine: str) -> tuple[int, str, str]:
+    """Start a batch of 2 shapes seeds (one unit: the default groups them) in a fresh process, send ``sig`` once
+    the first asset has a checkpoint, and return (exit code, stdout, stderr)."""
+    from fsd_gs.io.checkpoint import latest_checkpoint
+
+    args = [sys.executable, "-m", "fsd_gs.batch", *batch(out, "--prompts", "a red mushroom", "--presets", "shapes-fsd",
+                                                          "--seeds", "0-1", *engine),
+            "--steps", STOP_STEPS]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=STOP_ENV)
+    run = out / "a-red-mushroom" / "shapes-fsd" / "seed0"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and latest_checkpoint(run / "checkpoints") is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the batch ended before it could be stopped"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=240)
+    return proc.returncode, stdout, stderr
+
+
+def assert_stopped_cleanly(out: Path, code: int, expected: int, stderr: str) -> None:
+    from fsd_gs.io.checkpoint import latest_checkpoint
+
+    assert code == expected, stderr
+    assert "logging.cc" not in stderr and "received at time" not in stderr and "Traceback" not in stderr, stderr
+    items = manifest_items(out)
+    assert {item["status"] for item in items.values()} == {"pending"}, items
+    assert {item["error"] for item in items.values()} == {"interrupted"}
+    for item in items.values():  # the runner saved every running asset of the unit
+        run = out / item["run_dir"]
+        report = json.loads((run / "report.json").read_text())
+        assert not report["completed"] and 0 < report["steps_done"] < int(STOP_STEPS)
+        assert latest_checkpoint(run / "checkpoints") is not None and (run / "model.ply").is_file()
+    assert "2 assets: 0 done, 0 failed, 2 pending" in (out / "summary.md").read_text()
+
+
+def assert_rerun_continues(out: Path, *engine: str) -> None:
+    stopped_at = {i: json.loads((out / i / "report.json").read_text())["steps_done"] for i in manifest_items(out)}
+    args = batch(out, "--prompts", "a red mushroom", "--presets", "shapes-fsd", "--seeds", "0-1", *engine)
+    assert main([*args, "--steps", STOP_STEPS]) == 0
+    for item_id, item in manifest_items(out).items():
+        assert item["status"] == "done" and item["report"]["steps_done"] == int(STOP_STEPS)
+        steps = [json.loads(line)["step"] for line in (out / item_id / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == int(STOP_STEPS)  # resumed, not restarted
+        assert stopped_at[item_id] > 0
+
+
+def test_sighup_stops_a_local_batch_and_the_rerun_continues(tmp_path):
+    out = tmp_path / "local"
+    code, _, stderr = stop_batch(out, signal.SIGHUP, "--engine", "local")
+    assert_stopped_cleanly(out, code, 129, stderr)
+    assert_rerun_continues(out, "--engine", "local")
+
+
+def test_sigterm_stops_a_ray_batch_without_native_dumps_and_local_continues_it(tmp_path):
+    """Ray workers save their assets on the driver's SIGTERM; the rerun with the other engine (--engine local)
+    continues the same run folders (the device is recorded the same way by both)."""
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    code, _, stderr = stop_batch(out, signal.SIGTERM, "--workers", "1")
+    assert_stopped_cleanly(out, code, 143, stderr)
+    assert_rerun_continues(out, "--engine", "local")
+
+
+def test_a_signal_while_the_prior_loads_trains_nothing_and_reports_interrupted(tmp_path, monkeypatch):
+    """A worker records a stop signal that arrives outside the steps (loading the prior) instead of dying half-way,
+    and returns its unit as pending/interrupted with that signal, before any run folder is written."""
+    import dataclasses as dc
+
+    from fsd_gs.batch.worker import AssetWorker
+    from fsd_gs.config import base_config
+
+    worker = AssetWorker()
+
+    def load_then_get_a_signal(cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here
+        return object()
+
+    monkeypatch.setattr(worker, "prior_for", load_then_get_a_signal)
+    cfg = dc.replace(base_config("fsd", None), prompt="a red mushroom", model="shapes")
+    before = signal.getsignal(signal.SIGTERM)
+    results = worker.run([("a/shapes-fsd/seed0", cfg, tmp_path / "run")])
+    assert [(r["status"], r["error"], r["signum"]) for r in results] == [("pending", "interrupted", signal.SIGTERM)]
+    assert not (tmp_path / "run").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the worker's handler is gone again

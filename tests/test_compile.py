@@ -173,6 +173,25 @@ def test_bench_step_runs_a_chosen_variant_in_a_child_process(tmp_path):
     assert Path(row["log"]).is_file() and not (tmp_path / "bench_32px_1v_1k_eager_run0.json").exists()
 
 
+def test_bench_step_grouped_variant_steps_seeds_together_with_the_views_prior_work(tmp_path):
+    """512px/4s/... = 4 assets of one view stepped by step_together: the same prior batch as 4 views (the floor is
+    measured at 4 views), every asset's stages added up."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_step
+    finally:
+        sys.path.pop(0)
+    grouped = bench_step.Variant.parse("32px/2s/1k/eager")
+    assert (grouped.seeds, grouped.views, grouped.batch) == (2, 1, 2) and grouped.name == "32px/2s/1k/eager"
+    assert bench_step.Variant.parse("32px/2v/1k/eager").batch == 2
+    out = tmp_path / "bench.json"
+    assert bench_step.main(["--model", "shapes", "--device", "cpu", "--variants", "32px/2s/1k/eager", "--no-fresh-process",
+                            "--warmup", "1", "--iters", "2", "--out", str(out), "--work", str(tmp_path)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["variant"] == "32px/2s/1k/eager" and row["seeds"] == 2 and row["step_ms"] > 0
+    assert {"render", "prior", "backward", "optimizer"} <= set(row["stages_ms"])
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["on", "cudagraphs"])
@@ -231,3 +250,81 @@ def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp
         assert torch.isfinite(result.loss)
         counts.add(len(step.gaussians))
     assert step.params_finite() and len(counts) > 1
+
+
+# -- gsplat's JIT build: once per machine, under a file lock ----------------------------------------------
+GSPLAT_BUILDER = """
+import os, sys, time, types
+from pathlib import Path
+import torch.utils.cpp_extension as ext
+
+root, workers = Path(os.environ["TORCH_EXTENSIONS_DIR"]), int(sys.argv[1])
+
+def fake_jit_compile(name, sources, *rest, **kwargs):  # torch's JIT build (gsplat passes build_directory 7th)
+    so = Path(rest[4]) / f"{name}.so"
+    event = "load" if so.exists() else "build"
+    if event == "build":  # a real build takes minutes: wait until every process has started, so all overlap
+        deadline = time.time() + 120
+        while len(list(root.glob("started.*"))) < workers and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the last one to start gets to look for the extension too
+        (so.parent / f"{name}.cuda.o").write_bytes(b"objects")
+        so.write_bytes(b"extension")
+    with open(root / "events.log", "a") as f:
+        f.write(f"{event} {os.getpid()}\\n")
+    return types.ModuleType(name)
+
+ext._jit_compile = fake_jit_compile
+ext._find_cuda_home = lambda: str(root / "cuda")  # a CUDA toolkit with bin/nvcc (made by the test)
+from fsd_gs.render.gsplat_backend import ensure_gsplat_built, gsplat_build_folder
+(root / f"started.{os.getpid()}").touch()
+ensure_gsplat_built()
+ensure_gsplat_built()  # a second call in one process is free
+assert (gsplat_build_folder() / "gsplat_cuda.so").read_bytes() == b"extension"
+"""
+
+
+def test_gsplat_jit_build_runs_once_when_several_processes_start_together(tmp_path):
+    """4 processes start on a fresh extensions folder at once (the build mocked on the CPU: torch's _jit_compile
+    replaced): exactly one builds, the others wait for its lock and load what it built, and all succeed."""
+    pytest.importorskip("gsplat")
+    root = tmp_path / "torch_extensions"
+    (root / "cuda" / "bin").mkdir(parents=True)
+    (root / "cuda" / "bin" / "nvcc").write_text("#!/bin/sh\n")
+    workers = 4
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", GSPLAT_BUILDER, str(workers)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    events = sorted(line.split()[0] for line in (root / "events.log").read_text().splitlines())
+    assert events == ["build"] + ["load"] * (workers - 1), events
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("building its CUDA extension once") == 1
+    assert (root / "gsplat_cuda" / "gsplat_cuda.cuda.o").is_file()  # nobody deleted the builder's objects
+
+
+def test_a_fresh_batch_worker_says_what_it_compiles_and_how_long_that_takes(tmp_path, monkeypatch, capsys):
+    """The batch's note for a worker's first unit: gsplat's build while none is there, the prior's compilation with
+    the cold or the warm figure depending on the compile cache; nothing on the CPU."""
+    import dataclasses as dc
+
+    from fsd_gs.batch.progress import GridProgress, startup_note
+    from fsd_gs.config import base_config
+    from fsd_gs.prior.compile import FIRST_STEP_COLD_S, FIRST_STEP_WARM_S
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    cfg = dc.replace(base_config("fsd", None), prompt="a corgi", model="some/sd21", steps=1200)
+    assert startup_note(cfg, "cpu") is None and startup_note(dc.replace(cfg, model="shapes"), "cpu") is None
+    cold = startup_note(cfg, "cuda")
+    assert cold is not None and "gsplat builds its CUDA extension" in cold and f"~{FIRST_STEP_COLD_S} s" in cold
+    (tmp_path / "ext" / "gsplat_cuda" / "gsplat_cuda.so").write_bytes(b"built")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "fxgraph").write_text("cached")
+    warm = startup_note(cfg, "cuda")
+    assert warm is not None and "gsplat" not in warm and f"~{FIRST_STEP_WARM_S} s with the warm cache" in warm
+    assert startup_note(dc.replace(cfg, model="shapes"), "cuda") is None  # built, and shapes is never compiled
+    GridProgress(4, 0, enabled=False).starting("worker0", warm)
+    assert capsys.readouterr().out.strip() == f"worker0: {warm}"

@@ -2,8 +2,10 @@
 
 Both have the same small interface, which the driver (fsd_gs/batch/driver.py) schedules on:
 ``idle_slots()``, ``submit(key, tasks)``, ``busy()``, ``next_outcomes()`` -> finished :class:`Outcome`\\ s,
-``close()``. A worker that dies mid-unit (killed, out of memory, node lost) comes back as an Outcome with
-``lost`` set and no results; the Ray engine replaces the dead actor, and the driver resubmits the unit.
+``stop_running(grace_s)`` -> the outcomes of the running units, asked to stop and save (a stop signal),
+``close()``; ``device`` is what every asset's ``--device auto`` is recorded as (cpu or cuda). A worker that
+dies mid-unit (killed, out of memory, node lost) comes back as an Outcome with ``lost`` set and no results;
+the Ray engine replaces the dead actor, and the driver resubmits the unit.
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from fsd_gs.batch.worker import CRASH_ENV, AssetWorker, Task
 from fsd_gs.errors import UserError, require
+
+
+NO_NATIVE_DUMPS = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+"""Ray's native failure handler prints a stack dump on SIGTERM; the batch sets this to 1 (unless it is set) in the
+driver before starting Ray and in its workers, since it handles stop signals itself."""
 
 
 @dataclass
@@ -73,6 +83,9 @@ class LocalEngine:
         self.queue: deque[tuple[str, list[Task]]] = deque()
         self.workers = 1
         self.cpu_only = False
+        from fsd_gs.device import resolve_device
+
+        self.device = resolve_device("auto").type
 
     def idle_slots(self) -> int:
         return 0 if self.queue else 1
@@ -87,6 +100,10 @@ class LocalEngine:
     def next_outcomes(self) -> list[Outcome]:
         key, tasks = self.queue.popleft()
         return [Outcome(key, self.worker.run(tasks), worker=f"local:{os.getpid()}")]
+
+    def stop_running(self, grace_s: float) -> Iterator[Outcome]:
+        """Nothing runs between calls: a unit runs inside :meth:`next_outcomes`, where the signal stops it."""
+        return iter(())
 
     def close(self, interrupted: bool = False) -> None:
         self.queue.clear()
@@ -112,9 +129,11 @@ class RayEngine:
         cpw = settings.cpus_per_worker
         self.gpus_per_worker = gpw
         self.cpu_only = gpw == 0
+        self.device = "cpu" if self.cpu_only else "cuda"
         threads = max(1, int(math.floor(cpw)))
         self.threads = threads
-        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **settings.env}
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": os.environ.get(NO_NATIVE_DUMPS, "1"), **settings.env}
         if os.environ.get(CRASH_ENV):
             env[CRASH_ENV] = os.environ[CRASH_ENV]
         self.actor_options = dict(num_cpus=cpw, num_gpus=gpw, max_restarts=0, max_concurrency=1,
@@ -123,12 +142,14 @@ class RayEngine:
         self.actors: dict[str, Any] = {}
         self.idle: deque[str] = deque()
         self.inflight: dict[Any, tuple[str, str]] = {}  # ObjectRef -> (actor name, unit key)
+        self.info_refs: dict[str, Any] = {}  # actor name -> ObjectRef of its info() (pid and host)
         self._spawned = 0
         for _ in range(self.workers):
             self._spawn()
 
     def _init_ray(self, settings: RaySettings) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault(NO_NATIVE_DUMPS, "1")  # the batch stops on signals itself (fsd_gs/batch/stop.py)
         kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                                       configure_logging=True)
         if settings.address:
@@ -144,6 +165,7 @@ class RayEngine:
         self._spawned += 1
         self.actors[name] = self.remote_cls.options(**self.actor_options).remote(threads=self.threads,
                                                                                   cache_size=self.settings.prior_cache)
+        self.info_refs[name] = self.actors[name].info.remote()  # runs before its first unit (one call at a time)
         self.idle.append(name)
         return name
 
@@ -176,8 +198,28 @@ class RayEngine:
             outcomes.append(Outcome(key, results, worker=name))
         return outcomes
 
+    def stop_running(self, grace_s: float) -> Iterator[Outcome]:
+        """Send SIGTERM to each busy actor on this host (its runner saves the running assets and the unit returns
+        "interrupted" results) and yield the outcomes that arrive within ``grace_s`` seconds. Actors on other
+        hosts are not signalled: they are killed by :meth:`close`, keeping their last periodic checkpoint."""
+        host = socket.gethostname()
+        for name, _ in list(self.inflight.values()):
+            try:
+                info: Any = self.ray.get(self.info_refs[name], timeout=5.0)
+            except (self.ray.exceptions.RayError, KeyError):
+                continue
+            if info.get("host") == host:
+                try:
+                    os.kill(int(info["pid"]), signal.SIGTERM)  # Ray's workers block SIGINT
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        while self.inflight and time.monotonic() < deadline:
+            yield from self.next_outcomes(timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+
     def _replace(self, name: str) -> None:
         actor = self.actors.pop(name)
+        self.info_refs.pop(name, None)
         try:
             self.ray.kill(actor, no_restart=True)
         except Exception:  # already gone
@@ -192,6 +234,7 @@ class RayEngine:
             except Exception:
                 pass
         self.actors.clear()
+        self.info_refs.clear()
         self.inflight.clear()
         self.idle.clear()
         if self.owns_ray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from fsd_gs.errors import UserError, require
 from fsd_gs.run_dir import slugify
@@ -154,13 +154,19 @@ def build_grid(prompts: Sequence[str], presets: Sequence[Preset | str], seeds: S
     return [GridItem(prompt, preset, seed) for preset in presets for prompt in prompts for seed in seeds]
 
 
-def make_units(items: Sequence[GridItem], group_seeds: int = 1) -> list[WorkUnit]:
-    """Consecutive items of one (prompt, preset) in chunks of at most ``group_seeds`` seeds, in grid order."""
-    require(group_seeds >= 1, f"--group-seeds must be >= 1, got {group_seeds}")
+def make_units(items: Sequence[GridItem], group_seeds: int | Mapping[str, int] = 1) -> list[WorkUnit]:
+    """Consecutive items of one (prompt, preset) in chunks of at most K seeds, in grid order; ``group_seeds`` is K,
+    or K per preset label (a label not in the mapping: 1)."""
+    for k in [group_seeds] if isinstance(group_seeds, int) else group_seeds.values():
+        require(k >= 1, f"--group-seeds must be >= 1, got {k}")
+
+    def size(item: GridItem) -> int:
+        return group_seeds if isinstance(group_seeds, int) else group_seeds.get(item.preset.label, 1)
+
     units: list[WorkUnit] = []
     chunk: list[GridItem] = []
     for item in items:
-        if chunk and (len(chunk) == group_seeds or (chunk[0].prompt, chunk[0].preset) != (item.prompt, item.preset)):
+        if chunk and (len(chunk) == size(chunk[0]) or (chunk[0].prompt, chunk[0].preset) != (item.prompt, item.preset)):
             units.append(WorkUnit(tuple(chunk)))
             chunk = []
         chunk.append(item)

@@ -142,6 +142,9 @@ def render_summary(data: Mapping[str, Any]) -> str:
     times = [t for t in (asset_time(it) for it in items if it.get("status") == "done") if t is not None]
     lines = [f"# Batch summary ({data.get('updated', now_iso())})", "",
              f"{len(items)} assets: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES), ""]
+    notes = (data.get("batch") or {}).get("notes") or []
+    if notes:
+        lines += [f"Note: {note}." for note in notes] + [""]
     if times:
         lines += [f"Training time per done asset: mean {sum(times) / len(times):.1f} s, "
                   f"min {min(times):.1f} s, max {max(times):.1f} s, total {sum(times):.1f} s.", ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 
 def format_seconds(seconds: float) -> str:
@@ -38,6 +38,7 @@ class GridProgress:
         took = "" if seconds is None else f" in {seconds:.1f} s"
         reason = f": {error}" if error else ""
         if self.bar is not None:
+            self.bar.set_postfix_str("", refresh=False)
             self.bar.update(1)
             if status != "done":
                 self.bar.write(f"{status} {item_id}{reason}")
@@ -45,6 +46,13 @@ class GridProgress:
         eta = self.eta()
         eta_text = "" if eta is None else f", eta {format_seconds(eta)}"
         print(f"[{self.count}/{self.total}] {status} {item_id}{took}{reason}{eta_text}", flush=True)
+
+    def starting(self, worker: str, text: str) -> None:
+        """A worker's first unit starts with a one-off cost (compiling): a line, and the bar's status until an asset
+        finishes."""
+        self.note(f"{worker}: {text}")
+        if self.bar is not None:
+            self.bar.set_postfix_str("compiling", refresh=True)
 
     def note(self, text: str) -> None:
         if self.bar is not None:
@@ -55,3 +63,26 @@ class GridProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def startup_note(cfg: Any, device: str) -> Optional[str]:
+    """What a fresh worker pays before its first steps run, and how long it usually takes: gsplat's CUDA build (once
+    per machine) and the prior's compilation (``--prior.compile``, auto compiles in batch workers on CUDA); None
+    when neither applies (e.g. on the CPU)."""
+    import torch
+
+    from fsd_gs.prior.compile import resolve_compile
+
+    parts = []
+    if device == "cuda":
+        from fsd_gs.render.gsplat_backend import BUILD_TYPICAL, gsplat_needs_build
+
+        if gsplat_needs_build():
+            parts.append(f"gsplat builds its CUDA extension first (once per machine, {BUILD_TYPICAL})")
+    try:
+        decision = resolve_compile(cfg.prior.compile, torch.device(device), cfg.model, cfg.steps, long_lived=True)
+    except Exception:  # the worker reports a bad option itself
+        decision = None
+    if decision is not None and decision.enabled:
+        parts.append(f"compiling the prior ({decision.mode}): {decision.expect}")
+    return "; ".join(parts) or None

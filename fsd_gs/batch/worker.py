@@ -10,6 +10,8 @@ so one bad asset never stops the grid.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import threading
 import time
 import traceback
@@ -70,7 +72,7 @@ class AssetWorker:
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (for the events log and tests)."""
-        return {"pid": os.getpid(), "threads": torch.get_num_threads(), "prior_loads": self.loads,
+        return {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads(), "prior_loads": self.loads,
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def prior_for(self, cfg: Any) -> Any:
@@ -91,37 +93,51 @@ class AssetWorker:
         return prior
 
     def run(self, tasks: Sequence[Task]) -> list[dict[str, Any]]:
-        """Train the unit's assets (one call; K-batched when there are several) and return one result per item."""
-        from fsd_gs.runner import RunLocked, train_asset, train_assets
+        """Train the unit's assets (one call; K-batched when there are several) and return one result per item.
+
+        A stop signal (SIGINT/SIGTERM/SIGHUP) makes the runner save the running assets; their results are then
+        ``pending`` with error "interrupted" and ``signum`` set (a signal while the prior loads: nothing is trained).
+        """
+        from fsd_gs.batch.stop import StopSignals
+        from fsd_gs.methods import method_spec
+        from fsd_gs.runner import RunLocked, RunStopped, train_asset, train_assets
 
         ids = [t[0] for t in tasks]
         cfgs = [t[1] for t in tasks]
         run_dirs = [Path(t[2]) for t in tasks]
         _crash_mid_asset_once(run_dirs[0])
         started = time.perf_counter()
-        try:
-            prior = self.prior_for(cfgs[0])
-            if len(tasks) == 1:
-                reports = [train_asset(cfgs[0], run_dirs[0], prior, progress=False)]
-            else:
-                reports = train_assets(cfgs, run_dirs, prior, progress=False)
-        except RunLocked as exc:  # a UserError too: caught first
-            return [self._result(i, "running", f"locked: {exc}") for i in ids]
-        except UserError as exc:
-            return [self._result(i, "failed", str(exc)) for i in ids]
-        except Exception as exc:  # a bug or a resource error: reported with its traceback, the grid goes on
-            message = f"{type(exc).__name__}: {exc}"
-            return [self._result(i, "failed", message, trace=traceback.format_exc()) for i in ids]
-        # A stop signal (Ctrl-C) makes the runner save and raise KeyboardInterrupt, which propagates to the driver.
+        with StopSignals(interrupt=False) as stop:  # the runner's own handler replaces this one while steps run
+            try:
+                prior = self.prior_for(cfgs[0])
+                if stop.signum is not None:
+                    return [self._result(i, "pending", "interrupted", signum=stop.signum) for i in ids]
+                if len(tasks) == 1 or method_spec(cfgs[0].method).stateful:  # VSD: one LoRA per asset, never grouped
+                    reports = [train_asset(c, d, prior, progress=False) for c, d in zip(cfgs, run_dirs)]
+                else:
+                    reports = train_assets(cfgs, run_dirs, prior, progress=False)
+            except RunStopped as exc:  # saved by the runner: checkpoint and model.ply of every running asset
+                return [self._result(i, "pending", "interrupted", signum=exc.signum) for i in ids]
+            except KeyboardInterrupt:  # a second signal: stopped at once (the last periodic checkpoint stays)
+                return [self._result(i, "pending", "interrupted", signum=stop.signum) for i in ids]
+            except RunLocked as exc:  # a UserError too: caught first
+                return [self._result(i, "running", f"locked: {exc}") for i in ids]
+            except UserError as exc:
+                return [self._result(i, "failed", str(exc)) for i in ids]
+            except Exception as exc:  # a bug or a resource error: reported with its traceback, the grid goes on
+                message = f"{type(exc).__name__}: {exc}"
+                return [self._result(i, "failed", message, trace=traceback.format_exc()) for i in ids]
         wall = (time.perf_counter() - started) / len(tasks)
         return [self._result(item_id, "done" if report.get("completed") else "failed",
                              None if report.get("completed") else "the run ended without completing", report, wall)
                 for item_id, report in zip(ids, reports)]
 
     def _result(self, item_id: str, status: str, error: str | None, report: dict | None = None,
-                wall: float | None = None, trace: str | None = None) -> dict[str, Any]:
+                wall: float | None = None, trace: str | None = None, signum: int | None = None) -> dict[str, Any]:
         result = {"id": item_id, "status": status, "error": error, "report": report,
                   "wall_s": None if wall is None else round(wall, 3), "pid": os.getpid()}
         if trace:
             result["traceback"] = trace
+        if status == "pending":
+            result["signum"] = int(signum or signal.SIGINT)
         return result

@@ -43,6 +43,11 @@ AUTO_MODE: Literal["on", "cudagraphs"] = "cudagraphs"
 default 1200-step asset ran at 30.05 ms per step with ``cudagraphs`` against 48.46 ms with plain ``on``, and the
 CUDA tests of both modes pass there; ``--prior.compile on`` keeps plain compile."""
 
+FIRST_STEP_COLD_S = 74
+"""Seconds the first compiled step takes with cold caches (H200, SD-2.1-base, 2026-11-30; see AUTO_MIN_STEPS)."""
+FIRST_STEP_WARM_S = 10
+"""Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine."""
+
 CACHE_ENV = "FSD_GS_COMPILE_CACHE"
 """Environment variable naming the compile cache folder (default ~/.cache/fsd_gs/compile)."""
 
@@ -53,13 +58,15 @@ class CompileDecision:
 
     mode: Literal["off", "on", "cudagraphs"]
     reason: str
+    expect: str = ""
+    """How long the first steps take to compile (set by :func:`resolve_compile` when compiling; printed with it)."""
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
 
     def __str__(self) -> str:
-        return f"{self.mode} ({self.reason})"
+        return f"{self.mode} ({self.reason}{'; ' + self.expect if self.expect else ''})"
 
 
 NOT_COMPILED = CompileDecision("off", "not compiled")
@@ -85,10 +92,17 @@ def resolve_compile(requested: str | bool, device: torch.device, model: str = ""
         long_lived: the prior serves many assets (a batch worker): ``auto`` always compiles there on CUDA.
     Raises UserError for an unknown mode, or CUDA graphs on a CPU.
     """
+    decision = _decide(requested, torch.device(device), model, steps, long_lived)
+    if decision.enabled:
+        return CompileDecision(decision.mode, decision.reason, first_steps_note())
+    return decision
+
+
+def _decide(requested: str | bool, device: torch.device, model: str, steps: Optional[int],
+            long_lived: bool) -> CompileDecision:
     requested = legacy_mode(requested)
     if requested not in COMPILE_MODES:
         raise UserError(f"--prior.compile must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
-    device = torch.device(device)
     if requested == "cudagraphs" and device.type != "cuda":
         raise UserError(f"--prior.compile cudagraphs needs a CUDA device (this run is on {device}): use on or off")
     if model == "shapes":
@@ -103,6 +117,15 @@ def resolve_compile(requested: str | bool, device: torch.device, model: str = ""
         return CompileDecision(AUTO_MODE, f"auto: {steps} steps >= {AUTO_MIN_STEPS}")
     why = "steps unknown" if steps is None else f"{steps} steps < {AUTO_MIN_STEPS}"
     return CompileDecision("off", f"auto: {why}, too short to repay the compile")
+
+
+def first_steps_note(environ: Optional[MutableMapping[str, str]] = None) -> str:
+    """What the first compiled steps cost here: the warm figure when the compile cache folder has files already."""
+    folder = compile_cache_dir(environ)
+    warm = folder.is_dir() and any(folder.iterdir())
+    if warm:
+        return f"the first steps compile, usually ~{FIRST_STEP_WARM_S} s with the warm cache in {folder}"
+    return f"the first steps compile, usually ~{FIRST_STEP_COLD_S} s the first time on a machine (cold cache)"
 
 
 # -- caches ---------------------------------------------------------------------------------------
