@@ -1,6 +1,6 @@
 """Surface-attached noise: eps(c) tied to the 3D surface points a view sees (docs/surface-noise.md).
 
-World-map noise (fsd_gs/noise.py) ties the noise to the viewing direction only. Here the noise lives on
+World-map noise (fsd_gs/noise/worldmap.py) ties the noise to the viewing direction only. Here the noise lives on
 a fixed, seeded field of i.i.d. N(0, 1) values in 3D space, one value per channel per *texel*, a cube of
 edge ``texel_size`` of a regular world-space grid (the value of a texel is a hash of its integer
 coordinates and the run's seed, so the field is unbounded, costs no memory, and is the same on every
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from fsd_gs.errors import require
-from fsd_gs.noise import NoiseFunction
+from fsd_gs.noise.base import NoiseFunction, NoiseKindSpec
 
 _M32 = 0xFFFFFFFF
 _COORD_BITS = 21
@@ -239,3 +239,12 @@ class SurfaceNoise(NoiseFunction):
         self.last_mask = mask
         self.last_texels = count
         return torch.where(mask & (count > 0), noise, self.background.to(alpha.device).unsqueeze(0))
+
+
+def make_surface(config: Any, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> SurfaceNoise:
+    """The surface noise of ``config`` (beta, texel_size, subsamples, mask_threshold)."""
+    return SurfaceNoise(shape, config.beta, config.texel_size, config.subsamples, generator, device, config.mask_threshold)
+
+
+SURFACE = NoiseKindSpec("surface", "noise attached to the rendered surface points (docs/surface-noise.md)",
+                        make=make_surface)
