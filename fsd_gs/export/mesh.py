@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
 from fsd_gs.errors import UserError, require
-from fsd_gs.finite import drop_non_finite
+from fsd_gs.export.base import ExportFormat
 from fsd_gs.gaussians import Gaussians, sh0_to_rgb
-from fsd_gs.io.atomic import atomic_write_bytes
 
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
@@ -208,15 +206,18 @@ def mesh_bytes(mesh, fmt: str) -> bytes:
     return data.encode("utf-8") if isinstance(data, str) else data
 
 
-def write_mesh(gaussians: Gaussians, path: str | Path, config: MeshConfig | None = None) -> Path:
-    """Extract the mesh of ``gaussians`` and write it to ``path`` in ``config.format``, atomically; returns ``path``.
+def encode_mesh(gaussians: Gaussians, config: MeshConfig | None = None) -> bytes:
+    """The mesh file of finite ``gaussians`` in ``config.format`` (validated; default :class:`MeshConfig`).
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
     Raises:
-        UserError: bad config, nothing to mesh, no surface at the threshold, or the file cannot be written.
+        UserError: bad config, nothing to mesh, or no surface at the threshold.
     """
-    path = Path(path)
     config = config or MeshConfig()
     config.validate()
-    gaussians = drop_non_finite(gaussians, path.name)
-    return atomic_write_bytes(path, mesh_bytes(extract_mesh(gaussians, config), config.format))
+    return mesh_bytes(extract_mesh(gaussians, config), config.format)
+
+
+MESH = ExportFormat("mesh", ".mesh.{mesh.format}", encode_mesh,
+                    "marching cubes on the Gaussians' density (scikit-image), written by trimesh as glb/obj/ply")
+write_mesh = MESH.write
+"""Extract the mesh and write it in ``MeshConfig.format``, atomically, non-finite rows dropped with a warning."""
