@@ -104,10 +104,12 @@ class VariationalGuidance(Guidance):
         self.dtype = next(unet.parameters()).dtype
         self.alphas_cumprod = prior.alphas_cumprod.to(device).float()
         self.unet = self._copy(unet)
-        self.camera = CameraEmbedding(self.unet.time_embedding.linear_2.out_features, self.dtype).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + config.seed_offset)
             self._add_lora()
+            # drawn after the LoRA (whose initialisation is as before) from the same seeded generator, so that two
+            # guidances of one seed are equal in one process too (it was drawn from torch's global generator)
+            self.camera = CameraEmbedding(self.unet.time_embedding.linear_2.out_features, self.dtype).to(device)
         self.unet.class_embedding = self.camera  # emb = t_emb + camera_emb (diffusers adds class embeddings)
         self.lora = {n: p for n, p in self.unet.named_parameters() if p.requires_grad and "lora_" in n}
         for p in self.lora.values():  # the adapter trains in float32 (or float64) whatever the UNet's precision
