@@ -21,7 +21,7 @@ read (we leave that empty element out of the header; it has no data).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -34,7 +34,7 @@ COMPRESSED_MIN_OPACITY = 1.0 / 255.0
 """The compressed .ply keeps Gaussians with sigmoid(opacity) above this (gsplat's threshold)."""
 
 
-def _export_bytes(gaussians: Gaussians, fmt: str) -> bytes:
+def _export_bytes(gaussians: Gaussians, fmt: Literal["splat", "ply_compressed"]) -> bytes:
     """gsplat's exporter on CPU float32 copies of the raw parameters (sh0 [N,1,3], shN [N,K-1,3])."""
     from gsplat.exporter import export_splats
 

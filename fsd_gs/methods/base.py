@@ -64,7 +64,8 @@ def predict(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, cond: tor
             guidance_scale: float, cameras: Any = None) -> torch.Tensor:
     """``prior.predict_noise`` [B,C,h,w], with ``cameras`` for camera-conditioned priors only."""
     if prior.camera_conditioned:
-        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras)
+        # camera-conditioned priors (MVDream) take cameras=; the DiffusionPrior base signature has no such parameter
+        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras)  # pyright: ignore[reportCallIssue]
     return prior.predict_noise(z_t, t, cond, uncond, guidance_scale)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from fsd_gs.methods.base import Guidance, Image2DSettings, MethodSpec, predict
 from fsd_gs.noise import NOISE_PRESETS
 from fsd_gs.prior.base import DiffusionPrior, PromptEmbeddings
 from fsd_gs.schedule import SCHEDULE_PRESETS
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
 
 
 @dataclass
@@ -48,9 +51,10 @@ class CameraEmbedding(nn.Module):
 
     def __init__(self, dim: int, dtype: torch.dtype) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        last = nn.Linear(dim, dim)
+        self.net = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), last)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.out_dtype = dtype
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
@@ -110,7 +114,9 @@ class VariationalGuidance(Guidance):
             # drawn after the LoRA (whose initialisation is as before) from the same seeded generator, so that two
             # guidances of one seed are equal in one process too (it was drawn from torch's global generator)
             self.camera = CameraEmbedding(self.unet.time_embedding.linear_2.out_features, self.dtype).to(device)
-        self.unet.class_embedding = self.camera  # emb = t_emb + camera_emb (diffusers adds class embeddings)
+        # emb = t_emb + camera_emb: diffusers adds class_embedding(class_labels) to the time embedding; its stub
+        # types the attribute as the embedding classes it builds itself, but any module mapping labels to [B,D] works
+        self.unet.class_embedding = self.camera  # pyright: ignore[reportAttributeAccessIssue]
         self.lora = {n: p for n, p in self.unet.named_parameters() if p.requires_grad and "lora_" in n}
         for p in self.lora.values():  # the adapter trains in float32 (or float64) whatever the UNet's precision
             if p.dtype in (torch.float16, torch.bfloat16):
@@ -119,7 +125,7 @@ class VariationalGuidance(Guidance):
         self.generator = torch.Generator().manual_seed(seed + config.seed_offset)
 
     @staticmethod
-    def _copy(unet: nn.Module) -> nn.Module:
+    def _copy(unet: UNet2DConditionModel) -> UNet2DConditionModel:
         copied = copy.deepcopy(unet)
         copied.__dict__.pop("_compiled_call_impl", None)  # a compiled prior's copy runs eagerly
         return copied.eval().requires_grad_(False)

@@ -33,7 +33,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from fsd_gs.errors import require
+from fsd_gs.errors import UserError, require
 from fsd_gs.noise.base import NoiseFunction, NoiseKindSpec
 
 _M32 = 0xFFFFFFFF
@@ -216,8 +216,8 @@ class SurfaceNoise(NoiseFunction):
                 H, W multiples of h, w.
             generator: source of the fresh noise blended in by beta.
         """
-        require(alpha is not None and depth is not None,
-                "surface noise needs the rendered alpha and depth: render with with_depth=True and pass both")
+        if alpha is None or depth is None:
+            raise UserError("surface noise needs the rendered alpha and depth: render with with_depth=True and pass both")
         require(depth.shape == alpha.shape,
                 f"depth {tuple(depth.shape)} and alpha {tuple(alpha.shape)} must both be [B,H,W,1]")
         require(len(cameras) == alpha.shape[0], f"{len(cameras)} cameras for {alpha.shape[0]} rendered views")
@@ -231,8 +231,8 @@ class SurfaceNoise(NoiseFunction):
             self._geometry = None
 
     def _deterministic(self, azimuth, elevation, alpha, batch):
-        require(self._geometry is not None and alpha is not None,
-                "surface noise depends on the rendered depth: call noise.sample(cameras, alpha, depth, generator)")
+        if self._geometry is None or alpha is None:
+            raise UserError("surface noise depends on the rendered depth: call noise.sample(cameras, alpha, depth, generator)")
         cameras, depth = self._geometry
         noise, count = self.surface_noise(cameras, alpha, depth.to(alpha.device))
         mask = self.foreground(alpha)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, overload
 
 import torch
 
@@ -272,6 +272,10 @@ def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
+@overload
+def _copy(value: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _copy(value: None) -> None: ...
 def _copy(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A contiguous float32 copy on the tensor's own device (asynchronous on CUDA: no host sync)."""
     if value is None:
