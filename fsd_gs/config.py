@@ -298,7 +298,7 @@ def base_config(method: str | None, preset: str | Path | None, model: str | None
                       f"defaults and the options' defaults (add {name}.yaml, docs/extending.md)", PresetWarning, stacklevel=2)
         name = None
     data = load_preset(name) if name is not None else {}
-    method = method or data.get("method", "fsd")
+    method = str(method or data.get("method", "fsd"))
     cfg = method_defaults(TrainConfig(), method)
     cfg = merge_into(cfg, {k: v for k, v in data.items() if k != "method"})
     if model is not None:
