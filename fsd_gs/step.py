@@ -22,8 +22,8 @@ from fsd_gs.camera import Cameras, OrbitSampler, view_directions
 from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.distill import distill_loss
-from fsd_gs.errors import UserError
 from fsd_gs.gaussians import Gaussians, make_optimizers
+from fsd_gs.errors import UserError
 from fsd_gs.initialize import init_gaussians
 from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise

@@ -16,7 +16,8 @@ import pytest
 from plyfile import PlyData
 
 from fsd_gs.batch.cli import main, split_passthrough
-from fsd_gs.batch.grid import Preset, Shard, build_grid, collect_prompts, make_units, parse_presets, parse_seeds, shard_units
+from fsd_gs.batch.grid import (Preset, Shard, build_grid, collect_prompts, make_units, parse_presets, parse_seeds,
+                               shard_units)
 from fsd_gs.batch.manifest import FORMAT
 from fsd_gs.batch.worker import CRASH_ENV
 from fsd_gs.errors import UserError

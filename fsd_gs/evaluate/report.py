@@ -14,13 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from fsd_gs.evaluate.metrics import (
-    CrossFID,
-    colour_entropy,
-    cross_fid,
-    inception_score,
-    majority,
-    mean_pairwise_distance,
-    mean_std,
+    CrossFID, colour_entropy, cross_fid, inception_score, majority, mean_pairwise_distance, mean_std,
 )
 from fsd_gs.evaluate.scorers import ViewScores
 
