@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -22,7 +23,7 @@ from fsd_gs.camera import CameraConfig
 from fsd_gs.densify import DensifyConfig
 from fsd_gs.errors import UserError, require
 from fsd_gs.gaussians import GaussiansConfig, LearningRates
-from fsd_gs.methods import MethodOptions, method_spec
+from fsd_gs.methods import MethodName, MethodOptions, method_spec
 from fsd_gs.noise import NoiseConfig
 from fsd_gs.perp_neg import PerpNegWeights
 from fsd_gs.prior.compile import legacy_mode
@@ -31,8 +32,6 @@ from fsd_gs.render import RenderConfig
 from fsd_gs.schedule import ScheduleConfig
 from fsd_gs.view_prompts import ViewPromptConfig
 from fsd_gs.viewer.config import ViewerConfig
-
-Method = Literal["fsd", "sds", "nfsd", "csd", "vsd"]
 
 
 @dataclass
@@ -118,7 +117,7 @@ class TrainConfig:
     """The text prompt, e.g. "a red mushroom"."""
     negative_prompt: str = ""
     """Negative prompt for classifier-free guidance (empty: the unconditional embedding)."""
-    method: Method = "fsd"
+    method: MethodName = "fsd"
     """fsd: world-map noise + sqrt-annealed t (docs/fsd.md); sds: fresh noise + random t; nfsd, csd, vsd: the
     paper's other baselines (docs/methods.md). Switches noise, schedule and the distillation direction together;
     explicit --noise.* / --schedule.* flags still win."""
@@ -177,6 +176,10 @@ class TrainConfig:
         require(0.0 < self.optim.progressive_until <= 1.0, "--optim.progressive-until must lie in (0, 1]")
         if self.optim.progressive_start is not None:
             require(self.optim.progressive_start > 0, "--optim.progressive-start must be a positive size in pixels")
+
+
+class PresetWarning(UserWarning):
+    """A run without the model's own preset (a method that ships none for this model)."""
 
 
 # -- method defaults ------------------------------------------------------------------------------
@@ -308,11 +311,15 @@ def base_config(method: str | None, preset: str | Path | None, model: str | None
     With no preset, the model's own preset is used when it exists (``--model shapes`` alone runs the shapes
     preset's resolution, steps and guidance).
     """
+    if method is not None:
+        method_spec(method)  # an unknown method is a UserError before any preset is looked for
     name = preset if preset is not None else default_preset(model, method)
     if preset is None and not (presets_dir() / f"{name}.yaml").is_file():
+        warnings.warn(f"no preset {name} for --method {method or 'fsd'} with --model {model}: the run uses the method's "
+                      f"defaults and the options' defaults (add {name}.yaml, docs/extending.md)", PresetWarning, stacklevel=2)
         name = None
     data = load_preset(name) if name is not None else {}
-    method = method or data.get("method", "fsd")
+    method = str(method or data.get("method", "fsd"))
     cfg = method_defaults(TrainConfig(), method)
     cfg = merge_into(cfg, {k: v for k, v in data.items() if k != "method"})
     if model is not None:

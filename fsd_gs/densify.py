@@ -316,7 +316,7 @@ class Densifier:
             {"n_cloned", "n_split", "n_pruned", "n_reset", "n_capped"}: Gaussians cloned, split (parents),
             pruned, 1 if the opacities were reset at this step, growth candidates held back by the cap.
         """
-        counts = dict.fromkeys(COUNT_KEYS, 0)
+        counts: dict[str, int] = dict.fromkeys(COUNT_KEYS, 0)
         if not self.is_active(step):
             return counts
         self._update_state(params, state, info, packed)

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,11 @@ from fsd_gs.prior.factory import DEFAULT_MODEL
 from fsd_gs.run_dir import create_fresh_dir
 from fsd_gs.schedule import ScheduleConfig, sample_timestep
 
-Method = Literal["fsd", "sds", "nfsd", "csd", "vsd", "ddim"]
+if TYPE_CHECKING:
+    Method = str
+else:
+    Method = METHODS.literal("ddim")
+    """Every registered method, and DDIM sampling."""
 MethodSettings = Image2DSettings
 
 METHOD_DEFAULTS: dict[str, MethodSettings] = {

@@ -9,14 +9,17 @@ optimised variable; tests/test_fsd_ddim_equivalence.py checks it numerically.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 import torch
 
 from fsd_gs.prior.base import DiffusionPrior
 
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
 
-def ddim_scheduler(prior: DiffusionPrior, steps: int):
+
+def ddim_scheduler(prior: DiffusionPrior, steps: int) -> DDIMScheduler:
     """diffusers' DDIMScheduler for ``prior``'s noise schedule, set to ``steps`` inference steps.
 
     The prior's own scheduler config is used where it has one (``prior.scheduler_config``); the
@@ -32,7 +35,7 @@ def ddim_scheduler(prior: DiffusionPrior, steps: int):
     config.setdefault("beta_start", 0.00085)
     config.setdefault("beta_end", 0.012)
     with quiet_hf():  # a PNDM config (Stable Diffusion's) has keys DDIM ignores
-        scheduler = DDIMScheduler.from_config(config)
+        scheduler = cast(DDIMScheduler, DDIMScheduler.from_config(config))  # from_config is typed as a union
     scheduler.set_timesteps(steps, device=prior.device)
     return scheduler
 

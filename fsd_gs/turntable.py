@@ -45,7 +45,8 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
     iio.imwrite(png_path, image_grid(frames))
     if mp4_path is not None:
         try:
-            iio.imwrite(mp4_path, frames.numpy(), fps=fps, codec="libx264", plugin="pyav" if _has_pyav() else None)
+            plugin: dict[str, str] = {"plugin": "pyav"} if _has_pyav() else {}
+            iio.imwrite(mp4_path, frames.numpy(), fps=fps, codec="libx264", **plugin)
             written.append(Path(mp4_path))
         except Exception:  # no video encoder installed: the PNG grid is the turntable
             Path(mp4_path).unlink(missing_ok=True)
@@ -54,7 +55,7 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
 
 def _has_pyav() -> bool:
     try:
-        import av  # noqa: F401
+        import av  # noqa: F401  # pyright: ignore[reportMissingImports]  (PyAV is optional: imageio-ffmpeg also encodes)
     except ImportError:
         return False
     return True

@@ -122,6 +122,7 @@ def test_units_group_seeds_of_one_prompt_and_shards_partition_the_grid():
 
 
 # -- Ray: a full grid with a worker killed mid-asset ------------------------------------------------------
+@pytest.mark.slow
 def test_grid_completes_every_asset_once_despite_a_killed_worker(grid_run, capsys):
     out, code = grid_run
     assert code == 0
@@ -146,6 +147,7 @@ def test_grid_completes_every_asset_once_despite_a_killed_worker(grid_run, capsy
     assert "8 assets: 8 done, 0 failed, 0 pending, 0 running" in summary
 
 
+@pytest.mark.slow
 def test_rerun_does_no_work(grid_run, capsys):
     out, _ = grid_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/report.json")}
@@ -192,6 +194,7 @@ def grouped_run(grid_run, tmp_path_factory):
     return out, grouped, ids
 
 
+@pytest.mark.slow
 def test_seeds_trained_together_match_single_runs(grouped_run):
     """--group-seeds 2 (one batched prior call per step for both seeds) gives the Gaussians of the single runs."""
     single_dir, grouped_dir, ids = grouped_run

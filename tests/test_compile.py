@@ -157,6 +157,7 @@ def test_bench_step_variant_names_round_trip():
         bench_step.Variant.parse("512/1/100k")
 
 
+@pytest.mark.slow
 def test_bench_step_runs_a_chosen_variant_in_a_child_process(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--model", "shapes", "--device", "cpu",

@@ -127,6 +127,7 @@ def test_bad_input_is_one_line_exit_2_and_no_folder(extra, message, tiny_sd_dir,
     assert not out.exists() or not any(out.rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_module_entry_point_exit_code(tmp_path):
     cmd = [sys.executable, "-m", "fsd_gs.image2d", "--prompt", "a cat", "--model", str(tmp_path / "missing"),
            "--output-dir", str(tmp_path), "--device", "cpu"]

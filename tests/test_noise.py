@@ -9,6 +9,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.noise import (
+    NOISE_KINDS,
     NOISE_PRESETS,
     ConstantNoise,
     NoiseConfig,
@@ -108,7 +109,12 @@ def test_opposite_views_do_not_share_the_map():
 
 
 # -- distribution ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind, beta", [("worldmap", 1.0), ("worldmap", 0.3), ("constant", 1.0), ("random", 1.0)])
+def camera_free_kinds() -> list[str]:
+    """The registered kinds whose noise needs only the camera angles and opacity (not the rendered depth)."""
+    return [kind for kind in NOISE_KINDS if not build_noise(NoiseConfig(kind=kind), SHAPE, seed=0).needs_depth]
+
+
+@pytest.mark.parametrize("kind, beta", [("worldmap", 0.3), *[(kind, 1.0) for kind in camera_free_kinds()]])
 def test_each_view_is_standard_normal(kind, beta):
     """Per view, elements are N(0, 1); pooled over many seeds (each a fresh map) and half-masked renders."""
     alpha = torch.zeros(2, RES, RES, 1)

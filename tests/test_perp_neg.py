@@ -11,7 +11,7 @@ import torch
 from fsd_gs.camera import orbit_cameras, turntable
 from fsd_gs.distill import distill_loss
 from fsd_gs.errors import UserError
-from fsd_gs.methods import METHOD_NAMES, MethodOptions, make_guidance
+from fsd_gs.methods import MethodOptions, make_guidance, method_names
 from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, perpendicular, plan, select
 from fsd_gs.prior.base import VIEW_SUFFIXES, NegativeViews
 from fsd_gs.step import DistillStep, step_together
@@ -163,7 +163,7 @@ def test_negatives_are_batched_into_the_one_prior_call_and_match_separate_predic
     torch.testing.assert_close(prior.predict_noise(z, t, cond, uncond, 5.0, negatives=zero), plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_uses_perp_neg_in_one_prior_call(shapes_prior, method):
     prior = shapes_prior
     emb = prior.encode_prompts("a red chair")

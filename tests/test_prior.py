@@ -325,6 +325,7 @@ def test_shapes_routes_to_the_builtin_prior(monkeypatch):
     assert marker.compile_decision.mode == "off"  # the shapes prior is never compiled
 
 
+@pytest.mark.slow
 def test_make_random_pipeline_script(tmp_path):
     out = tmp_path / "px"
     cmd = [sys.executable, str(ROOT / "scripts" / "make_random_pipeline.py"), "--kind", "pixel", "--out", str(out)]

@@ -73,6 +73,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_path, capsys):
     """Kill (os._exit) at the k-th fsync / rename / delete of the checkpoint code, for every k of the run's
     three checkpoints; each time a resume finishes with exactly the uninterrupted run's Gaussians."""
@@ -96,6 +97,7 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
 
 
 # -- 2. SIGTERM (and SIGHUP) save and exit with the conventional code ------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_save_and_stop_resumably(sig, code, tmp_path):
     args = shapes_args(tmp_path, 100000, "--output.checkpoint-every", "0")
@@ -120,6 +122,7 @@ def test_sigterm_and_sighup_save_and_stop_resumably(sig, code, tmp_path):
 
 
 # -- 4. two processes on one run -----------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_process_on_a_run_gets_one_sentence_and_a_dead_owner_is_taken_over(tmp_path, capsys):
     assert main(shapes_args(tmp_path, 4)) == 0
     run = last_line(capsys)
@@ -274,6 +277,7 @@ def test_a_cpu_run_uses_one_thread_for_its_step_whatever_the_environment(tmp_pat
     assert "1 threads" in report["device"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_asset_at_any_thread_count_end_to_end(straight, tmp_path):
     """The README's promise, as a user runs it: OMP_NUM_THREADS 2 and 4 give the 1-thread run's Gaussians."""
     for threads in ("2", "4"):

@@ -51,10 +51,10 @@ def feed(viewer, snaps) -> None:
     for snap in snaps:
         viewer.update(snap)
     last = snaps[-1]
-    assert wait_until(lambda: (viewer.update(last), viewer._sent_step == last.step)[1])
-    assert wait_until(lambda: viewer._slot is None and not viewer._busy and viewer.stats["handled"] > 0)
+    assert wait_until(lambda: (viewer.update(last), viewer.handover.sent_step == last.step)[1])
+    assert wait_until(lambda: viewer.handover.slot is None and not viewer.handover.busy and viewer.stats["handled"] > 0)
     time.sleep(0.05)
-    assert wait_until(lambda: viewer._slot is None and not viewer._busy)
+    assert wait_until(lambda: viewer.handover.slot is None and not viewer.handover.busy)
 
 
 def click(button) -> None:
@@ -122,7 +122,7 @@ def test_exceptions_in_callbacks_are_logged_and_swallowed(caplog):
 
 def test_a_failing_publish_is_logged_and_the_viewer_carries_on(viewer, caplog, monkeypatch):
     g = ball()
-    real = viewer._publish_panels
+    real = viewer.panels.publish
     failures = {"left": 2}
 
     def flaky(payload):
@@ -131,14 +131,14 @@ def test_a_failing_publish_is_logged_and_the_viewer_carries_on(viewer, caplog, m
             raise RuntimeError("panel update failed")
         real(payload)
 
-    monkeypatch.setattr(viewer, "_publish_panels", flaky)
+    monkeypatch.setattr(viewer.panels, "publish", flaky)
     before = ERRORS.counts.get("viewer thread", 0)
     with caplog.at_level(logging.ERROR, logger="fsd_gs.viewer"):
         for step in range(1, 40):
             viewer.update(snapshot(step, g))
             time.sleep(0.005)
         feed(viewer, [snapshot(40, g)])
-    assert "**Step** 40 / 100" in viewer.progress_md.content
+    assert "**Step** 40 / 100" in viewer.panels.progress_md.content
     assert ERRORS.counts.get("viewer thread", 0) == before + 2 and "panel update failed" in caplog.text
     assert viewer._thread.is_alive()
 
@@ -191,13 +191,13 @@ def test_update_costs_microseconds_when_nothing_is_sent():
 # -- controls ---------------------------------------------------------------------------------------------
 def test_pause_resume_and_save_request_flags(viewer):
     assert not viewer.paused and not viewer.pop_save_request()
-    click(viewer.pause_button)
-    assert viewer.paused and viewer.pause_button.label == "Resume"
-    click(viewer.pause_button)
-    assert not viewer.paused and viewer.pause_button.label == "Pause"
-    click(viewer.save_button)
+    click(viewer.panels.pause_button)
+    assert viewer.paused and viewer.panels.pause_button.label == "Resume"
+    click(viewer.panels.pause_button)
+    assert not viewer.paused and viewer.panels.pause_button.label == "Pause"
+    click(viewer.panels.save_button)
     assert viewer.pop_save_request() and not viewer.pop_save_request()  # True exactly once
-    click(viewer.pause_button)
+    click(viewer.panels.pause_button)
     viewer.close()
     assert not viewer.paused  # closing never leaves training paused
 
@@ -218,8 +218,8 @@ def test_download_sends_the_current_ply_copied_on_the_trainer_thread(viewer, mon
     client = _FakeClient(7)
     monkeypatch.setattr(viewer.app.server, "get_clients", lambda: {7: client})
     feed(viewer, [snapshot(1, g)])
-    for callback in viewer.download_button._impl.update_cb:
-        callback(viser.GuiEvent(client=None, client_id=7, target=viewer.download_button))
+    for callback in viewer.panels.download_button._impl.update_cb:
+        callback(viser.GuiEvent(client=None, client_id=7, target=viewer.panels.download_button))
     viewer.update(snapshot(2, g))  # a download request is served at the next step, busy or not
     with torch.no_grad():
         g.params["means"].add_(10.0)  # training goes on; the download is the state of step 2
@@ -236,9 +236,9 @@ def test_download_while_paused_is_served_from_the_paused_property(viewer, monkey
     client = _FakeClient(3)
     monkeypatch.setattr(viewer.app.server, "get_clients", lambda: {3: client})
     feed(viewer, [snapshot(1, g)])
-    click(viewer.pause_button)
-    for callback in viewer.download_button._impl.update_cb:
-        callback(viser.GuiEvent(client=None, client_id=3, target=viewer.download_button))
+    click(viewer.panels.pause_button)
+    for callback in viewer.panels.download_button._impl.update_cb:
+        callback(viser.GuiEvent(client=None, client_id=3, target=viewer.panels.download_button))
     assert viewer.paused  # the trainer polls this while paused
     assert wait_until(lambda: len(client.files) == 1)
 
@@ -249,14 +249,14 @@ def test_live_viewer_shows_progress_loss_images_and_splats(viewer):
     noise = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0))
     feed(viewer, [snapshot(step, g, train_rgb=torch.rand(32, 32, 3), noise_window=noise[:, 4:12, 0:8],
                            window_origin=(4, 30), window_size=(8, 8)) for step in range(1, 11)])
-    assert "**Step** 10 / 100" in viewer.progress_md.content
-    assert "**t** 890" in viewer.progress_md.content and "Gaussians** 300" in viewer.progress_md.content
-    steps, losses = viewer.loss_plot.data
+    assert "**Step** 10 / 100" in viewer.panels.progress_md.content
+    assert "**t** 890" in viewer.panels.progress_md.content and "Gaussians** 300" in viewer.panels.progress_md.content
+    steps, losses = viewer.panels.loss_plot.data
     assert steps[-1] == 10 and np.isclose(losses[-1], 0.1)
     assert viewer.mode == "splats" and viewer.app._splats.buffer.shape[0] == 300
-    image = viewer.train_image.image
+    image = viewer.panels.train_image.image
     assert image.shape[0] == viewer.config.panel_image_height and image.shape[1] > 2 * image.shape[0]  # render | noise
-    red = (viewer.map_image.image == (255, 40, 40)).all(axis=-1)
+    red = (viewer.panels.map_image.image == (255, 40, 40)).all(axis=-1)
     assert red.any() and red[:, -3:].any() and red[:, :3].any()  # the window wraps around the periodic map
 
 
@@ -266,9 +266,9 @@ def test_it_per_s_and_eta_are_estimated_when_the_trainer_has_none(viewer):
         viewer.update(snapshot(step, g, it_per_s=0.0, eta_s=float("nan")))
         time.sleep(0.05)
     feed(viewer, [snapshot(5, g, it_per_s=0.0, eta_s=float("nan"))])
-    assert "**Step** 5 / 100" in viewer.progress_md.content
-    assert "it/s" in viewer.progress_md.content and "- it/s" not in viewer.progress_md.content
-    assert "ETA** -" not in viewer.progress_md.content
+    assert "**Step** 5 / 100" in viewer.panels.progress_md.content
+    assert "it/s" in viewer.panels.progress_md.content and "- it/s" not in viewer.panels.progress_md.content
+    assert "ETA** -" not in viewer.panels.progress_md.content
 
 
 # -- conversions and helpers ---------------------------------------------------------------------------------
@@ -331,8 +331,8 @@ def test_render_mode_pushes_a_server_render_from_the_browser_camera(device):
         g = g.to(device)
         v.update(snapshot(10, g, total=10))
         assert wait_until(lambda: v.stats["published"] == 1)
-        assert v.mode == "render" and v._current.params["means"].device.type == device
-        v._render_for(Client(), v._current)
+        assert v.mode == "render" and v.renderer.current.params["means"].device.type == device
+        v.renderer.render_for(Client(), v.renderer.current)
         image = Scene.image
         assert image.shape == (48, 64, 3)
         assert image[24, 32, 0] > 150 and image[24, 32, 1:].max() < 60  # red object in the middle
@@ -412,11 +412,37 @@ def test_the_noise_panel_names_the_run_s_noise_kind():
     """Surface noise (and every other kind) is shown next to the training render under its own name."""
     v = LiveViewer(ViewerConfig(port=0, update_every=10**9), total_steps=10, noise_kind="surface")
     try:
-        assert "surface-attached" in v.train_image.label and v.map_image is None
+        assert "surface-attached" in v.panels.train_image.label and v.panels.map_image is None
     finally:
         v.close()
     v = LiveViewer(ViewerConfig(port=0, update_every=10**9), total_steps=10, noise_map=torch.randn(4, 8, 16))
     try:
-        assert "world map" in v.train_image.label and v.map_image is not None
+        assert "world map" in v.panels.train_image.label and v.panels.map_image is not None
     finally:
         v.close()
+
+
+# -- the hand-over on its own (no viser) -----------------------------------------------------------------------
+def test_the_handover_takes_due_snapshots_only_when_the_viewer_thread_is_idle():
+    from fsd_gs.viewer.handover import Handover
+
+    stats = {"updates": 0, "sent": 0, "skipped_busy": 0}
+    handover = Handover(ViewerConfig(port=0, update_every=5, min_interval_s=0.0), stats)
+    g = ball(50)
+    for step in range(1, 5):
+        handover.update(snapshot(step, g))  # step 1 is due (nothing sent yet), 2..4 are not
+    assert stats == {"updates": 4, "sent": 1, "skipped_busy": 0} and handover.slot.step == 1
+    assert handover.mode == "splats" and set(handover.slot.params) == {"means", "scales", "quats", "opacities", "sh0"}
+    handover.update(snapshot(6, g))  # due, but the first payload still waits: skipped, never queued
+    assert stats["skipped_busy"] == 1 and handover.slot.step == 1 and len(handover.losses) == 5
+    running, payload = handover.take(lambda: False, lambda: None)
+    assert running and payload.step == 1 and handover.busy and handover.slot is None
+    handover.done()
+    handover.request_download(4)
+    handover.update(snapshot(7, g))  # a download request is served at the next step, due or not
+    assert handover.slot.step == 7 and handover.slot.download_clients == [4] and handover.slot.download is not None
+    handover.request_save()
+    assert handover.pop_save_request() and not handover.pop_save_request()
+    assert handover.toggle_pause() and handover.poll_paused()
+    handover.close()
+    assert not handover.paused and handover.take(lambda: False, lambda: None) == (False, None)

@@ -12,13 +12,16 @@ Formats (docs/export.md has the details and which viewers open what):
     glb             glTF binary with KHR_gaussian_splatting (pygltflib; linear scales, sigmoid opacities, xyzw)
     mesh            marching cubes on the Gaussians' density (scikit-image), written by trimesh as glb/obj/ply
 
-Modules: finite (drop NaN/Inf rows, warnings), splats, gltf, mesh, formats (names, paths,
-export_gaussians), __main__ (the CLI). Data flow one way: formats -> writers -> finite.
+Modules: base (ExportFormat: a format's suffix and encoder; the finite-rows filter and the atomic write, once),
+ply, splats, gltf, mesh (the formats), registry (EXPORT_FORMATS; plugins through the ``fsd_gs.export`` entry point
+group), formats (names, paths, export_gaussians), __main__ (the CLI). Adding a format: docs/extending.md.
 """
 
-from fsd_gs.finite import ExportWarning, NonFiniteWarning
+from fsd_gs.export.base import ExportFormat
 from fsd_gs.export.formats import FORMATS, SUFFIXES, export_gaussians, output_paths, validate_formats
 from fsd_gs.export.mesh import MeshConfig
+from fsd_gs.export.registry import EXPORT_FORMATS
+from fsd_gs.finite import ExportWarning, NonFiniteWarning
 
-__all__ = ["FORMATS", "SUFFIXES", "ExportWarning", "MeshConfig", "NonFiniteWarning", "export_gaussians",
-           "output_paths", "validate_formats"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "SUFFIXES", "ExportFormat", "ExportWarning", "MeshConfig", "NonFiniteWarning",
+           "export_gaussians", "output_paths", "validate_formats"]

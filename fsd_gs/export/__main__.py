@@ -12,7 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Annotated, Optional, Sequence
 
 import tyro
 
@@ -20,6 +20,7 @@ from fsd_gs.cli import tyro_cli
 from fsd_gs.errors import UserError, run_cli
 from fsd_gs.export.formats import export_gaussians, validate_formats
 from fsd_gs.export.mesh import MeshConfig
+from fsd_gs.export.registry import EXPORT_FORMATS, format_help
 
 
 @dataclass
@@ -31,8 +32,8 @@ class ExportConfig:
 
     path: tyro.conf.Positional[Path]
     """A run folder (holding model.ply) or any 3D Gaussian Splatting .ply file."""
-    to: tuple[str, ...]
-    """Formats, one or more of: ply, ply_compressed (PlayCanvas), splat (antimatter15), glb (KHR_gaussian_splatting), mesh."""
+    to: Annotated[tuple[str, ...], tyro.conf.arg(metavar="{" + ",".join(EXPORT_FORMATS) + "} [...]",
+                                                 help="Formats, one or more of: " + format_help() + ".")]
     out_dir: Optional[Path] = None
     """Folder for the files (must exist); None: the folder of the input .ply."""
     stem: Optional[str] = None

@@ -1,8 +1,8 @@
-"""The export formats, their file names, and :func:`export_gaussians` (what training runs and the CLI call).
+"""The export formats' names and file names, and :func:`export_gaussians` (what training runs and the CLI call).
 
     paths = export_gaussians(gaussians, run_dir, ["splat", "glb", "mesh"])   # {"splat": run_dir/"model.splat", ...}
 
-Files are named ``<stem><suffix>`` in ``out_dir`` (:data:`SUFFIXES`; the mesh's suffix follows its
+Files are named ``<stem><suffix>`` in ``out_dir`` (each format's suffix; the mesh's follows its
 format). An existing file is never replaced silently: without ``overwrite`` the call refuses, before
 writing anything, with a UserError that names ``--overwrite``; every file is written atomically
 (:mod:`fsd_gs.io.atomic`), so a reader never sees half of one. Non-finite Gaussians are dropped once,
@@ -17,25 +17,28 @@ from pathlib import Path
 from fsd_gs.errors import UserError
 from fsd_gs.finite import drop_non_finite
 from fsd_gs.export.mesh import MeshConfig
+from fsd_gs.export.registry import EXPORT_FORMATS
 from fsd_gs.gaussians import Gaussians
 
-FORMATS: tuple[str, ...] = ("ply", "ply_compressed", "splat", "glb", "mesh")
-"""Valid export format names: INRIA .ply, PlayCanvas compressed .ply, antimatter15 .splat,
-KHR_gaussian_splatting .glb, and a triangle mesh (marching cubes; glb, obj or ply per MeshConfig.format)."""
+FORMATS: tuple[str, ...] = EXPORT_FORMATS.names()
+"""Valid export format names at import (the registry, :data:`~fsd_gs.export.registry.EXPORT_FORMATS`, is the
+source): INRIA .ply, PlayCanvas compressed .ply, antimatter15 .splat, KHR_gaussian_splatting .glb, and a triangle
+mesh (marching cubes; glb, obj or ply per MeshConfig.format)."""
 
-SUFFIXES: dict[str, str] = {"ply": ".ply", "ply_compressed": ".compressed.ply", "splat": ".splat", "glb": ".glb"}
-"""File suffix per splat format; the mesh is ``.mesh.<MeshConfig.format>``."""
+SUFFIXES: dict[str, str] = {name: f.suffix for name, f in EXPORT_FORMATS.items() if "{" not in f.suffix}
+"""File suffix per format whose suffix is fixed; the mesh is ``.mesh.<MeshConfig.format>``."""
 
 
 def validate_formats(formats: Sequence[str]) -> tuple[str, ...]:
     """The formats without repeats, in the order given; UserError for an unknown name or an empty list."""
     if isinstance(formats, str):
         formats = [formats]
+    names = EXPORT_FORMATS.names()
     if len(formats) == 0:
-        raise UserError(f"no export format given: choose one or more of {', '.join(FORMATS)}")
+        raise UserError(f"no export format given: choose one or more of {', '.join(names)}")
     for name in formats:
-        if name not in FORMATS:
-            raise UserError(f"unknown export format {name!r}: choose one or more of {', '.join(FORMATS)}")
+        if name not in names:
+            raise UserError(f"unknown export format {name!r}: choose one or more of {', '.join(names)}")
     return tuple(dict.fromkeys(formats))
 
 
@@ -46,8 +49,7 @@ def output_paths(out_dir: str | Path, formats: Sequence[str], stem: str = "model
         raise UserError(f"the file stem must be a plain file name without '/', got {stem!r}")
     mesh = mesh or MeshConfig()
     out_dir = Path(out_dir)
-    suffix = {**SUFFIXES, "mesh": f".mesh.{mesh.format}"}
-    return {name: out_dir / f"{stem}{suffix[name]}" for name in validate_formats(formats)}
+    return {name: out_dir / f"{stem}{EXPORT_FORMATS[name].file_suffix(mesh)}" for name in validate_formats(formats)}
 
 
 def export_gaussians(gaussians: Gaussians, out_dir: str | Path, formats: Sequence[str], stem: str = "model",
@@ -71,11 +73,6 @@ def export_gaussians(gaussians: Gaussians, out_dir: str | Path, formats: Sequenc
         NonFiniteWarning (once) when rows with NaN/Inf were dropped; ExportWarning when the compressed .ply
         leaves out invisible Gaussians.
     """
-    from fsd_gs.export.gltf import write_glb
-    from fsd_gs.export.mesh import write_mesh
-    from fsd_gs.export.splats import write_ply_compressed, write_splat
-    from fsd_gs.io.ply import write_ply
-
     mesh = mesh or MeshConfig()
     paths = output_paths(out_dir, formats, stem, mesh)
     if "mesh" in paths:
@@ -87,6 +84,4 @@ def export_gaussians(gaussians: Gaussians, out_dir: str | Path, formats: Sequenc
         raise UserError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
                         "pass --overwrite to replace it (or choose another --out-dir)")
     gaussians = drop_non_finite(gaussians, f"the export to {Path(out_dir) / stem}.*")
-    writers = {"ply": write_ply, "ply_compressed": write_ply_compressed, "splat": write_splat, "glb": write_glb,
-               "mesh": lambda g, path: write_mesh(g, path, mesh)}
-    return {name: writers[name](gaussians, path) for name, path in paths.items()}
+    return {name: EXPORT_FORMATS[name].write(gaussians, path, mesh) for name, path in paths.items()}

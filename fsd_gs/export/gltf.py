@@ -26,14 +26,12 @@ SH coefficients here). The attribute names and conventions follow the extension'
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from fsd_gs.finite import drop_non_finite
+from fsd_gs.export.base import ExportFormat
 from fsd_gs.gaussians import Gaussians, sh0_to_rgb
-from fsd_gs.io.atomic import atomic_write_bytes
 
 EXTENSION = "KHR_gaussian_splatting"
 ROTATION = f"{EXTENSION}:ROTATION"
@@ -118,13 +116,7 @@ def glb_bytes(gaussians: Gaussians) -> bytes:
     return b"".join(gltf.save_to_bytes())
 
 
-def write_glb(gaussians: Gaussians, path: str | Path) -> Path:
-    """Write ``gaussians`` as a KHR_gaussian_splatting ``.glb`` (see the module doc), atomically; returns ``path``.
-
-    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
-    Raises:
-        UserError: nothing to write (empty or all non-finite), or the file cannot be written.
-    """
-    path = Path(path)
-    gaussians = drop_non_finite(gaussians, path.name)
-    return atomic_write_bytes(path, glb_bytes(gaussians))
+GLB = ExportFormat("glb", ".glb", lambda gaussians, options: glb_bytes(gaussians),
+                  "glTF binary with KHR_gaussian_splatting (pygltflib; linear scales, sigmoid opacities, xyzw)")
+write_glb = GLB.write
+"""Write a KHR_gaussian_splatting ``.glb``, atomically, non-finite rows dropped with a warning; returns the path."""

@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from fsd_gs.errors import UserError, require
-from fsd_gs.finite import drop_non_finite
+from fsd_gs.export.base import ExportFormat
 from fsd_gs.gaussians import Gaussians, sh0_to_rgb
-from fsd_gs.io.atomic import atomic_write_bytes
 
 MeshFormat = Literal["glb", "obj", "ply"]
 MESH_FORMATS: tuple[str, ...] = ("glb", "obj", "ply")
@@ -166,7 +164,7 @@ def extract_mesh(gaussians: Gaussians, config: MeshConfig | None = None):
     field = np.pad(grid.density, 1)  # zeros around: every surface closes inside the grid
     if config.fill_interior:
         occupied = field > config.threshold
-        cavity = ndimage.binary_fill_holes(occupied) & ~occupied
+        cavity = np.asarray(ndimage.binary_fill_holes(occupied), dtype=bool) & ~occupied
         field[cavity] = max(peak, 2.0 * config.threshold)
     verts, faces, _, _ = marching_cubes(field, level=config.threshold, allow_degenerate=False)
     if len(faces) == 0:
@@ -189,6 +187,7 @@ def mesh_bytes(mesh, fmt: str) -> bytes:
     """``mesh`` (from :func:`extract_mesh`) encoded as ``fmt`` (glb, obj or ply; see the module doc)."""
     import trimesh
     from kornia.color import rgb_to_linear_rgb
+    from trimesh.visual import ColorVisuals
 
     from fsd_gs.export.gltf import Z_UP_TO_Y_UP
 
@@ -198,25 +197,36 @@ def mesh_bytes(mesh, fmt: str) -> bytes:
         lin = rgb_to_linear_rgb(srgb.t()[:, :, None])[:, :, 0].t().numpy()
         colours = mesh.visual.vertex_colors.copy()
         colours[:, :3] = np.round(lin * 255).astype(np.uint8)
-        linear.visual = trimesh.visual.ColorVisuals(linear, vertex_colors=colours)
+        linear.visual = ColorVisuals(linear, vertex_colors=colours)
         transform = np.eye(4)
         transform[:3, :3] = Z_UP_TO_Y_UP
         scene = trimesh.Scene()
         scene.add_geometry(linear, node_name="mesh", geom_name="mesh", transform=transform)
-        return scene.export(file_type="glb")
-    data = mesh.export(file_type=fmt)
-    return data.encode("utf-8") if isinstance(data, str) else data
+        return _as_bytes(scene.export(file_type="glb"))
+    return _as_bytes(mesh.export(file_type=fmt))
 
 
-def write_mesh(gaussians: Gaussians, path: str | Path, config: MeshConfig | None = None) -> Path:
-    """Extract the mesh of ``gaussians`` and write it to ``path`` in ``config.format``, atomically; returns ``path``.
+def _as_bytes(data: Any) -> bytes:
+    """trimesh's export result (bytes, or str for text formats) as bytes."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if not isinstance(data, bytes):
+        raise TypeError(f"trimesh exported a {type(data).__name__}, expected bytes or str")
+    return data
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
+
+def encode_mesh(gaussians: Gaussians, config: MeshConfig | None = None) -> bytes:
+    """The mesh file of finite ``gaussians`` in ``config.format`` (validated; default :class:`MeshConfig`).
+
     Raises:
-        UserError: bad config, nothing to mesh, no surface at the threshold, or the file cannot be written.
+        UserError: bad config, nothing to mesh, or no surface at the threshold.
     """
-    path = Path(path)
     config = config or MeshConfig()
     config.validate()
-    gaussians = drop_non_finite(gaussians, path.name)
-    return atomic_write_bytes(path, mesh_bytes(extract_mesh(gaussians, config), config.format))
+    return mesh_bytes(extract_mesh(gaussians, config), config.format)
+
+
+MESH = ExportFormat("mesh", ".mesh.{mesh.format}", encode_mesh,
+                    "marching cubes on the Gaussians' density (scikit-image), written by trimesh as glb/obj/ply")
+write_mesh = MESH.write
+"""Extract the mesh and write it in ``MeshConfig.format``, atomically, non-finite rows dropped with a warning."""

@@ -21,20 +21,20 @@ read (we leave that empty element out of the header; it has no data).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.finite import ExportWarning, drop_non_finite, subset
+from fsd_gs.export.base import ExportFormat
+from fsd_gs.finite import ExportWarning, subset
 from fsd_gs.gaussians import Gaussians
-from fsd_gs.io.atomic import atomic_write_bytes
 
 COMPRESSED_MIN_OPACITY = 1.0 / 255.0
 """The compressed .ply keeps Gaussians with sigmoid(opacity) above this (gsplat's threshold)."""
 
 
-def _export_bytes(gaussians: Gaussians, fmt: str) -> bytes:
+def _export_bytes(gaussians: Gaussians, fmt: Literal["splat", "ply_compressed"]) -> bytes:
     """gsplat's exporter on CPU float32 copies of the raw parameters (sh0 [N,1,3], shN [N,K-1,3])."""
     from gsplat.exporter import export_splats
 
@@ -42,38 +42,38 @@ def _export_bytes(gaussians: Gaussians, fmt: str) -> bytes:
     return export_splats(p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"], p["shN"], format=fmt)
 
 
-def write_splat(gaussians: Gaussians, path: str | Path) -> Path:
-    """Write ``gaussians`` as a ``.splat`` file (see the module doc), atomically; returns ``path``.
+def splat_bytes(gaussians: Gaussians, options: Any = None) -> bytes:
+    """The ``.splat`` file of finite ``gaussians`` (see the module doc)."""
+    return _export_bytes(gaussians, "splat")
 
-    Non-finite rows are dropped with a :class:`~fsd_gs.finite.NonFiniteWarning`.
+
+def compressed_ply_bytes(gaussians: Gaussians, options: Any = None) -> bytes:
+    """The PlayCanvas compressed ``.ply`` of finite ``gaussians``, invisible ones (opacity <= 1/255) left out.
+
+    Warns with an :class:`~fsd_gs.finite.ExportWarning` that counts the invisible Gaussians left out.
     Raises:
-        UserError: nothing to write (empty or all non-finite), or the file cannot be written.
+        UserError: all Gaussians are invisible (nothing to write).
     """
-    path = Path(path)
-    gaussians = drop_non_finite(gaussians, path.name)
-    return atomic_write_bytes(path, _export_bytes(gaussians, "splat"))
-
-
-def write_ply_compressed(gaussians: Gaussians, path: str | Path) -> Path:
-    """Write ``gaussians`` as a PlayCanvas compressed ``.ply`` (see the module doc), atomically; returns ``path``.
-
-    Non-finite rows are dropped with a NonFiniteWarning, invisible ones (opacity <= 1/255) with an
-    :class:`~fsd_gs.finite.ExportWarning`.
-    Raises:
-        UserError: nothing to write (empty, all non-finite or all invisible), or the file cannot be written.
-    """
-    path = Path(path)
-    gaussians = drop_non_finite(gaussians, path.name)
     visible = torch.sigmoid(gaussians.params["opacities"].detach().float()) > COMPRESSED_MIN_OPACITY
     n, kept = len(gaussians), int(visible.sum())
     if kept == 0:
-        raise UserError(f"not writing {path}: all {n} Gaussians have opacity <= 1/255 (nothing visible to export)")
+        raise UserError(f"not writing the compressed .ply: all {n} Gaussians have opacity <= 1/255 (nothing visible to export)")
     if kept < n:
-        warnings.warn(f"left out {n - kept} of {n} Gaussians with opacity <= 1/255 (invisible) from {path.name}",
+        warnings.warn(f"left out {n - kept} of {n} Gaussians with opacity <= 1/255 (invisible) from the compressed .ply",
                       ExportWarning, stacklevel=2)
         gaussians = subset(gaussians, visible)
     data = _export_bytes(gaussians, "ply_compressed")
     if gaussians.params["shN"].shape[1] == 0:  # gsplat 1.5.3 declares an empty "sh" element; PlayCanvas rejects it
         head, sep, body = data.partition(b"end_header\n")
         data = head.replace(f"element sh {kept}\n".encode(), b"") + sep + body
-    return atomic_write_bytes(path, data)
+    return data
+
+
+SPLAT = ExportFormat("splat", ".splat", splat_bytes,
+                     "antimatter15 .splat (gsplat's exporter; 32 bytes a Gaussian, DC colour only)")
+PLY_COMPRESSED = ExportFormat("ply_compressed", ".compressed.ply", compressed_ply_bytes,
+                              "PlayCanvas/SuperSplat .compressed.ply (gsplat's exporter; quantised, ~4x smaller)")
+write_splat = SPLAT.write
+"""Write a ``.splat`` file, atomically, non-finite rows dropped with a warning; returns the path."""
+write_ply_compressed = PLY_COMPRESSED.write
+"""Write a compressed ``.ply``, atomically, non-finite rows dropped with a warning; returns the path."""

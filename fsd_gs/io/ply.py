@@ -107,6 +107,14 @@ def write_ply(gaussians: Gaussians, path: str | Path) -> Path:
     return path
 
 
+def ply_bytes(gaussians: Gaussians) -> bytes:
+    """The whole file :func:`write_ply` writes, as bytes (N >= 1 Gaussians; the export registry's ``ply`` format)."""
+    if len(gaussians) == 0:
+        raise UserError("not writing the .ply: the Gaussian set is empty (nothing to export)")
+    table = _rows(gaussians)
+    return ply_header(table.shape[0], gaussians.sh_degree) + table.tobytes()
+
+
 # -- reading --------------------------------------------------------------------------------------
 def _degree_from_comments(comments: list[str]) -> Optional[int]:
     for comment in comments:

@@ -1,6 +1,6 @@
 """Surface-attached noise: eps(c) tied to the 3D surface points a view sees (docs/surface-noise.md).
 
-World-map noise (fsd_gs/noise.py) ties the noise to the viewing direction only. Here the noise lives on
+World-map noise (fsd_gs/noise/worldmap.py) ties the noise to the viewing direction only. Here the noise lives on
 a fixed, seeded field of i.i.d. N(0, 1) values in 3D space, one value per channel per *texel*, a cube of
 edge ``texel_size`` of a regular world-space grid (the value of a texel is a hash of its integer
 coordinates and the run's seed, so the field is unbounded, costs no memory, and is the same on every
@@ -33,8 +33,8 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from fsd_gs.errors import require
-from fsd_gs.noise import NoiseFunction
+from fsd_gs.errors import UserError, require
+from fsd_gs.noise.base import NoiseFunction, NoiseKindSpec
 
 _M32 = 0xFFFFFFFF
 _COORD_BITS = 21
@@ -216,8 +216,8 @@ class SurfaceNoise(NoiseFunction):
                 H, W multiples of h, w.
             generator: source of the fresh noise blended in by beta.
         """
-        require(alpha is not None and depth is not None,
-                "surface noise needs the rendered alpha and depth: render with with_depth=True and pass both")
+        if alpha is None or depth is None:
+            raise UserError("surface noise needs the rendered alpha and depth: render with with_depth=True and pass both")
         require(depth.shape == alpha.shape,
                 f"depth {tuple(depth.shape)} and alpha {tuple(alpha.shape)} must both be [B,H,W,1]")
         require(len(cameras) == alpha.shape[0], f"{len(cameras)} cameras for {alpha.shape[0]} rendered views")
@@ -231,11 +231,20 @@ class SurfaceNoise(NoiseFunction):
             self._geometry = None
 
     def _deterministic(self, azimuth, elevation, alpha, batch):
-        require(self._geometry is not None and alpha is not None,
-                "surface noise depends on the rendered depth: call noise.sample(cameras, alpha, depth, generator)")
+        if self._geometry is None or alpha is None:
+            raise UserError("surface noise depends on the rendered depth: call noise.sample(cameras, alpha, depth, generator)")
         cameras, depth = self._geometry
         noise, count = self.surface_noise(cameras, alpha, depth.to(alpha.device))
         mask = self.foreground(alpha)
         self.last_mask = mask
         self.last_texels = count
         return torch.where(mask & (count > 0), noise, self.background.to(alpha.device).unsqueeze(0))
+
+
+def make_surface(config: Any, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> SurfaceNoise:
+    """The surface noise of ``config`` (beta, texel_size, subsamples, mask_threshold)."""
+    return SurfaceNoise(shape, config.beta, config.texel_size, config.subsamples, generator, device, config.mask_threshold)
+
+
+SURFACE = NoiseKindSpec("surface", "noise attached to the rendered surface points (docs/surface-noise.md)",
+                        make=make_surface)

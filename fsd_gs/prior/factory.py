@@ -1,26 +1,24 @@
 """Choosing and loading the diffusion prior once, at start-up: ``load_prior(model, PriorConfig(...), device)``.
 
 ``model`` is a hub id, a local diffusers folder, an MVDream single-file checkpoint (.pt/.safetensors),
-or "shapes" (the built-in CPU prior of fsd_gs/prior/shapes.py). An MVDream folder (its model_index.json
-names the MVDream pipeline) or checkpoint becomes an :class:`~fsd_gs.prior.mvdream.MVDreamPrior`;
-another folder with vae/ a :class:`LatentDiffusionPrior`; one without, a :class:`PixelDiffusionPrior`.
+or "shapes" (the built-in CPU prior of fsd_gs/prior/shapes.py). Which kind it is, is decided by the ordered
+detectors of fsd_gs/prior/detectors.py: an MVDream folder (its model_index.json names the MVDream pipeline) or
+checkpoint becomes an :class:`~fsd_gs.prior.mvdream.MVDreamPrior`; another folder with vae/ a
+:class:`LatentDiffusionPrior`; one without, a :class:`PixelDiffusionPrior`.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior
-from fsd_gs.prior.compile import resolve_compile, setup_compile_cache
-from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype, resolve_model
-
-BUILTIN_SHAPES = "shapes"
-BUILTIN_SHAPES_MV = "shapes-mv"
+from fsd_gs.prior.compile import resolve_compile
+from fsd_gs.prior.detectors import BUILTIN_SHAPES, BUILTIN_SHAPES_MV, LoadRequest, detect_and_load
+from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype
 
 __all__ = ["BUILTIN_SHAPES", "BUILTIN_SHAPES_MV", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
 
@@ -49,29 +47,7 @@ def _load_prior(model: str, config: PriorConfig, device: torch.device | str, ste
         raise UserError("--model is empty: pass a hub id, a local folder or 'shapes'")
     dtype = resolve_dtype(config.dtype, device)
     decision = resolve_compile(config.compile, device, model, steps, long_lived)
-    common = dict(offload_text_encoder=config.offload_text_encoder, channels_last=config.channels_last)
-    if model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV):  # shapes-mv: the multi-view one (fsd_gs/assets/shapes_mv)
-        from fsd_gs.prior.shapes import load_shapes_mv_prior, load_shapes_prior
-
-        prior = (load_shapes_prior if model == BUILTIN_SHAPES else load_shapes_mv_prior)(device, dtype, **common)
-        prior.compile_decision = decision
-        return prior
-    if decision.enabled:
-        setup_compile_cache()
-
-    from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
-    from fsd_gs.prior.mvdream import CHECKPOINT_SUFFIXES, is_mvdream_folder, load_mvdream_prior
-
-    hub = dict(local_files_only=config.local_files_only, cache_dir=config.cache_dir, revision=config.revision)
-    common.update(enable_xformers=config.enable_xformers, compile=decision)
-    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:  # MVDream's original single-file checkpoint
-        return load_mvdream_prior(model, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
-    folder = resolve_model(model, **hub)
-    if is_mvdream_folder(folder):
-        return load_mvdream_prior(folder, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
-    if (folder / "vae" / "config.json").is_file():
-        return LatentDiffusionPrior(folder, device, dtype, upcast_vae=config.upcast_vae, **common)
-    return PixelDiffusionPrior(folder, device, dtype, **common)
+    return detect_and_load(model, LoadRequest(config, device, dtype, decision))
 
 
 def parameter_count(prior: DiffusionPrior) -> int:

@@ -11,7 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 
@@ -191,7 +191,8 @@ def resolve_model(
             f"{model!r} is neither an existing folder nor a valid hub id (owner/name): check the spelling"
         ) from exc
 
-    kwargs = dict(allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None, revision=revision)
+    kwargs: dict[str, Any] = dict(allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None,
+                                  revision=revision)
     try:  # the cache first: no network call at all
         return check_pipeline_folder(Path(snapshot_download(model, local_files_only=True, **kwargs)), model)
     except UserError:

@@ -285,7 +285,7 @@ def load_mvdream_prior(
     """
     from fsd_gs.prior.loading import resolve_model
 
-    hub = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
+    hub: dict[str, Any] = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
     path = Path(str(source)).expanduser()
     device = torch.device(device)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES and not path.is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fsd_gs.errors import require
+from fsd_gs.errors import UserError, require
 
 # Normalisation constants of the real SH basis, by degree.
 _C0 = 0.28209479177387814
@@ -64,7 +64,8 @@ def eval_sh(degree: int, coeffs: torch.Tensor, dirs: torch.Tensor | None) -> tor
     require(coeffs.shape[-2] >= n_bases, f"SH degree {degree} needs {n_bases} coefficients, got {coeffs.shape[-2]}")
     if degree == 0:
         return _C0 * coeffs[..., 0, :]
-    require(dirs is not None, "SH of degree >= 1 needs view directions")
+    if dirs is None:
+        raise UserError("SH of degree >= 1 needs view directions")
     unit = torch.nn.functional.normalize(dirs, dim=-1)
     basis = sh_basis(degree, unit)  # [...,n_bases]
     return (basis.unsqueeze(-1) * coeffs[..., :n_bases, :]).sum(dim=-2)

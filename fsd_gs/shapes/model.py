@@ -150,7 +150,7 @@ def build_networks(token_ids: dict[str, int]) -> tuple[torch.nn.Module, torch.nn
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet = UNet2DConditionModel(**UNET_CONFIG)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, **token_ids))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**{**TEXT_CONFIG, **token_ids}))
     return unet, text_encoder
 
 

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
@@ -160,7 +161,7 @@ def quat_to_rotmat(quats: np.ndarray) -> np.ndarray:
     return Rotation.from_quat(q, scalar_first=True).as_matrix().astype(np.float32)
 
 
-def splat_arrays(params: dict[str, torch.Tensor | np.ndarray], max_splats: Optional[int] = None) -> SplatArrays:
+def splat_arrays(params: Mapping[str, torch.Tensor | np.ndarray], max_splats: Optional[int] = None) -> SplatArrays:
     """Viser splats from raw Gaussian parameters (log-scales, wxyz quats, logit opacities, sh0 [N,1,3]).
 
     When N > ``max_splats`` the ``max_splats`` most opaque Gaussians are kept. Tensors may live on any
@@ -280,7 +281,7 @@ class ViewerApp:
         self._no_share_links()
         self.server.gui.configure_theme(show_share_button=False, show_logo=False, control_width="medium")
         self.frame = frame or ViewFrame()
-        self.background = tuple(float(c) for c in background)
+        self.background = (float(background[0]), float(background[1]), float(background[2]))
         self.on_background: list[Callable[[tuple[float, float, float]], None]] = []
         self.on_client: list[Callable[[Any], None]] = []
         self._splats: Any = None
@@ -304,7 +305,8 @@ class ViewerApp:
         self.background_rgb = gui.add_rgb("Background", initial_value=rgb_uint8(self.background))
         self.reset_button = gui.add_button("Reset view", icon=None)
         self.background_rgb.on_update(safe("background colour")(lambda event: self.set_background(
-            tuple(c / 255.0 for c in self.background_rgb.value))))
+            (self.background_rgb.value[0] / 255.0, self.background_rgb.value[1] / 255.0,
+             self.background_rgb.value[2] / 255.0))))
         self.reset_button.on_click(safe("reset view")(lambda event: self.reset_view(event.client)))
 
     def set_count(self, total: int, shown: Optional[int] = None) -> None:
@@ -315,7 +317,7 @@ class ViewerApp:
             self.count_md.content = text
 
     def set_background(self, color: tuple[float, float, float]) -> None:
-        self.background = tuple(float(c) for c in color)
+        self.background = (float(color[0]), float(color[1]), float(color[2]))
         self._set_background_image(self.background)
         for cb in list(self.on_background):
             cb(self.background)

@@ -43,7 +43,7 @@ def resize_to_height(image: np.ndarray, height: int, nearest: bool = False) -> n
     if h == height:
         return image
     width = max(1, round(w * height / h))
-    resample = Image.NEAREST if nearest else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(image).resize((width, height), resample))
 
 

@@ -79,7 +79,7 @@ def frame_for(centers: np.ndarray, up: UpAxis, fov_deg: float = 50.0) -> ViewFra
     radius = float(np.percentile(np.linalg.norm(centers - center, axis=1), 90)) if len(centers) else 1.0
     radius = max(radius, 1e-3)
     distance = 2.2 * radius / np.tan(np.radians(fov_deg) / 2)
-    return ViewFrame(center=tuple(float(c) for c in center), distance=float(distance), elevation=15.0,
+    return ViewFrame(center=(float(center[0]), float(center[1]), float(center[2])), distance=float(distance), elevation=15.0,
                      front=_AXES[_FRONT[up]], up=_AXES[up], fov_deg=fov_deg)
 
 

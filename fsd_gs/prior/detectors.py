@@ -1,0 +1,131 @@
+"""Which kind of prior a ``--model`` is: one ordered list of detectors, the first that matches loads it.
+
+    request = LoadRequest(config, device, dtype, decision)
+    prior = detect_and_load("stabilityai/stable-diffusion-2-1-base", request)
+
+A :class:`PriorDetector` looks either at the ``--model`` string itself (``on_folder=False``: the built-in
+shapes prior, an MVDream single-file checkpoint) or at the resolved model folder (``on_folder=True``: an
+MVDream folder, a latent diffusion folder with vae/, and last any other diffusers folder as a pixel-space
+prior). A new kind of prior is one detector appended to :data:`PRIOR_DETECTORS` before the catch-all
+``pixel_diffusion`` (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.prior.compile import CompileDecision, setup_compile_cache
+from fsd_gs.prior.loading import PriorConfig, resolve_model
+from fsd_gs.registry import Registry
+
+BUILTIN_SHAPES = "shapes"
+BUILTIN_SHAPES_MV = "shapes-mv"
+"""The built-in multi-view shapes prior (fsd_gs/assets/shapes_mv, docs/mvdream.md)."""
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything a detector's loader needs besides the model: the options, the device, dtype and compile decision."""
+
+    config: PriorConfig
+    device: torch.device
+    dtype: torch.dtype
+    decision: CompileDecision
+
+    def common(self) -> dict[str, Any]:
+        """Keyword arguments every diffusers-backed prior takes (text-encoder offload, channels-last, xformers, compile)."""
+        return dict(offload_text_encoder=self.config.offload_text_encoder, channels_last=self.config.channels_last,
+                    enable_xformers=self.config.enable_xformers, compile=self.decision)
+
+    def hub(self) -> dict[str, Any]:
+        """Keyword arguments of hub look-ups (offline first, cache folder, revision)."""
+        return dict(local_files_only=self.config.local_files_only, cache_dir=self.config.cache_dir,
+                    revision=self.config.revision)
+
+
+@dataclass(frozen=True)
+class PriorDetector:
+    """One kind of prior: how to recognise its ``--model`` (or its resolved folder) and how to load it."""
+
+    name: str
+    on_folder: bool
+    """False: :attr:`matches` reads the --model string; True: the folder :func:`resolve_model` found for it."""
+    matches: Callable[[str], bool]
+    load: Callable[[str, LoadRequest], DiffusionPrior]
+    compiles: bool = True
+    """False for priors that never use torch.compile (no compile cache is set up for them)."""
+
+
+def _load_shapes(model: str, request: LoadRequest) -> DiffusionPrior:
+    from fsd_gs.prior.shapes import load_shapes_mv_prior, load_shapes_prior
+
+    load = load_shapes_mv_prior if model == BUILTIN_SHAPES_MV else load_shapes_prior
+    prior = load(request.device, request.dtype, offload_text_encoder=request.config.offload_text_encoder,
+                              channels_last=request.config.channels_last)
+    prior.compile_decision = request.decision
+    return prior
+
+
+def _is_checkpoint(model: str) -> bool:
+    from fsd_gs.prior.mvdream import CHECKPOINT_SUFFIXES
+
+    return Path(model).suffix.lower() in CHECKPOINT_SUFFIXES
+
+
+def _is_mvdream_folder(folder: str) -> bool:
+    from fsd_gs.prior.mvdream import is_mvdream_folder
+
+    return is_mvdream_folder(folder)
+
+
+def _load_mvdream(source: str, request: LoadRequest) -> DiffusionPrior:
+    from fsd_gs.prior.mvdream import load_mvdream_prior
+
+    return load_mvdream_prior(source, request.device, request.dtype, upcast_vae=request.config.upcast_vae,
+                              **request.hub(), **request.common())
+
+
+def _load_latent(folder: str, request: LoadRequest) -> DiffusionPrior:
+    from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior
+
+    return LatentDiffusionPrior(Path(folder), request.device, request.dtype, upcast_vae=request.config.upcast_vae,
+                                **request.common())
+
+
+def _load_pixel(folder: str, request: LoadRequest) -> DiffusionPrior:
+    from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
+
+    return PixelDiffusionPrior(Path(folder), request.device, request.dtype, **request.common())
+
+
+PRIOR_DETECTORS: Registry[PriorDetector] = Registry("prior detector", "--model")
+"""The detectors in the order they are tried (the ``--model`` string ones first, then the folder ones)."""
+for _detector in (
+    PriorDetector("shapes", False, lambda model: model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV), _load_shapes, compiles=False),
+    PriorDetector("mvdream_checkpoint", False, _is_checkpoint, _load_mvdream),  # MVDream's original single file
+    PriorDetector("mvdream_folder", True, _is_mvdream_folder, _load_mvdream),
+    PriorDetector("latent_diffusion", True, lambda folder: (Path(folder) / "vae" / "config.json").is_file(), _load_latent),
+    PriorDetector("pixel_diffusion", True, lambda folder: True, _load_pixel),
+):
+    PRIOR_DETECTORS.register(_detector)
+
+
+def detect_and_load(model: str, request: LoadRequest) -> DiffusionPrior:
+    """Load ``model`` with the first detector that matches it (the model string first, then its resolved folder)."""
+    detectors = list(PRIOR_DETECTORS.values())
+    source = model
+    for detector in [d for d in detectors if not d.on_folder] + [None] + [d for d in detectors if d.on_folder]:
+        if detector is None:  # the string detectors are done: resolve the model to a folder (offline first)
+            source = str(resolve_model(model, **request.hub()))
+            continue
+        if detector.matches(source):
+            if detector.compiles and request.decision.enabled:
+                setup_compile_cache()
+            return detector.load(source, request)
+    raise AssertionError("the last prior detector matches every folder")  # pragma: no cover

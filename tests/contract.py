@@ -1,0 +1,56 @@
+"""Shared pieces of the contract tests (tests/test_contract_*.py): a tiny shapes-prior run and --help choices.
+
+The contract tests are parametrised over the registries at collection time, so every registered entry,
+built-in or plugged in through an entry point, is tested without a test file naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+
+from fsd_gs.step import DistillStep
+from fsd_gs.train import parse_config
+
+
+def tiny_cfg(seed: int = 0, *extra: str):
+    """A 32 x 32, 200-Gaussian run on the built-in shapes prior (the config tests/test_step.py steps)."""
+    return parse_config(["--model", "shapes", "--prompt", "a red mushroom", "--seed", str(seed), "--steps", "10",
+                         "--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200",
+                         "--densify.refine-start-iter", "2", "--densify.refine-every", "3", *extra])
+
+
+@pytest.fixture(scope="module")
+def shapes_prior():
+    from fsd_gs.prior.factory import load_prior
+
+    return load_prior("shapes", device="cpu")
+
+
+def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
+    """A :class:`DistillStep` of :func:`tiny_cfg` on ``prior`` (CPU)."""
+    return DistillStep(tiny_cfg(seed, *extra), prior, torch.device("cpu"))
+
+
+def help_choices(main: Callable[[Sequence[str]], object], flag: str) -> list[str]:
+    """The ``{a,b,c}`` choices that ``main(["--help"])`` lists for ``flag`` (wide terminal, so nothing wraps)."""
+    out = io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "1000"
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            main(["--help"])
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS")
+        else:
+            os.environ["COLUMNS"] = columns
+    match = re.search(re.escape(flag) + r" \{([^}]*)\}", out.getvalue())
+    assert match, f"--help lists no choices for {flag}"
+    return match.group(1).split(",")
