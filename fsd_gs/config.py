@@ -92,6 +92,7 @@ class TrainConfig:
     """Text-to-3D Gaussian Splatting with Flow Score Distillation.
 
     python -m fsd_gs.train --model shapes --prompt "a red mushroom"       (the built-in CPU prior; offline)
+
     python -m fsd_gs.train --prompt "a DSLR photo of a corgi"             (Stable Diffusion 2.1 on a GPU)
     """
 
@@ -109,7 +110,8 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     """Diffusion prior: a hub id, a local diffusers folder, or "shapes" for the built-in CPU prior."""
     seed: int = 0
-    """Random seed: same seed, same asset (bitwise on a CPU at any OMP_NUM_THREADS for the same --threads; on CUDA
+    """Random seed, 0 to 4294967295 (2^32 - 1; negative seeds are refused, so every seed names its run folder
+    seed<N> once): same seed, same asset (bitwise on a CPU at any OMP_NUM_THREADS for the same --threads; on CUDA
     see --deterministic)."""
     threads: int = 1
     """CPU only: torch threads used by the training step. Results are bitwise reproducible for a given value; 1 lets
@@ -143,6 +145,7 @@ class TrainConfig:
         """Check everything that can be checked before loading a model; raise UserError on the first problem."""
         require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a red mushroom" (or similar)')
         check_finite(self)
+        check_seed(self.seed)
         require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
@@ -229,6 +232,16 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
         require(isinstance(value, str), f"preset option {path!r} must be a path, got {value!r}")
         return Path(value)
     return value
+
+
+MAX_SEED = 2**32 - 1
+"""Seeds lie in 0..MAX_SEED: torch generators take 64-bit seeds and each random choice adds a small offset."""
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """UserError unless ``seed`` is an integer in 0..MAX_SEED (a huge one overflows torch's generator)."""
+    require(isinstance(seed, int) and 0 <= seed <= MAX_SEED,
+            f"{flag} must be a whole number from 0 to {MAX_SEED}, got {seed}")
 
 
 def check_finite(cfg: Any, where: str = "") -> None:

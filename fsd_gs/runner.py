@@ -35,6 +35,7 @@ from fsd_gs.io.atomic import atomic_write_text
 from fsd_gs.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fsd_gs.io.ply import write_ply
 from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.progress import Progress
 from fsd_gs.run_dir import RunPaths
 from fsd_gs.step import DistillStep, NonFiniteLoss, StepResult, step_together
 
@@ -86,7 +87,12 @@ def saved_config(paths: RunPaths) -> tuple[TrainConfig, dict]:
     if not paths.config.is_file():
         raise UserError(f"{paths.root} is not a run folder (no config.yaml): pass the folder a run printed last")
     try:
-        raw = yaml.safe_load(paths.config.read_text())
+        raw = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {paths.config} ({exc.strerror or exc}): check its permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{paths.config} is damaged (not text: byte {exc.start} is not UTF-8): the run cannot be "
+                        "resumed; start a new run") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{paths.config} is damaged ({str(exc).splitlines()[0]}): the run cannot be resumed; "
                         "start a new run") from exc
@@ -194,40 +200,6 @@ class RunStats:
         return self.wall_before + time.perf_counter() - self.started
 
 
-class _Progress:
-    """A tqdm bar on a terminal, else a plain line every ``every`` steps (logs stay readable)."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, label: str = "") -> None:
-        self.total, self.step, self.enabled, self.label = total, initial, enabled, label
-        self.interactive = enabled and sys.stdout.isatty()
-        self.every = max(1, total // 20)
-        self.bar = None
-        self.t0, self.s0 = time.perf_counter(), initial
-        if self.interactive:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1, desc=label or None)
-
-    @property
-    def rate(self) -> float:
-        return (self.step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-
-    def update(self, step: int, postfix: dict[str, Any]) -> None:
-        self.step = step
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-        elif self.enabled and (step % self.every == 0 or step == self.total):
-            eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
-            extra = " ".join(f"{k} {v}" for k, v in postfix.items())
-            print(f"{self.label}step {step}/{self.total} {extra} {self.rate:.2f} steps/s eta {eta:.0f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class StopRequest:
     """SIGINT / SIGTERM / SIGHUP set ``signum``; the loop stops after the current step. A second one stops at once."""
 
@@ -267,7 +239,7 @@ class Run:
         self.stats = RunStats()
         self.loss_sum = torch.zeros((), device=step.device)
         self.loss_count = 0
-        self.progress = _Progress(self.cfg.steps, step.step, progress and self.cfg.output.progress, label)
+        self.progress = Progress(self.cfg.steps, step.step, progress and self.cfg.output.progress, label)
         self.last_checkpoint: Optional[Path] = latest_checkpoint(paths.checkpoints)
 
     def restore(self) -> int:
@@ -277,6 +249,8 @@ class Run:
             state, meta = load_checkpoint(folder)
             self.step.load_state_dict(state)
             self.stats.wall_before = float(meta.get("wall_time", 0.0))
+        self.stats.started = time.perf_counter()
+        self.progress.restart(self.step.step)
         repair_metrics(self.paths.metrics, self.step.step)
         return self.step.step
 

@@ -83,12 +83,25 @@ def print_report(report: dict) -> None:
         print(f"  {name}: {path}")
 
 
+def check_resources(cfg: TrainConfig, device: Any) -> None:
+    """Before any folder exists: the initial Gaussians must fit in memory; too many --threads is one warning."""
+    from fsd_gs.gaussians import training_bytes
+    from fsd_gs.resources import require_memory, warn_if_oversubscribed
+
+    if cfg.gaussians.init_ply is None:
+        require_memory(training_bytes(cfg.gaussians.num_points, cfg.gaussians.sh_degree),
+                       f"{cfg.gaussians.num_points:,} Gaussians", device, "--gaussians.num-points")
+    if device.type == "cpu":
+        warn_if_oversubscribed(cfg.threads)
+
+
 def run(argv: Sequence[str]) -> int:
     from fsd_gs.runner import load_prior_for, open_run
 
     cfg = parse_config(argv)
     cfg.validate()
     prior = load_prior_for(cfg)  # bad model, prompt or size fails here, before any folder exists
+    check_resources(cfg, prior.device)
     if prior.compile_decision.enabled or (cfg.prior.compile != "off" and prior.device.type == "cuda"):
         cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.enabled else ""
         print(f"prior compile: {prior.compile_decision}{cache}")

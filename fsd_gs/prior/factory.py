@@ -17,7 +17,7 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.compile import resolve_compile, setup_compile_cache
-from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype, resolve_model
+from fsd_gs.prior.loading import DEFAULT_MODEL, MODEL_KINDS, PriorConfig, resolve_dtype, resolve_model
 
 BUILTIN_SHAPES = "shapes"
 
@@ -63,14 +63,41 @@ def _load_prior(model: str, config: PriorConfig, device: torch.device | str, ste
 
     hub = dict(local_files_only=config.local_files_only, cache_dir=config.cache_dir, revision=config.revision)
     common.update(enable_xformers=config.enable_xformers, compile=decision)
-    if Path(model).suffix.lower() in CHECKPOINT_SUFFIXES:  # MVDream's original single-file checkpoint
-        return load_mvdream_prior(model, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
+    path = Path(model).expanduser()
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES and not path.is_dir():  # MVDream's original single-file checkpoint
+        check_checkpoint_file(path, model)
+        try:
+            return load_mvdream_prior(path, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
+        except UserError as exc:
+            raise UserError(f"--model {model} is read as an MVDream single-file checkpoint, which could not be loaded "
+                            f"({exc})") from exc
     folder = resolve_model(model, **hub)
     if is_mvdream_folder(folder):
         return load_mvdream_prior(folder, device, dtype, upcast_vae=config.upcast_vae, **hub, **common)
     if (folder / "vae" / "config.json").is_file():
         return LatentDiffusionPrior(folder, device, dtype, upcast_vae=config.upcast_vae, **common)
     return PixelDiffusionPrior(folder, device, dtype, **common)
+
+
+def check_checkpoint_file(path: Path, model: str) -> None:
+    """UserError unless ``path`` is an existing file that starts like a safetensors or torch checkpoint.
+
+    Checked before anything else is loaded, so the message names the file the user gave (not a base model).
+    """
+    if not path.is_file():
+        raise UserError(f"the model file {model} does not exist: --model takes {MODEL_KINDS}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UserError(f"cannot read the model file {model} ({exc.strerror or exc}): check its permissions") from exc
+    if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
+        ok = len(head) > 8 and 0 < int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
+    else:  # torch.save: a zip archive, or a legacy pickle (protocol opcode 0x80)
+        ok = head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+    if not ok:
+        raise UserError(f"the model file {model} is not a {path.suffix} checkpoint (its first bytes are neither "
+                        f"safetensors nor a torch file): --model takes {MODEL_KINDS}")
 
 
 def parameter_count(prior: DiffusionPrior) -> int:
