@@ -124,6 +124,9 @@ class TrainConfig:
     """The run folder <output_dir>/<prompt-slug>/<date-time>-seed<N>/ is created inside it (never overwritten)."""
     resume: Optional[Path] = None
     """Continue the run in this run folder from its last checkpoint (its saved config is used; --steps may extend it)."""
+    from_scratch: bool = False
+    """With --resume: retrain from step 0 when none of the run's checkpoints can be read (this replaces its model.ply);
+    without it such a resume is refused."""
     deterministic: bool = False
     """CUDA only: use torch's deterministic algorithms where it has them (slower). gsplat's backward still adds with
     atomics, so CUDA runs are close but not bitwise reproducible either way."""
