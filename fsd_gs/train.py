@@ -109,7 +109,13 @@ def run(argv: Sequence[str]) -> int:
         cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.enabled else ""
         print(f"prior compile: {prior.compile_decision}{cache}")
     with ExitStack() as stack:
-        run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack, progress=True)
+        try:
+            run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack,
+                                  progress=True)
+        except WriteError as exc:
+            if not (exc.path.parent / "config.yaml").is_file():
+                raise  # no run folder was made: nothing to continue
+            return _write_failed(exc, exc.path.parent)
         root = run_.paths.root
         print(f"run folder: {root}")
         if done is not None:
