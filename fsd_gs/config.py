@@ -282,7 +282,11 @@ def load_preset(name: str | Path) -> dict[str, Any]:
     """Read a preset into a nested dict; a missing or malformed file is a UserError."""
     path = find_preset(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read the preset {path} ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"preset {path} is not a text file (byte {exc.start} is not UTF-8): pass a YAML file") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"preset {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     require(isinstance(data, dict), f"preset {path} must be a YAML mapping of option names to values")

@@ -268,3 +268,12 @@ def test_no_video_encoder_line(tmp_path, capsys, monkeypatch):
     assert written == [tmp_path / "t.png"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "t.mp4 not written" in err[0] and "pip install imageio-ffmpeg" in err[0]
+
+
+# -- item 7: the newcomer's list as a script ---------------------------------------------------------------
+def test_bad_inputs_script_quick_subset_answers_every_case_well():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bad_inputs.py"), "--quick"], capture_output=True,
+                          text=True, env=ENV, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| case |" not in line]
+    assert len(rows) >= 4 and all(line.endswith("| yes |") for line in rows), rows
