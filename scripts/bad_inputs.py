@@ -260,8 +260,7 @@ def visible_runs(out: Path) -> list[Path]:
 def command(python: str, case: Case, fill: dict[str, str]) -> list[str]:
     args = [a.format(**fill) for a in case.args]
     if case.prelude:
-        code = case.prelude + f"\nimport runpy, sys\nsys.argv = ['{case.module}', *sys.argv[1:]]\n" \
-                              f"runpy.run_module('{case.module}', run_name='__main__')\n"
+        code = case.prelude + f"\nimport importlib, sys\nsys.exit(importlib.import_module('{case.module}').main())\n"
         return [python, "-c", code, *args]
     return [python, "-m", case.module, *args]
 
@@ -316,7 +315,7 @@ def run_case(python: str, case: Case, base_run: Path, env: dict[str, str], work:
         report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
         if not (report.get("completed") and (run / "model.ply").is_file()):
             problems.append("the resumed run is not complete")
-    if run is None and case.expect == 2 and visible_runs(out):
+    if run is None and case.expect == 2 and not case.then_resume and visible_runs(out):
         problems.append(f"a run folder was left: {visible_runs(out)}")
     if case.expect == 137:
         left = visible_runs(out)
@@ -347,6 +346,17 @@ def make_base_run(python: str, env: dict[str, str], work: Path) -> Path:
     return run if run.is_absolute() else work / run
 
 
+def shown(case: Case) -> str:
+    """The command of a case for the table, with the common tiny-run flags abbreviated SMALL / IMAGE2D."""
+    args = list(case.args)
+    head = []
+    for name, common in (("SMALL", SMALL), ("IMAGE2D", IMAGE2D)):
+        if args[:len(common)] == common:
+            head, args = [name], args[len(common):]
+    words = " ".join([*head, *(a if a and " " not in a else repr(a) for a in args)])
+    return f"{'(fault injected) ' if case.prelude else ''}python -m {case.module} {words}".replace("|", "\\|")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="scripts/bad_inputs.py")
     parser.add_argument("--python", default=sys.executable, help="the python whose fsd_gs is tried (default: this one)")
@@ -372,9 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | command | expected | got | ok |")
     print("|---|---|---|---|---|")
     for case, got, problem in rows:
-        shown = " ".join(a if " " not in a else repr(a) for a in case.args)
-        shown = shown.replace(" ".join(SMALL), "SMALL").replace(" ".join(IMAGE2D), "IMAGE2D")
-        print(f"| {case.name} | python -m {case.module} {shown[:90]} | {case.expect} | {got} | "
+        print(f"| {case.name} | {shown(case)} | {case.expect} | {got} | "
               f"{'yes' if not problem else 'NO: ' + problem[:120]} |")
     print(f"\n{len(rows) - len(failed)}/{len(rows)} cases answered well (SMALL = {' '.join(SMALL)}; "
           f"IMAGE2D = {' '.join(IMAGE2D)})")
