@@ -51,8 +51,8 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
     written = [atomic_write_bytes(png_path, iio.imwrite("<bytes>", image_grid(frames), extension=".png"))]
     if mp4_path is not None:
         try:
-            video = iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264",
-                                plugin="pyav" if _has_pyav() else None)
+            plugin = {"plugin": "pyav"} if _has_pyav() else {}
+            video = iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264", **plugin)
         except Exception:  # no video encoder installed: the PNG grid is the turntable
             warnings.warn(f"{Path(mp4_path).name} not written: no video encoder is installed (pip install "
                           f"imageio-ffmpeg, or the package's [video] extra); {Path(png_path).name} holds the same "

@@ -358,7 +358,7 @@ def shown(case: Case) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="scripts/bad_inputs.py")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0], prog="scripts/bad_inputs.py")
     parser.add_argument("--python", default=sys.executable, help="the python whose fsd_gs is tried (default: this one)")
     parser.add_argument("--only", nargs="*", default=[], help="run only cases whose name contains one of these words")
     parser.add_argument("--quick", action="store_true", help="only the few cases the pytest test runs")
