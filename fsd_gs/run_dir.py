@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -87,6 +88,8 @@ def create_fresh_dir(output_dir: Path, prompt: str, tag: str, now: _dt.datetime 
     if not os.access(parent, os.W_OK):
         raise UserError(f"the output folder {parent} is not writable: pass a writable --output-dir")
     stem = f"{now:%Y%m%d-%H%M%S}-{tag}"
+    if fill is not None:
+        remove_stale_staging(parent)
     staged = _staged(parent, stem, fill) if fill is not None else None
     for k in range(1000):
         candidate = parent / (stem if k == 0 else f"{stem}-{k}")
@@ -127,6 +130,21 @@ def create_exact_dir(root: Path, fill: Callable[[Path], None]) -> bool:
             return False  # another process made it meanwhile
         raise UserError(f"cannot create the run folder {root} ({exc.strerror}): pass a writable folder") from exc
     return True
+
+
+STALE_STAGING_S = 600.0
+"""A staging folder untouched this long was left by a killed process (filling one takes milliseconds)."""
+
+
+def remove_stale_staging(parent: Path, now: Optional[float] = None) -> None:
+    """Delete the hidden staging folders (``.<name>.XXXX.tmp``) in ``parent`` older than STALE_STAGING_S."""
+    now = time.time() if now is None else now
+    for folder in parent.glob(".*.tmp"):
+        try:
+            if folder.is_dir() and now - folder.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _staged(parent: Path, stem: str, fill: Callable[[Path], None]) -> Path:

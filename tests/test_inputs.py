@@ -190,6 +190,21 @@ def test_a_new_run_folder_appears_with_its_config(tmp_path, capsys, monkeypatch)
     assert (run.stat().st_mode & 0o777) == (0o777 & ~atomic.UMASK)  # not mkdtemp's private 0700
 
 
+def test_staging_folders_left_by_a_kill_are_cleaned_up_later(tmp_path):
+    from fsd_gs.run_dir import STALE_STAGING_S, create_run_dir
+
+    parent = tmp_path / "a-cat"
+    stale, live = parent / ".20260101-000000-seed0.abcd.tmp", parent / ".20260101-000001-seed0.efgh.tmp"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / ".config.yaml.x.tmp").write_text("half")
+    old = time.time() - STALE_STAGING_S - 10
+    os.utime(stale, (old, old))
+    paths = create_run_dir(tmp_path, "a cat", 0, fill=lambda f: (f / "config.yaml").write_text("x"))
+    assert not stale.exists() and live.exists()  # a recent one may belong to a live process
+    assert (paths.root / "config.yaml").read_text() == "x"
+
+
 # -- item 4: unreadable checkpoints never silently replace a finished asset ------------------------------
 def test_resume_with_every_checkpoint_unreadable_names_them_and_keeps_the_asset(tmp_path, capsys):
     run = finished_run(tmp_path, capsys, 4)
