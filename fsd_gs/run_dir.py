@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fsd_gs.errors import UserError
-from fsd_gs.io.atomic import UMASK
+from fsd_gs.io.atomic import UMASK, WriteError
 
 
 def slugify(text: str, max_len: int = 48) -> str:
@@ -156,6 +156,9 @@ def _staged(parent: Path, stem: str, fill: Callable[[Path], None]) -> Path:
     try:
         os.chmod(staged, 0o777 & ~UMASK)  # mkdtemp's 0700 would make the run folder private
         fill(staged)
+    except WriteError as exc:  # name the file as the user will know it, not its staging folder
+        shutil.rmtree(staged, ignore_errors=True)
+        raise WriteError(parent / stem / exc.path.name, OSError(exc.errno, os.strerror(exc.errno or 0))) from exc
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
