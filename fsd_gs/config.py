@@ -110,6 +110,7 @@ class TrainConfig:
     """Text-to-3D Gaussian Splatting with Flow Score Distillation.
 
     python -m fsd_gs.train --model shapes --prompt "a red mushroom"       (the built-in CPU prior; offline)
+
     python -m fsd_gs.train --prompt "a DSLR photo of a corgi"             (Stable Diffusion 2.1 on a GPU)
     """
 
@@ -127,7 +128,8 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     """Diffusion prior: a hub id, a local diffusers folder, or "shapes" for the built-in CPU prior."""
     seed: int = 0
-    """Random seed: same seed, same asset (bitwise on a CPU at any OMP_NUM_THREADS for the same --threads; on CUDA
+    """Random seed, 0 to 4294967295 (2^32 - 1; negative seeds are refused, so every seed names its run folder
+    seed<N> once): same seed, same asset (bitwise on a CPU at any OMP_NUM_THREADS for the same --threads; on CUDA
     see --deterministic)."""
     threads: int = 1
     """CPU only: torch threads used by the training step. Results are bitwise reproducible for a given value; 1 lets
@@ -140,6 +142,9 @@ class TrainConfig:
     """The run folder <output_dir>/<prompt-slug>/<date-time>-seed<N>/ is created inside it (never overwritten)."""
     resume: Optional[Path] = None
     """Continue the run in this run folder from its last checkpoint (its saved config is used; --steps may extend it)."""
+    from_scratch: bool = False
+    """With --resume: retrain from step 0 when none of the run's checkpoints can be read (this replaces its model.ply);
+    without it such a resume is refused."""
     deterministic: bool = False
     """CUDA only: use torch's deterministic algorithms where it has them (slower). gsplat's backward still adds with
     atomics, so CUDA runs are close but not bitwise reproducible either way."""
@@ -161,6 +166,7 @@ class TrainConfig:
         """Check everything that can be checked before loading a model; raise UserError on the first problem."""
         require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a red mushroom" (or similar)')
         check_finite(self)
+        check_seed(self.seed)
         require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
@@ -253,6 +259,16 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
     return value
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds lie in 0..MAX_SEED: torch generators take 64-bit seeds and each random choice adds a small offset."""
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """UserError unless ``seed`` is an integer in 0..MAX_SEED (a huge one overflows torch's generator)."""
+    require(isinstance(seed, int) and 0 <= seed <= MAX_SEED,
+            f"{flag} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+
+
 def check_finite(cfg: Any, where: str = "") -> None:
     """UserError naming the first float option that is NaN or infinite (a flag like --optim.lr.means inf)."""
     for f in dataclasses.fields(cfg):
@@ -288,7 +304,11 @@ def load_preset(name: str | Path) -> dict[str, Any]:
     """Read a preset into a nested dict; a missing or malformed file is a UserError."""
     path = find_preset(name)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read the preset {path} ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"preset {path} is not a text file (byte {exc.start} is not UTF-8): pass a YAML file") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"preset {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     require(isinstance(data, dict), f"preset {path} must be a YAML mapping of option names to values")

@@ -38,10 +38,14 @@ def warnings_as_lines() -> Iterator[None]:
 
 
 def run_cli(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``run(argv)`` (default: sys.argv[1:]); a UserError becomes one line on stderr and exit code 2."""
+    """Call ``run(argv)`` (default: sys.argv[1:]); a UserError becomes one line on stderr and exit code 2, a
+    KeyboardInterrupt that reaches here one line and exit code 130."""
     try:
         with warnings_as_lines():
             return run(sys.argv[1:] if argv is None else list(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a loop that saves (loading a model, a second Ctrl-C): no traceback
+        print("stopped by Ctrl-C", file=sys.stderr)
+        return 130

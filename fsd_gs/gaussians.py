@@ -44,12 +44,22 @@ def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
     return sh0 * SH_C0 + 0.5
 
 
+MAX_NUM_POINTS = 10_000_000
+"""The most Gaussians a run may start with (large 3DGS scenes hold a few million)."""
+
+
+def training_bytes(num_points: int, sh_degree: int) -> int:
+    """Rough memory of ``num_points`` Gaussians in training: parameter, gradient and two Adam moments per float."""
+    floats = 3 + 3 + 4 + 1 + 3 * (sh_degree + 1) ** 2  # means, log-scales, quaternions, opacity, SH colours
+    return num_points * floats * 4 * 4
+
+
 @dataclass
 class GaussiansConfig:
     """How the Gaussians are initialised."""
 
     num_points: int = 4096
-    """Number of Gaussians at initialisation (random init)."""
+    """Number of Gaussians at initialisation (random init), 1 to 10,000,000 (and no more than the memory holds)."""
     init_radius: float = 0.5
     """Radius of the ball the random means are drawn in (world units; cameras orbit at ~2.5)."""
     init_color: Optional[tuple[float, float, float]] = None
@@ -66,7 +76,8 @@ class GaussiansConfig:
     """Start from this .ply (INRIA 3DGS layout) instead of random points."""
 
     def validate(self) -> None:
-        require(self.num_points >= 1, f"gaussians.num_points must be >= 1, got {self.num_points}")
+        require(1 <= self.num_points <= MAX_NUM_POINTS,
+                f"--gaussians.num-points must lie in 1..{MAX_NUM_POINTS:,}, got {self.num_points:,}")
         require(self.init_radius > 0, f"gaussians.init_radius must be positive, got {self.init_radius}")
         require(0.0 < self.init_opacity < 1.0, f"gaussians.init_opacity must lie in (0, 1), got {self.init_opacity}")
         require(0 <= self.sh_degree <= 3, f"gaussians.sh_degree must be 0..3, got {self.sh_degree}")

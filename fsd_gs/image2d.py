@@ -15,23 +15,29 @@ scripts/methods_figure.py runs every method on the shapes prior and writes the F
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 
+from fsd_gs.camera import MAX_IMAGE_SIZE
+from fsd_gs.config import check_seed
 from fsd_gs.distill import distill_loss_z
 from fsd_gs.errors import require, run_cli
+from fsd_gs.io.atomic import atomic_open, atomic_write_text
 from fsd_gs.methods import METHODS, Image2DSettings, MethodOptions, make_guidance
 from fsd_gs.noise import NOISE_PRESETS, build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.factory import DEFAULT_MODEL
+from fsd_gs.progress import Progress
 from fsd_gs.run_dir import create_fresh_dir
 from fsd_gs.schedule import ScheduleConfig, sample_timestep
 
@@ -63,7 +69,7 @@ class Image2DConfig:
     """fsd: fixed noise per seed + linear t (Adam); sds, nfsd, csd, vsd: fresh noise each step + linear t (Adam), each
     with its own direction (docs/methods.md); ddim: DDIM sampling."""
     seed: tuple[int, ...] = (0,)
-    """One image per seed (all seeds run together in one batch), e.g. --seed 0 1 2 3."""
+    """One image per seed (all seeds run together in one batch), e.g. --seed 0 1 2 3; each from 0 to 4294967295."""
     steps: Optional[int] = None
     """Optimisation iterations or DDIM steps; None: the method's default (500; ddim 50)."""
     guidance_scale: Optional[float] = None
@@ -85,13 +91,17 @@ class Image2DConfig:
     device: str = "auto"
     """auto (CUDA if available), cpu, cuda or cuda:N."""
     height: Optional[int] = None
-    """Image height in pixels; None: the model's resolution (512 for SD 2.1-base). A multiple of 8 for latent models."""
+    """Image height in pixels, at most 4096; None: the model's resolution (512 for SD 2.1-base). A multiple of 8 for
+    latent models."""
     width: Optional[int] = None
-    """Image width in pixels; None: the model's resolution."""
+    """Image width in pixels, at most 4096; None: the model's resolution."""
+    threads: int = 1
+    """CPU only: torch threads used by the optimisation, as in train (1 lets several jobs share a machine; 0: torch's
+    default)."""
     output_dir: Path = Path("outputs/image2d")
     """A fresh folder <output_dir>/<prompt-slug>/<date-time>-<method>/ is created inside it (never overwritten)."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress: a bar on a terminal, else a plain line every 5% of the steps."""
     method_options: MethodOptions = dataclasses.field(default_factory=MethodOptions)
     """NFSD's negative prompt and VSD's LoRA options."""
 
@@ -112,6 +122,9 @@ class Image2DConfig:
                 f"--method must be one of {', '.join(METHOD_DEFAULTS)}, got {self.method!r}")
         require(len(self.seed) > 0, "--seed needs at least one seed, e.g. --seed 0 1 2")
         require(len(set(self.seed)) == len(self.seed), f"--seed has repeated values {list(self.seed)}: give each seed once")
+        for seed in self.seed:
+            check_seed(seed)
+        require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         settings = self.settings()
         require(settings.steps > 0, f"--steps must be a positive number, got {settings.steps}")
         require(settings.guidance_scale > 0, f"--guidance-scale must be positive, got {settings.guidance_scale}")
@@ -122,7 +135,8 @@ class Image2DConfig:
             self.method_options.validate()
         for name in ("height", "width"):
             value = getattr(self, name)
-            require(value is None or value > 0, f"--{name} must be a positive number of pixels, got {value}")
+            require(value is None or 0 < value <= MAX_IMAGE_SIZE,
+                    f"--{name} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -152,10 +166,14 @@ FRESH_NOISE_OFFSET = 7919
 """SDS's fresh noise of seed s comes from a generator seeded with s + this (independent of the seed's fixed noise)."""
 
 
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True, file=sys.stderr)
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool, desc: str) -> Iterator[Progress]:
+    """train's progress: a bar on a terminal, else a plain line every 5% of the steps."""
+    bar = Progress(total, 0, enabled, label=f"{desc}: ")
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
@@ -192,9 +210,8 @@ def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, con
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
-            bar.update(1)
-            if step % 10 == 0 or step == settings.steps - 1:
-                bar.set_postfix(t=int(t[0]), loss=f"{result.loss.detach().item():.4g}")
+            bar.update(step + 1, {"t": int(t[0]), "loss": f"{result.loss.detach().item():.4g}"}
+                       if step % 10 == 0 or step == settings.steps - 1 else {})
     return z.detach()
 
 
@@ -206,7 +223,7 @@ def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, 
     settings = cfg.settings()
     with _progress(settings.steps, cfg.progress, "ddim") as bar:
         return sample(prior, noise, cond, uncond, settings.guidance_scale, settings.steps,
-                      on_step=lambda _: bar.update(1))
+                      on_step=lambda i: bar.update(i + 1, {}))
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -223,13 +240,15 @@ def save_images(images: torch.Tensor, seeds: Sequence[int], folder: Path, gap: i
     outputs: dict[str, str] = {}
     for seed, image in zip(seeds, pixels):
         path = folder / f"seed{seed}.png"
-        Image.fromarray(image).save(path)
+        with atomic_open(path) as f:
+            Image.fromarray(image).save(f, format="PNG")
         outputs[f"seed{seed}"] = str(path)
     n, h, w, _ = pixels.shape
     grid = np.full((h, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
     for i, image in enumerate(pixels):
         grid[:, i * (w + gap): i * (w + gap) + w] = image
-    Image.fromarray(grid).save(folder / "grid.png")
+    with atomic_open(folder / "grid.png") as f:
+        Image.fromarray(grid).save(f, format="PNG")
     outputs["grid"] = str(folder / "grid.png")
     return outputs
 
@@ -257,6 +276,26 @@ def generate(cfg: Image2DConfig, prior: DiffusionPrior) -> torch.Tensor:
         return prior.decode(z).float().cpu()
 
 
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt(signum) inside the block, like Ctrl-C (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def parse_config(argv: Sequence[str]) -> Image2DConfig:
     from fsd_gs.cli import tyro_cli
 
@@ -266,6 +305,8 @@ def parse_config(argv: Sequence[str]) -> Image2DConfig:
 def run(argv: Sequence[str]) -> int:
     from fsd_gs.device import resolve_device
     from fsd_gs.prior.factory import PriorConfig, load_prior
+    from fsd_gs.resources import warn_if_oversubscribed
+    from fsd_gs.step import cpu_threads
 
     cfg = parse_config(argv)
     cfg.validate()
@@ -273,20 +314,32 @@ def run(argv: Sequence[str]) -> int:
     settings = cfg.settings()
     prior = load_prior(cfg.model, PriorConfig(dtype=cfg.dtype), device)
     height, width = image_size(cfg, prior)  # before the output folder: bad input leaves nothing behind
+    if device.type == "cpu":
+        warn_if_oversubscribed(cfg.threads)
     folder = create_fresh_dir(cfg.output_dir, cfg.prompt, cfg.method)
     start = time.perf_counter()
-    images = generate(cfg, prior)
+    try:
+        with _signals_interrupt(), cpu_threads(cfg.threads, device):
+            images = generate(cfg, prior)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else int(signal.SIGINT)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # nothing was written into it yet
+            folder.parent.rmdir()  # the prompt's folder too, when this run made it (only if empty)
+        print(f"stopped by {signal.Signals(signum).name} after {time.perf_counter() - start:.1f} s: no images were "
+              "written (image2d keeps no checkpoints; run it again)", file=sys.stderr)
+        return 128 + signum
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     outputs = save_images(images, cfg.seed, folder)
     resolved = {**json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), **dataclasses.asdict(settings),
                 "height": height, "width": width}
-    (folder / "settings.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    atomic_write_text(folder / "settings.json", json.dumps(resolved, indent=2) + "\n")
     report = {"method": cfg.method, "seeds": list(cfg.seed), "steps": settings.steps, "wall_time_s": round(wall, 3),
               "steps_per_s": round(settings.steps / max(wall, 1e-9), 3), "device": str(device),
               "dtype": str(prior.dtype).replace("torch.", ""), "outputs": outputs}
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=2) + "\n")
     print(f"done: {cfg.method}, {len(cfg.seed)} seed(s) x {settings.steps} steps in {wall:.1f} s on {device}")
     print(folder)
     return 0

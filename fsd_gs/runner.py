@@ -12,12 +12,12 @@ repairs metrics.jsonl and continues bitwise on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -32,10 +32,11 @@ from fsd_gs import __version__
 from fsd_gs.config import RESUME_LOG, TrainConfig, from_dict, to_dict
 from fsd_gs.device import same_device
 from fsd_gs.errors import UserError
-from fsd_gs.io.atomic import atomic_write_text
-from fsd_gs.io.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fsd_gs.io.atomic import append_text, atomic_write_text, writing
+from fsd_gs.io.checkpoint import checkpoint_problems, latest_checkpoint, load_checkpoint, save_checkpoint
 from fsd_gs.io.ply import write_ply
 from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.progress import Progress
 from fsd_gs.run_dir import RunPaths
 from fsd_gs.step import DistillStep, NonFiniteLoss, StepResult, step_together
 
@@ -44,7 +45,7 @@ CPU_PARAM_LIMIT = 100_000_000
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-RESUMABLE_CHANGES = ("steps", "resume", "threads", "output.progress", "prior.compile")
+RESUMABLE_CHANGES = ("steps", "resume", "from_scratch", "threads", "output.progress", "prior.compile")
 """Options a resume may change (steps only upwards); the viewer's options are free too (and compiling, which
 changes only the speed and the last bits). Anything else would change what the run computes: start a new run."""
 
@@ -68,23 +69,38 @@ class RunLock:
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / ".lock"
         self.fd: Optional[int] = None
+        self.remove = False
+        """Set when the run is complete: the owner deletes .lock (still holding it) on exit."""
 
     def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunLocked(f"the run folder {self.path.parent} is in use by process {owner}: wait for it to finish "
-                            "or stop it, then resume") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        while True:
+            with writing(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunLocked(f"the run folder {self.path.parent} is in use by process {owner}: wait for it to "
+                                "finish or stop it, then resume") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the previous owner finished and deleted this .lock after we opened it: lock the new one
+        with contextlib.suppress(OSError):  # the pid is for the "in use by" message only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
+            if self.remove:  # only the owner, while it still holds the flock (__enter__ re-checks the inode)
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
             os.close(self.fd)  # closing releases the flock
             self.fd = None
 
@@ -95,7 +111,12 @@ def saved_config(paths: RunPaths) -> tuple[TrainConfig, dict]:
     if not paths.config.is_file():
         raise UserError(f"{paths.root} is not a run folder (no config.yaml): pass the folder a run printed last")
     try:
-        raw = yaml.safe_load(paths.config.read_text())
+        raw = yaml.safe_load(paths.config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {paths.config} ({exc.strerror or exc}): check its permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{paths.config} is damaged (not text: byte {exc.start} is not UTF-8): the run cannot be "
+                        "resumed; start a new run") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"{paths.config} is damaged ({str(exc).splitlines()[0]}): the run cannot be resumed; "
                         "start a new run") from exc
@@ -134,13 +155,14 @@ def check_resume_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tu
                         "start a new run for that (only --steps may extend a run)")
     if "steps" in changes and given.steps < saved.steps:
         raise UserError(f"--steps can only extend a resumed run ({saved.steps} steps), not shorten it")
-    return {k: v for k, v in changes.items() if k not in ("resume",)}
+    return {k: v for k, v in changes.items() if k not in ("resume", "from_scratch")}
 
 
 def write_config(paths: RunPaths, cfg: TrainConfig, log: Optional[list] = None) -> None:
     """config.yaml (atomically), with the log of resumes and what each changed."""
     data = to_dict(cfg)
     data.pop("resume", None)
+    data.pop("from_scratch", None)
     if log:
         data[RESUME_LOG] = log
     atomic_write_text(paths.config, yaml.safe_dump(data, sort_keys=False))
@@ -153,6 +175,39 @@ def _saved_report(paths: RunPaths) -> dict:
     except (OSError, ValueError):
         return {}
     return report if isinstance(report, dict) else {}
+
+
+def completed_report(cfg: TrainConfig, run_dir: Path) -> Optional[dict]:
+    """The saved report of the run in ``run_dir`` when it is already complete at cfg.steps, else None.
+
+    Read-only and cheap (no prior, no lock): a resume of a finished run answers before loading anything.
+    A flag that would change the run is still refused (UserError).
+    """
+    paths = RunPaths(Path(run_dir))
+    if not paths.config.is_file():
+        return None
+    saved, _ = saved_config(paths)
+    check_resume_changes(saved, cfg)
+    report = _saved_report(paths)
+    done = report.get("completed") and report.get("steps_done") == cfg.steps and paths.model_ply.is_file()
+    return report if done else None
+
+
+def check_restorable(paths: RunPaths, report: dict, from_scratch: bool) -> None:
+    """UserError when the run has trained steps (a model.ply or a report) but no checkpoint that can be read.
+
+    Resuming would silently retrain from step 0 and replace the finished asset; the message names each
+    unreadable checkpoint and why, and ``--from-scratch`` is the explicit way to do it anyway.
+    """
+    if from_scratch or latest_checkpoint(paths.checkpoints) is not None:
+        return
+    if not (paths.model_ply.is_file() or report.get("steps_done")):
+        return  # killed before its first checkpoint: resuming from step 0 loses nothing
+    problems = checkpoint_problems(paths.checkpoints)
+    why = ("; ".join(f"{folder.name}: {reason}" for folder, reason in problems) if problems
+           else f"{paths.checkpoints} holds none")
+    raise UserError(f"no checkpoint of {paths.root} can be read ({why}), so resuming would retrain from step 0 and "
+                    "replace its model.ply: pass --from-scratch to do that, or start a new run")
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -205,41 +260,6 @@ class RunStats:
         return self.wall_before + time.perf_counter() - self.started
 
 
-class _Progress:
-    """A tqdm bar on a terminal, else a plain line every ``every`` steps (logs stay readable)."""
-
-    def __init__(self, total: int, initial: int, enabled: bool, label: str = "", unit: str = "step") -> None:
-        self.total, self.step, self.enabled, self.label, self.unit = total, initial, enabled, label, unit
-        self.interactive = enabled and sys.stdout.isatty()
-        self.every = max(1, total // 20)
-        self.bar = None
-        self.t0, self.s0 = time.perf_counter(), initial
-        if self.interactive:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, smoothing=0.1, desc=label or None)
-
-    @property
-    def rate(self) -> float:
-        return (self.step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-
-    def update(self, step: int, postfix: dict[str, Any]) -> None:
-        self.step = step
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-        elif self.enabled and (step % self.every == 0 or step == self.total):
-            eta = (self.total - step) / self.rate if self.rate > 0 else float("nan")
-            extra = "".join(f" {k} {v}" for k, v in postfix.items())
-            u = self.unit
-            print(f"{self.label}{u} {step}/{self.total}{extra} {self.rate:.2f} {u}s/s eta {eta:.0f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class StopRequest:
     """SIGINT / SIGTERM / SIGHUP set ``signum``; the loop stops after the current step. A second one stops at once."""
 
@@ -274,12 +294,12 @@ class Run:
     """One asset's run: its step, folder and bookkeeping (the loop lives in :func:`run_loop`)."""
 
     def __init__(self, step: DistillStep, paths: RunPaths, viewer: Any = None, progress: bool = True,
-                 label: str = "") -> None:
-        self.step, self.paths, self.cfg, self.viewer = step, paths, step.cfg, viewer
+                 label: str = "", lock: Optional[RunLock] = None) -> None:
+        self.step, self.paths, self.cfg, self.viewer, self.lock = step, paths, step.cfg, viewer, lock
         self.stats = RunStats()
         self.loss_sum = torch.zeros((), device=step.device)
         self.loss_count = 0
-        self.progress = _Progress(self.cfg.steps, step.step, progress and self.cfg.output.progress, label)
+        self.progress = Progress(self.cfg.steps, step.step, progress and self.cfg.output.progress, label)
         self.last_checkpoint: Optional[Path] = latest_checkpoint(paths.checkpoints)
 
     def restore(self) -> int:
@@ -289,6 +309,8 @@ class Run:
             state, meta = load_checkpoint(folder)
             self.step.load_state_dict(state)
             self.stats.wall_before = float(meta.get("wall_time", 0.0))
+        self.stats.started = time.perf_counter()
+        self.progress.restart(self.step.step)
         repair_metrics(self.paths.metrics, self.step.step)
         return self.step.step
 
@@ -318,7 +340,8 @@ class Run:
         if cfg.output.checkpoint_every and step % cfg.output.checkpoint_every == 0:
             self.save_checkpoint()
         if cfg.output.snapshot_every and step % cfg.output.snapshot_every == 0:
-            self.paths.snapshots.mkdir(exist_ok=True)
+            with writing(self.paths.snapshots):
+                self.paths.snapshots.mkdir(exist_ok=True)
             write_ply(self.step.gaussians, self.paths.snapshots / f"step_{step:06d}.ply")
         self.progress.update(step, postfix)
 
@@ -332,8 +355,7 @@ class Run:
         record = {"step": self.step.step, "loss": loss, "t": t, "num_gaussians": len(self.step.gaussians),
                   "it_per_s": self.progress.rate, "lr_means": self.step.optimizers["means"].param_groups[0]["lr"],
                   "wall_time": self.stats.wall}
-        with open(self.paths.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.paths.metrics, json.dumps(record) + "\n")
         return {"loss": f"{loss:.4g}", "t": t, "n": len(self.step.gaussians)}
 
     def _feed_viewer(self, result: StepResult, stop: StopRequest) -> None:
@@ -377,7 +399,10 @@ class Run:
                 written = export_gaussians(self.step.gaussians, paths.root, self.cfg.output.formats, overwrite=True)
                 outputs.update({f"export_{name}": str(path) for name, path in written.items()})
         outputs["report"] = str(paths.report)
-        return write_report(self, completed, outputs)
+        report = write_report(self, completed, outputs)
+        if completed and self.lock is not None:
+            self.lock.remove = True  # a finished run keeps no .lock (deleted by its owner on release)
+        return report
 
 
 def write_report(run: Run, completed: bool, outputs: dict[str, str]) -> dict:
@@ -439,27 +464,35 @@ def open_run(cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, s
     run that is already complete (nothing to do).
     """
     from fsd_gs.device import resolve_device
-    from fsd_gs.run_dir import create_run_dir
+    from fsd_gs.run_dir import create_exact_dir, create_run_dir
 
     cfg.validate()
     step = DistillStep(cfg, prior, resolve_device(cfg.device))
+
+    def fill(folder: Path) -> None:  # a new run folder appears with its config.yaml in it, or not at all
+        write_config(RunPaths(folder), cfg)
+
     if run_dir is None:
-        paths = create_run_dir(cfg.output_dir, cfg.prompt, cfg.seed)
+        paths = create_run_dir(cfg.output_dir, cfg.prompt, cfg.seed, fill=fill)
+        fresh = True
     else:
         paths = RunPaths(Path(run_dir))
-        paths.root.mkdir(parents=True, exist_ok=True)
-    stack.enter_context(RunLock(paths.root))
-    if paths.config.is_file():
+        fresh = create_exact_dir(paths.root, fill)
+    lock = stack.enter_context(RunLock(paths.root))
+    if not fresh and paths.config.is_file():
         saved, raw = saved_config(paths)
         changes = check_resume_changes(saved, cfg)  # only harmless ones, or --steps to extend, get past this
+        done = completed_report(cfg, paths.root)
+        if done is not None:
+            lock.remove = True
+            return Run(step, paths, progress=False, lock=lock), done
         report = _saved_report(paths)
-        if report.get("completed") and report.get("steps_done") == cfg.steps:
-            return Run(step, paths, progress=False), report
+        check_restorable(paths, report, cfg.from_scratch)
         if changes:
             write_config(paths, cfg, [*raw.get(RESUME_LOG, []), {"changed": {k: list(v) for k, v in changes.items()}}])
-    else:
+    elif not fresh:  # an existing folder without a run in it (made by hand, or by an older version)
         write_config(paths, cfg)
-    run = Run(step, paths, progress=progress, label=label)
+    run = Run(step, paths, progress=progress, label=label, lock=lock)
     run.restore()
     return run, None
 

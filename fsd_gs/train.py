@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 
 from fsd_gs.config import TrainConfig, base_config
 from fsd_gs.errors import run_cli
+from fsd_gs.io.atomic import WriteError
 from fsd_gs.run_dir import RunPaths
 
 PROG = "python -m fsd_gs.train"
@@ -83,28 +84,55 @@ def print_report(report: dict) -> None:
         print(f"  {name}: {path}")
 
 
+def check_resources(cfg: TrainConfig, device: Any) -> None:
+    """Before any folder exists: the initial Gaussians must fit in memory; too many --threads is one warning."""
+    from fsd_gs.gaussians import training_bytes
+    from fsd_gs.resources import require_memory, warn_if_oversubscribed
+
+    if cfg.gaussians.init_ply is None:
+        require_memory(training_bytes(cfg.gaussians.num_points, cfg.gaussians.sh_degree),
+                       f"{cfg.gaussians.num_points:,} Gaussians", device, "--gaussians.num-points")
+    if device.type == "cpu":
+        warn_if_oversubscribed(cfg.threads)
+
+
 def run(argv: Sequence[str]) -> int:
-    from fsd_gs.runner import load_prior_for, open_run
+    from fsd_gs.runner import completed_report, load_prior_for, open_run
 
     cfg = parse_config(argv)
     cfg.validate()
+    if cfg.resume is not None and (done := completed_report(cfg, Path(cfg.resume))) is not None:
+        return _already_complete(done, cfg)  # before loading the prior: nothing to compute
     prior = load_prior_for(cfg)  # bad model, prompt or size fails here, before any folder exists
+    check_resources(cfg, prior.device)
     if prior.compile_decision.enabled or (cfg.prior.compile != "off" and prior.device.type == "cuda"):
         cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.enabled else ""
         print(f"prior compile: {prior.compile_decision}{cache}")
     with ExitStack() as stack:
-        run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack, progress=True)
+        try:
+            run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack,
+                                  progress=True)
+        except WriteError as exc:
+            if not (exc.path.parent / "config.yaml").is_file():
+                raise  # no run folder was made: nothing to continue
+            return _write_failed(exc, exc.path.parent)
         root = run_.paths.root
         print(f"run folder: {root}")
         if done is not None:
-            print(f"the run is already complete ({done['steps_done']}/{cfg.steps} steps); nothing to do "
-                  f"(pass --steps N with N > {done['steps_done']} to continue it)")
-            print(root)
-            return 0
+            return _already_complete(done, cfg)
         if run_.step.step > 0 or cfg.resume is not None:
             print(f"resumed at step {run_.step.step}/{cfg.steps}")
         run_.viewer = start_viewer(cfg, run_.step.noise.world_map)
         return _train(run_)
+
+
+def _already_complete(report: dict, cfg: TrainConfig) -> int:
+    """A resume of a finished run: say so (its outputs exist and are not rendered again) and exit 0."""
+    root = Path(cfg.resume) if cfg.resume is not None else Path(report["outputs"]["run_dir"])
+    print(f"the run {root} is already complete ({report['steps_done']}/{cfg.steps} steps, model.ply written); "
+          f"nothing to do (pass --steps N with N > {report['steps_done']} to continue it)")
+    print(root)
+    return 0
 
 
 def _train(run_: Any) -> int:
@@ -117,6 +145,8 @@ def _train(run_: Any) -> int:
     try:
         with stop:
             completed = run_loop([run_], stop)
+    except WriteError as exc:
+        return _write_failed(exc, root)
     except NonFiniteLoss as exc:
         kept = (f"the last good checkpoint (step {run_.last_checkpoint.name.split('_')[-1].lstrip('0') or 0}) is kept in "
                 f"{run_.last_checkpoint}" if run_.last_checkpoint is not None else "no checkpoint had been written yet")
@@ -126,13 +156,24 @@ def _train(run_: Any) -> int:
     finally:
         if run_.viewer is not None:
             run_.viewer.close()
-    report = run_.finish(completed)
+    try:
+        report = run_.finish(completed)
+    except WriteError as exc:
+        return _write_failed(exc, root)
     print_report(report)
     if not completed:
         print(f"stopped at step {run_.step.step}/{run_.cfg.steps}: checkpoint and model.ply saved; continue with "
               f"--resume {root}", file=sys.stderr)
     print(root)
     return 0 if completed else stop.exit_code
+
+
+def _write_failed(exc: WriteError, root: Path) -> int:
+    """A write of the run failed (no space, no permission): one sentence; the last checkpoint keeps it resumable."""
+    print(f"error: {exc}; the run is kept as of its last checkpoint: continue it with --resume {root} once that is "
+          "fixed", file=sys.stderr)
+    print(root)
+    return exc.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

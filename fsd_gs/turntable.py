@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +39,26 @@ def image_grid(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
 
 
 def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None = None, fps: int = 12) -> list[Path]:
-    """Write the grid PNG, and the MP4 if imageio can find an ffmpeg; return the paths written."""
+    """Write the grid PNG, and the MP4 if imageio can find an encoder (else one warning line); return the paths written.
+
+    Both are encoded in memory and written atomically (fsd_gs/io/atomic.py), so a full disk is one sentence
+    naming the file and never leaves half a file.
+    """
     import imageio.v3 as iio
 
-    written = [Path(png_path)]
-    iio.imwrite(png_path, image_grid(frames))
+    from fsd_gs.io.atomic import atomic_write_bytes
+
+    written = [atomic_write_bytes(png_path, iio.imwrite("<bytes>", image_grid(frames), extension=".png"))]
     if mp4_path is not None:
         try:
             plugin: dict[str, str] = {"plugin": "pyav"} if _has_pyav() else {}
-            iio.imwrite(mp4_path, frames.numpy(), fps=fps, codec="libx264", **plugin)
-            written.append(Path(mp4_path))
+            video = iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264", **plugin)
         except Exception:  # no video encoder installed: the PNG grid is the turntable
-            Path(mp4_path).unlink(missing_ok=True)
+            warnings.warn(f"{Path(mp4_path).name} not written: no video encoder is installed (pip install "
+                          f"imageio-ffmpeg, or the package's [video] extra); {Path(png_path).name} holds the same "
+                          "views", UserWarning, stacklevel=2)
+        else:
+            written.append(atomic_write_bytes(mp4_path, video))
     return written
 
 

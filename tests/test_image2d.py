@@ -118,6 +118,10 @@ def test_help_documents_every_field(capsys):
     (["--seed", "1", "1"], "repeated"),
     (["--steps", "0"], "steps"),
     (["--t-min", "0.9", "--t-max", "0.5"], "t-min"),
+    (["--height", "100000"], "--height must be a number of pixels from 1 to 4096"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--threads", "-1"], "--threads must be >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_folder(extra, message, tiny_sd_dir, tmp_path, capsys):
     out = tmp_path / "out"
@@ -143,3 +147,42 @@ def test_vsd_is_one_particle_per_seed(tiny_sd_dir, tmp_path, capsys):
     assert diff.max() <= 2  # the batched VAE decode may round a few pixels differently
     settings = json.loads((batch / "settings.json").read_text())
     assert settings["method_options"]["vsd"]["rank"] == 4
+
+
+def test_progress_without_a_terminal_is_plain_lines(tiny_sd_dir, tmp_path, capsys):
+    argv = [a for a in args_for(tiny_sd_dir, tmp_path, "fsd") if a != "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("fsd: step ")]
+    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"] and "steps/s" in lines[-1]
+    assert "\r" not in captured.out + captured.err and "it/s" not in captured.err  # no tqdm bar
+
+
+def test_torch_threads_are_pinned_like_train(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    import fsd_gs.image2d as image2d
+
+    seen = []
+    original = image2d.generate
+
+    def spy(cfg, prior):
+        seen.append(torch.get_num_threads())
+        return original(cfg, prior)
+
+    monkeypatch.setattr(image2d, "generate", spy)
+    before = torch.get_num_threads()
+    run_ok(args_for(tiny_sd_dir, tmp_path, "fsd", "--threads", "1"), capsys)
+    assert seen == [1] and torch.get_num_threads() == before  # pinned inside, restored after
+
+
+def test_ctrl_c_stops_with_one_line_and_leaves_no_folder(tiny_sd_dir, tmp_path, capsys, monkeypatch):
+    import fsd_gs.image2d as image2d
+
+    def interrupted(cfg, prior):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(image2d, "generate", interrupted)
+    out = tmp_path / "out"
+    assert main(args_for(tiny_sd_dir, out, "fsd")) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("stopped by SIGINT") and "no images were written" in err
+    assert not out.exists() or not any(out.iterdir())

@@ -96,6 +96,48 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
         assert steps == list(range(1, 7)), (k, steps)
 
 
+FIRST_WRITE_KILLER = textwrap.dedent("""
+    import os, sys, types
+    import fsd_gs.io.atomic as atomic, fsd_gs.run_dir as run_dir
+    calls = {"n": 0}
+    target = int(sys.argv[1])
+    def lethal(fn):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == target:
+                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
+            return fn(*args, **kwargs)
+        return wrapper
+    atomic.os = types.SimpleNamespace(**{**vars(os), "fsync": lethal(os.fsync), "replace": lethal(os.replace)})
+    run_dir.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename)})
+    from fsd_gs.train import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, tmp_path, capsys):
+    """Kill at the k-th fsync / replace of the atomic writes and the rename that publishes the run folder:
+    the first four are config.yaml's (file fsync, replace, folder fsync) and the folder's rename, so no
+    run folder is visible yet; the fifth comes after it, and that run resumes to the uninterrupted one."""
+    script = tmp_path / "killer.py"
+    script.write_text(FIRST_WRITE_KILLER)
+    for k in range(1, 6):
+        out = tmp_path / f"k{k}"
+        proc = subprocess.run([sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 137, (k, proc.stderr[-2000:])
+        runs = [p for p in out.glob("*/*") if not p.name.startswith(".")]  # hidden: an unpublished temporary folder
+        if k <= 4:
+            assert runs == [], k
+            assert main(shapes_args(out)) == 0  # the output folder takes a new run as if nothing happened
+            same_gaussians(straight, last_line(capsys))
+            continue
+        assert len(runs) == 1 and (runs[0] / "config.yaml").is_file(), (k, runs)
+        assert main(["--resume", str(runs[0]), "--output.no-progress", "--viewer.no-enabled"]) == 0, k
+        assert last_line(capsys) == runs[0]
+        same_gaussians(straight, runs[0])
+
+
 # -- 2. SIGTERM (and SIGHUP) save and exit with the conventional code ------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])

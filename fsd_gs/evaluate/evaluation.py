@@ -148,12 +148,12 @@ class _Scorers:
 
 
 class _Counter:
-    """The train command's progress (fsd_gs.runner) counting assets: call :meth:`done` after each one."""
+    """The train command's progress (fsd_gs.progress) counting assets: call :meth:`done` after each one."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        from fsd_gs.runner import _Progress
+        from fsd_gs.progress import Progress
 
-        self.progress, self.count = _Progress(total, 0, enabled, "evaluate: ", unit="asset"), 0
+        self.progress, self.count = Progress(total, 0, enabled, "evaluate: ", unit="asset"), 0
 
     def done(self) -> None:
         self.count += 1

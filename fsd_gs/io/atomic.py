@@ -8,11 +8,18 @@ old file, if any, is left untouched.
     with atomic_open("model.ply") as f:     # a binary file object
         f.write(header); f.write(payload)
     atomic_write_bytes("checkpoint.json", data)
+    append_text("metrics.jsonl", line)      # an append (a torn last line is repaired on resume)
+    with writing(path): ...                 # any other write: an OSError becomes a WriteError
+
+Every write of a run goes through this module, so an OS error (no space, no permission, a read-only file
+system) is one :class:`WriteError` sentence naming the file, never a traceback, and never a half-written file
+that a resume would trust.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +27,41 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fsd_gs.errors import UserError
+
+class WriteError(UserError):
+    """An OS error while writing ``path`` (no space, no permission, read-only): one sentence naming the file."""
+
+    def __init__(self, path: str | Path, exc: OSError) -> None:
+        self.path, self.errno = Path(path), exc.errno
+        hint = _HINTS.get(exc.errno or 0, "")
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}{hint}")
+
+
+_HINTS = {
+    errno.ENOSPC: " (the disk is full: free some space)",
+    errno.EDQUOT: " (the disk quota is used up: free some space)",
+    errno.EACCES: " (no permission: pass a writable --output-dir)",
+    errno.EPERM: " (not permitted: pass a writable --output-dir)",
+    errno.EROFS: " (a read-only file system: pass a writable --output-dir)",
+}
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError raised inside the block into a :class:`WriteError` naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise WriteError(path, exc) from exc
+
+
+def append_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Append ``text`` to ``path`` (created if missing); an OS error is a :class:`WriteError`."""
+    with writing(path), open(path, "a", encoding=encoding) as f:
+        f.write(text)
+
 
 TEMP_SUFFIX = ".tmp"
 """Temporary files are named ``.<target name>.<random>.tmp`` next to the target."""
@@ -39,7 +81,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+UMASK = _current_umask()
 
 
 def fsync_dir(folder: Path) -> None:
@@ -71,18 +113,19 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise WriteError(path, exc) from exc
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteError(path, exc) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load as load_bytes, save as save_bytes
 
 from fsd_gs.errors import UserError
-from fsd_gs.io.atomic import fsync_dir
+from fsd_gs.io.atomic import fsync_dir, writing
 
 TENSORS_NAME = "state.safetensors"
 META_NAME = "state.json"
@@ -95,6 +95,17 @@ def is_complete(folder: str | Path) -> bool:
     return True
 
 
+def checkpoint_problems(root: str | Path) -> list[tuple[Path, str]]:
+    """(folder, why) for each committed checkpoint under ``root`` that cannot be read, newest first."""
+    problems = []
+    for folder in checkpoint_folders(root):
+        try:
+            _read(folder)
+        except UserError as exc:
+            problems.append((folder, str(exc).replace(f"the checkpoint {folder} ", "").replace("; it may be damaged", "")))
+    return problems
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
     """The newest complete checkpoint folder under ``root``, or None (damaged newer ones are skipped)."""
     return next((folder for folder in checkpoint_folders(root) if is_complete(folder)), None)
@@ -107,8 +118,15 @@ def save_checkpoint(state: dict[str, Any], root: str | Path, step: int, meta: di
     An existing complete checkpoint of the same step is left as it is (the state of a step does not change).
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
+    with writing(final):  # no space, no permission: one sentence naming the checkpoint; older ones stay
+        return _commit(state, root, final, step, meta, keep)
+
+
+def _commit(state: dict[str, Any], root: Path, final: Path, step: int, meta: dict[str, Any] | None,
+            keep: int) -> Path:
+    """:func:`save_checkpoint`'s body: temporary folder, fsync, one rename, then the old ones go."""
+    root.mkdir(parents=True, exist_ok=True)
     if final.is_dir() and is_complete(final):
         return final
     tensors: dict[str, torch.Tensor] = {}

@@ -21,7 +21,8 @@ import torch
 
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.compile import CompileDecision, setup_compile_cache
-from fsd_gs.prior.loading import PriorConfig, resolve_model
+from fsd_gs.errors import UserError
+from fsd_gs.prior.loading import MODEL_KINDS, PriorConfig, resolve_model
 from fsd_gs.registry import Registry
 
 BUILTIN_SHAPES = "shapes"
@@ -75,7 +76,40 @@ def _load_shapes(model: str, request: LoadRequest) -> DiffusionPrior:
 def _is_checkpoint(model: str) -> bool:
     from fsd_gs.prior.mvdream import CHECKPOINT_SUFFIXES
 
-    return Path(model).suffix.lower() in CHECKPOINT_SUFFIXES
+    path = Path(model).expanduser()
+    return path.suffix.lower() in CHECKPOINT_SUFFIXES and not path.is_dir()
+
+
+def check_checkpoint_file(path: Path, model: str) -> None:
+    """UserError unless ``path`` is an existing file that starts like a safetensors or torch checkpoint.
+
+    Checked before anything else is loaded, so the message names the file the user gave (not a base model).
+    """
+    if not path.is_file():
+        raise UserError(f"the model file {model} does not exist: --model takes {MODEL_KINDS}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UserError(f"cannot read the model file {model} ({exc.strerror or exc}): check its permissions") from exc
+    if path.suffix.lower() == ".safetensors":  # 8-byte little-endian header length, then a JSON object
+        ok = len(head) > 8 and 0 < int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{"
+    else:  # torch.save: a zip archive, or a legacy pickle (protocol opcode 0x80)
+        ok = head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+    if not ok:
+        raise UserError(f"the model file {model} is not a {path.suffix} checkpoint (its first bytes are neither "
+                        f"safetensors nor a torch file): --model takes {MODEL_KINDS}")
+
+
+def _load_checkpoint(model: str, request: LoadRequest) -> DiffusionPrior:
+    """MVDream's original single-file checkpoint: the file is checked first, so errors name it (not a base model)."""
+    path = Path(model).expanduser()
+    check_checkpoint_file(path, model)
+    try:
+        return _load_mvdream(str(path), request)
+    except UserError as exc:
+        raise UserError(f"--model {model} is read as an MVDream single-file checkpoint, which could not be loaded "
+                        f"({exc})") from exc
 
 
 def _is_mvdream_folder(folder: str) -> bool:
@@ -108,7 +142,7 @@ PRIOR_DETECTORS: Registry[PriorDetector] = Registry("prior detector", "--model")
 """The detectors in the order they are tried (the ``--model`` string ones first, then the folder ones)."""
 for _detector in (
     PriorDetector("shapes", False, lambda model: model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV), _load_shapes, compiles=False),
-    PriorDetector("mvdream_checkpoint", False, _is_checkpoint, _load_mvdream),  # MVDream's original single file
+    PriorDetector("mvdream_checkpoint", False, _is_checkpoint, _load_checkpoint),  # MVDream's original single file
     PriorDetector("mvdream_folder", True, _is_mvdream_folder, _load_mvdream),
     PriorDetector("latent_diffusion", True, lambda folder: (Path(folder) / "vae" / "config.json").is_file(), _load_latent),
     PriorDetector("pixel_diffusion", True, lambda folder: True, _load_pixel),

@@ -81,6 +81,10 @@ ALLOW_PATTERNS = [
 ]
 """Only what the priors load: configs, tokenizer files and full-precision safetensors (no .ckpt, no fp16 copies)."""
 
+MODEL_KINDS = ("'shapes' (the built-in CPU prior), a hub id (owner/name), a local diffusers folder, or an MVDream "
+               "single-file checkpoint (.safetensors, .pt, .pth, .ckpt, .bin)")
+"""What --model accepts, in the words of the error messages."""
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -174,7 +178,9 @@ def resolve_model(
     folder = Path(model).expanduser()
     if folder.is_dir():
         return check_pipeline_folder(folder.resolve(), model)
-    if _looks_like_path(model) or folder.exists():
+    if folder.exists():
+        raise UserError(f"--model {model} is a file, not a model: --model takes {MODEL_KINDS}")
+    if _looks_like_path(model):
         raise UserError(
             f"the model folder {model!r} does not exist: pass an existing diffusers folder or a hub id such as "
             f"{DEFAULT_MODEL}"
