@@ -61,9 +61,10 @@ ensure_env() {  # the checkout installed (editable) with the locked dependencies
     say "using $FSD_GS_VENV (set up already)"
     return
   fi
+  local start=$SECONDS
   new_venv "$FSD_GS_VENV"
   install_locked "$FSD_GS_VENV"
   "$FSD_GS_VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$FSD_GS_ROOT"
   lock_digest > "$stamp"
-  say "set up $FSD_GS_VENV"
+  say "set up $FSD_GS_VENV in $((SECONDS - start)) s"
 }

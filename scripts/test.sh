@@ -24,8 +24,9 @@ ensure_test_tools() {
   fi
 }
 
-wheel_check() {  # build the wheel, install it alone into its own venv, run it from a folder outside the checkout
-  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/fsd_gs/wheel-venv" tmp
+wheel_check() {  # build the wheel, install it alone into its own venv ($FSD_GS_WHEEL_VENV, kept for the next call:
+  # the locked dependencies stay, the wheel is reinstalled), run it from a folder outside the checkout
+  local venv=${FSD_GS_WHEEL_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/fsd_gs/wheel-venv} tmp
   tmp=$(mktemp -d)
   mkdir -p "$tmp/src"
   if git -C "$FSD_GS_ROOT" rev-parse --git-dir >/dev/null 2>&1; then  # the checkout's own files, not its build outputs
