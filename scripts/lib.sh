@@ -1,4 +1,5 @@
-# Sourced by scripts/run_shapes.sh, scripts/test.sh and scripts/newcomer_check.sh: makes (once) the Python
+# shellcheck shell=bash
+# Sourced by scripts/run_shapes.sh and scripts/test.sh (and so run by scripts/newcomer_check.sh): makes (once) the Python
 # environment they need. Every step first checks whether its result is already there, so a second call
 # installs nothing.
 #

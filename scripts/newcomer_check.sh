@@ -47,6 +47,7 @@ check_shapes() {  # check_shapes NAME LABEL EXPECTED_SETUP
   local run ok=no setup
   run=$(tail -n 1 "$WORK/$1.out")
   setup=$(grep -o "set up already\|set up .* in [0-9]* s" "$WORK/$1.err" | tail -n 1)
+  # shellcheck disable=SC2053  # $3 is a glob pattern
   [ "$RC" = 0 ] && [ -f "$WORK/$run/model.ply" ] && [[ "$setup" == $3 ]] && ok=yes
   row "bash scripts/run_shapes.sh ${RUN_ARGS[*]}" "$2" "exit $RC in $SECS s; ${setup:-no set-up line}; $( [ -f "$WORK/$run/model.ply" ] && echo "$run/model.ply" || echo "no model.ply")" $ok
 }
@@ -56,6 +57,7 @@ check_tests() {  # check_tests NAME LABEL EXPECTED_SETUP ARGS...
   summary=$(grep -E "[0-9]+ (passed|failed|error)" "$WORK/$1.out" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//')
   setup=$(grep -o "set up already\|set up .* in [0-9]* s" "$WORK/$1.err" | tail -n 1)
   wheel=$(grep -c "wheel check passed" "$WORK/$1.err")
+  # shellcheck disable=SC2053  # $3 is a glob pattern
   [ "$RC" = 0 ] && [ "$wheel" = 1 ] && [[ "$setup" == $3 ]] && [[ "$summary" != *failed* ]] && [[ "$summary" != *error* ]] && ok=yes
   local args=("${@:4}")
   row "bash scripts/test.sh ${args[*]}" "$2" "exit $RC in $SECS s; ${setup:-no set-up line}; wheel check $([ "$wheel" = 1 ] && echo passed || echo missing); ${summary:-no pytest summary}" $ok
