@@ -4,7 +4,8 @@ Each part's options live next to the code that uses them (``CameraConfig`` in ca
 in noise.py, ...); this module composes them and owns the run-level options. Precedence, lowest first:
 dataclass defaults < ``--method`` defaults < preset (``--config NAME|PATH``, or the model's own preset)
 < command-line flags; on ``--resume`` the run's saved config takes the place of the preset.
-Presets ship inside the package (fsd_gs/configs/*.yaml) and are found by name from any folder.
+Presets live in the checkout's top-level configs/*.yaml, ship inside the wheel as fsd_gs/configs, and are found by
+name from any folder (:func:`presets_dir`).
 """
 
 from __future__ import annotations
@@ -282,8 +283,12 @@ def check_finite(cfg: Any, where: str = "") -> None:
 
 
 def presets_dir() -> Path:
-    """The presets shipped inside the package (fsd_gs/configs)."""
-    return Path(__file__).resolve().parent / "configs"
+    """The shipped presets' folder: ``fsd_gs/configs`` in an installed wheel (pyproject.toml maps the package
+    ``fsd_gs.configs`` to the checkout's top-level ``configs/``), else that ``configs/`` beside the package folder
+    (a checkout, on PYTHONPATH or installed editable)."""
+    package = Path(__file__).resolve().parent
+    installed, checkout = package / "configs", package.parent / "configs"
+    return installed if any(installed.glob("*.yaml")) else checkout
 
 
 def preset_names() -> list[str]:

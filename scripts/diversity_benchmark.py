@@ -59,7 +59,7 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     """Seeds; CROSS-FID compares the first half with the second half."""
     presets: tuple[str, ...] = ("shapes-sds", "shapes-fsd")
-    """Presets (names in fsd_gs/configs/ or configs/, or YAML paths); one method each."""
+    """Presets (names in configs/, or YAML paths); one method each."""
     steps: Optional[int] = None
     """Training steps per asset; None: the presets' own (600)."""
     out: Optional[Path] = None
@@ -103,13 +103,13 @@ class BenchmarkConfig:
 
 # -- training -------------------------------------------------------------------------------------
 def preset_path(name: str) -> str:
-    """A preset name as a file the train parser takes (fsd_gs/configs/<name>.yaml, then configs/<name>.yaml), else ``name``."""
+    """A preset name as a file the train parser takes (``<name>.yaml`` in the shipped presets' folder), else ``name``."""
+    from fsd_gs.config import presets_dir
+
     if Path(name).is_file():
         return name
-    for folder in (ROOT / "fsd_gs" / "configs", ROOT / "configs"):
-        if (folder / f"{name}.yaml").is_file():
-            return str(folder / f"{name}.yaml")
-    return name
+    path = presets_dir() / f"{name}.yaml"
+    return str(path) if path.is_file() else name
 
 
 def preset_method(name: str) -> str:

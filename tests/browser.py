@@ -4,8 +4,8 @@ Chromium runs with a fresh --user-data-dir and HOME in a temporary folder, softw
 (SwiftShader) and every background service off, so a test leaves nothing behind and needs no GPU,
 display or network. We talk to it through its DevTools websocket on 127.0.0.1 (the `websockets`
 package comes with viser): open a page, wait until its text shows what we expect, read the text,
-take a PNG screenshot. ``.ci/run`` installs Debian's ``chromium``; without it the tests are skipped
-(:data:`SKIP_REASON`).
+take a PNG screenshot. ``scripts/test.sh`` installs Debian's ``chromium``; without it the tests are skipped
+(:data:`SKIP_REASON`), and fail under CI=true or scripts/test.sh (tests/tool_skips.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ FLAGS = (
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--hide-scrollbars", "--mute-audio", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
 )
-SKIP_REASON = "no Chromium browser found (install Debian's `chromium`, as .ci/run does, or set FSD_GS_CHROMIUM)"
+SKIP_REASON = "no Chromium browser found (install Debian's `chromium`, as scripts/test.sh does, or set FSD_GS_CHROMIUM)"
 
 
 def find_chromium() -> Optional[str]:

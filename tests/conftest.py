@@ -1,4 +1,5 @@
-"""Shared pytest set-up: CPU by default, CUDA tests skipped without a GPU, no network ever."""
+"""Shared pytest set-up: CPU by default, CUDA tests skipped without a GPU, no network ever; under CI=true or
+scripts/test.sh any other skip fails (tests/tool_skips.py)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 from tests.fixtures_pipelines import *  # noqa: E402,F401,F403  (tiny random-weight pipelines, session-scoped)
+from tests.tool_skips import pytest_runtest_makereport  # noqa: E402,F401  (CI: a skip for a missing tool fails)

@@ -5,6 +5,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fsd_gs.config import TrainConfig, base_config, from_dict, preset_names, presets_dir, to_dict
 from fsd_gs.errors import UserError
@@ -40,6 +41,16 @@ def test_every_shipped_preset_loads_by_name_and_validates():
         cfg.validate()
         by_path = parse_config(["--config", str(presets_dir() / f"{name}.yaml"), "--prompt", "a red mushroom"])
         assert dataclasses.replace(by_path, config=name) == cfg
+
+
+def test_presets_are_the_top_level_configs_folder_found_from_any_folder(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parent.parent
+    assert presets_dir() == root / "configs"
+    assert set(preset_names()) == {p.stem for p in (root / "configs").glob("*.yaml")} and len(preset_names()) >= 8
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(["--config", "shapes-sds", "--prompt", "a red mushroom"])
+    data = yaml.safe_load((root / "configs" / "shapes-sds.yaml").read_text())
+    assert cfg.method == data["method"] == "sds" and cfg.guidance.guidance_scale == data["guidance"]["guidance_scale"]
 
 
 def differing(a_name: str, b_name: str) -> set[str]:

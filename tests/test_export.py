@@ -4,7 +4,8 @@ Gaussians has the sphere's size and volume; NaN rows are dropped with a count; C
 
 splat-transform is found through $FSD_GS_SPLAT_TRANSFORM, then PATH, then the npm prefix
 ~/.cache/fsd_gs/splat-transform (``npm install --prefix ~/.cache/fsd_gs/splat-transform
-@playcanvas/splat-transform@2.7.1``); without it (or without node) those tests skip and say so.
+@playcanvas/splat-transform@2.7.1``, as scripts/test.sh does); without it (or without node) those tests skip and
+say so, and fail under CI=true or scripts/test.sh (tests/tool_skips.py).
 """
 
 from __future__ import annotations

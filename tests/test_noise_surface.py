@@ -350,9 +350,9 @@ def test_interface_and_errors(sphere_views) -> None:
 
 @pytest.mark.parametrize("name", ["shapes-fsd-surface", "fsd-sd21-surface"])
 def test_presets_select_surface_noise(name: str) -> None:
-    from importlib.resources import files
+    from fsd_gs.config import presets_dir
 
-    data = yaml.safe_load((files("fsd_gs") / "configs" / f"{name}.yaml").read_text())
+    data = yaml.safe_load((presets_dir() / f"{name}.yaml").read_text())
     cfg = NoiseConfig(**data["noise"])
     cfg.validate()
     assert cfg.kind == "surface"

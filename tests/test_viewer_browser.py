@@ -6,7 +6,8 @@ viewers look at the object's centre) most pixels differ from the background colo
 empty space beside it keeps the background colour. "The panels are there" means their labels are in
 the page's text and their images have loaded.
 
-Skipped, with the reason, when no Chromium is installed (.ci/run installs Debian's). Set
+Skipped, with the reason, when no Chromium is installed (scripts/test.sh installs Debian's; there and under CI=true
+the skip fails, tests/tool_skips.py). Set
 FSD_GS_UPDATE_DOCS=1 to copy the screenshots to docs/viewer-live.png and docs/viewer-standalone.png.
 """
 
