@@ -18,16 +18,16 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from fsd_gs import perp_neg
 from fsd_gs.camera import Cameras, OrbitSampler
 from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.distill import distill_loss
-from fsd_gs.gaussians import Gaussians, make_optimizers
 from fsd_gs.errors import UserError
+from fsd_gs.gaussians import Gaussians, make_optimizers
 from fsd_gs.initialize import init_gaussians
 from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise
-from fsd_gs import perp_neg
 from fsd_gs.prior.base import DiffusionPrior, NegativeViews
 from fsd_gs.profiling import StageTimer
 from fsd_gs.render import render

@@ -63,8 +63,15 @@ import torch
 from fsd_gs.io.atomic import atomic_open
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
 from fsd_gs.shapes.judge import Judge, load_judge
-from fsd_gs.shapes.model import (build_networks, copy_tokenizer, folder_size, load_tokenizer, save_pipeline,
-                                 save_tokenizer, tokenize)
+from fsd_gs.shapes.model import (
+    build_networks,
+    copy_tokenizer,
+    folder_size,
+    load_tokenizer,
+    save_pipeline,
+    save_tokenizer,
+    tokenize,
+)
 from fsd_gs.shapes.world import ShapeObject, WorldConfig, sample_object
 
 

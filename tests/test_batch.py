@@ -21,8 +21,7 @@ import pytest
 from plyfile import PlyData
 
 from fsd_gs.batch.cli import main, split_passthrough
-from fsd_gs.batch.grid import (Preset, Shard, build_grid, collect_prompts, make_units, parse_presets, parse_seeds,
-                               shard_units)
+from fsd_gs.batch.grid import Preset, Shard, build_grid, collect_prompts, make_units, parse_presets, parse_seeds, shard_units
 from fsd_gs.batch.manifest import FORMAT
 from fsd_gs.batch.worker import CRASH_ENV
 from fsd_gs.errors import UserError
@@ -256,9 +255,9 @@ def test_one_worker_per_visible_gpu_and_fractions_pack_small_priors():
 def test_default_group_seeds_per_prior_and_vsd_one_at_a_time(tmp_path, capsys):
     """The shapes prior groups 8 seeds by default, SD 1; VSD (a LoRA per asset) trains its seeds one at a time when
     asked to group, says so once, and fails none of them."""
-    from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
     from fsd_gs.batch.cli import preset_configs
     from fsd_gs.batch.grid import parse_presets as presets
+    from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
 
     configs = preset_configs(presets(["shapes-fsd", "shapes-vsd", "fsd-sd21"]), [], "a red mushroom")
     assert [group_plan(configs[k], None).size for k in ("shapes-fsd", "shapes-vsd", "fsd-sd21")] == \
@@ -284,12 +283,12 @@ def test_default_group_seeds_per_prior_and_vsd_one_at_a_time(tmp_path, capsys):
 
 # -- a batch continued with the other engine: the device is recorded resolved, the same way -----------------
 def test_device_auto_is_recorded_resolved_and_an_equivalent_device_is_a_harmless_change():
-    from fsd_gs.config import base_config
-    from fsd_gs.runner import check_resume_changes
-
     import dataclasses as dc
+
     from fsd_gs.batch.driver import Driver
     from fsd_gs.batch.engine import LocalEngine
+    from fsd_gs.config import base_config
+    from fsd_gs.runner import check_resume_changes
 
     cfg = dc.replace(base_config("fsd", None), prompt="a red mushroom", model="shapes")
     item = build_grid(["a red mushroom"], ["shapes-fsd"], [0])[0]

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from fsd_gs.camera import (
-    CameraConfig, OrbitSampler, orbit_cameras, turntable, view_direction, view_directions, wrap_azimuth,
+    CameraConfig,
+    OrbitSampler,
+    orbit_cameras,
+    turntable,
+    view_direction,
+    view_directions,
+    wrap_azimuth,
 )
 from fsd_gs.errors import UserError
 

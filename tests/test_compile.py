@@ -14,8 +14,15 @@ import torch
 import yaml
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.compile import (AUTO_MIN_STEPS, AUTO_MODE, CACHE_ENV, compile_cache_dir, compile_module,
-                                  resolve_compile, setup_compile_cache)
+from fsd_gs.prior.compile import (
+    AUTO_MIN_STEPS,
+    AUTO_MODE,
+    CACHE_ENV,
+    compile_cache_dir,
+    compile_module,
+    resolve_compile,
+    setup_compile_cache,
+)
 from fsd_gs.prior.factory import PriorConfig, load_prior
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from fsd_gs.evaluate.consistency import (
-    EXPECTED_VIEWS, add_confusion, clear_cameras, consistency, empty_confusion, has_front, probe_phrases,
+    EXPECTED_VIEWS,
+    add_confusion,
+    clear_cameras,
+    consistency,
+    empty_confusion,
+    has_front,
+    probe_phrases,
 )
 from fsd_gs.evaluate.evaluation import EvaluateConfig, evaluate
 from fsd_gs.evaluate.views import ViewConfig

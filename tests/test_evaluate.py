@@ -15,7 +15,13 @@ import yaml
 from fsd_gs.errors import UserError
 from fsd_gs.evaluate.evaluation import EvaluateConfig, evaluate
 from fsd_gs.evaluate.metrics import (
-    colour_entropy, cross_fid, fid, frechet_distance, inception_score, mean_pairwise_distance, seed_halves,
+    colour_entropy,
+    cross_fid,
+    fid,
+    frechet_distance,
+    inception_score,
+    mean_pairwise_distance,
+    seed_halves,
 )
 from fsd_gs.evaluate.views import ViewConfig
 from tests.browser import SKIP_REASON, HeadlessChromium, differs_from, find_chromium

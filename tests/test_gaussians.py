@@ -5,8 +5,17 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.gaussians import (
-    PARAM_KEYS, Gaussians, GaussiansConfig, LearningRates, gaussians_from_points, knn_mean_distance,
-    knn_mean_distance_torch, make_optimizers, random_ball_gaussians, rgb_to_sh0, sh0_to_rgb,
+    PARAM_KEYS,
+    Gaussians,
+    GaussiansConfig,
+    LearningRates,
+    gaussians_from_points,
+    knn_mean_distance,
+    knn_mean_distance_torch,
+    make_optimizers,
+    random_ball_gaussians,
+    rgb_to_sh0,
+    sh0_to_rgb,
 )
 
 

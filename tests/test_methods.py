@@ -15,8 +15,16 @@ import torch
 from fsd_gs.distill import distill_loss, distill_loss_z
 from fsd_gs.errors import UserError
 from fsd_gs.methods import (
-    METHODS, NFSD_NEGATIVE_PROMPT, ClassifierGuidance, MethodOptions, NoiseFreeGuidance, ScoreGuidance, VSDConfig,
-    default_negative_prompt, make_guidance, method_spec,
+    METHODS,
+    NFSD_NEGATIVE_PROMPT,
+    ClassifierGuidance,
+    MethodOptions,
+    NoiseFreeGuidance,
+    ScoreGuidance,
+    VSDConfig,
+    default_negative_prompt,
+    make_guidance,
+    method_spec,
 )
 from fsd_gs.prior.base import PromptEmbeddings
 from tests.test_distill import TinyPixelPrior, make_inputs, random_embeddings, sd_alphas_cumprod, tiny_unet

@@ -16,8 +16,7 @@ from fsd_gs.errors import UserError
 from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior
 from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
 from fsd_gs.prior.factory import PriorConfig, load_prior
-from fsd_gs.prior.loading import resolve_dtype
-from fsd_gs.prior.loading import resolve_model
+from fsd_gs.prior.loading import resolve_dtype, resolve_model
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red mushroom"

@@ -259,7 +259,8 @@ def test_init_ply_with_only_nan_rows_is_refused(tmp_path, capsys):
 
 
 def test_standalone_viewer_drops_nan_rows_and_counts_the_rest(tmp_path, capsys):
-    from fsd_gs.viewer.standalone import ViewPlyConfig, load_gaussian_params, main as view_main
+    from fsd_gs.viewer.standalone import ViewPlyConfig, load_gaussian_params
+    from fsd_gs.viewer.standalone import main as view_main
 
     ply = nan_ply(tmp_path / "v.ply", n=8000, bad=1)
     with pytest.warns(UserWarning, match="dropped 1 of 8000"):

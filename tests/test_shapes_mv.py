@@ -173,7 +173,6 @@ def test_four_view_check_samples_groups_and_scores_them(start_folder, tmp_path):
 
 def test_mv_presets_differ_from_the_shapes_pair_only_in_model_and_camera_batch():
     from fsd_gs.train import parse_config
-
     from tests.test_config import differing
 
     for method in ("fsd", "sds"):

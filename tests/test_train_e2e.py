@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from fsd_gs.io.ply import read_ply
-from fsd_gs.train import main
 from fsd_gs.step import DistillStep
+from fsd_gs.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

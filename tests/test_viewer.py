@@ -17,7 +17,14 @@ from fsd_gs.camera import look_at_viewmats
 from fsd_gs.errors import UserError
 from fsd_gs.gaussians import GaussiansConfig, random_ball_gaussians
 from fsd_gs.viewer.app import (
-    ERRORS, ViewerApp, cameras_from_viser, find_free_port, quat_to_rotmat, safe, splat_arrays, viewmat_from_viser,
+    ERRORS,
+    ViewerApp,
+    cameras_from_viser,
+    find_free_port,
+    quat_to_rotmat,
+    safe,
+    splat_arrays,
+    viewmat_from_viser,
 )
 from fsd_gs.viewer.config import ViewerConfig, resolve_mode
 from fsd_gs.viewer.images import noise_to_rgb, outline_window

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
 
 from fsd_gs.batch.driver import BatchResult, Driver
-from fsd_gs.batch.grouping import group_plan
 from fsd_gs.batch.grid import Preset, Shard, build_grid, collect_prompts, make_units, parse_presets, parse_seeds, shard_units
+from fsd_gs.batch.grouping import group_plan
 from fsd_gs.errors import UserError, require, run_cli
 
 RESERVED = ("--prompt", "--seed", "--config", "--resume", "--output-dir", "--output_dir")

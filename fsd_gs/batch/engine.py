@@ -23,7 +23,6 @@ from typing import Any, Iterator, Optional
 from fsd_gs.batch.worker import CRASH_ENV, AssetWorker, Task
 from fsd_gs.errors import UserError, require
 
-
 NO_NATIVE_DUMPS = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 """Ray's native failure handler prints a stack dump on SIGTERM; the batch sets this to 1 (unless it is set) in the
 driver before starting Ray and in its workers, since it handles stop signals itself."""

@@ -15,7 +15,13 @@ import numpy as np
 
 from fsd_gs.evaluate.consistency import EXPECTED_VIEWS, add_confusion, consistency, empty_confusion, has_front
 from fsd_gs.evaluate.metrics import (
-    CrossFID, colour_entropy, cross_fid, inception_score, majority, mean_pairwise_distance, mean_std,
+    CrossFID,
+    colour_entropy,
+    cross_fid,
+    inception_score,
+    majority,
+    mean_pairwise_distance,
+    mean_std,
 )
 from fsd_gs.evaluate.scorers import ViewScores
 

@@ -74,8 +74,8 @@ class JudgeScorer:
 
     @torch.no_grad()
     def score(self, images: torch.Tensor, prompt: str) -> ViewScores:
-        from fsd_gs.shapes.captions import parse
         from fsd_gs.camera import VIEW_NAMES
+        from fsd_gs.shapes.captions import parse
         from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
 
         kind, colour, _ = parse(prompt)

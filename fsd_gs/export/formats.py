@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fsd_gs.errors import UserError
-from fsd_gs.finite import drop_non_finite
 from fsd_gs.export.mesh import MeshConfig
 from fsd_gs.export.registry import EXPORT_FORMATS
+from fsd_gs.finite import drop_non_finite
 from fsd_gs.gaussians import Gaussians
 
 FORMATS: tuple[str, ...] = EXPORT_FORMATS.names()

@@ -26,7 +26,6 @@ SH coefficients here). The attribute names and conventions follow the extension'
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

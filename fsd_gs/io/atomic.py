@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from fsd_gs.errors import UserError
 
+
 class WriteError(UserError):
     """An OS error while writing ``path`` (no space, no permission, read-only): one sentence naming the file."""
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_bytes, save as save_bytes
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from fsd_gs.errors import UserError
 from fsd_gs.io.atomic import fsync_dir, writing

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.compile import CompileDecision, setup_compile_cache
-from fsd_gs.errors import UserError
 from fsd_gs.prior.loading import MODEL_KINDS, PriorConfig, resolve_model
 from fsd_gs.registry import Registry
 

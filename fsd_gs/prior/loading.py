@@ -187,7 +187,7 @@ def resolve_model(
         )
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
     try:

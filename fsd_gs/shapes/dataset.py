@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 from fsd_gs.camera import VIEW_NAMES, CameraConfig, Cameras, orbit_cameras, wrap_azimuth
 from fsd_gs.gaussians import Gaussians
 from fsd_gs.render import RenderConfig, render

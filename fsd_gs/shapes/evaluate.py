@@ -168,8 +168,8 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
     view read of each camera and, for front kinds, the view accuracy on the clear cameras and the Janus flag
     (:mod:`fsd_gs.evaluate.consistency`; None otherwise).
     """
-    from fsd_gs.evaluate.consistency import consistency, has_front
     from fsd_gs.camera import turntable
+    from fsd_gs.evaluate.consistency import consistency, has_front
     from fsd_gs.render import render
     from fsd_gs.shapes.captions import parse
 
