@@ -54,9 +54,14 @@ class Cameras:
         GPU's queue; the training step uses that)."""
         nb = non_blocking
         return Cameras(
-            self.viewmats.to(device, non_blocking=nb), self.Ks.to(device, non_blocking=nb), self.width, self.height,
-            self.azimuth.to(device, non_blocking=nb), self.elevation.to(device, non_blocking=nb),
-            self.distance.to(device, non_blocking=nb), self.fovy.to(device, non_blocking=nb),
+            self.viewmats.to(device, non_blocking=nb),
+            self.Ks.to(device, non_blocking=nb),
+            self.width,
+            self.height,
+            self.azimuth.to(device, non_blocking=nb),
+            self.elevation.to(device, non_blocking=nb),
+            self.distance.to(device, non_blocking=nb),
+            self.fovy.to(device, non_blocking=nb),
         )
 
     def __getitem__(self, index: int | slice | torch.Tensor) -> Cameras:
@@ -64,8 +69,14 @@ class Cameras:
         if isinstance(index, int):
             index = slice(index, index + 1)
         return Cameras(
-            self.viewmats[index], self.Ks[index], self.width, self.height,
-            self.azimuth[index], self.elevation[index], self.distance[index], self.fovy[index],
+            self.viewmats[index],
+            self.Ks[index],
+            self.width,
+            self.height,
+            self.azimuth[index],
+            self.elevation[index],
+            self.distance[index],
+            self.fovy[index],
         )
 
     @staticmethod
@@ -74,9 +85,12 @@ class Cameras:
         first = batches[0]
         if any((c.width, c.height) != (first.width, first.height) for c in batches):
             raise ValueError("cameras of different image sizes cannot be concatenated")
-        return Cameras(*(torch.cat([getattr(c, name) for c in batches]) if name not in ("width", "height")
-                         else getattr(first, name) for name in ("viewmats", "Ks", "width", "height", "azimuth",
-                                                                 "elevation", "distance", "fovy")))
+        return Cameras(
+            *(
+                torch.cat([getattr(c, name) for c in batches]) if name not in ("width", "height") else getattr(first, name)
+                for name in ("viewmats", "Ks", "width", "height", "azimuth", "elevation", "distance", "fovy")
+            )
+        )
 
     def with_resolution(self, width: int, height: int) -> Cameras:
         """The same viewpoints rendered at another image size (intrinsics rescaled)."""
@@ -142,8 +156,14 @@ def orbit_cameras(
         dim=-1,
     )
     return Cameras(
-        look_at_viewmats(positions), intrinsics(fovy, width, height), width, height,
-        azimuth, elevation, distance, fovy,
+        look_at_viewmats(positions),
+        intrinsics(fovy, width, height),
+        width,
+        height,
+        azimuth,
+        elevation,
+        distance,
+        fovy,
     )
 
 
@@ -180,13 +200,17 @@ class CameraConfig:
 
     def validate(self) -> None:
         require(self.batch_size >= 1, f"camera.batch_size must be >= 1, got {self.batch_size}")
-        require(0 < self.width <= MAX_IMAGE_SIZE and 0 < self.height <= MAX_IMAGE_SIZE,
-                f"camera.width and camera.height must lie in 1..{MAX_IMAGE_SIZE} pixels, got {self.width}x{self.height}")
+        require(
+            0 < self.width <= MAX_IMAGE_SIZE and 0 < self.height <= MAX_IMAGE_SIZE,
+            f"camera.width and camera.height must lie in 1..{MAX_IMAGE_SIZE} pixels, got {self.width}x{self.height}",
+        )
         for name in ("azimuth_range", "elevation_range", "distance_range", "fovy_range"):
             lo, hi = getattr(self, name)
             require(lo <= hi, f"camera.{name} must be (low, high) with low <= high, got {(lo, hi)}")
-        require(-90.0 <= self.elevation_range[0] and self.elevation_range[1] <= 90.0,
-                f"camera.elevation_range must lie in [-90, 90] degrees, got {self.elevation_range}")
+        require(
+            -90.0 <= self.elevation_range[0] and self.elevation_range[1] <= 90.0,
+            f"camera.elevation_range must lie in [-90, 90] degrees, got {self.elevation_range}",
+        )
         require(self.distance_range[0] > 0, "camera.distance_range must be positive")
         require(0 < self.fovy_range[0] and self.fovy_range[1] < 180, "camera.fovy_range must lie in (0, 180) degrees")
 
@@ -203,8 +227,9 @@ class OrbitSampler:
         self.config = config
         self.device = torch.device(device)
 
-    def sample(self, generator: torch.Generator, batch_size: int | None = None,
-               width: int | None = None, height: int | None = None) -> Cameras:
+    def sample(
+        self, generator: torch.Generator, batch_size: int | None = None, width: int | None = None, height: int | None = None
+    ) -> Cameras:
         """A batch of random cameras; sizes default to the config. The generator must be on the CPU."""
         cfg = self.config
         b = batch_size or cfg.batch_size
@@ -263,5 +288,7 @@ def view_directions(
     cameras: Cameras, front_span: float = 45.0, back_span: float = 45.0, overhead_above: float = 60.0
 ) -> list[ViewName]:
     """:func:`view_direction` for every camera of a batch, with the same spans for each."""
-    return [view_direction(a, e, front_span, back_span, overhead_above)
-            for a, e in zip(cameras.azimuth.tolist(), cameras.elevation.tolist())]
+    return [
+        view_direction(a, e, front_span, back_span, overhead_above)
+        for a, e in zip(cameras.azimuth.tolist(), cameras.elevation.tolist())
+    ]

@@ -65,8 +65,10 @@ class GuidanceConfig:
         """Raise :class:`UserError` on the first bad guidance option."""
         self.view_prompts.validate()
         self.perp_neg_weights.validate()
-        require(not (self.perp_neg and not self.view_dependent),
-                "--guidance.perp-neg needs view-dependent prompts: drop --guidance.no-view-dependent")
+        require(
+            not (self.perp_neg and not self.view_dependent),
+            "--guidance.perp-neg needs view-dependent prompts: drop --guidance.no-view-dependent",
+        )
 
 
 @dataclass
@@ -171,8 +173,18 @@ class TrainConfig:
         require(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
         require(self.steps > 0, f"--steps must be a positive number of steps, got {self.steps}")
         require(self.model.strip() != "", "--model is empty: pass a hub id, a local folder or 'shapes'")
-        for part in (self.camera, self.gaussians, self.noise, self.schedule, self.optim.lr, self.densify, self.render,
-                     self.viewer, self.method_options, self.guidance):
+        for part in (
+            self.camera,
+            self.gaussians,
+            self.noise,
+            self.schedule,
+            self.optim.lr,
+            self.densify,
+            self.render,
+            self.viewer,
+            self.method_options,
+            self.guidance,
+        ):
             part.validate()
         require(self.output.log_every >= 1, "--output.log-every must be >= 1")
         if self.output.formats:
@@ -194,8 +206,9 @@ def method_defaults(cfg: TrainConfig, method: str) -> TrainConfig:
     """``cfg`` with the noise and schedule of ``method`` (docs/fsd.md sec. 2, docs/methods.md: --method switches the
     noise, the schedule and the distillation direction and nothing else; the values live in fsd_gs.methods)."""
     spec = method_spec(method)
-    return dataclasses.replace(cfg, method=method, noise=dataclasses.replace(spec.noise),
-                               schedule=dataclasses.replace(spec.schedule))
+    return dataclasses.replace(
+        cfg, method=method, noise=dataclasses.replace(spec.noise), schedule=dataclasses.replace(spec.schedule)
+    )
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
@@ -244,12 +257,16 @@ def coerce(value: Any, annotation: Any, path: str) -> Any:
         require(isinstance(value, bool), f"preset option {path!r} must be true or false, got {value!r}")
         return value
     if annotation is int:
-        require(isinstance(value, int) and not isinstance(value, bool), f"preset option {path!r} must be a whole number, "
-                f"got {value!r}")
+        require(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"preset option {path!r} must be a whole number, got {value!r}",
+        )
         return value
     if annotation is float:
-        require(isinstance(value, (int, float)) and not isinstance(value, bool), f"preset option {path!r} must be a "
-                f"number, got {value!r}")
+        require(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            f"preset option {path!r} must be a number, got {value!r}",
+        )
         return float(value)
     if annotation is str:
         require(isinstance(value, str), f"preset option {path!r} must be a string, got {value!r}")
@@ -266,8 +283,7 @@ MAX_SEED = 2**32 - 1
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
     """UserError unless ``seed`` is an integer in 0..MAX_SEED (a huge one overflows torch's generator)."""
-    require(isinstance(seed, int) and 0 <= seed <= MAX_SEED,
-            f"{flag} must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    require(isinstance(seed, int) and 0 <= seed <= MAX_SEED, f"{flag} must be a whole number from 0 to {MAX_SEED}, got {seed}")
 
 
 def check_finite(cfg: Any, where: str = "") -> None:
@@ -278,8 +294,10 @@ def check_finite(cfg: Any, where: str = "") -> None:
             check_finite(value, path)
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
-            require(not (isinstance(v, float) and not math.isfinite(v)),
-                    f"--{path.replace('_', '-')} must be a finite number, got {value}")
+            require(
+                not (isinstance(v, float) and not math.isfinite(v)),
+                f"--{path.replace('_', '-')} must be a finite number, got {value}",
+            )
 
 
 def presets_dir() -> Path:
@@ -340,8 +358,12 @@ def base_config(method: str | None, preset: str | Path | None, model: str | None
         method_spec(method)  # an unknown method is a UserError before any preset is looked for
     name = preset if preset is not None else default_preset(model, method)
     if preset is None and not (presets_dir() / f"{name}.yaml").is_file():
-        warnings.warn(f"no preset {name} for --method {method or 'fsd'} with --model {model}: the run uses the method's "
-                      f"defaults and the options' defaults (add {name}.yaml, docs/extending.md)", PresetWarning, stacklevel=2)
+        warnings.warn(
+            f"no preset {name} for --method {method or 'fsd'} with --model {model}: the run uses the method's "
+            f"defaults and the options' defaults (add {name}.yaml, docs/extending.md)",
+            PresetWarning,
+            stacklevel=2,
+        )
         name = None
     data = load_preset(name) if name is not None else {}
     method = str(method or data.get("method", "fsd"))
@@ -354,6 +376,7 @@ def base_config(method: str | None, preset: str | Path | None, model: str | None
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A YAML-friendly nested dict of a config (paths as strings, tuples as lists)."""
+
     def convert(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -373,4 +396,3 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 RESUME_LOG = "resumed"
 """Key of config.yaml's list of resumes and the options each one changed."""
-

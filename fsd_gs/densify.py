@@ -105,20 +105,28 @@ class DensifyConfig:
     def validate(self) -> None:
         """Raise UserError on the first setting that cannot work."""
         require(self.refine_start_iter >= 0, f"--densify.refine-start-iter must be >= 0, got {self.refine_start_iter}")
-        require(self.refine_stop_iter is None or self.refine_stop_iter >= 0,
-                f"--densify.refine-stop-iter must be >= 0 or None, got {self.refine_stop_iter}")
-        require(0.0 < self.refine_stop_fraction <= 1.0,
-                f"--densify.refine-stop-fraction must lie in (0, 1], got {self.refine_stop_fraction}")
+        require(
+            self.refine_stop_iter is None or self.refine_stop_iter >= 0,
+            f"--densify.refine-stop-iter must be >= 0 or None, got {self.refine_stop_iter}",
+        )
+        require(
+            0.0 < self.refine_stop_fraction <= 1.0,
+            f"--densify.refine-stop-fraction must lie in (0, 1], got {self.refine_stop_fraction}",
+        )
         require(self.refine_every >= 1, f"--densify.refine-every must be >= 1, got {self.refine_every}")
         require(self.reset_every >= 0, f"--densify.reset-every must be >= 0 (0: never), got {self.reset_every}")
         require(0.0 <= self.prune_opa < 1.0, f"--densify.prune-opa must lie in [0, 1), got {self.prune_opa}")
-        require(self.prune_opa < self.reset_opacity < 1.0,
-                f"--densify.reset-opacity must lie in (prune-opa={self.prune_opa}, 1), got {self.reset_opacity}; "
-                "otherwise every reset Gaussian would be pruned")
+        require(
+            self.prune_opa < self.reset_opacity < 1.0,
+            f"--densify.reset-opacity must lie in (prune-opa={self.prune_opa}, 1), got {self.reset_opacity}; "
+            "otherwise every reset Gaussian would be pruned",
+        )
         for name in ("grow_grad2d", "grow_scale3d", "grow_scale2d", "prune_scale3d", "prune_scale2d"):
             require(getattr(self, name) > 0, f"--densify.{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        require(self.refine_scale2d_stop_iter >= 0,
-                f"--densify.refine-scale2d-stop-iter must be >= 0, got {self.refine_scale2d_stop_iter}")
+        require(
+            self.refine_scale2d_stop_iter >= 0,
+            f"--densify.refine-scale2d-stop-iter must be >= 0, got {self.refine_scale2d_stop_iter}",
+        )
         require(self.max_gaussians >= 1, f"--densify.max-gaussians must be >= 1, got {self.max_gaussians}")
 
 
@@ -229,8 +237,7 @@ class Densifier:
         seed: seeds the generator that places split children.
     """
 
-    def __init__(self, config: DensifyConfig, scene_scale: float = 1.0, total_steps: Optional[int] = None,
-                 seed: int = 0) -> None:
+    def __init__(self, config: DensifyConfig, scene_scale: float = 1.0, total_steps: Optional[int] = None, seed: int = 0) -> None:
         config.validate()
         require(scene_scale > 0, f"scene_scale must be positive, got {scene_scale}")
         self.config = config
@@ -283,8 +290,9 @@ class Densifier:
             value = tensors.get(key)
             if value is not None:
                 if value.dim() != 1:
-                    raise UserError(f"densification state {key!r} has shape {tuple(value.shape)}, expected [N]; "
-                                    "the checkpoint is damaged")
+                    raise UserError(
+                        f"densification state {key!r} has shape {tuple(value.shape)}, expected [N]; the checkpoint is damaged"
+                    )
                 state[key] = value.float()
         if tensors.get("rng") is not None:
             state["generator"].set_state(tensors["rng"].cpu().to(torch.uint8))
@@ -296,8 +304,9 @@ class Densifier:
         state["radii"] = torch.zeros(n, device=device) if self.tracks_radii else None
 
     # -- callbacks --------------------------------------------------------------------------------
-    def step_pre_backward(self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any],
-                          step: int, info: dict[str, Any]) -> None:
+    def step_pre_backward(
+        self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], step: int, info: dict[str, Any]
+    ) -> None:
         """Before ``loss.backward()``: make sure info["means2d"] keeps its gradient."""
         if not self.is_active(step):
             return
@@ -308,8 +317,15 @@ class Densifier:
             means2d.retain_grad()
 
     @torch.no_grad()
-    def step_post_backward(self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any],
-                           step: int, info: dict[str, Any], packed: bool = False) -> dict[str, int]:
+    def step_post_backward(
+        self,
+        params: Any,
+        optimizers: dict[str, torch.optim.Optimizer],
+        state: dict[str, Any],
+        step: int,
+        info: dict[str, Any],
+        packed: bool = False,
+    ) -> dict[str, int]:
         """After backward (and the optimizer step): gather statistics, refine, reset; returns the counts.
 
         Returns:
@@ -375,8 +391,9 @@ class Densifier:
                 screen = (radii.amax(dim=-1).to(torch.float32) * visible).amax(dim=0) / max(width, height)
                 torch.maximum(state["radii"], screen.to(device), out=state["radii"])
 
-    def _refine(self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any],
-                step: int) -> dict[str, int]:
+    def _refine(
+        self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], step: int
+    ) -> dict[str, int]:
         c = self.config
         n = params["means"].shape[0]
         device = params["means"].device

@@ -99,8 +99,9 @@ def distill_loss(
         :class:`DistillOutput`; d loss / d z = w(t) residual / B (plus the image term).
     """
     z = prior.encode_images(images)
-    out, (z_t, alpha, sigma, t, eps_hat) = _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting,
-                                                    return_predictions, cameras, guidance, negatives)
+    out, (z_t, alpha, sigma, t, eps_hat) = _distill(
+        prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives
+    )
     if hifa_lambda > 0.0:
         with torch.no_grad():
             reuse = guidance_scale == 1.0 and negatives is None and (guidance is None or isinstance(guidance, ScoreGuidance))
@@ -131,12 +132,12 @@ def distill_loss_z(
 
     Arguments as :func:`distill_loss` (no HiFA term: that one needs images). d loss / d z = w(t) residual / B.
     """
-    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance,
-                    negatives)[0]
+    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives)[
+        0
+    ]
 
 
-def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance,
-             negatives=None):
+def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives=None):
     """The shared core: (DistillOutput, (z_t, alpha, sigma, t, eps_hat)) with alpha, sigma [B,1,1,1]."""
     if weighting not in WEIGHTINGS:
         weight(t, t, weighting)  # raises the UserError

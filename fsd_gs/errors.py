@@ -28,6 +28,7 @@ def require(condition: bool, message: str) -> None:
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
     """Show our UserWarnings as one ``warning: ...`` line each on stderr (not Python's file:line form)."""
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"warning: {message}", file=sys.stderr)
 

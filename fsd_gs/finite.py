@@ -62,6 +62,5 @@ def drop_non_finite(gaussians: Gaussians, what: str = "the export", verb: str = 
         return gaussians
     if kept == 0:
         raise UserError(f"not {verb} {what}: all {n} Gaussians have NaN or Inf parameters")
-    warnings.warn(f"dropped {n - kept} of {n} Gaussians with NaN or Inf parameters from {what}",
-                  NonFiniteWarning, stacklevel=2)
+    warnings.warn(f"dropped {n - kept} of {n} Gaussians with NaN or Inf parameters from {what}", NonFiniteWarning, stacklevel=2)
     return subset(gaussians, mask)

@@ -76,8 +76,10 @@ class GaussiansConfig:
     """Start from this .ply (INRIA 3DGS layout) instead of random points."""
 
     def validate(self) -> None:
-        require(1 <= self.num_points <= MAX_NUM_POINTS,
-                f"--gaussians.num-points must lie in 1..{MAX_NUM_POINTS:,}, got {self.num_points:,}")
+        require(
+            1 <= self.num_points <= MAX_NUM_POINTS,
+            f"--gaussians.num-points must lie in 1..{MAX_NUM_POINTS:,}, got {self.num_points:,}",
+        )
         require(self.init_radius > 0, f"gaussians.init_radius must be positive, got {self.init_radius}")
         require(0.0 < self.init_opacity < 1.0, f"gaussians.init_opacity must lie in (0, 1), got {self.init_opacity}")
         require(0 <= self.sh_degree <= 3, f"gaussians.sh_degree must be 0..3, got {self.sh_degree}")
@@ -124,8 +126,12 @@ class Gaussians:
             raise UserError(f"Gaussian parameters are missing {missing}")
         n = params["means"].shape[0]
         expected = {
-            "means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,),
-            "sh0": (n, 1, 3), "shN": (n, num_sh_bases(sh_degree) - 1, 3),
+            "means": (n, 3),
+            "scales": (n, 3),
+            "quats": (n, 4),
+            "opacities": (n,),
+            "sh0": (n, 1, 3),
+            "shN": (n, num_sh_bases(sh_degree) - 1, 3),
         }
         for key, shape in expected.items():
             if tuple(params[key].shape) != shape:
@@ -276,7 +282,9 @@ def make_optimizers(gaussians: Gaussians, lrs: LearningRates, eps: float = 1e-15
     return {
         key: torch.optim.Adam(
             [{"params": [gaussians.params[key]], "lr": getattr(lrs, key), "name": key}],
-            eps=eps, betas=(0.9, 0.999), fused=fused,
+            eps=eps,
+            betas=(0.9, 0.999),
+            fused=fused,
         )
         for key in PARAM_KEYS
     }

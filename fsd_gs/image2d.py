@@ -118,8 +118,7 @@ class Image2DConfig:
     def validate(self) -> None:
         """Check everything that can be checked before loading a model; UserError on the first problem."""
         require(self.prompt.strip() != "", 'the prompt is empty: pass --prompt "a photo of a red mushroom" (or similar)')
-        require(self.method in METHOD_DEFAULTS,
-                f"--method must be one of {', '.join(METHOD_DEFAULTS)}, got {self.method!r}")
+        require(self.method in METHOD_DEFAULTS, f"--method must be one of {', '.join(METHOD_DEFAULTS)}, got {self.method!r}")
         require(len(self.seed) > 0, "--seed needs at least one seed, e.g. --seed 0 1 2")
         require(len(set(self.seed)) == len(self.seed), f"--seed has repeated values {list(self.seed)}: give each seed once")
         for seed in self.seed:
@@ -130,13 +129,16 @@ class Image2DConfig:
         require(settings.guidance_scale > 0, f"--guidance-scale must be positive, got {settings.guidance_scale}")
         if self.method != "ddim":
             require(settings.lr is not None and settings.lr > 0, f"--lr must be positive, got {settings.lr}")
-            require(0.0 < self.t_min < self.t_max < 1.0,
-                    f"need 0 < --t-min < --t-max < 1, got t_min={self.t_min}, t_max={self.t_max}")
+            require(
+                0.0 < self.t_min < self.t_max < 1.0, f"need 0 < --t-min < --t-max < 1, got t_min={self.t_min}, t_max={self.t_max}"
+            )
             self.method_options.validate()
         for name in ("height", "width"):
             value = getattr(self, name)
-            require(value is None or 0 < value <= MAX_IMAGE_SIZE,
-                    f"--{name} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
+            require(
+                value is None or 0 < value <= MAX_IMAGE_SIZE,
+                f"--{name} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}",
+            )
 
 
 # -- pieces ---------------------------------------------------------------------------------------
@@ -176,8 +178,9 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Progress]:
         bar.close()
 
 
-def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
-             uncond: torch.Tensor) -> torch.Tensor:
+def optimise(
+    prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
+) -> torch.Tensor:
     """A score-distillation method: Adam on the model-space images z [S,C,h,w] for settings.steps iterations.
 
     Start: z = (1 - sigma_T) / alpha_T * noise, the clean-image variable of DDIM's x_T = noise (docs/fsd.md sec. 1).
@@ -186,8 +189,12 @@ def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, con
     Returns z (detached).
     """
     if METHODS[cfg.method].stateful and len(cfg.seed) > 1:
-        return torch.cat([optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i:i + 1], cond[i:i + 1],
-                                   uncond[i:i + 1]) for i, s in enumerate(cfg.seed)])
+        return torch.cat(
+            [
+                optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i : i + 1], cond[i : i + 1], uncond[i : i + 1])
+                for i, s in enumerate(cfg.seed)
+            ]
+        )
     settings = cfg.settings()
     device = prior.device
     batch = len(cfg.seed)
@@ -205,25 +212,32 @@ def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, con
             progress = step / max(1, settings.steps - 1)  # the last step lands on t_min
             t = sample_timestep(schedule, progress, None, prior.num_train_timesteps, batch=batch).to(device)
             eps = fresh() if fresh is not None else noise
-            result = distill_loss_z(prior, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting,
-                                    guidance=guidance)
+            result = distill_loss_z(
+                prior, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting, guidance=guidance
+            )
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             optimizer.step()
-            bar.update(step + 1, {"t": int(t[0]), "loss": f"{result.loss.detach().item():.4g}"}
-                       if step % 10 == 0 or step == settings.steps - 1 else {})
+            bar.update(
+                step + 1,
+                {"t": int(t[0]), "loss": f"{result.loss.detach().item():.4g}"}
+                if step % 10 == 0 or step == settings.steps - 1
+                else {},
+            )
     return z.detach()
 
 
-def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor,
-                uncond: torch.Tensor) -> torch.Tensor:
+def ddim_sample(
+    prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
+) -> torch.Tensor:
     """The DDIM row of the 2D experiment: :func:`fsd_gs.sampling.ddim_sample` from x_T = noise [S,C,h,w]."""
     from fsd_gs.sampling import ddim_sample as sample
 
     settings = cfg.settings()
     with _progress(settings.steps, cfg.progress, "ddim") as bar:
-        return sample(prior, noise, cond, uncond, settings.guidance_scale, settings.steps,
-                      on_step=lambda i: bar.update(i + 1, {}))
+        return sample(
+            prior, noise, cond, uncond, settings.guidance_scale, settings.steps, on_step=lambda i: bar.update(i + 1, {})
+        )
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -246,7 +260,7 @@ def save_images(images: torch.Tensor, seeds: Sequence[int], folder: Path, gap: i
     n, h, w, _ = pixels.shape
     grid = np.full((h, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
     for i, image in enumerate(pixels):
-        grid[:, i * (w + gap): i * (w + gap) + w] = image
+        grid[:, i * (w + gap) : i * (w + gap) + w] = image
     with atomic_open(folder / "grid.png") as f:
         Image.fromarray(grid).save(f, format="PNG")
     outputs["grid"] = str(folder / "grid.png")
@@ -326,19 +340,33 @@ def run(argv: Sequence[str]) -> int:
         with contextlib.suppress(OSError):
             folder.rmdir()  # nothing was written into it yet
             folder.parent.rmdir()  # the prompt's folder too, when this run made it (only if empty)
-        print(f"stopped by {signal.Signals(signum).name} after {time.perf_counter() - start:.1f} s: no images were "
-              "written (image2d keeps no checkpoints; run it again)", file=sys.stderr)
+        print(
+            f"stopped by {signal.Signals(signum).name} after {time.perf_counter() - start:.1f} s: no images were "
+            "written (image2d keeps no checkpoints; run it again)",
+            file=sys.stderr,
+        )
         return 128 + signum
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
     outputs = save_images(images, cfg.seed, folder)
-    resolved = {**json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), **dataclasses.asdict(settings),
-                "height": height, "width": width}
+    resolved = {
+        **json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        **dataclasses.asdict(settings),
+        "height": height,
+        "width": width,
+    }
     atomic_write_text(folder / "settings.json", json.dumps(resolved, indent=2) + "\n")
-    report = {"method": cfg.method, "seeds": list(cfg.seed), "steps": settings.steps, "wall_time_s": round(wall, 3),
-              "steps_per_s": round(settings.steps / max(wall, 1e-9), 3), "device": str(device),
-              "dtype": str(prior.dtype).replace("torch.", ""), "outputs": outputs}
+    report = {
+        "method": cfg.method,
+        "seeds": list(cfg.seed),
+        "steps": settings.steps,
+        "wall_time_s": round(wall, 3),
+        "steps_per_s": round(settings.steps / max(wall, 1e-9), 3),
+        "device": str(device),
+        "dtype": str(prior.dtype).replace("torch.", ""),
+        "outputs": outputs,
+    }
     atomic_write_text(folder / "report.json", json.dumps(report, indent=2) + "\n")
     print(f"done: {cfg.method}, {len(cfg.seed)} seed(s) x {settings.steps} steps in {wall:.1f} s on {device}")
     print(folder)

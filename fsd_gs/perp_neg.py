@@ -60,8 +60,10 @@ class PerpNegWeights:
         """Raise :class:`~fsd_gs.errors.UserError` on the first non-finite parameter."""
         for name in ("front_side", "side_front", "side_back", "front_side_back"):
             values = getattr(self, name)
-            require(len(values) == 3 and all(math.isfinite(float(v)) for v in values),
-                    f"--guidance.perp-neg-weights.{name.replace('_', '-')} must be three finite numbers a b c, got {values}")
+            require(
+                len(values) == 3 and all(math.isfinite(float(v)) for v in values),
+                f"--guidance.perp-neg-weights.{name.replace('_', '-')} must be three finite numbers a b c, got {values}",
+            )
 
 
 def decay(params: Decay, r: torch.Tensor) -> torch.Tensor:
@@ -85,15 +87,18 @@ class PerpNegPlan:
     weights: torch.Tensor
 
 
-def plan(azimuth: torch.Tensor, elevation: torch.Tensor, views: Sequence[str], weights: PerpNegWeights,
-         overhead_above: float = 60.0) -> PerpNegPlan:
+def plan(
+    azimuth: torch.Tensor, elevation: torch.Tensor, views: Sequence[str], weights: PerpNegWeights, overhead_above: float = 60.0
+) -> PerpNegPlan:
     """The :class:`PerpNegPlan` of B views at ``azimuth`` and ``elevation`` [B] (degrees).
 
     ``views`` names the rows of the embeddings (:attr:`PromptEmbeddings.views`); it must hold front, side, back and
     overhead (view-dependent prompting).
     """
-    require(all(v in views for v in ("front", "side", "back", "overhead")),
-            "--guidance.perp-neg needs view-dependent prompts: leave --guidance.view-dependent on")
+    require(
+        all(v in views for v in ("front", "side", "back", "overhead")),
+        "--guidance.perp-neg needs view-dependent prompts: leave --guidance.view-dependent on",
+    )
     row = {v: views.index(v) for v in ("front", "side", "back", "overhead")}
     az = wrap_azimuth(azimuth.detach().to("cpu", torch.float64)).abs()
     el = elevation.detach().to("cpu", torch.float64)
@@ -104,25 +109,34 @@ def plan(azimuth: torch.Tensor, elevation: torch.Tensor, views: Sequence[str], w
 
     positive = torch.zeros(batch, len(views), dtype=torch.float64)
     idx = torch.arange(batch)
-    first = torch.where(front_side, row["front"], row["side"])     # the row r weighs
-    second = torch.where(front_side, row["side"], row["back"])     # the row 1 - r weighs
+    first = torch.where(front_side, row["front"], row["side"])  # the row r weighs
+    second = torch.where(front_side, row["side"], row["back"])  # the row 1 - r weighs
     positive[idx, first] += r
     positive[idx, second] += 1.0 - r
     positive[overhead] = 0.0
     positive[overhead, row["overhead"]] = 1.0
 
-    negatives = torch.stack([torch.where(front_side, row["front"], row["side"]),
-                             torch.where(front_side, row["side"], row["front"])], dim=1)
-    w = torch.stack([
-        torch.where(front_side, -decay(weights.front_side, r), -decay(weights.side_back, r)),
-        torch.where(front_side, -decay(weights.side_front, 1.0 - r), -decay(weights.front_side_back, r)),
-    ], dim=1)
+    negatives = torch.stack(
+        [torch.where(front_side, row["front"], row["side"]), torch.where(front_side, row["side"], row["front"])], dim=1
+    )
+    w = torch.stack(
+        [
+            torch.where(front_side, -decay(weights.front_side, r), -decay(weights.side_back, r)),
+            torch.where(front_side, -decay(weights.side_front, 1.0 - r), -decay(weights.front_side_back, r)),
+        ],
+        dim=1,
+    )
     w[overhead] = 0.0
     return PerpNegPlan(positive=positive, negatives=negatives, weights=w)
 
 
-def select(embeddings: PromptEmbeddings, azimuth: torch.Tensor, elevation: torch.Tensor, weights: PerpNegWeights,
-           overhead_above: float = 60.0) -> tuple[torch.Tensor, torch.Tensor, NegativeViews]:
+def select(
+    embeddings: PromptEmbeddings,
+    azimuth: torch.Tensor,
+    elevation: torch.Tensor,
+    weights: PerpNegWeights,
+    overhead_above: float = 60.0,
+) -> tuple[torch.Tensor, torch.Tensor, NegativeViews]:
     """Perp-Neg's (cond [B,L,D], uncond [B,L,D], negatives) for B views at ``azimuth``, ``elevation`` [B] (degrees).
 
     cond is the interpolated view embedding of each view (the positive), negatives the other views' embeddings
@@ -147,8 +161,12 @@ def perpendicular(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x - scale * y
 
 
-def classifier_direction(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_negatives: Sequence[torch.Tensor] = (),
-                         weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+def classifier_direction(
+    eps_cond: torch.Tensor,
+    eps_uncond: torch.Tensor,
+    eps_negatives: Sequence[torch.Tensor] = (),
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The guidance direction [B,C,h,w] every method scales by omega: eps_cond - eps_uncond, or with Perp-Neg's
     negatives (N predictions [B,C,h,w] and signed weights [B,N]) e_pos + sum_i w_i perp(eps_neg_i - eps_uncond, e_pos).
 
@@ -158,8 +176,9 @@ def classifier_direction(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, eps_n
     if weights is None:
         return delta
     if weights.shape != (delta.shape[0], len(eps_negatives)):
-        raise ValueError(f"Perp-Neg got weights of shape {tuple(weights.shape)} for {len(eps_negatives)} negatives of "
-                         f"{delta.shape[0]} views")
+        raise ValueError(
+            f"Perp-Neg got weights of shape {tuple(weights.shape)} for {len(eps_negatives)} negatives of {delta.shape[0]} views"
+        )
     push = torch.zeros_like(delta)
     for i, eps_neg in enumerate(eps_negatives):
         w = weights[:, i].to(delta.device, delta.dtype).view(-1, *([1] * (delta.dim() - 1)))

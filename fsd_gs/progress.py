@@ -41,8 +41,9 @@ class Progress:
         if self.interactive and self.bar is None:  # made at the first step, so a restart never leaves a stale bar
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=step - 1, unit=self.unit, dynamic_ncols=True, smoothing=0.1,
-                            desc=self.label or None)
+            self.bar = tqdm(
+                total=self.total, initial=step - 1, unit=self.unit, dynamic_ncols=True, smoothing=0.1, desc=self.label or None
+            )
         if self.bar is not None:
             self.bar.update(1)
             if postfix:

@@ -68,8 +68,10 @@ class Registry(Mapping[str, E], Generic[E]):
         for point in metadata.entry_points(group=str(self.entry_point_group)):
             entry = point.load()
             if getattr(entry, "name", None) != point.name:
-                raise ValueError(f"the entry point {point.name} = {point.value} of {self.entry_point_group} must name "
-                                 f"a {self.axis} entry whose name is {point.name!r}, got {entry!r}")
+                raise ValueError(
+                    f"the entry point {point.name} = {point.value} of {self.entry_point_group} must name "
+                    f"a {self.axis} entry whose name is {point.name!r}, got {entry!r}"
+                )
             self.register(entry)
 
     def _all(self) -> dict[str, E]:

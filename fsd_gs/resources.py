@@ -1,7 +1,7 @@
 """What the machine can give a run: usable CPU cores and free memory, checked before anything is built.
 
-    warn_if_oversubscribed(threads)              # one "warning: ..." line when --threads exceeds the cores
-    require_memory(nbytes, "4096 Gaussians", device)   # UserError when the estimate exceeds the free memory
+warn_if_oversubscribed(threads)              # one "warning: ..." line when --threads exceeds the cores
+require_memory(nbytes, "4096 Gaussians", device)   # UserError when the estimate exceeds the free memory
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def warn_if_oversubscribed(threads: int, flag: str = "--threads") -> None:
     """
     cores = usable_cores()
     if threads > cores:
-        warnings.warn(f"{flag} {threads} is more than the {cores} CPU cores this process can use: each step will be "
-                      f"slower, not faster (use {flag} {cores} or fewer)", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{flag} {threads} is more than the {cores} CPU cores this process can use: each step will be "
+            f"slower, not faster (use {flag} {cores} or fewer)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -58,5 +62,6 @@ def require_memory(nbytes: int, what: str, device: torch.device, flag: str) -> N
     free = available_memory(device)
     if free is not None and nbytes > free:
         where = "GPU" if device.type == "cuda" else "machine"
-        raise UserError(f"{what} need about {nbytes / 2**30:.1f} GB, more than the {free / 2**30:.1f} GB this {where} "
-                        f"has free: lower {flag}")
+        raise UserError(
+            f"{what} need about {nbytes / 2**30:.1f} GB, more than the {free / 2**30:.1f} GB this {where} has free: lower {flag}"
+        )

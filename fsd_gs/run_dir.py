@@ -63,8 +63,9 @@ class RunPaths:
         return self.root / "turntable.mp4"
 
 
-def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime | None = None,
-                   fill: Optional[Callable[[Path], None]] = None) -> RunPaths:
+def create_run_dir(
+    output_dir: Path, prompt: str, seed: int, now: _dt.datetime | None = None, fill: Optional[Callable[[Path], None]] = None
+) -> RunPaths:
     """Create ``<output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-seed<N>[-k]/``; an existing folder is never reused.
 
     ``fill(folder)`` writes the run's first files (its config.yaml) into a hidden temporary folder that is then
@@ -73,8 +74,9 @@ def create_run_dir(output_dir: Path, prompt: str, seed: int, now: _dt.datetime |
     return RunPaths(create_fresh_dir(output_dir, prompt, f"seed{seed}", now, fill))
 
 
-def create_fresh_dir(output_dir: Path, prompt: str, tag: str, now: _dt.datetime | None = None,
-                     fill: Optional[Callable[[Path], None]] = None) -> Path:
+def create_fresh_dir(
+    output_dir: Path, prompt: str, tag: str, now: _dt.datetime | None = None, fill: Optional[Callable[[Path], None]] = None
+) -> Path:
     """Create ``<output_dir>/<prompt-slug>/<YYYYmmdd-HHMMSS>-<tag>[-k]/`` and return it; never reuses a folder.
 
     With ``fill``, the folder is filled under a temporary name first (``.<name>.tmp-XXXX``) and then renamed.

@@ -81,8 +81,10 @@ class RunLock:
             except BlockingIOError:
                 owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise RunLocked(f"the run folder {self.path.parent} is in use by process {owner}: wait for it to "
-                                "finish or stop it, then resume") from None
+                raise RunLocked(
+                    f"the run folder {self.path.parent} is in use by process {owner}: wait for it to "
+                    "finish or stop it, then resume"
+                ) from None
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -115,11 +117,13 @@ def saved_config(paths: RunPaths) -> tuple[TrainConfig, dict]:
     except OSError as exc:
         raise UserError(f"cannot read {paths.config} ({exc.strerror or exc}): check its permissions") from exc
     except UnicodeDecodeError as exc:
-        raise UserError(f"{paths.config} is damaged (not text: byte {exc.start} is not UTF-8): the run cannot be "
-                        "resumed; start a new run") from exc
+        raise UserError(
+            f"{paths.config} is damaged (not text: byte {exc.start} is not UTF-8): the run cannot be resumed; start a new run"
+        ) from exc
     except yaml.YAMLError as exc:
-        raise UserError(f"{paths.config} is damaged ({str(exc).splitlines()[0]}): the run cannot be resumed; "
-                        "start a new run") from exc
+        raise UserError(
+            f"{paths.config} is damaged ({str(exc).splitlines()[0]}): the run cannot be resumed; start a new run"
+        ) from exc
     if not isinstance(raw, dict):
         raise UserError(f"{paths.config} is damaged (not a mapping of options): start a new run")
     try:
@@ -151,8 +155,10 @@ def check_resume_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tu
             continue
         if path == "device" and same_device(str(old), str(new)):  # e.g. "auto" recorded, "cpu" given, on a CPU
             continue
-        raise UserError(f"--resume cannot change --{path.replace('_', '-')} (the run has {old!r}, given {new!r}): "
-                        "start a new run for that (only --steps may extend a run)")
+        raise UserError(
+            f"--resume cannot change --{path.replace('_', '-')} (the run has {old!r}, given {new!r}): "
+            "start a new run for that (only --steps may extend a run)"
+        )
     if "steps" in changes and given.steps < saved.steps:
         raise UserError(f"--steps can only extend a resumed run ({saved.steps} steps), not shorten it")
     return {k: v for k, v in changes.items() if k not in ("resume", "from_scratch")}
@@ -204,10 +210,11 @@ def check_restorable(paths: RunPaths, report: dict, from_scratch: bool) -> None:
     if not (paths.model_ply.is_file() or report.get("steps_done")):
         return  # killed before its first checkpoint: resuming from step 0 loses nothing
     problems = checkpoint_problems(paths.checkpoints)
-    why = ("; ".join(f"{folder.name}: {reason}" for folder, reason in problems) if problems
-           else f"{paths.checkpoints} holds none")
-    raise UserError(f"no checkpoint of {paths.root} can be read ({why}), so resuming would retrain from step 0 and "
-                    "replace its model.ply: pass --from-scratch to do that, or start a new run")
+    why = "; ".join(f"{folder.name}: {reason}" for folder, reason in problems) if problems else f"{paths.checkpoints} holds none"
+    raise UserError(
+        f"no checkpoint of {paths.root} can be read ({why}), so resuming would retrain from step 0 and "
+        "replace its model.ply: pass --from-scratch to do that, or start a new run"
+    )
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -242,7 +249,8 @@ def load_prior_for(cfg: TrainConfig, long_lived: bool = False) -> DiffusionPrior
         if n_params > CPU_PARAM_LIMIT:
             raise UserError(
                 f"{cfg.model} has {n_params / 1e6:.0f}M parameters and would take seconds per step on this CPU: "
-                "use --model shapes (the built-in CPU prior), a CUDA GPU, or --guidance.allow-slow-cpu to run anyway")
+                "use --model shapes (the built-in CPU prior), a CUDA GPU, or --guidance.allow-slow-cpu to run anyway"
+            )
     return prior
 
 
@@ -293,8 +301,15 @@ class StopRequest:
 class Run:
     """One asset's run: its step, folder and bookkeeping (the loop lives in :func:`run_loop`)."""
 
-    def __init__(self, step: DistillStep, paths: RunPaths, viewer: Any = None, progress: bool = True,
-                 label: str = "", lock: Optional[RunLock] = None) -> None:
+    def __init__(
+        self,
+        step: DistillStep,
+        paths: RunPaths,
+        viewer: Any = None,
+        progress: bool = True,
+        label: str = "",
+        lock: Optional[RunLock] = None,
+    ) -> None:
         self.step, self.paths, self.cfg, self.viewer, self.lock = step, paths, step.cfg, viewer, lock
         self.stats = RunStats()
         self.loss_sum = torch.zeros((), device=step.device)
@@ -318,8 +333,9 @@ class Run:
         """Commit a checkpoint of the current state; refuses to replace a good one with NaN parameters."""
         if not self.step.params_finite():
             raise NonFiniteLoss("the Gaussian parameters are not finite")
-        self.last_checkpoint = save_checkpoint(self.step.state_dict(), self.paths.checkpoints, self.step.step,
-                                               meta={"wall_time": self.stats.wall})
+        self.last_checkpoint = save_checkpoint(
+            self.step.state_dict(), self.paths.checkpoints, self.step.step, meta={"wall_time": self.stats.wall}
+        )
         return self.last_checkpoint
 
     def after_step(self, result: StepResult, stop: StopRequest) -> None:
@@ -352,9 +368,15 @@ class Run:
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss} near step {self.step.step}")
         t = int(result.timestep[0])
-        record = {"step": self.step.step, "loss": loss, "t": t, "num_gaussians": len(self.step.gaussians),
-                  "it_per_s": self.progress.rate, "lr_means": self.step.optimizers["means"].param_groups[0]["lr"],
-                  "wall_time": self.stats.wall}
+        record = {
+            "step": self.step.step,
+            "loss": loss,
+            "t": t,
+            "num_gaussians": len(self.step.gaussians),
+            "it_per_s": self.progress.rate,
+            "lr_means": self.step.optimizers["means"].param_groups[0]["lr"],
+            "wall_time": self.stats.wall,
+        }
         append_text(self.paths.metrics, json.dumps(record) + "\n")
         return {"loss": f"{loss:.4g}", "t": t, "n": len(self.step.gaussians)}
 
@@ -365,12 +387,22 @@ class Run:
         eta = (self.cfg.steps - self.step.step) / rate if rate else float("nan")
         cams = result.cameras
         origin = self.step.noise.window_origin(float(cams.azimuth[0]), float(cams.elevation[0]))
-        self.viewer.update(TrainingSnapshot(
-            step=self.step.step, total_steps=self.cfg.steps, loss=result.loss, timestep=result.timestep[0],
-            num_gaussians=len(self.step.gaussians), it_per_s=rate, eta_s=eta, gaussians=self.step.gaussians,
-            train_rgb=result.rgb[0], noise_window=result.eps[0], window_origin=origin,
-            window_size=tuple(result.eps.shape[-2:]),
-        ))
+        self.viewer.update(
+            TrainingSnapshot(
+                step=self.step.step,
+                total_steps=self.cfg.steps,
+                loss=result.loss,
+                timestep=result.timestep[0],
+                num_gaussians=len(self.step.gaussians),
+                it_per_s=rate,
+                eta_s=eta,
+                gaussians=self.step.gaussians,
+                train_rgb=result.rgb[0],
+                noise_window=result.eps[0],
+                window_origin=origin,
+                window_size=tuple(result.eps.shape[-2:]),
+            )
+        )
         while True:
             if self.viewer.pop_save_request():  # also while paused: "save .ply now" must not wait for Resume
                 write_ply(self.step.gaussians, self.paths.root / f"saved_step_{self.step.step:06d}.ply")
@@ -386,11 +418,21 @@ class Run:
         self.save_checkpoint()
         write_ply(self.step.gaussians, self.paths.model_ply)
         paths = self.paths
-        outputs = {"run_dir": str(paths.root), "model_ply": str(paths.model_ply), "config": str(paths.config),
-                   "metrics": str(paths.metrics), "checkpoint": str(self.last_checkpoint)}
+        outputs = {
+            "run_dir": str(paths.root),
+            "model_ply": str(paths.model_ply),
+            "config": str(paths.config),
+            "metrics": str(paths.metrics),
+            "checkpoint": str(self.last_checkpoint),
+        }
         if completed:
-            frames = render_turntable(self.step.gaussians, self.cfg.camera, self.cfg.output.turntable_views,
-                                      self.cfg.output.turntable_size, self.cfg.render)
+            frames = render_turntable(
+                self.step.gaussians,
+                self.cfg.camera,
+                self.cfg.output.turntable_views,
+                self.cfg.output.turntable_size,
+                self.cfg.render,
+            )
             for path in save_turntable(frames, paths.turntable_png, paths.turntable_mp4):
                 outputs[f"turntable_{path.suffix[1:]}"] = str(path)
             if self.cfg.output.formats:
@@ -411,8 +453,10 @@ def write_report(run: Run, completed: bool, outputs: dict[str, str]) -> dict:
     session_s = stats.wall - stats.wall_before
     after_first = session_s - (stats.first_step_s or 0.0) if stats.steps_this_session > 1 else 0.0
     if device.type == "cuda":
-        memory = {"peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
-                  "peak_gpu_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+        memory = {
+            "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "peak_gpu_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
+        }
         name = f"{device} ({torch.cuda.get_device_name(device)})"
     else:
         import platform
@@ -421,15 +465,21 @@ def write_report(run: Run, completed: bool, outputs: dict[str, str]) -> dict:
         memory = {"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
         name = f"{device} ({platform.processor() or 'cpu'}, {cfg.threads or torch.get_num_threads()} threads)"
     report = {
-        "prompt": cfg.prompt, "method": cfg.method, "model": cfg.model, "seed": cfg.seed,
-        "steps": cfg.steps, "steps_done": run.step.step, "completed": completed,
+        "prompt": cfg.prompt,
+        "method": cfg.method,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "steps_done": run.step.step,
+        "completed": completed,
         "wall_time_s": round(stats.wall, 3),
         "steps_per_s_this_session": round(stats.steps_this_session / max(1e-9, session_s), 3),
         "first_step_s": round(stats.first_step_s or 0.0, 3),
         "steps_per_s_after_first_step": round((stats.steps_this_session - 1) / after_first, 3) if after_first else None,
         "num_gaussians": len(run.step.gaussians),
         "densify_counts": run.step.densify_counts,
-        "device": name, **memory,
+        "device": name,
+        **memory,
         "prior_load_s": round(run.step.prior.load_seconds, 3),
         "compile": str(run.step.prior.compile_decision),
         "versions": {"fsd_gs": __version__, "torch": torch.__version__},
@@ -455,8 +505,9 @@ def run_loop(runs: Sequence[Run], stop: StopRequest) -> bool:
 
 
 # -- library entry points ------------------------------------------------------------------------
-def open_run(cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, stack: ExitStack,
-             progress: bool = False, label: str = "") -> tuple[Run, Optional[dict]]:
+def open_run(
+    cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, stack: ExitStack, progress: bool = False, label: str = ""
+) -> tuple[Run, Optional[dict]]:
     """The :class:`Run` of ``cfg`` in exactly ``run_dir`` (created, or resumed), locked for this process.
 
     ``run_dir`` None creates a fresh folder under cfg.output_dir (never reused). Every check that can fail on
@@ -497,8 +548,9 @@ def open_run(cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, s
     return run, None
 
 
-def train_assets(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], prior: Optional[DiffusionPrior] = None, *,
-                 progress: bool = False) -> list[dict]:
+def train_assets(
+    cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], prior: Optional[DiffusionPrior] = None, *, progress: bool = False
+) -> list[dict]:
     """Train (or resume, or skip when complete) each asset in its folder; all of them step together.
 
     ``cfgs`` must share prompt, model, guidance and image size (e.g. K seeds of one prompt and preset): one
@@ -510,8 +562,10 @@ def train_assets(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], prior: O
         raise ValueError("train_assets needs one run folder per config")
     prior = prior if prior is not None else load_prior_for(cfgs[0])
     with ExitStack() as stack:
-        opened = [open_run(c, d, prior, stack, progress, label=f"seed {c.seed}: " if len(cfgs) > 1 else "")
-                  for c, d in zip(cfgs, run_dirs)]
+        opened = [
+            open_run(c, d, prior, stack, progress, label=f"seed {c.seed}: " if len(cfgs) > 1 else "")
+            for c, d in zip(cfgs, run_dirs)
+        ]
         runs = [run for run, done in opened if done is None]
         with StopRequest() as stop:
             completed = run_loop(runs, stop)
@@ -521,7 +575,6 @@ def train_assets(cfgs: Sequence[TrainConfig], run_dirs: Sequence[Path], prior: O
         return [done if done is not None else reports[id(run)] for run, done in opened]
 
 
-def train_asset(cfg: TrainConfig, run_dir: Path, prior: Optional[DiffusionPrior] = None, *,
-                progress: bool = False) -> dict:
+def train_asset(cfg: TrainConfig, run_dir: Path, prior: Optional[DiffusionPrior] = None, *, progress: bool = False) -> dict:
     """Train one asset in exactly ``run_dir`` (see :func:`train_assets`); returns its report."""
     return train_assets([cfg], [run_dir], prior, progress=progress)[0]

@@ -36,10 +36,11 @@ class ScheduleConfig:
 
     def validate(self) -> None:
         """Raise :class:`~fsd_gs.errors.UserError` on the first bad option."""
-        require(self.kind in ("random", "linear", "sqrt"),
-                f"--schedule.kind must be random, linear or sqrt, got {self.kind!r}")
-        require(0.0 < self.t_min <= self.t_max < 1.0,
-                f"the timestep range must satisfy 0 < t_min <= t_max < 1, got t_min={self.t_min} and t_max={self.t_max}")
+        require(self.kind in ("random", "linear", "sqrt"), f"--schedule.kind must be random, linear or sqrt, got {self.kind!r}")
+        require(
+            0.0 < self.t_min <= self.t_max < 1.0,
+            f"the timestep range must satisfy 0 < t_min <= t_max < 1, got t_min={self.t_min} and t_max={self.t_max}",
+        )
 
 
 FSD_SCHEDULE = ScheduleConfig(kind="sqrt", t_min=0.3, t_max=0.98)

@@ -118,10 +118,16 @@ class DistillStep:
         self.prior_size = (cam.height, cam.width)
         prior.check_image_size(cam.height, cam.width)
         if cam.batch_size % prior.views_per_group:
-            raise UserError(f"this prior denoises views in groups of {prior.views_per_group}: set camera.batch_size to a "
-                            f"multiple of {prior.views_per_group}")
-        self.embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, cfg.guidance.view_dependent,
-                                               suffixes=cfg.guidance.view_prompts.suffixes(prior.view_suffixes))
+            raise UserError(
+                f"this prior denoises views in groups of {prior.views_per_group}: set camera.batch_size to a "
+                f"multiple of {prior.views_per_group}"
+            )
+        self.embeddings = prior.encode_prompts(
+            cfg.prompt,
+            cfg.negative_prompt,
+            cfg.guidance.view_dependent,
+            suffixes=cfg.guidance.view_prompts.suffixes(prior.view_suffixes),
+        )
         self.guidance = make_guidance(cfg.method, prior, self.embeddings, cfg.method_options, seed=cfg.seed)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
         self.noise.check_resolution(cam.height, cam.width)
@@ -163,8 +169,7 @@ class DistillStep:
             return self.prior_size
         frac = min(1.0, self.step / max(1.0, until * self.cfg.steps))
         h, w = self.prior_size
-        return (max(8, min(h, int(round(start + (h - start) * frac)))),
-                max(8, min(w, int(round(start + (w - start) * frac)))))
+        return (max(8, min(h, int(round(start + (h - start) * frac)))), max(8, min(w, int(round(start + (w - start) * frac)))))
 
     def _background(self, batch: int) -> torch.Tensor:
         kind = self.cfg.optim.background
@@ -208,22 +213,28 @@ class DistillStep:
         with timer("noise_and_t"):
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
             group = self.prior.views_per_group  # multi-view priors denoise a group of views at one t
-            t = sample_timestep(cfg.schedule, self.progress, self.generators["timestep"],
-                                self.prior.num_train_timesteps, batch=len(cams) // group)
+            t = sample_timestep(
+                cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
+            )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
             negatives = None
             if cfg.guidance.perp_neg:
-                cond, uncond, negatives = perp_neg.select(self.embeddings, cams_cpu.azimuth, cams_cpu.elevation,
-                                                          cfg.guidance.perp_neg_weights,
-                                                          cfg.guidance.view_prompts.overhead_above)
+                cond, uncond, negatives = perp_neg.select(
+                    self.embeddings,
+                    cams_cpu.azimuth,
+                    cams_cpu.elevation,
+                    cfg.guidance.perp_neg_weights,
+                    cfg.guidance.view_prompts.overhead_above,
+                )
             else:
                 cond, uncond = self.embeddings.select(views)
         return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
 
     def _pre_backward(self, pending: _Pending) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
-        self.densifier.step_pre_backward(self.gaussians.params, self.optimizers, self.densify_state, self.step,
-                                         pending.render_out.info)
+        self.densifier.step_pre_backward(
+            self.gaussians.params, self.optimizers, self.densify_state, self.step, pending.render_out.info
+        )
 
     def _update(self, pending: _Pending, loss: torch.Tensor) -> StepResult:
         """optimizer -> densify, after backward has filled the gradients."""
@@ -236,8 +247,12 @@ class DistillStep:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         with timer("densify"):
-            counts = self.densifier.step_post_backward(params, self.optimizers, self.densify_state, self.step,
-                                                       pending.render_out.info, packed=cfg.render.packed) or {}
+            counts = (
+                self.densifier.step_post_backward(
+                    params, self.optimizers, self.densify_state, self.step, pending.render_out.info, packed=cfg.render.packed
+                )
+                or {}
+            )
         for key, value in counts.items():
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
@@ -248,10 +263,20 @@ class DistillStep:
     def _loss(self, pending: _Pending) -> torch.Tensor:
         cfg = self.cfg
         with self.timer("prior"):
-            return distill_loss(self.prior, pending.rgb, pending.eps, pending.t, pending.cond, pending.uncond,
-                                cfg.guidance.guidance_scale, weighting=cfg.guidance.weighting,
-                                hifa_lambda=cfg.guidance.hifa_lambda, cameras=pending.cameras,
-                                guidance=self.guidance, negatives=pending.negatives).loss
+            return distill_loss(
+                self.prior,
+                pending.rgb,
+                pending.eps,
+                pending.t,
+                pending.cond,
+                pending.uncond,
+                cfg.guidance.guidance_scale,
+                weighting=cfg.guidance.weighting,
+                hifa_lambda=cfg.guidance.hifa_lambda,
+                cameras=pending.cameras,
+                guidance=self.guidance,
+                negatives=pending.negatives,
+            ).loss
 
     def __call__(self) -> StepResult:
         """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
@@ -272,8 +297,11 @@ class DistillStep:
         """Everything that changes during a run: a nested dict of tensors (on the CPU) and plain values."""
         return {
             "step": self.step,
-            "gaussians": {"params": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
-                          "sh_degree": self.gaussians.sh_degree, "active_sh_degree": self.gaussians.active_sh_degree},
+            "gaussians": {
+                "params": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
+                "sh_degree": self.gaussians.sh_degree,
+                "active_sh_degree": self.gaussians.active_sh_degree,
+            },
             "optimizers": {k: opt.state_dict() for k, opt in self.optimizers.items()},
             "densify": self.densifier.state_to_tensors(self.densify_state),
             "rng": {name: gen.get_state() for name, gen in self.generators.items()},
@@ -284,13 +312,15 @@ class DistillStep:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (of :meth:`state_dict`, same config): the next step is bitwise the one that followed it."""
         g = state["gaussians"]
-        self.gaussians = Gaussians({k: v.to(self.device) for k, v in g["params"].items()},
-                                   int(g["sh_degree"]), int(g["active_sh_degree"]))
+        self.gaussians = Gaussians(
+            {k: v.to(self.device) for k, v in g["params"].items()}, int(g["sh_degree"]), int(g["active_sh_degree"])
+        )
         self.optimizers = make_optimizers(self.gaussians, self.cfg.optim.lr)
         for key, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])  # moves the state to the parameters' device
         self.densify_state = self.densifier.state_from_tensors(
-            {k: (v.to(self.device) if v is not None else None) for k, v in state["densify"].items()})
+            {k: (v.to(self.device) if v is not None else None) for k, v in state["densify"].items()}
+        )
         for name, value in state["rng"].items():
             self.generators[name].set_state(value)
         self.step = int(state["step"])
@@ -308,15 +338,22 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
     """
     first = steps[0]
     if any(s.guidance.stateful for s in steps):
-        raise UserError(f"--method {first.cfg.method} trains a model per asset (its LoRA): train its seeds one at a time "
-                        "(batch: --group-seeds 1)")
+        raise UserError(
+            f"--method {first.cfg.method} trains a model per asset (its LoRA): train its seeds one at a time "
+            "(batch: --group-seeds 1)"
+        )
     with cpu_threads(first.cfg.threads, first.device):
         pending = [s._prepare() for s in steps]
         joined = _Pending(
-            rgb=torch.cat([p.rgb for p in pending]), eps=torch.cat([p.eps for p in pending]),
-            t=torch.cat([p.t for p in pending]), cond=torch.cat([p.cond for p in pending]),
-            uncond=torch.cat([p.uncond for p in pending]), cameras=Cameras.cat([p.cameras for p in pending]),
-            render_out=None, negatives=_joined_negatives([p.negatives for p in pending]))
+            rgb=torch.cat([p.rgb for p in pending]),
+            eps=torch.cat([p.eps for p in pending]),
+            t=torch.cat([p.t for p in pending]),
+            cond=torch.cat([p.cond for p in pending]),
+            uncond=torch.cat([p.uncond for p in pending]),
+            cameras=Cameras.cat([p.cameras for p in pending]),
+            render_out=None,
+            negatives=_joined_negatives([p.negatives for p in pending]),
+        )
         loss = first._loss(joined) * len(steps)
         with first.timer("backward"):
             for s, p in zip(steps, pending):

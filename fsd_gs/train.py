@@ -76,10 +76,12 @@ def print_report(report: dict) -> None:
     mem = report.get("peak_gpu_memory_gb", report.get("peak_rss_gb"))
     mem_name = "peak GPU memory" if "peak_gpu_memory_gb" in report else "peak RSS"
     head = "done" if report["completed"] else f"stopped at {report['steps_done']}/{report['steps']}"
-    print(f"{head}: {report['steps_done']}/{report['steps']} steps in {report['wall_time_s']:.1f} s "
-          f"({report['steps_per_s_this_session']:.2f} steps/s; first step {report['first_step_s']:.1f} s, then "
-          f"{report['steps_per_s_after_first_step'] or 0:.2f} steps/s), {report['num_gaussians']} Gaussians, "
-          f"{mem_name} {mem:.2f} GB on {report['device']}")
+    print(
+        f"{head}: {report['steps_done']}/{report['steps']} steps in {report['wall_time_s']:.1f} s "
+        f"({report['steps_per_s_this_session']:.2f} steps/s; first step {report['first_step_s']:.1f} s, then "
+        f"{report['steps_per_s_after_first_step'] or 0:.2f} steps/s), {report['num_gaussians']} Gaussians, "
+        f"{mem_name} {mem:.2f} GB on {report['device']}"
+    )
     for name, path in report["outputs"].items():
         print(f"  {name}: {path}")
 
@@ -90,8 +92,12 @@ def check_resources(cfg: TrainConfig, device: Any) -> None:
     from fsd_gs.resources import require_memory, warn_if_oversubscribed
 
     if cfg.gaussians.init_ply is None:
-        require_memory(training_bytes(cfg.gaussians.num_points, cfg.gaussians.sh_degree),
-                       f"{cfg.gaussians.num_points:,} Gaussians", device, "--gaussians.num-points")
+        require_memory(
+            training_bytes(cfg.gaussians.num_points, cfg.gaussians.sh_degree),
+            f"{cfg.gaussians.num_points:,} Gaussians",
+            device,
+            "--gaussians.num-points",
+        )
     if device.type == "cpu":
         warn_if_oversubscribed(cfg.threads)
 
@@ -110,8 +116,7 @@ def run(argv: Sequence[str]) -> int:
         print(f"prior compile: {prior.compile_decision}{cache}")
     with ExitStack() as stack:
         try:
-            run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack,
-                                  progress=True)
+            run_, done = open_run(cfg, Path(cfg.resume) if cfg.resume is not None else None, prior, stack, progress=True)
         except WriteError as exc:
             if not (exc.path.parent / "config.yaml").is_file():
                 raise  # no run folder was made: nothing to continue
@@ -129,8 +134,10 @@ def run(argv: Sequence[str]) -> int:
 def _already_complete(report: dict, cfg: TrainConfig) -> int:
     """A resume of a finished run: say so (its outputs exist and are not rendered again) and exit 0."""
     root = Path(cfg.resume) if cfg.resume is not None else Path(report["outputs"]["run_dir"])
-    print(f"the run {root} is already complete ({report['steps_done']}/{cfg.steps} steps, model.ply written); "
-          f"nothing to do (pass --steps N with N > {report['steps_done']} to continue it)")
+    print(
+        f"the run {root} is already complete ({report['steps_done']}/{cfg.steps} steps, model.ply written); "
+        f"nothing to do (pass --steps N with N > {report['steps_done']} to continue it)"
+    )
     print(root)
     return 0
 
@@ -148,8 +155,12 @@ def _train(run_: Any) -> int:
     except WriteError as exc:
         return _write_failed(exc, root)
     except NonFiniteLoss as exc:
-        kept = (f"the last good checkpoint (step {run_.last_checkpoint.name.split('_')[-1].lstrip('0') or 0}) is kept in "
-                f"{run_.last_checkpoint}" if run_.last_checkpoint is not None else "no checkpoint had been written yet")
+        kept = (
+            f"the last good checkpoint (step {run_.last_checkpoint.name.split('_')[-1].lstrip('0') or 0}) is kept in "
+            f"{run_.last_checkpoint}"
+            if run_.last_checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
         print(f"error: {exc}; stopped. {kept} (try a lower learning rate or guidance scale)", file=sys.stderr)
         print(root)
         return 1
@@ -162,16 +173,20 @@ def _train(run_: Any) -> int:
         return _write_failed(exc, root)
     print_report(report)
     if not completed:
-        print(f"stopped at step {run_.step.step}/{run_.cfg.steps}: checkpoint and model.ply saved; continue with "
-              f"--resume {root}", file=sys.stderr)
+        print(
+            f"stopped at step {run_.step.step}/{run_.cfg.steps}: checkpoint and model.ply saved; continue with --resume {root}",
+            file=sys.stderr,
+        )
     print(root)
     return 0 if completed else stop.exit_code
 
 
 def _write_failed(exc: WriteError, root: Path) -> int:
     """A write of the run failed (no space, no permission): one sentence; the last checkpoint keeps it resumable."""
-    print(f"error: {exc}; the run is kept as of its last checkpoint: continue it with --resume {root} once that is "
-          "fixed", file=sys.stderr)
+    print(
+        f"error: {exc}; the run is kept as of its last checkpoint: continue it with --resume {root} once that is fixed",
+        file=sys.stderr,
+    )
     print(root)
     return exc.exit_code
 

@@ -16,8 +16,13 @@ from fsd_gs.render import RenderConfig, render
 
 @torch.no_grad()
 def render_turntable(
-    gaussians: Gaussians, camera: CameraConfig, n_views: int, size: int, render_config: RenderConfig,
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0), chunk: int = 8,
+    gaussians: Gaussians,
+    camera: CameraConfig,
+    n_views: int,
+    size: int,
+    render_config: RenderConfig,
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    chunk: int = 8,
 ) -> torch.Tensor:
     """``n_views`` views around the object at the config's eval elevation/distance/fov: uint8 [V,size,size,3]."""
     cams = turntable(n_views, camera.eval_elevation, camera.eval_distance, camera.eval_fovy, size, size, gaussians.device)
@@ -54,9 +59,13 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
             plugin: dict[str, str] = {"plugin": "pyav"} if _has_pyav() else {}
             video = iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264", **plugin)
         except Exception:  # no video encoder installed: the PNG grid is the turntable
-            warnings.warn(f"{Path(mp4_path).name} not written: no video encoder is installed (pip install "
-                          f"imageio-ffmpeg, or the package's [video] extra); {Path(png_path).name} holds the same "
-                          "views", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{Path(mp4_path).name} not written: no video encoder is installed (pip install "
+                f"imageio-ffmpeg, or the package's [video] extra); {Path(png_path).name} holds the same "
+                "views",
+                UserWarning,
+                stacklevel=2,
+            )
         else:
             written.append(atomic_write_bytes(mp4_path, video))
     return written

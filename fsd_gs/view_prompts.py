@@ -38,19 +38,27 @@ class ViewPromptConfig:
 
     def validate(self) -> None:
         """Raise :class:`~fsd_gs.errors.UserError` on the first bad option."""
-        require(0.0 <= self.front_span <= 180.0, f"--guidance.view-prompts.front-span must lie in [0, 180] degrees, "
-                f"got {self.front_span}")
-        require(0.0 <= self.back_span <= 180.0, f"--guidance.view-prompts.back-span must lie in [0, 180] degrees, "
-                f"got {self.back_span}")
-        require(self.front_span + self.back_span <= 180.0, "--guidance.view-prompts.front-span plus back-span must be at "
-                f"most 180 degrees (front and back would overlap), got {self.front_span} + {self.back_span}")
-        require(-90.0 <= self.overhead_above <= 90.0, f"--guidance.view-prompts.overhead-above must lie in [-90, 90] "
-                f"degrees, got {self.overhead_above}")
+        require(
+            0.0 <= self.front_span <= 180.0,
+            f"--guidance.view-prompts.front-span must lie in [0, 180] degrees, got {self.front_span}",
+        )
+        require(
+            0.0 <= self.back_span <= 180.0,
+            f"--guidance.view-prompts.back-span must lie in [0, 180] degrees, got {self.back_span}",
+        )
+        require(
+            self.front_span + self.back_span <= 180.0,
+            "--guidance.view-prompts.front-span plus back-span must be at "
+            f"most 180 degrees (front and back would overlap), got {self.front_span} + {self.back_span}",
+        )
+        require(
+            -90.0 <= self.overhead_above <= 90.0,
+            f"--guidance.view-prompts.overhead-above must lie in [-90, 90] degrees, got {self.overhead_above}",
+        )
 
     def overrides(self) -> dict[str, str]:
         """The suffixes this config sets, by view name (views left at None are absent)."""
-        given = {"front": self.front_suffix, "side": self.side_suffix, "back": self.back_suffix,
-                 "overhead": self.overhead_suffix}
+        given = {"front": self.front_suffix, "side": self.side_suffix, "back": self.back_suffix, "overhead": self.overhead_suffix}
         return {view: text for view, text in given.items() if text is not None}
 
     def suffixes(self, defaults: Mapping[str, str]) -> dict[str, str]:

@@ -31,9 +31,26 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red mushroom"
-SMALL = ["--model", "shapes", "--prompt", PROMPT, "--camera.width", "32", "--camera.height", "32",
-         "--gaussians.num-points", "300", "--output.turntable-views", "2", "--output.turntable-size", "16",
-         "--output.checkpoint-every", "2", "--output.no-progress", "--viewer.no-enabled"]
+SMALL = [
+    "--model",
+    "shapes",
+    "--prompt",
+    PROMPT,
+    "--camera.width",
+    "32",
+    "--camera.height",
+    "32",
+    "--gaussians.num-points",
+    "300",
+    "--output.turntable-views",
+    "2",
+    "--output.turntable-size",
+    "16",
+    "--output.checkpoint-every",
+    "2",
+    "--output.no-progress",
+    "--viewer.no-enabled",
+]
 """A run of a few seconds on the CPU (add --steps and --output-dir)."""
 
 IMAGE2D = ["--model", "shapes", "--prompt", PROMPT, "--steps", "2", "--no-progress"]
@@ -121,6 +138,7 @@ def files(tmp: Path, **contents: bytes) -> Callable[[Path], None]:
     def make(folder: Path) -> None:
         for name, data in contents.items():
             (folder / name.replace("__", ".")).write_bytes(data)
+
     return make
 
 
@@ -143,27 +161,53 @@ def cases(tmp: Path) -> list[Case]:
         Case("negative seed", [*new, seeds, "-1"], says="from 0 to 4294967295"),
         Case("binary config.yaml on --resume", ["--resume", "{run}"], run=binary_config, says="not text", quick=True),
         Case("kill at the first write", new, expect=137, prelude=KILL_AT_FIRST_WRITE),
-        Case("file too large at model.ply (a full disk)", new, prelude=FILE_SIZE_LIMIT, says="cannot write",
-             then_resume=True),
-        Case("all checkpoints unreadable, --steps 60", ["--resume", "{run}", "--steps", "60"], run=unreadable_checkpoints,
-             says="--from-scratch", quick=True),
-        Case("all checkpoints unreadable, --from-scratch", ["--resume", "{run}", "--steps", "6", "--from-scratch"],
-             expect=0, run=unreadable_checkpoints),
+        Case("file too large at model.ply (a full disk)", new, prelude=FILE_SIZE_LIMIT, says="cannot write", then_resume=True),
+        Case(
+            "all checkpoints unreadable, --steps 60",
+            ["--resume", "{run}", "--steps", "60"],
+            run=unreadable_checkpoints,
+            says="--from-scratch",
+            quick=True,
+        ),
+        Case(
+            "all checkpoints unreadable, --from-scratch",
+            ["--resume", "{run}", "--steps", "6", "--from-scratch"],
+            expect=0,
+            run=unreadable_checkpoints,
+        ),
         Case("--gaussians.num-points 2000000000", [*new, "--gaussians.num-points", "2000000000"], says="10,000,000"),
-        Case("image2d --height 100000", [*IMAGE2D, "--height", "100000", *out], module="fsd_gs.image2d",
-             says="1 to 4096"),
-        Case("--threads > cores warns", [*new, "--threads", str((os.cpu_count() or 1) + 1)], expect=0,
-             says="warning: --threads"),
-        Case("--model some.bin", [*new, "--model", "{tmp}/some.bin"], says="some.bin is not a .bin checkpoint",
-             setup=files(tmp, some__bin=b"garbage"), quick=True),
-        Case("--model FILE.dat", [*new, "--model", "{tmp}/FILE.dat"], says="FILE.dat is a file, not a model",
-             setup=files(tmp, FILE__dat=b"x")),
+        Case("image2d --height 100000", [*IMAGE2D, "--height", "100000", *out], module="fsd_gs.image2d", says="1 to 4096"),
+        Case("--threads > cores warns", [*new, "--threads", str((os.cpu_count() or 1) + 1)], expect=0, says="warning: --threads"),
+        Case(
+            "--model some.bin",
+            [*new, "--model", "{tmp}/some.bin"],
+            says="some.bin is not a .bin checkpoint",
+            setup=files(tmp, some__bin=b"garbage"),
+            quick=True,
+        ),
+        Case(
+            "--model FILE.dat",
+            [*new, "--model", "{tmp}/FILE.dat"],
+            says="FILE.dat is a file, not a model",
+            setup=files(tmp, FILE__dat=b"x"),
+        ),
         Case("--resume a complete run", ["--resume", "{run}"], expect=0, run=nothing, says="already complete"),
         Case("--help examples", ["--help"], expect=0, extra_check=help_examples),
-        Case("image2d Ctrl-C", [*IMAGE2D, "--steps", "100000", *out], module="fsd_gs.image2d", expect=130,
-             interrupt_after=12.0, says="stopped by"),
-        Case("image2d progress without a terminal", [*IMAGE2D[:-1], *out], module="fsd_gs.image2d", expect=0,
-             extra_check=plain_progress),
+        Case(
+            "image2d Ctrl-C",
+            [*IMAGE2D, "--steps", "100000", *out],
+            module="fsd_gs.image2d",
+            expect=130,
+            interrupt_after=12.0,
+            says="stopped by",
+        ),
+        Case(
+            "image2d progress without a terminal",
+            [*IMAGE2D[:-1], *out],
+            module="fsd_gs.image2d",
+            expect=0,
+            extra_check=plain_progress,
+        ),
         # -- more bad numbers ---------------------------------------------------------------------------
         Case("--steps 0", [*SMALL, "--steps", "0", *out]),
         Case("--steps -5", [*SMALL, "--steps", "-5", *out]),
@@ -199,22 +243,30 @@ def cases(tmp: Path) -> list[Case]:
         # -- models -------------------------------------------------------------------------------------
         Case("--model empty", [*new, "--model", ""]),
         Case("--model missing.pt", [*new, "--model", "{tmp}/missing.pt"], says="does not exist"),
-        Case("--model garbage .safetensors", [*new, "--model", "{tmp}/w.safetensors"],
-             setup=files(tmp, w__safetensors=b"\x00" * 32)),
+        Case(
+            "--model garbage .safetensors",
+            [*new, "--model", "{tmp}/w.safetensors"],
+            setup=files(tmp, w__safetensors=b"\x00" * 32),
+        ),
         Case("--model ./no-such-folder", [*new, "--model", "./no-such-folder"], says="does not exist"),
         Case("--model a folder without a pipeline", [*new, "--model", "{tmp}"], says="not a diffusers pipeline"),
         Case("--model invalid hub id", [*new, "--model", "not a valid id!!"]),
         Case("--model uncached hub id (offline)", [*new, "--model", "nobody/no-such-model-xyz"]),
         # -- init .ply files ----------------------------------------------------------------------------
         Case("--gaussians.init-ply missing", [*new, "--gaussians.init-ply", "{tmp}/none.ply"]),
-        Case("--gaussians.init-ply garbage", [*new, "--gaussians.init-ply", "{tmp}/g.ply"],
-             setup=files(tmp, g__ply=b"ply\nformat nonsense\n")),
+        Case(
+            "--gaussians.init-ply garbage",
+            [*new, "--gaussians.init-ply", "{tmp}/g.ply"],
+            setup=files(tmp, g__ply=b"ply\nformat nonsense\n"),
+        ),
         Case("--gaussians.init-ply empty file", [*new, "--gaussians.init-ply", "{tmp}/e.ply"], setup=files(tmp, e__ply=b"")),
         # -- output folders -----------------------------------------------------------------------------
-        Case("--output-dir is a file", [*SMALL, "--steps", "2", "--output-dir", "{tmp}/afile"],
-             setup=files(tmp, afile=b"x")),
-        Case("--output-dir under a file", [*SMALL, "--steps", "2", "--output-dir", "{tmp}/afile2/out"],
-             setup=files(tmp, afile2=b"x")),
+        Case("--output-dir is a file", [*SMALL, "--steps", "2", "--output-dir", "{tmp}/afile"], setup=files(tmp, afile=b"x")),
+        Case(
+            "--output-dir under a file",
+            [*SMALL, "--steps", "2", "--output-dir", "{tmp}/afile2/out"],
+            setup=files(tmp, afile2=b"x"),
+        ),
         Case("--output-dir in /proc", [*SMALL, "--steps", "2", "--output-dir", "/proc/fsd-gs-out"]),
         # -- resumes ------------------------------------------------------------------------------------
         Case("--resume missing folder", ["--resume", "{tmp}/no-run"], says="not a run folder"),
@@ -240,8 +292,12 @@ def cases(tmp: Path) -> list[Case]:
         Case("image2d --model missing folder", [*IMAGE2D, "--model", "./nowhere", *out], module="fsd_gs.image2d"),
         # -- export -------------------------------------------------------------------------------------
         Case("export a missing file", ["{tmp}/none.ply", "--to", "splat"], module="fsd_gs.export"),
-        Case("export a garbage .ply", ["{tmp}/g2.ply", "--to", "splat"], module="fsd_gs.export",
-             setup=files(tmp, g2__ply=b"garbage")),
+        Case(
+            "export a garbage .ply",
+            ["{tmp}/g2.ply", "--to", "splat"],
+            module="fsd_gs.export",
+            setup=files(tmp, g2__ply=b"garbage"),
+        ),
         Case("export to a bogus format", ["{run}", "--to", "bogus"], module="fsd_gs.export", run=nothing),
     ]
 
@@ -249,8 +305,7 @@ def cases(tmp: Path) -> list[Case]:
 # -- running ---------------------------------------------------------------------------------------------
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (but the lock) by relative path."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def visible_runs(out: Path) -> list[Path]:
@@ -326,8 +381,14 @@ def run_case(python: str, case: Case, base_run: Path, env: dict[str, str], work:
         if len(left) != 1:
             problems.append(f"expected one run folder to resume, found {left}")
         else:
-            resumed = subprocess.run([python, "-m", "fsd_gs.train", "--resume", str(left[0])], capture_output=True,
-                                     text=True, env=env, cwd=tmp, timeout=600)
+            resumed = subprocess.run(
+                [python, "-m", "fsd_gs.train", "--resume", str(left[0])],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp,
+                timeout=600,
+            )
             report = left[0] / "report.json"
             if resumed.returncode != 0 or not report.is_file() or not json.loads(report.read_text()).get("completed"):
                 problems.append(f"the resume did not complete: {resumed.stderr.strip()[-300:]}")
@@ -338,8 +399,14 @@ def run_case(python: str, case: Case, base_run: Path, env: dict[str, str], work:
 def make_base_run(python: str, env: dict[str, str], work: Path) -> Path:
     """A finished 4-step run with two checkpoints, copied by every case that needs a run."""
     out = work / "base"
-    proc = subprocess.run([python, "-m", "fsd_gs.train", *SMALL, "--steps", "4", "--output-dir", str(out)],
-                          capture_output=True, text=True, env=env, cwd=work, timeout=600)
+    proc = subprocess.run(
+        [python, "-m", "fsd_gs.train", *SMALL, "--steps", "4", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        timeout=600,
+    )
     if proc.returncode != 0:
         sys.exit(f"the base run failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     run = Path(proc.stdout.strip().splitlines()[-1])
@@ -351,8 +418,8 @@ def shown(case: Case) -> str:
     args = list(case.args)
     head = []
     for name, common in (("SMALL", SMALL), ("IMAGE2D", IMAGE2D)):
-        if args[:len(common)] == common:
-            head, args = [name], args[len(common):]
+        if args[: len(common)] == common:
+            head, args = [name], args[len(common) :]
     words = " ".join([*head, *(a if a and " " not in a else repr(a) for a in args)])
     return f"{'(fault injected) ' if case.prelude else ''}python -m {case.module} {words}".replace("|", "\\|")
 
@@ -366,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix="fsd-gs-bad-inputs-") as work_name:
         work = Path(work_name)
-        chosen = [c for c in cases(work) if (not args.quick or c.quick)
-                  and (not args.only or any(word in c.name for word in args.only))]
+        chosen = [
+            c for c in cases(work) if (not args.quick or c.quick) and (not args.only or any(word in c.name for word in args.only))
+        ]
         base = make_base_run(args.python, env, work)
         rows = []
         for case in chosen:
@@ -382,10 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | command | expected | got | ok |")
     print("|---|---|---|---|---|")
     for case, got, problem in rows:
-        print(f"| {case.name} | {shown(case)} | {case.expect} | {got} | "
-              f"{'yes' if not problem else 'NO: ' + problem[:120]} |")
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} cases answered well (SMALL = {' '.join(SMALL)}; "
-          f"IMAGE2D = {' '.join(IMAGE2D)})")
+        print(f"| {case.name} | {shown(case)} | {case.expect} | {got} | {'yes' if not problem else 'NO: ' + problem[:120]} |")
+    print(
+        f"\n{len(rows) - len(failed)}/{len(rows)} cases answered well (SMALL = {' '.join(SMALL)}; IMAGE2D = {' '.join(IMAGE2D)})"
+    )
     return 1 if failed else 0
 
 

@@ -80,16 +80,43 @@ def run_sequential(args: Args, folder: Path, extra: list[str]) -> int:
     for preset in args.presets:
         for prompt in args.prompts:
             for seed in parse_seeds(args.seeds):
-                cmd = [sys.executable, "-m", "fsd_gs.train", "--config", preset_file(preset), "--prompt", prompt,
-                       "--seed", str(seed), "--output-dir", str(folder), "--viewer.no-enabled", "--output.no-progress",
-                       *train_args(args, extra)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "fsd_gs.train",
+                    "--config",
+                    preset_file(preset),
+                    "--prompt",
+                    prompt,
+                    "--seed",
+                    str(seed),
+                    "--output-dir",
+                    str(folder),
+                    "--viewer.no-enabled",
+                    "--output.no-progress",
+                    *train_args(args, extra),
+                ]
                 done += subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode == 0
     return done
 
 
 def run_batch(args: Args, folder: Path, extra: list[str], group: int) -> int:
-    cmd = [sys.executable, "-m", "fsd_gs.batch", "--out", str(folder), "--no-progress", "--prompts", *args.prompts,
-           "--presets", *args.presets, "--seeds", *args.seeds, "--group-seeds", str(group)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.batch",
+        "--out",
+        str(folder),
+        "--no-progress",
+        "--prompts",
+        *args.prompts,
+        "--presets",
+        *args.presets,
+        "--seeds",
+        *args.seeds,
+        "--group-seeds",
+        str(group),
+    ]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     if args.gpus_per_worker is not None:
@@ -103,18 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     argv = sys.argv[1:] if argv is None else argv
-    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = tyro.cli(Args, args=own)
     total = grid_size(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_batch-"))
-    results = {"grid": {"prompts": args.prompts, "presets": args.presets, "seeds": args.seeds, "assets": total,
-                        "steps": args.steps, "model": args.model, "train_args": extra},
-               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "modes": {}}
+    results = {
+        "grid": {
+            "prompts": args.prompts,
+            "presets": args.presets,
+            "seeds": args.seeds,
+            "assets": total,
+            "steps": args.steps,
+            "model": args.model,
+            "train_args": extra,
+        },
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "modes": {},
+    }
     try:
         import torch
 
-        results["machine"].update(torch=torch.__version__,
-                                  gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+        results["machine"].update(
+            torch=torch.__version__, gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        )
     except ImportError:  # pragma: no cover
         pass
     for mode in args.modes:
@@ -125,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             done = run_batch(args, folder, extra, args.group_seeds if mode == "grouped" else 1)
         wall = time.perf_counter() - started
-        results["modes"][mode] = {"wall_s": round(wall, 2), "assets_done": done, "assets": total,
-                                  "assets_per_hour": round(done / wall * 3600, 1),
-                                  "group_seeds": args.group_seeds if mode == "grouped" else 1}
+        results["modes"][mode] = {
+            "wall_s": round(wall, 2),
+            "assets_done": done,
+            "assets": total,
+            "assets_per_hour": round(done / wall * 3600, 1),
+            "group_seeds": args.group_seeds if mode == "grouped" else 1,
+        }
         print(f"{mode:>10}: {done}/{total} assets in {wall:7.1f} s = {done / wall * 3600:8.1f} assets/hour", flush=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     if args.work_dir is None:

@@ -100,8 +100,15 @@ def run_case(case: Case, cfg: BenchConfig) -> dict:
             total.append(t2 - t0)
         n_isect = out.info.get("n_intersections", 0)
     ms = lambda xs: round(1e3 * statistics.median(xs), 2)  # noqa: E731
-    return {**asdict(case), "fwd_ms": ms(fwd), "bwd_ms": ms(bwd), "fwd_bwd_ms": ms(total),
-            "fwd_bwd_min_ms": round(1e3 * min(total), 2), "intersections": n_isect, "repeats": cfg.repeats}
+    return {
+        **asdict(case),
+        "fwd_ms": ms(fwd),
+        "bwd_ms": ms(bwd),
+        "fwd_bwd_ms": ms(total),
+        "fwd_bwd_min_ms": round(1e3 * min(total), 2),
+        "intersections": n_isect,
+        "repeats": cfg.repeats,
+    }
 
 
 def main(cfg: BenchConfig) -> list[dict]:
@@ -133,10 +140,11 @@ def main(cfg: BenchConfig) -> list[dict]:
     print(header)
     print("-" * len(header))
     for r in results:
-        env = (f"threads={r['threads']} load {r['load_before']:.2f}->{r['load_after']:.2f}" if r["device"] == "cpu"
-               else r["gpu"])
-        print(f"{r['name']:28s} {r['fwd_ms']:8.2f} {r['bwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} {r['fwd_bwd_min_ms']:8.2f} "
-              f"{r['intersections']:9d}  {env}")
+        env = f"threads={r['threads']} load {r['load_before']:.2f}->{r['load_after']:.2f}" if r["device"] == "cpu" else r["gpu"]
+        print(
+            f"{r['name']:28s} {r['fwd_ms']:8.2f} {r['bwd_ms']:8.2f} {r['fwd_bwd_ms']:8.2f} {r['fwd_bwd_min_ms']:8.2f} "
+            f"{r['intersections']:9d}  {env}"
+        )
     if cfg.out is not None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
         cfg.out.write_text(json.dumps(results, indent=2))

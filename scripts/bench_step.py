@@ -87,8 +87,10 @@ class Variant:
         """The variant named ``name`` (e.g. 512px/1v/100k/cudagraphs); UserError when malformed."""
         match = _NAME.match(name.strip())
         if match is None:
-            raise UserError(f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
-                            "(MODE eager, compiled or cudagraphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs")
+            raise UserError(
+                f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
+                "(MODE eager, compiled or cudagraphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
+            )
         res, count, kind, kilo, mode = match.groups()
         modes = {word: key for key, word in MODE_NAMES.items()}
         views, seeds = (int(count), 1) if kind == "v" else (1, int(count))
@@ -98,18 +100,27 @@ class Variant:
 GRIDS: dict[str, list[Variant]] = {
     # one factor at a time around the default step (512 px, 1 view, 100k Gaussians), eager and compiled
     "default": [
-        Variant(512, 1, 100_000), Variant(256, 1, 100_000), Variant(512, 4, 100_000),
-        Variant(512, 1, 10_000), Variant(512, 1, 1_000_000),
-        Variant(512, 1, 100_000, "on"), Variant(512, 4, 100_000, "on"),
-        Variant(512, 1, 100_000, "cudagraphs"), Variant(512, 4, 100_000, "cudagraphs"),
+        Variant(512, 1, 100_000),
+        Variant(256, 1, 100_000),
+        Variant(512, 4, 100_000),
+        Variant(512, 1, 10_000),
+        Variant(512, 1, 1_000_000),
+        Variant(512, 1, 100_000, "on"),
+        Variant(512, 4, 100_000, "on"),
+        Variant(512, 1, 100_000, "cudagraphs"),
+        Variant(512, 4, 100_000, "cudagraphs"),
     ],
     "speed": [Variant(512, 1, 100_000, "on"), Variant(512, 1, 100_000, "cudagraphs"), Variant(512, 1, 100_000)],
     "quick": [Variant(512, 1, 100_000), Variant(512, 4, 100_000)],
     "cpu": [Variant(64, 1, 2_000), Variant(64, 1, 8_000), Variant(64, 4, 2_000), Variant(64, 1, 2_000, seeds=4)],
     # the batch's grouped step beside the same prior work as views, in each compile mode (#27)
-    "grouped": [Variant(512, 4, 100_000, "cudagraphs"), Variant(512, 1, 100_000, "cudagraphs", seeds=4),
-                Variant(512, 4, 100_000), Variant(512, 1, 100_000, seeds=4),
-                Variant(512, 1, 100_000, "cudagraphs")],
+    "grouped": [
+        Variant(512, 4, 100_000, "cudagraphs"),
+        Variant(512, 1, 100_000, "cudagraphs", seeds=4),
+        Variant(512, 4, 100_000),
+        Variant(512, 1, 100_000, seeds=4),
+        Variant(512, 1, 100_000, "cudagraphs"),
+    ],
 }
 
 
@@ -186,8 +197,15 @@ def timed_s(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, device: torch.device,
-                render_layout: bool = False, perp_neg: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+def floor_calls(
+    prior,
+    prompt: str,
+    variant: Variant,
+    guidance_scale: float,
+    device: torch.device,
+    render_layout: bool = False,
+    perp_neg: bool = False,
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """(guided UNet forward, VAE encode forward+backward) at the variant's batch and resolution.
 
     The UNet gets random latents (no extra encoder call, so no extra compiled graph); the encoder gets a
@@ -206,8 +224,9 @@ def floor_calls(prior, prompt: str, variant: Variant, guidance_scale: float, dev
     if perp_neg:
         from fsd_gs.perp_neg import PerpNegWeights, select
 
-        cond, uncond, negatives = select(embeddings, torch.full((variant.batch,), 30.0), torch.zeros(variant.batch),
-                                         PerpNegWeights())
+        cond, uncond, negatives = select(
+            embeddings, torch.full((variant.batch,), 30.0), torch.zeros(variant.batch), PerpNegWeights()
+        )
     else:
         cond, uncond = embeddings.select(["front"] * variant.batch)
     shape = prior.model_shape(variant.resolution, variant.resolution)
@@ -232,9 +251,12 @@ def train_config(model: str, prompt: str, variant: Variant, device: torch.device
 
     cfg: TrainConfig = base_config("fsd", None)
     cfg = dataclasses.replace(
-        cfg, prompt=prompt, model=model, steps=10_000, device=str(device),
-        camera=dataclasses.replace(cfg.camera, width=variant.resolution, height=variant.resolution,
-                                   batch_size=variant.views),
+        cfg,
+        prompt=prompt,
+        model=model,
+        steps=10_000,
+        device=str(device),
+        camera=dataclasses.replace(cfg.camera, width=variant.resolution, height=variant.resolution, batch_size=variant.views),
         gaussians=dataclasses.replace(cfg.gaussians, num_points=variant.gaussians),
         densify=dataclasses.replace(cfg.densify, enabled=False),
         prior=dataclasses.replace(cfg.prior, compile=variant.compile),
@@ -251,8 +273,7 @@ def first_render(cfg, device: torch.device) -> None:
     from fsd_gs.render import render
 
     cams = OrbitSampler(cfg.camera, device="cpu").sample(torch.Generator().manual_seed(0)).to(device)
-    gaussians = init_gaussians(dataclasses.replace(cfg.gaussians, num_points=1000), torch.Generator().manual_seed(0),
-                               device)
+    gaussians = init_gaussians(dataclasses.replace(cfg.gaussians, num_points=1000), torch.Generator().manual_seed(0), device)
     with torch.no_grad():
         render(gaussians, cams, torch.ones(len(cams), 3, device=device), cfg.render)
 
@@ -295,8 +316,10 @@ def memory_gb(device: torch.device) -> dict:
     """Peak allocated and reserved GPU memory since the last reset (None on the CPU)."""
     if device.type != "cuda":
         return {"peak_allocated_gb": None, "peak_reserved_gb": None}
-    return {"peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
-            "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+    return {
+        "peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+        "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
+    }
 
 
 def measure_variant(model: str, variant: Variant, args: Args, device: torch.device) -> dict:
@@ -333,14 +356,25 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     vae_ms = time_ms(encoder, device, args.warmup, args.iters) if prior.space == "latent" else 0.0
     floor = unet_ms + vae_ms
     row = {
-        "variant": variant.name, **dataclasses.asdict(variant), "perp_neg": args.perp_neg,
+        "variant": variant.name,
+        **dataclasses.asdict(variant),
+        "perp_neg": args.perp_neg,
         "compile_decision": str(prior.compile_decision),
-        "startup_s": {"gsplat_first_render": round(gsplat_s, 2), "prior_load": round(prior.load_seconds, 2),
-                      "first_step": round(first_s, 2), "rest_of_warmup": round(warm_s, 2),
-                      "total": round(gsplat_s + prior.load_seconds + first_s + warm_s, 2)},
-        "unet_guided_ms": round(unet_ms, 2), "vae_encode_fwd_bwd_ms": round(vae_ms, 2),
-        "floor_ms": round(floor, 2), "step_ms": round(step_ms, 2), "ratio": round(step_ms / floor, 3),
-        "stages_ms": {k: round(v, 2) for k, v in stages.items()}, **memory, **syncs,
+        "startup_s": {
+            "gsplat_first_render": round(gsplat_s, 2),
+            "prior_load": round(prior.load_seconds, 2),
+            "first_step": round(first_s, 2),
+            "rest_of_warmup": round(warm_s, 2),
+            "total": round(gsplat_s + prior.load_seconds + first_s + warm_s, 2),
+        },
+        "unet_guided_ms": round(unet_ms, 2),
+        "vae_encode_fwd_bwd_ms": round(vae_ms, 2),
+        "floor_ms": round(floor, 2),
+        "step_ms": round(step_ms, 2),
+        "ratio": round(step_ms / floor, 3),
+        "stages_ms": {k: round(v, 2) for k, v in stages.items()},
+        **memory,
+        **syncs,
     }
     if args.keep_vae_input_layout and prior.space == "latent":
         _, encoder_render = floor_calls(prior, prompt, variant, args.guidance_scale, device, render_layout=True)
@@ -358,9 +392,27 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
 # -- processes ------------------------------------------------------------------------------------
 def child_argv(args: Args, model: str, variant: Variant, out: Path) -> list[str]:
     """The command line measuring ``variant`` alone in a child process (writes its row to ``out``)."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--variants", variant.name, "--out", str(out),
-            "--model", model, "--work", str(args.work), "--device", args.device, "--warmup", str(args.warmup),
-            "--iters", str(args.iters), "--guidance-scale", str(args.guidance_scale)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--variants",
+        variant.name,
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--work",
+        str(args.work),
+        "--device",
+        args.device,
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+        "--guidance-scale",
+        str(args.guidance_scale),
+    ]
     if args.prompt:
         argv += ["--prompt", args.prompt]
     if args.profile:
@@ -384,8 +436,7 @@ def run_child(args: Args, model: str, variant: Variant, run: int) -> dict:
     process_s = round(time.perf_counter() - t0, 2)
     if done.returncode != 0 or not out.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        return {"variant": variant.name, "run": run, "error": f"exit {done.returncode}: {' | '.join(tail)}",
-                "log": str(log)}
+        return {"variant": variant.name, "run": run, "error": f"exit {done.returncode}: {' | '.join(tail)}", "log": str(log)}
     row = json.loads(out.read_text())
     out.unlink()
     return {**row, "run": run, "process_s": process_s, "log": str(log)}
@@ -396,9 +447,26 @@ def measure_asset(args: Args, model: str, mode: str) -> dict:
     when --perp-neg)."""
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
     log = args.out.parent / f"{args.out.stem}_asset_{mode}.log"
-    cmd = [sys.executable, "-m", "fsd_gs.train", "--prompt", prompt, "--model", model, "--steps", str(args.asset_steps),
-           "--device", args.device, "--prior.compile", mode, "--output-dir", str(args.work / "assets"),
-           "--output.turntable-views", "4", "--output.no-progress"] + (["--guidance.perp-neg"] if args.perp_neg else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.train",
+        "--prompt",
+        prompt,
+        "--model",
+        model,
+        "--steps",
+        str(args.asset_steps),
+        "--device",
+        args.device,
+        "--prior.compile",
+        mode,
+        "--output-dir",
+        str(args.work / "assets"),
+        "--output.turntable-views",
+        "4",
+        "--output.no-progress",
+    ] + (["--guidance.perp-neg"] if args.perp_neg else [])
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     process_s = time.perf_counter() - t0
@@ -412,12 +480,19 @@ def measure_asset(args: Args, model: str, mode: str) -> dict:
     steps_s = float(metrics[-1]["wall_time"])  # from the run's start to its last step (checkpoints included)
     first = float(report["first_step_s"])
     return {
-        "asset": mode, "steps": args.asset_steps, "compile": report.get("compile"),
-        "process_s": round(process_s, 1), "prior_load_s": report.get("prior_load_s"), "first_step_s": round(first, 2),
-        "steps_s": round(steps_s, 1), "steady_ms_per_step": round((steps_s - first) / max(1, args.asset_steps - 1) * 1e3, 2),
+        "asset": mode,
+        "steps": args.asset_steps,
+        "compile": report.get("compile"),
+        "process_s": round(process_s, 1),
+        "prior_load_s": report.get("prior_load_s"),
+        "first_step_s": round(first, 2),
+        "steps_s": round(steps_s, 1),
+        "steady_ms_per_step": round((steps_s - first) / max(1, args.asset_steps - 1) * 1e3, 2),
         "finish_s": round(float(report["wall_time_s"]) - steps_s, 1),
-        "peak_gpu_memory_gb": report.get("peak_gpu_memory_gb"), "peak_gpu_reserved_gb": report.get("peak_gpu_reserved_gb"),
-        "run_dir": str(run_dir), "log": str(log),
+        "peak_gpu_memory_gb": report.get("peak_gpu_memory_gb"),
+        "peak_gpu_reserved_gb": report.get("peak_gpu_reserved_gb"),
+        "run_dir": str(run_dir),
+        "log": str(log),
     }
 
 
@@ -459,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     assets: list[dict] = []
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "model": model, "perp_neg": args.perp_neg,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "model": model,
+        "perp_neg": args.perp_neg,
         "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 
@@ -490,8 +568,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
     print(f"\n{info['device']}, torch {info['torch']}, {info['date']}{', Perp-Neg on' if info.get('perp_neg') else ''}")
-    print("| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet guided ms | VAE enc f+b ms | "
-          "floor ms | step ms | step/floor | peak alloc / reserved GB | stages ms |")
+    print(
+        "| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet guided ms | VAE enc f+b ms | "
+        "floor ms | step ms | step/floor | peak alloc / reserved GB | stages ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -499,18 +579,22 @@ def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
             continue
         s = r["startup_s"]
         stages = ", ".join(f"{k} {v}" for k, v in r["stages_ms"].items())
-        print(f"| {r['variant']} | {r.get('run', 0)} | {s['total']} ({s['gsplat_first_render']} / {s['prior_load']} / "
-              f"{s['first_step']} / {s['rest_of_warmup']}) | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | "
-              f"{r['floor_ms']} | {r['step_ms']} | {r['ratio']} | {r['peak_allocated_gb']} / {r['peak_reserved_gb']} | "
-              f"{stages} |" + (f" syncs/step {r['syncs_per_step']}: {r['sync_sites']}" if "syncs_per_step" in r else ""))
+        print(
+            f"| {r['variant']} | {r.get('run', 0)} | {s['total']} ({s['gsplat_first_render']} / {s['prior_load']} / "
+            f"{s['first_step']} / {s['rest_of_warmup']}) | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | "
+            f"{r['floor_ms']} | {r['step_ms']} | {r['ratio']} | {r['peak_allocated_gb']} / {r['peak_reserved_gb']} | "
+            f"{stages} |" + (f" syncs/step {r['syncs_per_step']}: {r['sync_sites']}" if "syncs_per_step" in r else "")
+        )
     for a in assets:
         if "error" in a:
             print(f"asset --prior.compile {a['asset']}: {a['error']}")
             continue
-        print(f"asset --prior.compile {a['asset']} [{a['compile']}]: {a['steps']} steps in {a['steps_s']} s "
-              f"(first step {a['first_step_s']} s, then {a['steady_ms_per_step']} ms/step); prior load "
-              f"{a['prior_load_s']} s; process {a['process_s']} s; peak {a['peak_gpu_memory_gb']} GB allocated, "
-              f"{a['peak_gpu_reserved_gb']} GB reserved")
+        print(
+            f"asset --prior.compile {a['asset']} [{a['compile']}]: {a['steps']} steps in {a['steps_s']} s "
+            f"(first step {a['first_step_s']} s, then {a['steady_ms_per_step']} ms/step); prior load "
+            f"{a['prior_load_s']} s; process {a['process_s']} s; peak {a['peak_gpu_memory_gb']} GB allocated, "
+            f"{a['peak_gpu_reserved_gb']} GB reserved"
+        )
 
 
 if __name__ == "__main__":

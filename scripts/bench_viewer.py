@@ -50,10 +50,22 @@ def run(steps: int, device: str, viewer: LiveViewer | None, num_points: int, siz
             opt.step()
             opt.zero_grad(set_to_none=True)
         if viewer is not None:
-            viewer.update(TrainingSnapshot(
-                step=step, total_steps=steps, loss=loss.detach(), timestep=torch.tensor(900 - step),
-                num_gaussians=len(g), it_per_s=0.0, eta_s=float("nan"), gaussians=g, train_rgb=out.rgb[0].detach(),
-                noise_window=world_map[:, 4:12, 4:12], window_origin=(4, 4), window_size=(8, 8)))
+            viewer.update(
+                TrainingSnapshot(
+                    step=step,
+                    total_steps=steps,
+                    loss=loss.detach(),
+                    timestep=torch.tensor(900 - step),
+                    num_gaussians=len(g),
+                    it_per_s=0.0,
+                    eta_s=float("nan"),
+                    gaussians=g,
+                    train_rgb=out.rgb[0].detach(),
+                    noise_window=world_map[:, 4:12, 4:12],
+                    window_origin=(4, 4),
+                    window_size=(8, 8),
+                )
+            )
             while viewer.paused:
                 time.sleep(0.05)
     if device.startswith("cuda"):
@@ -89,8 +101,11 @@ def main() -> None:
             before = dict(viewer.stats)
             times["on"].append(run(args.steps, args.device, viewer, args.points, args.size))
             viewer._sent_step = -(10**9)  # the next run starts again at step 1
-            print(f"off {times['off'][-1]:.2f} s  on {times['on'][-1]:.2f} s  "
-                  f"published {viewer.stats['published'] - before['published']}", flush=True)
+            print(
+                f"off {times['off'][-1]:.2f} s  on {times['on'][-1]:.2f} s  "
+                f"published {viewer.stats['published'] - before['published']}",
+                flush=True,
+            )
     finally:
         if browser is not None:
             browser.__exit__(None, None, None)
@@ -98,15 +113,22 @@ def main() -> None:
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     published = viewer.stats["published"]
     result = {
-        "device": args.device, "steps": args.steps, "repeats": args.repeats, "gaussians": args.points,
-        "size": args.size, "browser": args.browser, "viewer_config": {"update_every": cfg.update_every,
-                                                                       "min_interval_s": cfg.min_interval_s},
-        "median_s_off": round(off, 3), "median_s_on": round(on, 3),
-        "ms_per_step_off": round(1e3 * off / args.steps, 2), "ms_per_step_on": round(1e3 * on / args.steps, 2),
+        "device": args.device,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "gaussians": args.points,
+        "size": args.size,
+        "browser": args.browser,
+        "viewer_config": {"update_every": cfg.update_every, "min_interval_s": cfg.min_interval_s},
+        "median_s_off": round(off, 3),
+        "median_s_on": round(on, 3),
+        "ms_per_step_off": round(1e3 * off / args.steps, 2),
+        "ms_per_step_on": round(1e3 * on / args.steps, 2),
         "slowdown_percent": round(100.0 * (on / off - 1.0), 2),
         "published": published,
         "viewer_thread_ms_per_publish": round(1e3 * viewer.stats["publish_cpu_s"] / max(1, published), 2),
-        "runs_off": [round(t, 3) for t in times["off"]], "runs_on": [round(t, 3) for t in times["on"]],
+        "runs_off": [round(t, 3) for t in times["off"]],
+        "runs_on": [round(t, 3) for t in times["on"]],
     }
     print(json.dumps(result, indent=2))
     if args.out is not None:

@@ -139,8 +139,19 @@ class BatchCrashed(RuntimeError):
 
 def train_with_batch(cfg: BenchmarkConfig, out: Path) -> Path:
     """python -m fsd_gs.batch over the grid; returns its manifest.json (failed assets stay listed in it)."""
-    cmd = [sys.executable, "-m", "fsd_gs.batch", "--prompts", *cfg.prompt_list, "--seeds", *map(str, cfg.seeds),
-           "--presets", *cfg.presets, "--out", str(out / "batch")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.batch",
+        "--prompts",
+        *cfg.prompt_list,
+        "--seeds",
+        *map(str, cfg.seeds),
+        "--presets",
+        *cfg.presets,
+        "--out",
+        str(out / "batch"),
+    ]
     cmd += ["--engine", "local"] if cfg.jobs == 1 else ["--engine", "ray", "--workers", str(cfg.jobs), "--cpus-per-worker", "1"]
     cmd += ["--group-seeds", str(cfg.group_seeds), "--", *train_options(cfg)]
     print("$ " + " ".join(cmd), flush=True)
@@ -156,17 +167,34 @@ def train_with_batch(cfg: BenchmarkConfig, out: Path) -> Path:
 
 
 def _train_one(cfg: BenchmarkConfig, item: dict, arg: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "fsd_gs.train", "--config", preset_path(arg), "--prompt", item["prompt"],
-           "--seed", str(item["seed"]), "--output-dir", str(out / "runs" / item["preset"]), "--viewer.no-enabled",
-           "--output.no-progress", *train_options(cfg)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.train",
+        "--config",
+        preset_path(arg),
+        "--prompt",
+        item["prompt"],
+        "--seed",
+        str(item["seed"]),
+        "--output-dir",
+        str(out / "runs" / item["preset"]),
+        "--viewer.no-enabled",
+        "--output.no-progress",
+        *train_options(cfg),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     run_dir = Path(lines[-1]) if lines else None
     if proc.returncode == 0 and run_dir is not None and (run_dir / "model.ply").is_file():
         return {**item, "status": "done", "run_dir": os.path.relpath(run_dir, out), "error": None}
     error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**item, "status": "failed", "error": f"exit code {proc.returncode}: {error}",
-            "run_dir": os.path.relpath(run_dir, out) if run_dir and run_dir.is_dir() else None}
+    return {
+        **item,
+        "status": "failed",
+        "error": f"exit code {proc.returncode}: {error}",
+        "run_dir": os.path.relpath(run_dir, out) if run_dir and run_dir.is_dir() else None,
+    }
 
 
 def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
@@ -179,8 +207,19 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
     grid = benchmark_grid(cfg)
     args = {g.id: g.preset.arg for g in grid}
     methods = {g.preset.arg: preset_method(g.preset.arg) for g in grid}  # one YAML read per preset
-    items = [{"id": g.id, "prompt": g.prompt, "method": methods[g.preset.arg], "preset": g.preset.label,
-              "seed": g.seed, "run_dir": None, "status": "pending", "error": None} for g in grid]
+    items = [
+        {
+            "id": g.id,
+            "prompt": g.prompt,
+            "method": methods[g.preset.arg],
+            "preset": g.preset.label,
+            "seed": g.seed,
+            "run_dir": None,
+            "status": "pending",
+            "error": None,
+        }
+        for g in grid
+    ]
     items = [done.get(i["id"], i) for i in items]
 
     def write() -> None:
@@ -199,9 +238,11 @@ def train_with_subprocesses(cfg: BenchmarkConfig, out: Path) -> Path:
             write()
             elapsed = time.perf_counter() - start
             eta = elapsed / n * (len(todo) - n)
-            print(f"[{n}/{len(todo)}] {items[k]['id']}: {items[k]['status']}"
-                  f"{' (' + items[k]['error'] + ')' if items[k]['error'] else ''}; {elapsed:.0f} s, about {eta:.0f} s left",
-                  flush=True)
+            print(
+                f"[{n}/{len(todo)}] {items[k]['id']}: {items[k]['status']}"
+                f"{' (' + items[k]['error'] + ')' if items[k]['error'] else ''}; {elapsed:.0f} s, about {eta:.0f} s left",
+                flush=True,
+            )
     return manifest
 
 
@@ -242,15 +283,25 @@ def run(argv: Sequence[str]) -> int:
         manifest = train_with_subprocesses(cfg, out)
     train_s = time.perf_counter() - start
     # Every evaluation setting the benchmark's numbers depend on, explicit (evaluate's defaults may change).
-    result = evaluate(EvaluateConfig(paths=(manifest,), view=ViewConfig(views=cfg.views), truth=True,
-                                     ddim_samples=cfg.ddim_samples, ddim_steps=cfg.ddim_steps))
+    result = evaluate(
+        EvaluateConfig(
+            paths=(manifest,),
+            view=ViewConfig(views=cfg.views),
+            truth=True,
+            ddim_samples=cfg.ddim_samples,
+            ddim_steps=cfg.ddim_steps,
+        )
+    )
     steps = cfg.steps if cfg.steps is not None else "the presets'"
     total = len(cfg.prompt_list) * len(cfg.seeds) * len(cfg.presets)
     earlier = f" ({reused} of the {total} assets were trained by an earlier call with this --out)" if reused else ""
     chosen = "" if cfg.prompts is not None else f" (prompt set {cfg.prompt_set!r})"
-    header = (f"Diversity benchmark: {len(cfg.prompt_list)} prompts{chosen} x {len(cfg.seeds)} seeds x {', '.join(cfg.presets)}, "
-              f"{steps} steps, trained with {runner} in {train_s / 60:.1f} min{earlier}; "
-              f"`python scripts/diversity_benchmark.py {shlex.join(argv)}`".rstrip() + "\n\n")
+    header = (
+        f"Diversity benchmark: {len(cfg.prompt_list)} prompts{chosen} x {len(cfg.seeds)} seeds x {', '.join(cfg.presets)}, "
+        f"{steps} steps, trained with {runner} in {train_s / 60:.1f} min{earlier}; "
+        f"`python scripts/diversity_benchmark.py {shlex.join(argv)}`".rstrip()
+        + "\n\n"
+    )
     table = header + (result.folder / "evaluation.md").read_text()
     (result.folder / "benchmark.md").write_text(table)
     if cfg.docs_dir is not None:

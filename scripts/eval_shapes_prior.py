@@ -70,8 +70,16 @@ class EvalConfig:
     """Samples per colour-free prompt in --sweep."""
 
 
-THRESHOLDS = {"judge_kind": 0.98, "judge_colour": 0.98, "prior_kind": 0.90, "prior_colour": 0.90,
-              "colour_entropy_ratio": 0.80, "cpu_guided_unet_ms": 60.0, "view_accuracy": 0.98, "janus_rate_max": 0.0}
+THRESHOLDS = {
+    "judge_kind": 0.98,
+    "judge_colour": 0.98,
+    "prior_kind": 0.90,
+    "prior_colour": 0.90,
+    "colour_entropy_ratio": 0.80,
+    "cpu_guided_unet_ms": 60.0,
+    "view_accuracy": 0.98,
+    "janus_rate_max": 0.0,
+}
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -92,19 +100,34 @@ def run(cfg: EvalConfig) -> dict:
     judge = load_judge(folder / "judge", device)
     res = {
         "judge": ev.judge_accuracy(judge, n_objects=cfg.judge_objects, device=device),
-        "prior": ev.prior_agreement(prior, judge, n_prompts=cfg.prompts, samples_per_prompt=cfg.samples_per_prompt,
-                                    guidance_scale=cfg.guidance_scale, steps=cfg.steps),
-        "colour_free": ev.colour_entropy(prior, judge, n_samples=cfg.colour_free_samples, guidance_scale=cfg.guidance_scale,
-                                         steps=cfg.steps, n_kinds=cfg.colour_free_kinds),
+        "prior": ev.prior_agreement(
+            prior,
+            judge,
+            n_prompts=cfg.prompts,
+            samples_per_prompt=cfg.samples_per_prompt,
+            guidance_scale=cfg.guidance_scale,
+            steps=cfg.steps,
+        ),
+        "colour_free": ev.colour_entropy(
+            prior,
+            judge,
+            n_samples=cfg.colour_free_samples,
+            guidance_scale=cfg.guidance_scale,
+            steps=cfg.steps,
+            n_kinds=cfg.colour_free_kinds,
+        ),
         "speed": speed,
         "views": ev.world_view_consistency(judge, objects_per_kind=cfg.view_objects),
     }
     figures = {
-        "judge_kind": res["judge"]["kind"], "judge_colour": res["judge"]["colour"],
-        "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
+        "judge_kind": res["judge"]["kind"],
+        "judge_colour": res["judge"]["colour"],
+        "prior_kind": res["prior"]["kind"],
+        "prior_colour": res["prior"]["colour"],
         "colour_entropy_ratio": min(r["entropy_ratio"] for r in res["colour_free"]["rows"]),
         "cpu_guided_unet_ms": 1000 * speed["median_s"],
-        "view_accuracy": res["views"]["overall"]["view_accuracy"], "janus_rate_max": res["views"]["overall"]["janus"],
+        "view_accuracy": res["views"]["overall"]["view_accuracy"],
+        "janus_rate_max": res["views"]["overall"]["janus"],
     }
     res["figures"] = figures
     res["pass"] = {k: (v <= THRESHOLDS[k] if k.endswith(("_ms", "_max")) else v >= THRESHOLDS[k]) for k, v in figures.items()}
@@ -119,11 +142,14 @@ def table(res: dict) -> str:
     lines += ["", "| prompt | kind | colour | view |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['prompt']} | {r['kind']:.2f} | {r['colour']:.2f} | {r['view']:.2f} |" for r in res["prior"]["rows"]]
     lines += ["", "| colour-free prompt | entropy / max | kind | colours |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['prompt']} | {r['entropy_ratio']:.2f} | {r['kind']:.2f} | {r['colours']} |"
-              for r in res["colour_free"]["rows"]]
+    lines += [
+        f"| {r['prompt']} | {r['entropy_ratio']:.2f} | {r['kind']:.2f} | {r['colours']} |" for r in res["colour_free"]["rows"]
+    ]
     lines += ["", "| front kind (world objects) | view accuracy | Janus | kind | colour |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {k} | {r['view_accuracy']:.2f} | {r['janus']:.0%} | {r['kind']:.2f} | {r['colour']:.2f} |"
-              for k, r in res["views"]["per_kind"].items()]
+    lines += [
+        f"| {k} | {r['view_accuracy']:.2f} | {r['janus']:.0%} | {r['kind']:.2f} | {r['colour']:.2f} |"
+        for k, r in res["views"]["per_kind"].items()
+    ]
     return "\n".join(lines)
 
 
@@ -138,16 +164,21 @@ def sweep(cfg: EvalConfig) -> int:
     device = resolve_device(cfg.device)
     prior = load_shapes_prior(device, folder=folder)
     judge = load_judge(folder / "judge", device)
-    print(f"{folder}: {cfg.steps}-step DDIM; colour-free: every kind x {cfg.sweep_samples} samples; named: "
-          f"{cfg.prompts} random prompts x 2")
+    print(
+        f"{folder}: {cfg.steps}-step DDIM; colour-free: every kind x {cfg.sweep_samples} samples; named: "
+        f"{cfg.prompts} random prompts x 2"
+    )
     print("| CFG | colour-free kind (mean / worst) | colour entropy / max (mean / worst) | named: kind | named: colour |")
     print("| --- | --- | --- | --- | --- |", flush=True)
     rows = []
     for scale in cfg.sweep:  # one scale at a time: a row is printed (and saved) as soon as it is measured
         r = ev.cfg_sweep(prior, judge, (scale,), n_samples=cfg.sweep_samples, n_prompts=cfg.prompts, steps=cfg.steps)[0]
         rows.append(r)
-        print(f"| {r['guidance_scale']:g} | {r['kind']:.3f} / {r['kind_min']:.2f} | {r['entropy_ratio']:.3f} / "
-              f"{r['entropy_min']:.2f} | {r['prompt_kind']:.3f} | {r['prompt_colour']:.3f} |", flush=True)
+        print(
+            f"| {r['guidance_scale']:g} | {r['kind']:.3f} / {r['kind_min']:.2f} | {r['entropy_ratio']:.3f} / "
+            f"{r['entropy_min']:.2f} | {r['prompt_kind']:.3f} | {r['prompt_colour']:.3f} |",
+            flush=True,
+        )
         if cfg.json is not None:
             cfg.json.parent.mkdir(parents=True, exist_ok=True)
             cfg.json.write_text(json.dumps({"folder": str(folder), "steps": cfg.steps, "rows": rows}, indent=2) + "\n")

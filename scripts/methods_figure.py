@@ -69,12 +69,24 @@ def judge_table(images: dict[str, torch.Tensor], prompt: str) -> tuple[list[dict
         p = counts[counts > 0] / counts.sum()
         entropy = float(-(p * p.log()).sum()) / math.log(len(COLOUR_NAMES))
         spread = float(torch.pdist(feats).mean()) if len(batch) > 1 else 0.0
-        rows.append({"method": method, "quality": float(ok.float().mean()), "colour_entropy": entropy,
-                     "feature_distance": spread, "colours": [COLOUR_NAMES[i] for i in pred["colour"].tolist()]})
-    lines = ["| method | quality (judge agrees) | colour entropy / log 8 | mean pairwise judge-feature distance | colours |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['quality']:.2f} | {r['colour_entropy']:.2f} | {r['feature_distance']:.2f} | "
-              f"{' '.join(r['colours'])} |" for r in rows]
+        rows.append(
+            {
+                "method": method,
+                "quality": float(ok.float().mean()),
+                "colour_entropy": entropy,
+                "feature_distance": spread,
+                "colours": [COLOUR_NAMES[i] for i in pred["colour"].tolist()],
+            }
+        )
+    lines = [
+        "| method | quality (judge agrees) | colour entropy / log 8 | mean pairwise judge-feature distance | colours |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['quality']:.2f} | {r['colour_entropy']:.2f} | {r['feature_distance']:.2f} | "
+        f"{' '.join(r['colours'])} |"
+        for r in rows
+    ]
     return rows, "\n".join(lines)
 
 
@@ -109,9 +121,16 @@ def run(argv: Sequence[str]) -> int:
     images: dict[str, torch.Tensor] = {}
     timings = {}
     for method in cfg.methods:
-        one = Image2DConfig(prompt=cfg.prompt, method=method, seed=cfg.seed, model="shapes", device=cfg.device,
-                            progress=cfg.progress, guidance_scale=cfg.guidance_scale,
-                            steps=None if method == "ddim" else cfg.steps)
+        one = Image2DConfig(
+            prompt=cfg.prompt,
+            method=method,
+            seed=cfg.seed,
+            model="shapes",
+            device=cfg.device,
+            progress=cfg.progress,
+            guidance_scale=cfg.guidance_scale,
+            steps=None if method == "ddim" else cfg.steps,
+        )
         one.validate()
         start = time.perf_counter()
         images[method] = generate(one, prior)
@@ -119,11 +138,19 @@ def run(argv: Sequence[str]) -> int:
         print(f"{method}: {timings[method]:.1f} s", file=sys.stderr)
     save_grid(images, cfg.out)
     _, table = judge_table(images, cfg.prompt)
-    settings = {m: dataclasses.asdict(Image2DConfig(prompt=cfg.prompt, method=m, steps=None if m == "ddim" else cfg.steps,
-                                                    guidance_scale=cfg.guidance_scale).settings()) for m in cfg.methods}
-    note = (f"\n\nShapes prior, prompt \"{cfg.prompt}\", seeds {list(cfg.seed)}; per method (steps, CFG, lr): "
-            + "; ".join(f"{m} ({s['steps']}, {s['guidance_scale']}, {s['lr']}, {timings[m]:.0f} s)" for m, s in settings.items())
-            + f". Grid: {cfg.out.name}.\n")
+    settings = {
+        m: dataclasses.asdict(
+            Image2DConfig(
+                prompt=cfg.prompt, method=m, steps=None if m == "ddim" else cfg.steps, guidance_scale=cfg.guidance_scale
+            ).settings()
+        )
+        for m in cfg.methods
+    }
+    note = (
+        f'\n\nShapes prior, prompt "{cfg.prompt}", seeds {list(cfg.seed)}; per method (steps, CFG, lr): '
+        + "; ".join(f"{m} ({s['steps']}, {s['guidance_scale']}, {s['lr']}, {timings[m]:.0f} s)" for m, s in settings.items())
+        + f". Grid: {cfg.out.name}.\n"
+    )
     cfg.out.with_suffix(".md").write_text(table + note)
     print(table + note)
     return 0

@@ -139,19 +139,29 @@ def build(cfg: TrainShapesMVConfig, tok_dir: Path):
     else:
         judge, start = base.load_for_resume(src, unet, text_encoder)
         unet = multiview_unet(unet, cfg.views_per_group)
-        summary = {"step": 0, "segments": 0, "train_seconds": 0.0, "images_seen": 0, "init_from": str(src),
-                   "init_step": int(start.get("step", 0))}
+        summary = {
+            "step": 0,
+            "segments": 0,
+            "train_seconds": 0.0,
+            "images_seen": 0,
+            "init_from": str(src),
+            "init_step": int(start.get("step", 0)),
+        }
     return unet, text_encoder.requires_grad_(False).eval(), judge.requires_grad_(False).eval(), summary, load_tokenizer(tok_dir)
 
 
-def save(cfg: TrainShapesMVConfig, ema_unet, text_encoder, judge, summary: dict, step: int, images: int,
-         t_run: float) -> dict:
+def save(cfg: TrainShapesMVConfig, ema_unet, text_encoder, judge, summary: dict, step: int, images: int, t_run: float) -> dict:
     """Write --out/shapes_mv (fp16) with the training summary; returns the summary."""
-    info = {**summary, "step": step, "segments": int(summary["segments"]) + 1,
-            "train_seconds": round(float(summary["train_seconds"]) + time.time() - t_run, 1),
-            "images_seen": int(summary["images_seen"]) + images, "multiview": True,
-            "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "dataset"},
-            "captions": asdict(cfg.dataset.captions)}
+    info = {
+        **summary,
+        "step": step,
+        "segments": int(summary["segments"]) + 1,
+        "train_seconds": round(float(summary["train_seconds"]) + time.time() - t_run, 1),
+        "images_seen": int(summary["images_seen"]) + images,
+        "multiview": True,
+        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "dataset"},
+        "captions": asdict(cfg.dataset.captions),
+    }
     save_shapes_mv(cfg.out / "shapes_mv", ema_unet, text_encoder, judge, info, tokenizer=cfg.out / "tokenizer")
     return info
 
@@ -186,8 +196,11 @@ def train(cfg: TrainShapesMVConfig) -> dict:
     data = GroupedShapesDataset(cfg.dataset, device, cfg.elevation_range)
     bank, stream = base.start_bank(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers, cfg.bank_size, device)
     gen = torch.Generator().manual_seed(cfg.seed * 31 + segment)
-    print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; "
-          f"unet {sum(p.numel() for p in params) / 1e6:.2f}M params", flush=True)
+    print(
+        f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; "
+        f"unet {sum(p.numel() for p in params) / 1e6:.2f}M params",
+        flush=True,
+    )
     step, f = step0, cfg.views_per_group
     warmup = cfg.warmup if step0 == 0 else max(1, cfg.warmup // 5)
     losses: list[float] = []
@@ -217,8 +230,12 @@ def train(cfg: TrainShapesMVConfig) -> dict:
             step += 1
             acc, n_acc = acc + loss.detach(), n_acc + 1
             if step % cfg.log_every == 0:
-                row = {"step": step, "loss": float(acc) / n_acc, "lr": opt.param_groups[0]["lr"],
-                       "elapsed_s": round(time.time() - t_start, 1)}
+                row = {
+                    "step": step,
+                    "loss": float(acc) / n_acc,
+                    "lr": opt.param_groups[0]["lr"],
+                    "elapsed_s": round(time.time() - t_start, 1),
+                }
                 losses.append(row["loss"])
                 print(json.dumps(row), flush=True)
                 log.write(json.dumps(row) + "\n")
@@ -248,10 +265,16 @@ def check(cfg: TrainShapesMVConfig, device: torch.device) -> dict:
 
     judge = load_judge(device=device)
     mv = load_shapes_mv_prior(device, folder=cfg.out / "shapes_mv")
-    options = dict(groups_per_kind=cfg.check_groups_per_kind, kinds=("chair", "house") if cfg.tiny else CHECK_KINDS,
-                   steps=2 if cfg.tiny else 50)
-    runs = {"shapes_mv_camera_only": (mv, False), "shapes_mv_with_view_prompts": (mv, True),
-            "shapes_prior_with_view_prompts": (None, True)}
+    options = dict(
+        groups_per_kind=cfg.check_groups_per_kind,
+        kinds=("chair", "house") if cfg.tiny else CHECK_KINDS,
+        steps=2 if cfg.tiny else 50,
+    )
+    runs = {
+        "shapes_mv_camera_only": (mv, False),
+        "shapes_mv_with_view_prompts": (mv, True),
+        "shapes_prior_with_view_prompts": (None, True),
+    }
     res = {}
     for name, (prior, view_prompts) in runs.items():
         prior = prior or load_shapes_prior(device, folder=cfg.init_from)
@@ -260,8 +283,12 @@ def check(cfg: TrainShapesMVConfig, device: torch.device) -> dict:
         if name == "shapes_mv_camera_only":
             save_sample_grid(out.images, cfg.out / "samples.png")
     (cfg.out / "check.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: {m: round(v[m], 3) for m in ("view_accuracy", "janus", "kind_accuracy", "consistent")}
-                      for k, v in res.items()}), flush=True)
+    print(
+        json.dumps(
+            {k: {m: round(v[m], 3) for m in ("view_accuracy", "janus", "kind_accuracy", "consistent")} for k, v in res.items()}
+        ),
+        flush=True,
+    )
     return res
 
 

@@ -161,8 +161,12 @@ def _collate(items):
 
 def object_loader(seed: int, world: WorldConfig, workers: int):
     loader = torch.utils.data.DataLoader(
-        ObjectStream(seed, world), batch_size=8, num_workers=workers, collate_fn=_collate,
-        prefetch_factor=8 if workers else None, persistent_workers=bool(workers),
+        ObjectStream(seed, world),
+        batch_size=8,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=8 if workers else None,
+        persistent_workers=bool(workers),
     )
     for chunk in loader:
         yield from chunk
@@ -239,8 +243,17 @@ def start_bank(seed: int, world: WorldConfig, workers: int, size: int, device: t
     return bank, stream
 
 
-def epsilon_loss(unet, x0: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, abar: torch.Tensor, gen: torch.Generator,
-                 min_snr_gamma: float, autocast, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+def epsilon_loss(
+    unet,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    emb: torch.Tensor,
+    abar: torch.Tensor,
+    gen: torch.Generator,
+    min_snr_gamma: float,
+    autocast,
+    class_labels: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The denoising loss: mean over images [B,3,H,W] of |eps_hat(x_t, t) - eps|^2, min-SNR weighted (gamma 0: plain).
 
     ``t`` [B] timesteps, ``emb`` [B,L,D] text states, ``abar`` the schedule's alpha-bar, ``class_labels`` [B,K] for
@@ -260,8 +273,7 @@ def epsilon_loss(unet, x0: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, aba
 
 # -- checkpoint -----------------------------------------------------------------------------------
 def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
-    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary,
-                           tokenizer=cfg.out / "tokenizer")
+    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary, tokenizer=cfg.out / "tokenizer")
     with atomic_open(cfg.out / "shapes_prior.tar") as f, tarfile.open(fileobj=f, mode="w") as tar:
         tar.add(folder, arcname="shapes_prior")
     mirror(cfg)
@@ -342,8 +354,10 @@ def train(cfg: TrainShapesConfig) -> dict:
     data = ShapesDataset(cfg.dataset, device)
     bank, stream = start_bank(cfg.seed + 101 * segment, cfg.dataset.world, cfg.workers, cfg.bank_size, device)
     gen = torch.Generator().manual_seed(cfg.seed * 31 + segment)
-    sizes = ", ".join(f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
-                      for name, m in (("unet", unet), ("text", text_encoder), ("judge", judge)))
+    sizes = ", ".join(
+        f"{name} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
+        for name, m in (("unet", unet), ("text", text_encoder), ("judge", judge))
+    )
     print(f"device {device}; bank of {len(bank)} objects ready after {time.time() - t_start:.1f} s; {sizes} params", flush=True)
 
     step0 = int(summary["step"])
@@ -395,9 +409,15 @@ def train(cfg: TrainShapesConfig) -> dict:
         acc["render_s"] += t1 - t0
         acc["step_s"] += time.time() - t0
         if step % cfg.log_every == 0:
-            row = {"step": step, "loss": float(acc["loss"]) / acc["n"], "judge_loss": float(acc["judge"]) / acc["n"],
-                   "lr": opt.param_groups[0]["lr"], "render_ms": 1000 * acc["render_s"] / acc["n"],
-                   "step_ms": 1000 * acc["step_s"] / acc["n"], "elapsed_s": round(time.time() - t_start, 1)}
+            row = {
+                "step": step,
+                "loss": float(acc["loss"]) / acc["n"],
+                "judge_loss": float(acc["judge"]) / acc["n"],
+                "lr": opt.param_groups[0]["lr"],
+                "render_ms": 1000 * acc["render_s"] / acc["n"],
+                "step_ms": 1000 * acc["step_s"] / acc["n"],
+                "elapsed_s": round(time.time() - t_start, 1),
+            }
             print(json.dumps(row), flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -419,7 +439,9 @@ def train(cfg: TrainShapesConfig) -> dict:
 
 def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -> dict:
     info = {
-        **summary, "step": step, "segments": segment + 1,
+        **summary,
+        "step": step,
+        "segments": segment + 1,
         "train_seconds": round(float(summary.get("train_seconds", 0.0)) + time.time() - t_run, 1),
         "images_seen": int(summary.get("images_seen", 0)) + int(images),
         "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("dataset",)},
@@ -440,14 +462,21 @@ def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
     prior = load_shapes_prior(device, folder=folder)
     judge = load_judge(folder / "judge", device)
     t0 = time.time()
-    res = {"judge": ev.judge_accuracy(judge, n_objects=256, device=device),
-           "prior": ev.prior_agreement(prior, judge, samples_per_prompt=cfg.eval_samples_per_prompt),
-           "colour_free": ev.colour_entropy(prior, judge)}
+    res = {
+        "judge": ev.judge_accuracy(judge, n_objects=256, device=device),
+        "prior": ev.prior_agreement(prior, judge, samples_per_prompt=cfg.eval_samples_per_prompt),
+        "colour_free": ev.colour_entropy(prior, judge),
+    }
     res["eval_seconds"] = round(time.time() - t0, 1)
     (cfg.out / "eval.json").write_text(json.dumps(res, indent=2) + "\n")
     mirror(cfg)
-    short = {"judge": res["judge"], "prior_kind": res["prior"]["kind"], "prior_colour": res["prior"]["colour"],
-             "prior_view": res["prior"]["view"], "colour_entropy_ratio": res["colour_free"]["entropy_ratio"]}
+    short = {
+        "judge": res["judge"],
+        "prior_kind": res["prior"]["kind"],
+        "prior_colour": res["prior"]["colour"],
+        "prior_view": res["prior"]["view"],
+        "colour_entropy_ratio": res["colour_free"]["entropy_ratio"],
+    }
     print(json.dumps(short), flush=True)
     return res
 

@@ -28,9 +28,18 @@ import numpy as np
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = (
-    "--headless", "--no-sandbox", "--enable-unsafe-swiftshader", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--mute-audio", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--enable-unsafe-swiftshader",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
 )
 SKIP_REASON = "no Chromium browser found (install Debian's `chromium`, as scripts/test.sh does, or set FSD_GS_CHROMIUM)"
 
@@ -75,11 +84,9 @@ class HeadlessChromium:
         root = Path(self._tmp.name)
         home, profile = root / "home", root / "profile"
         home.mkdir()
-        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-               "XDG_CACHE_HOME": str(home / ".cache")}
+        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
         cmd = [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={self.width},{self.height}", "about:blank"]
-        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True)
+        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self._connect(profile / "DevToolsActivePort")
         except BaseException:
@@ -125,8 +132,7 @@ class HeadlessChromium:
             targets = json.loads(response.read())
         page = next(t for t in targets if t.get("type") == "page")
         self._ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
-        self.call("Emulation.setDeviceMetricsOverride",
-                  width=self.width, height=self.height, deviceScaleFactor=1, mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1, mobile=False)
 
     # -- protocol ----------------------------------------------------------------------------------
     def call(self, method: str, timeout: float = 30.0, **params: Any) -> dict:
@@ -169,15 +175,23 @@ class HeadlessChromium:
 
     def click_button(self, label: str) -> bool:
         """Click the page's button whose text is ``label``; False if there is none."""
-        return bool(self.evaluate(
-            "(() => { const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === "
-            + json.dumps(label) + "); if (b) { b.click(); } return !!b; })()"))
+        return bool(
+            self.evaluate(
+                "(() => { const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === "
+                + json.dumps(label)
+                + "); if (b) { b.click(); } return !!b; })()"
+            )
+        )
 
     def dismiss_notifications(self) -> int:
         """Close the page's pop-up notifications (e.g. viser's "software WebGL" notice); returns how many."""
-        return int(self.evaluate(
-            "(() => { const b = [...document.querySelectorAll('.mantine-Notification-closeButton')];"
-            " b.forEach(x => x.click()); return b.length; })()") or 0)
+        return int(
+            self.evaluate(
+                "(() => { const b = [...document.querySelectorAll('.mantine-Notification-closeButton')];"
+                " b.forEach(x => x.click()); return b.length; })()"
+            )
+            or 0
+        )
 
     def screenshot(self, path: Optional[Path] = None) -> np.ndarray:
         """A PNG screenshot of the viewport, saved to ``path`` if given; returns [H,W,3] uint8."""
@@ -200,9 +214,15 @@ def fraction_in_box(mask: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> flo
     return float(mask[y0:y1, x0:x1].mean())
 
 
-def wait_for_splats(browser: HeadlessChromium, object_box: tuple[int, int, int, int], empty_box: tuple[int, int, int, int],
-                    background: tuple[int, int, int], drawn: float = 0.9, empty: float = 0.05,
-                    timeout: float = 60.0) -> np.ndarray:
+def wait_for_splats(
+    browser: HeadlessChromium,
+    object_box: tuple[int, int, int, int],
+    empty_box: tuple[int, int, int, int],
+    background: tuple[int, int, int],
+    drawn: float = 0.9,
+    empty: float = 0.05,
+    timeout: float = 60.0,
+) -> np.ndarray:
     """Take screenshots until at least ``drawn`` of ``object_box`` differs from ``background`` and at most ``empty``
     of ``empty_box`` does (viser fades the view in: both must hold); return the last screenshot."""
     deadline = time.monotonic() + timeout

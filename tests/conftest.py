@@ -21,5 +21,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "cuda" in item.keywords:
             item.add_marker(skip)
 
+
 from tests.fixtures_pipelines import *  # noqa: E402,F401,F403  (tiny random-weight pipelines, session-scoped)
 from tests.tool_skips import pytest_runtest_makereport  # noqa: E402,F401  (CI: a skip for a missing tool fails)

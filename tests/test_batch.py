@@ -26,9 +26,25 @@ from fsd_gs.batch.manifest import FORMAT
 from fsd_gs.batch.worker import CRASH_ENV
 from fsd_gs.errors import UserError
 
-TRAIN_ARGS = ["--", "--steps", "4", "--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200",
-              "--output.turntable-views", "2", "--output.turntable-size", "32", "--output.checkpoint-every", "2",
-              "--output.snapshot-every", "0"]
+TRAIN_ARGS = [
+    "--",
+    "--steps",
+    "4",
+    "--camera.width",
+    "32",
+    "--camera.height",
+    "32",
+    "--gaussians.num-points",
+    "200",
+    "--output.turntable-views",
+    "2",
+    "--output.turntable-size",
+    "32",
+    "--output.checkpoint-every",
+    "2",
+    "--output.snapshot-every",
+    "0",
+]
 PROMPTS = ["a red mushroom", "a blue car"]
 PRESETS = ["shapes-fsd", "shapes-sds"]
 ITEM_KEYS = {"id", "prompt", "method", "preset", "seed", "run_dir", "status", "error", "attempts", "report"}
@@ -58,8 +74,7 @@ def events(out: Path) -> list[dict]:
 def ray_session():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-             object_store_memory=100 * 2**20)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR", object_store_memory=100 * 2**20)
     yield ray
     ray.shutdown()
 
@@ -71,8 +86,9 @@ def grid_run(ray_session, tmp_path_factory):
     marker = out.parent / "crash.marker"
     os.environ[CRASH_ENV] = str(marker)
     try:
-        code = main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0-1", "--workers", "2",
-                          "--group-seeds", "1"))  # one seed at a time (the shapes prior's default groups 8)
+        code = main(
+            batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0-1", "--workers", "2", "--group-seeds", "1")
+        )  # one seed at a time (the shapes prior's default groups 8)
     finally:
         del os.environ[CRASH_ENV]
     assert marker.exists(), "the crash hook never fired"
@@ -151,8 +167,12 @@ def test_rerun_does_no_work(grid_run, capsys):
     out, _ = grid_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/report.json")}
     n_events = len(events(out))
-    assert main(batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0", "1", "--workers", "2",
-                      "--group-seeds", "1")) == 0
+    assert (
+        main(
+            batch(out, "--prompts", *PROMPTS, "--presets", *PRESETS, "--seeds", "0", "1", "--workers", "2", "--group-seeds", "1")
+        )
+        == 0
+    )
     assert last_line(capsys) == str(out / "manifest.json")
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/report.json")} == before and len(before) == 8
     assert len(events(out)) == n_events  # nothing was started
@@ -182,11 +202,19 @@ def grouped_run(grid_run, tmp_path_factory):
     """Seeds 0-1 of one (prompt, preset) of the grid, trained together (--group-seeds 2, local engine)."""
     out, _ = grid_run
     lost = {e["id"] for e in events(out) if e["event"] == "lost"}
-    prompt, preset = next((p, m) for p in PROMPTS for m in PRESETS  # a pair whose single runs were not resumed
-                          if not any(i.startswith(f"{p.replace(' ', '-')}/{m}/") for i in lost))
+    prompt, preset = next(
+        (p, m)
+        for p in PROMPTS
+        for m in PRESETS  # a pair whose single runs were not resumed
+        if not any(i.startswith(f"{p.replace(' ', '-')}/{m}/") for i in lost)
+    )
     grouped = tmp_path_factory.mktemp("grouped")
-    assert main(batch(grouped, "--prompts", prompt, "--presets", preset, "--seeds", "0-1", "--group-seeds", "2",
-                      "--engine", "local")) == 0
+    assert (
+        main(
+            batch(grouped, "--prompts", prompt, "--presets", preset, "--seeds", "0-1", "--group-seeds", "2", "--engine", "local")
+        )
+        == 0
+    )
     ids = [f"{prompt.replace(' ', '-')}/{preset}/seed{seed}" for seed in (0, 1)]
     assert all(manifest_items(out)[i]["attempts"] == 1 for i in ids)
     assert [e["unit"] for e in events(grouped) if e["event"] == "start"] == [f"{ids[0]}+1"] * 2  # one unit of 2
@@ -230,8 +258,24 @@ def test_refused_prompt_fails_alone_and_shards_share_one_manifest(tmp_path, caps
 def test_small_priors_share_a_gpu(ray_session, tmp_path):
     """Two Ray workers on half a GPU each (--gpus-per-worker 0.5), each with the shapes prior on CUDA."""
     out = tmp_path / "gpu"
-    assert main(batch(out, "--prompts", "a red mushroom", "--presets", "shapes-fsd", "--seeds", "0-3", "--workers", "2",
-                      "--gpus-per-worker", "0.5")) == 0
+    assert (
+        main(
+            batch(
+                out,
+                "--prompts",
+                "a red mushroom",
+                "--presets",
+                "shapes-fsd",
+                "--seeds",
+                "0-3",
+                "--workers",
+                "2",
+                "--gpus-per-worker",
+                "0.5",
+            )
+        )
+        == 0
+    )
     items = manifest_items(out)
     assert len(items) == 4 and all(item["status"] == "done" for item in items.values())
     assert all(item["report"]["device"].startswith("cuda") for item in items.values())
@@ -260,14 +304,34 @@ def test_default_group_seeds_per_prior_and_vsd_one_at_a_time(tmp_path, capsys):
     from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
 
     configs = preset_configs(presets(["shapes-fsd", "shapes-vsd", "fsd-sd21"]), [], "a red mushroom")
-    assert [group_plan(configs[k], None).size for k in ("shapes-fsd", "shapes-vsd", "fsd-sd21")] == \
-        [SHAPES_GROUP_SEEDS, 1, DIFFUSION_GROUP_SEEDS]
+    assert [group_plan(configs[k], None).size for k in ("shapes-fsd", "shapes-vsd", "fsd-sd21")] == [
+        SHAPES_GROUP_SEEDS,
+        1,
+        DIFFUSION_GROUP_SEEDS,
+    ]
     assert group_plan(configs["fsd-sd21"], 4).size == 4 and group_plan(configs["shapes-vsd"], 4).size == 1
     assert group_plan(configs["shapes-vsd"], 4).note and group_plan(configs["shapes-vsd"], None).note is None
 
     out = tmp_path / "vsd"
-    assert main(batch(out, "--prompts", "a red mushroom", "--presets", "shapes-vsd", "shapes-fsd", "--seeds", "0-1",
-                      "--group-seeds", "2", "--engine", "local")) == 0
+    assert (
+        main(
+            batch(
+                out,
+                "--prompts",
+                "a red mushroom",
+                "--presets",
+                "shapes-vsd",
+                "shapes-fsd",
+                "--seeds",
+                "0-1",
+                "--group-seeds",
+                "2",
+                "--engine",
+                "local",
+            )
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     items = manifest_items(out)
     assert len(items) == 4 and all(item["status"] == "done" for item in items.values())
@@ -310,9 +374,14 @@ def stop_batch(out: Path, sig: int, *engine: str) -> tuple[int, str, str]:
     the first asset has a checkpoint, and return (exit code, stdout, stderr)."""
     from fsd_gs.io.checkpoint import latest_checkpoint
 
-    args = [sys.executable, "-m", "fsd_gs.batch", *batch(out, "--prompts", "a red mushroom", "--presets", "shapes-fsd",
-                                                          "--seeds", "0-1", *engine),
-            "--steps", STOP_STEPS]
+    args = [
+        sys.executable,
+        "-m",
+        "fsd_gs.batch",
+        *batch(out, "--prompts", "a red mushroom", "--presets", "shapes-fsd", "--seeds", "0-1", *engine),
+        "--steps",
+        STOP_STEPS,
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=STOP_ENV)
     run = out / "a-red-mushroom" / "shapes-fsd" / "seed0"
     deadline = time.time() + 240

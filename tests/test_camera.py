@@ -26,8 +26,14 @@ def project(cams, points):
 
 
 def test_origin_projects_to_image_centre_in_front_of_camera():
-    cams = orbit_cameras(torch.tensor([0.0, 90.0, -135.0]), torch.tensor([0.0, 30.0, -10.0]),
-                         torch.tensor([2.5, 3.0, 2.0]), torch.tensor([50.0, 60.0, 40.0]), 64, 48)
+    cams = orbit_cameras(
+        torch.tensor([0.0, 90.0, -135.0]),
+        torch.tensor([0.0, 30.0, -10.0]),
+        torch.tensor([2.5, 3.0, 2.0]),
+        torch.tensor([50.0, 60.0, 40.0]),
+        64,
+        48,
+    )
     pix, depth = project(cams, torch.zeros(1, 3))
     assert torch.allclose(pix[:, 0], torch.tensor([32.0, 24.0]).expand(3, 2), atol=1e-4)
     assert torch.allclose(depth[:, 0], torch.tensor([2.5, 3.0, 2.0]), atol=1e-5)
@@ -87,8 +93,16 @@ def test_with_resolution_keeps_the_view():
     assert torch.allclose(pix_small * 4, pix_big, atol=1e-3)
 
 
-@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(width=0), dict(elevation_range=(10.0, -10.0)),
-                                 dict(elevation_range=(-100.0, 10.0)), dict(fovy_range=(0.0, 50.0))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(batch_size=0),
+        dict(width=0),
+        dict(elevation_range=(10.0, -10.0)),
+        dict(elevation_range=(-100.0, 10.0)),
+        dict(fovy_range=(0.0, 50.0)),
+    ],
+)
 def test_bad_camera_config_is_a_user_error(bad):
     with pytest.raises(UserError):
         OrbitSampler(CameraConfig(**bad))

@@ -40,8 +40,9 @@ def test_compile_option_parses_modes_and_defaults_to_auto():
         parse_config(["--prompt", "a cat", "--prior.compile", "fast"])
 
 
-@pytest.mark.parametrize("text, mode", [("false", "off"), ("true", "on"), ("off", "off"), ("on", "on"),
-                                        ("cudagraphs", "cudagraphs"), ("'off'", "off")])
+@pytest.mark.parametrize(
+    "text, mode", [("false", "off"), ("true", "on"), ("off", "off"), ("on", "on"), ("cudagraphs", "cudagraphs"), ("'off'", "off")]
+)
 def test_old_and_yaml_boolean_compile_values_read_as_modes(text, mode):
     from fsd_gs.config import from_dict
 
@@ -115,8 +116,11 @@ def test_setup_compile_cache_sets_only_what_the_user_did_not(tmp_path):
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine") and (tmp_path / "mine").is_dir()
     assert env["TORCHINDUCTOR_FX_GRAPH_CACHE"] == env["TORCHINDUCTOR_AUTOGRAD_CACHE"] == "1"
     assert set(changed) == {"TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"}
-    user = {CACHE_ENV: str(tmp_path / "mine"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "theirs"),
-            "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"}
+    user = {
+        CACHE_ENV: str(tmp_path / "mine"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "theirs"),
+        "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+    }
     changed = setup_compile_cache(user)
     assert user["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "theirs") and user["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "0"
     assert set(changed) == {"TORCHINDUCTOR_AUTOGRAD_CACHE"}
@@ -167,11 +171,27 @@ def test_bench_step_variant_names_round_trip():
 @pytest.mark.slow
 def test_bench_step_runs_a_chosen_variant_in_a_child_process(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--model", "shapes", "--device", "cpu",
-           "--variants", "32px/1v/1k/eager", "--warmup", "1", "--iters", "1", "--out", str(out), "--work",
-           str(tmp_path), "--guidance-scale", "7.5"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_step.py"),
+        "--model",
+        "shapes",
+        "--device",
+        "cpu",
+        "--variants",
+        "32px/1v/1k/eager",
+        "--warmup",
+        "1",
+        "--iters",
+        "1",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path),
+        "--guidance-scale",
+        "7.5",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and "error" not in rows[0], rows
@@ -193,8 +213,28 @@ def test_bench_step_grouped_variant_steps_seeds_together_with_the_views_prior_wo
     assert (grouped.seeds, grouped.views, grouped.batch) == (2, 1, 2) and grouped.name == "32px/2s/1k/eager"
     assert bench_step.Variant.parse("32px/2v/1k/eager").batch == 2
     out = tmp_path / "bench.json"
-    assert bench_step.main(["--model", "shapes", "--device", "cpu", "--variants", "32px/2s/1k/eager", "--no-fresh-process",
-                            "--warmup", "1", "--iters", "2", "--out", str(out), "--work", str(tmp_path)]) == 0
+    assert (
+        bench_step.main(
+            [
+                "--model",
+                "shapes",
+                "--device",
+                "cpu",
+                "--variants",
+                "32px/2s/1k/eager",
+                "--no-fresh-process",
+                "--warmup",
+                "1",
+                "--iters",
+                "2",
+                "--out",
+                str(out),
+                "--work",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["rows"][0]
     assert row["variant"] == "32px/2s/1k/eager" and row["seeds"] == 2 and row["step_ms"] > 0
     assert {"render", "prior", "backward", "optimizer"} <= set(row["stages_ms"])
@@ -246,11 +286,15 @@ def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp
     prior = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile="cudagraphs"), CUDA)
     cfg = base_config("fsd", None)
     cfg = dataclasses.replace(
-        cfg, prompt="a red mushroom", model=str(tiny_sd_dir), steps=30, device="cuda",
+        cfg,
+        prompt="a red mushroom",
+        model=str(tiny_sd_dir),
+        steps=30,
+        device="cuda",
         camera=dataclasses.replace(cfg.camera, width=64, height=64, batch_size=2),
         gaussians=dataclasses.replace(cfg.gaussians, num_points=2000),
-        densify=dataclasses.replace(cfg.densify, refine_start_iter=2, refine_every=5, refine_stop_iter=25,
-                                    grow_grad2d=1e-12))  # every Gaussian grows: the count changes
+        densify=dataclasses.replace(cfg.densify, refine_start_iter=2, refine_every=5, refine_stop_iter=25, grow_grad2d=1e-12),
+    )  # every Gaussian grows: the count changes
     step = DistillStep(cfg, prior, CUDA)
     counts = set()
     for _ in range(cfg.steps):
@@ -301,8 +345,17 @@ def test_gsplat_jit_build_runs_once_when_several_processes_start_together(tmp_pa
     (root / "cuda" / "bin" / "nvcc").write_text("#!/bin/sh\n")
     workers = 4
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", GSPLAT_BUILDER, str(workers)], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", GSPLAT_BUILDER, str(workers)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(workers)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err

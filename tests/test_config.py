@@ -78,8 +78,10 @@ def test_fsd_and_sds_presets_differ_only_in_method_parts():
 def test_the_model_brings_its_own_preset():
     shapes = parse_config(["--model", "shapes", "--prompt", "a red mushroom"])
     assert (shapes.camera.width, shapes.steps, shapes.guidance.guidance_scale) == (
-        base_config(None, "shapes-fsd").camera.width, base_config(None, "shapes-fsd").steps,
-        base_config(None, "shapes-fsd").guidance.guidance_scale)
+        base_config(None, "shapes-fsd").camera.width,
+        base_config(None, "shapes-fsd").steps,
+        base_config(None, "shapes-fsd").guidance.guidance_scale,
+    )
     assert shapes.camera.width == 64  # not the SD default of 512 px, which would take hours on a CPU
     sds = parse_config(["--model", "shapes", "--method", "sds", "--prompt", "a red mushroom"])
     assert sds.noise.kind == "random" and sds.camera.width == 64
@@ -97,12 +99,20 @@ def test_help_names_the_module_and_requires_the_prompt(capsys):
     assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("stepz: 3\n", "stepz"), ("camera:\n  widht: 3\n", "camera.widht"), ("- a\n- b\n", "mapping"),
-    ("steps: many\n", "'steps' must be a whole number"), ("camera:\n  width: '64'\n", "'camera.width' must be a whole"),
-    ("camera: 5\n", "'camera' must be a section"), ("noise:\n  kind: blue\n", "'noise.kind' must be one of"),
-    ("camera:\n  elevation_range: [1, 2, 3]\n", "2 values"), ("guidance:\n  view_dependent: 1\n", "true or false"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("stepz: 3\n", "stepz"),
+        ("camera:\n  widht: 3\n", "camera.widht"),
+        ("- a\n- b\n", "mapping"),
+        ("steps: many\n", "'steps' must be a whole number"),
+        ("camera:\n  width: '64'\n", "'camera.width' must be a whole"),
+        ("camera: 5\n", "'camera' must be a section"),
+        ("noise:\n  kind: blue\n", "'noise.kind' must be one of"),
+        ("camera:\n  elevation_range: [1, 2, 3]\n", "2 values"),
+        ("guidance:\n  view_dependent: 1\n", "true or false"),
+    ],
+)
 def test_bad_presets_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -115,17 +125,22 @@ def test_unknown_preset_lists_the_shipped_ones():
         base_config(None, Path("configs/nope.yaml"))
 
 
-@pytest.mark.parametrize("flag, value", [("--guidance.guidance-scale", "nan"), ("--optim.lr.means", "inf"),
-                                         ("--camera.fovy-range", "nan")])
+@pytest.mark.parametrize(
+    "flag, value", [("--guidance.guidance-scale", "nan"), ("--optim.lr.means", "inf"), ("--camera.fovy-range", "nan")]
+)
 def test_non_finite_numbers_are_refused_by_name(flag, value):
     args = ["--prompt", "a cat", flag, value] + (["40"] if flag.endswith("range") else [])
     with pytest.raises(UserError, match=flag):
         parse_config(args).validate()
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(prompt="  "), "prompt is empty"), (dict(steps=0), "steps"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(prompt="  "), "prompt is empty"),
+        (dict(steps=0), "steps"),
+    ],
+)
 def test_validation_messages(changes, message):
     cfg = TrainConfig(prompt="a cat")
     for key, value in changes.items():

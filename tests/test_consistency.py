@@ -68,8 +68,12 @@ def test_which_prompts_have_a_front() -> None:
     assert has_front("a corgi wearing a top hat", "sd") and has_front("two horses in a field", "sd")
     assert has_front("A DSLR photo of an Astronaut", "sd")
     assert not has_front("a vase of flowers", "sd") and not has_front("a ceramic teapot", "sd")
-    assert probe_phrases("a car") == {"front": "the front of a car", "side": "the side of a car",
-                                      "back": "the back of a car", "overhead": "the top of a car"}
+    assert probe_phrases("a car") == {
+        "front": "the front of a car",
+        "side": "the side of a car",
+        "back": "the back of a car",
+        "overhead": "the top of a car",
+    }
 
 
 # -- a Janus asset on purpose ---------------------------------------------------------------------
@@ -101,7 +105,7 @@ def test_the_judge_flags_a_turned_world_object_and_not_the_object(tmp_path: Path
 
 @pytest.fixture(scope="module")
 def janus_eval(tmp_path_factory: pytest.TempPathFactory):
-    """"a car" by "fsd" = two world cars (consistent) and by "sds" = the same two cars turned 180 deg (Janus),
+    """ "a car" by "fsd" = two world cars (consistent) and by "sds" = the same two cars turned 180 deg (Janus),
     "a mushroom" by both (no front: not counted); 8 views, the truth row on, no DDIM."""
     root = tmp_path_factory.mktemp("janus")
     for seed in (0, 1):
@@ -146,8 +150,10 @@ def test_json_and_markdown_have_the_consistency_columns(janus_eval) -> None:
     assert "| 100.0% ± 0.0% |" in sds_row
     assert "| a car | shapes (built-in) | SDS |" in md and "100.0% (0 1)" in md
     assert "## View confusion" in md and "back: front 2" in md
-    assert "- Reference: the world's objects read view accuracy 1.00, Janus 0.0% on 1 prompt(s) with a front: " \
-           "the view reader is calibrated." in md
+    assert (
+        "- Reference: the world's objects read view accuracy 1.00, Janus 0.0% on 1 prompt(s) with a front: "
+        "the view reader is calibrated." in md
+    )
 
 
 def test_the_gallery_marks_janus_seeds_and_shows_the_reads(janus_eval) -> None:
@@ -182,8 +188,18 @@ def test_evaluation_with_clip_reads_views_of_prompts_with_a_front(tmp_path: Path
         for seed in (0, 1):
             g = random_ball_gaussians(GaussiansConfig(num_points=200), torch.Generator().manual_seed(seed))
             write_run(tmp_path / "runs" / f"{prompt[-3:]}-{seed}", prompt, "fsd", seed, g, model="tiny-sd-folder")
-    res = evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "eval", view=ViewConfig(views=6), size=32,
-                                  clip=str(tiny_clip_dir), is_classifier="none", device="cpu", progress=False))
+    res = evaluate(
+        EvaluateConfig(
+            paths=(tmp_path / "runs",),
+            out=tmp_path / "eval",
+            view=ViewConfig(views=6),
+            size=32,
+            clip=str(tiny_clip_dir),
+            is_classifier="none",
+            device="cpu",
+            progress=False,
+        )
+    )
     by = {r.prompt: r for r in res.results}
     dog, teapot = by["a photo of a dog"], by["a photo of a teapot"]
     assert dog.has_front and dog.view_accuracy is not None and dog.clear_azimuths == [0.0, 60.0, 180.0, 240.0]

@@ -18,8 +18,17 @@ SMALL, LARGE, HUGE = 0.01, 0.1, 0.5  # stds vs grow_scale3d = 0.04 and prune_sca
 
 
 def config(**overrides) -> DensifyConfig:
-    base = dict(refine_start_iter=10, refine_every=10, refine_stop_iter=100, reset_every=1000, grow_grad2d=0.01,
-                grow_scale3d=0.04, prune_scale3d=0.25, prune_opa=0.005, max_gaussians=10_000)
+    base = dict(
+        refine_start_iter=10,
+        refine_every=10,
+        refine_stop_iter=100,
+        reset_every=1000,
+        grow_grad2d=0.01,
+        grow_scale3d=0.04,
+        prune_scale3d=0.25,
+        prune_opa=0.005,
+        max_gaussians=10_000,
+    )
     base.update(overrides)
     return DensifyConfig(**base)
 
@@ -163,8 +172,9 @@ def test_too_large_on_screen_is_pruned_and_moderately_large_split_only_while_ena
     assert post(d, g, opts, state, 20, make_info([LOW], radii_px=[40]))["n_pruned"] == 0
 
 
-@pytest.mark.parametrize("step, fires", [(0, False), (500, False), (999, False), (1000, True), (1001, False),
-                                         (2000, True), (3000, False)])
+@pytest.mark.parametrize(
+    "step, fires", [(0, False), (500, False), (999, False), (1000, True), (1001, False), (2000, True), (3000, False)]
+)
 def test_opacity_reset_fires_at_multiples_of_reset_every_only(step, fires):
     """The gsplat 1.5.3 trap: `step % reset_every == 0 & step > 0` is never true. Ours fires (until refine_stop_iter)."""
     g, opts = make_set([SMALL, SMALL], opacities=[0.9, 0.005 + 1e-3])
@@ -228,9 +238,11 @@ def test_optimizer_state_follows_every_row_through_clone_split_and_prune():
 
 
 def test_refine_stop_iter_and_enabled_false_stop_everything():
-    for d, step in ((Densifier(config(refine_stop_iter=1000, reset_every=1000)), 1000),
-                    (Densifier(config(refine_stop_iter=None, refine_stop_fraction=0.5, reset_every=500), total_steps=1000), 500),
-                    (Densifier(config(enabled=False, reset_every=10)), 10)):
+    for d, step in (
+        (Densifier(config(refine_stop_iter=1000, reset_every=1000)), 1000),
+        (Densifier(config(refine_stop_iter=None, refine_stop_fraction=0.5, reset_every=500), total_steps=1000), 500),
+        (Densifier(config(enabled=False, reset_every=10)), 10),
+    ):
         g, opts = make_set([SMALL, LARGE, HUGE], opacities=[0.9, 0.9, 0.001])
         before = g.tensors()
         state = d.initialize_state()

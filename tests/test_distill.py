@@ -24,9 +24,15 @@ def tiny_unet(channels: int = 3, size: int = 16, seed: int = 0, dtype: torch.dty
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=size, in_channels=channels, out_channels=channels, block_out_channels=(32, 64),
-            layers_per_block=1, attention_head_dim=(2, 4), cross_attention_dim=EMBED_DIM,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            sample_size=size,
+            in_channels=channels,
+            out_channels=channels,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            attention_head_dim=(2, 4),
+            cross_attention_dim=EMBED_DIM,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             norm_num_groups=32,
         )
     return unet.to(dtype).eval().requires_grad_(False)

@@ -16,13 +16,34 @@ from fsd_gs.config import base_config  # noqa: E402
 
 
 def tiny(out: Path, docs: Path, *presets: str) -> list[str]:
-    return ["--prompts", "a car", "--seeds", "0", "1", "--steps", "2", "--presets", *presets, "--runner", "subprocess",
-            "--jobs", "1", "--views", "2", "--ddim-samples", "2", "--ddim-steps", "2", "--out", str(out),
-            "--docs-dir", str(docs)]
+    return [
+        "--prompts",
+        "a car",
+        "--seeds",
+        "0",
+        "1",
+        "--steps",
+        "2",
+        "--presets",
+        *presets,
+        "--runner",
+        "subprocess",
+        "--jobs",
+        "1",
+        "--views",
+        "2",
+        "--ddim-samples",
+        "2",
+        "--ddim-steps",
+        "2",
+        "--out",
+        str(out),
+        "--docs-dir",
+        str(docs),
+    ]
 
 
-def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_path: Path,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, docs = tmp_path / "bench", tmp_path / "docs"
     assert diversity_benchmark.main(tiny(out, docs, "shapes-fsd", "shapes-fsd-surface")) == 0
     table = (docs / "table.md").read_text()

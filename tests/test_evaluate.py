@@ -85,15 +85,24 @@ def test_colour_entropy_and_pairwise_distance() -> None:
 
 
 # -- synthetic runs -------------------------------------------------------------------------------
-def write_run(folder: Path, prompt: str, method: str, seed: int, gaussians, model: str = "shapes",
-              completed: bool = True, guidance_scale: float = 100.0) -> Path:
+def write_run(
+    folder: Path,
+    prompt: str,
+    method: str,
+    seed: int,
+    gaussians,
+    model: str = "shapes",
+    completed: bool = True,
+    guidance_scale: float = 100.0,
+) -> Path:
     """A run folder as fsd_gs.train writes it: config.yaml (the full TrainConfig), model.ply, report.json."""
     from fsd_gs.config import GuidanceConfig, TrainConfig, method_defaults, to_dict
     from fsd_gs.io.ply import write_ply
 
     folder.mkdir(parents=True)
-    cfg = method_defaults(TrainConfig(prompt=prompt, model=model, seed=seed,
-                                      guidance=GuidanceConfig(guidance_scale=guidance_scale)), method)
+    cfg = method_defaults(
+        TrainConfig(prompt=prompt, model=model, seed=seed, guidance=GuidanceConfig(guidance_scale=guidance_scale)), method
+    )
     (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_ply(gaussians, folder / "model.ply")
     (folder / "report.json").write_text(json.dumps({"prompt": prompt, "method": method, "completed": completed}))
@@ -115,25 +124,77 @@ def shapes_batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assets = {("fsd", 0): ("red", 1), ("fsd", 1): ("blue", 2), ("sds", 0): ("red", 3), ("sds", 1): ("red", 4)}
     for (method, seed), (colour, gseed) in assets.items():
         rel = f"a-mushroom/{method}/seed{seed}"
-        write_run(root / rel, "a mushroom", method, seed, world("mushroom", colour, gseed),
-                  guidance_scale={"fsd": 2.5, "sds": 7.5}[method])
-        items.append({"id": rel, "prompt": "a mushroom", "method": method, "preset": f"shapes-{method}", "seed": seed,
-                      "run_dir": rel, "status": "done", "error": None})
+        write_run(
+            root / rel,
+            "a mushroom",
+            method,
+            seed,
+            world("mushroom", colour, gseed),
+            guidance_scale={"fsd": 2.5, "sds": 7.5}[method],
+        )
+        items.append(
+            {
+                "id": rel,
+                "prompt": "a mushroom",
+                "method": method,
+                "preset": f"shapes-{method}",
+                "seed": seed,
+                "run_dir": rel,
+                "status": "done",
+                "error": None,
+            }
+        )
     write_run(root / "a-mushroom/fsd/seed2", "a mushroom", "fsd", 2, world("mushroom", "green", 5), completed=False)
-    items.append({"id": "a-mushroom/fsd/seed2", "prompt": "a mushroom", "method": "fsd", "preset": "shapes-fsd", "seed": 2,
-                  "run_dir": "a-mushroom/fsd/seed2", "status": "done", "error": None})
-    items.append({"id": "a-mushroom/sds/seed2", "prompt": "a mushroom", "method": "sds", "preset": "shapes-sds", "seed": 2,
-                  "run_dir": None, "status": "failed", "error": "loss diverged"})
-    items.append({"id": "a-car/fsd/seed0", "prompt": "a car", "method": "fsd", "preset": "shapes-fsd", "seed": 0,
-                  "run_dir": None, "status": "pending", "error": None})
+    items.append(
+        {
+            "id": "a-mushroom/fsd/seed2",
+            "prompt": "a mushroom",
+            "method": "fsd",
+            "preset": "shapes-fsd",
+            "seed": 2,
+            "run_dir": "a-mushroom/fsd/seed2",
+            "status": "done",
+            "error": None,
+        }
+    )
+    items.append(
+        {
+            "id": "a-mushroom/sds/seed2",
+            "prompt": "a mushroom",
+            "method": "sds",
+            "preset": "shapes-sds",
+            "seed": 2,
+            "run_dir": None,
+            "status": "failed",
+            "error": "loss diverged",
+        }
+    )
+    items.append(
+        {
+            "id": "a-car/fsd/seed0",
+            "prompt": "a car",
+            "method": "fsd",
+            "preset": "shapes-fsd",
+            "seed": 0,
+            "run_dir": None,
+            "status": "pending",
+            "error": None,
+        }
+    )
     (root / "manifest.json").write_text(json.dumps({"format": "fsd_gs.batch/1", "items": items}))
     return root
 
 
 @pytest.fixture(scope="module")
 def shapes_eval(shapes_batch: Path):
-    cfg = EvaluateConfig(paths=(shapes_batch / "manifest.json",), view=ViewConfig(views=4), ddim_samples=2, ddim_steps=3,
-                         device="cpu", progress=False)
+    cfg = EvaluateConfig(
+        paths=(shapes_batch / "manifest.json",),
+        view=ViewConfig(views=4),
+        ddim_samples=2,
+        ddim_steps=3,
+        device="cpu",
+        progress=False,
+    )
     return evaluate(cfg)
 
 
@@ -193,8 +254,10 @@ def test_folder_search_finds_the_same_runs(shapes_batch: Path, tmp_path: Path) -
 
     found = find_runs([shapes_batch / "a-mushroom"])  # no manifest inside: recursive search
     groups, dropped = group_runs(found.runs)
-    assert {k: sorted(v) for k, v in groups.items()} == {("a mushroom", "fsd", "shapes"): [0, 1],
-                                                         ("a mushroom", "sds", "shapes"): [0, 1]}
+    assert {k: sorted(v) for k, v in groups.items()} == {
+        ("a mushroom", "fsd", "shapes"): [0, 1],
+        ("a mushroom", "sds", "shapes"): [0, 1],
+    }
     assert len(found.missing) == 1 and not dropped
 
 
@@ -213,10 +276,12 @@ def test_gallery_images_load_and_are_not_blank_in_chromium(shapes_eval) -> None:
         loaded = browser.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
         assert all(c and w == 64 and h == 64 for c, w, h in loaded), loaded
         for i in range(n):
-            rect = browser.evaluate(f"(() => {{ const im = document.images[{i}]; im.scrollIntoView({{block: 'center'}});"
-                                    " const r = im.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })()")
+            rect = browser.evaluate(
+                f"(() => {{ const im = document.images[{i}]; im.scrollIntoView({{block: 'center'}});"
+                " const r = im.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })()"
+            )
             x0, y0, x1, y1 = (int(round(v)) for v in rect)
-            shot = browser.screenshot()[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+            shot = browser.screenshot()[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2]
             drawn = differs_from(shot, (255, 255, 255)).mean()
             assert shot.size and drawn > 0.02, f"image {i} looks blank ({drawn:.3f} of its pixels differ from white)"
 
@@ -233,11 +298,14 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids = save_offline_tokenizer(folder)
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=77, **ids),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=24)
+        text_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, **ids
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+        ),
+        projection_dim=24,
+    )
     CLIPModel(config).save_pretrained(folder, safe_serialization=True)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
@@ -264,9 +332,19 @@ def test_evaluation_with_clip_for_other_backbones(tmp_path: Path, tiny_clip_dir:
         for seed in (0, 1, 2, 3):
             g = random_ball_gaussians(GaussiansConfig(num_points=300), torch.Generator().manual_seed(10 * seed + len(method)))
             write_run(tmp_path / "runs" / f"{method}-{seed}", "a photo of a teapot", method, seed, g, model="tiny-sd-folder")
-    res = evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "eval", view=ViewConfig(views=3), size=32,
-                                  clip=str(tiny_clip_dir), is_classifier="none", ddim_samples=0, device="cpu",
-                                  progress=False))
+    res = evaluate(
+        EvaluateConfig(
+            paths=(tmp_path / "runs",),
+            out=tmp_path / "eval",
+            view=ViewConfig(views=3),
+            size=32,
+            clip=str(tiny_clip_dir),
+            is_classifier="none",
+            ddim_samples=0,
+            device="cpu",
+            progress=False,
+        )
+    )
     assert {r.method for r in res.results} == {"fsd", "sds"}
     for r in res.results:
         assert -100 <= r.quality <= 100 and r.inception_score is None and r.seed_colours is None
@@ -289,14 +367,21 @@ def test_no_runs_found_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFix
     assert "is not a batch manifest" in capsys.readouterr().err
 
 
-def test_unknown_clip_model_offline_is_one_sentence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_unknown_clip_model_offline_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from fsd_gs.evaluate.__main__ import main
     from fsd_gs.gaussians import GaussiansConfig, random_ball_gaussians
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    write_run(tmp_path / "runs" / "r0", "a photo of a teapot", "fsd", 0,
-              random_ball_gaussians(GaussiansConfig(num_points=50), torch.Generator().manual_seed(0)), model="sd-x")
+    write_run(
+        tmp_path / "runs" / "r0",
+        "a photo of a teapot",
+        "fsd",
+        0,
+        random_ball_gaussians(GaussiansConfig(num_points=50), torch.Generator().manual_seed(0)),
+        model="sd-x",
+    )
     assert main([str(tmp_path / "runs"), "--clip", "nobody-here/no-such-clip", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
     assert "the CLIP model 'nobody-here/no-such-clip' is not available" in err and "\n" not in err
@@ -329,8 +414,9 @@ def test_cfg_sweep_measures_every_kind_at_every_scale() -> None:
         assert 0.0 <= r["kind_min"] <= r["kind"] <= 1.0 and 0.0 <= r["entropy_min"] <= r["entropy_ratio"] + 1e-9
 
 
-def test_progress_without_a_terminal_and_pinned_threads(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_without_a_terminal_and_pinned_threads(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like the train command: a plain progress line (count, rate, ETA) when stdout is no terminal, and torch's CPU
     threads pinned to --threads while rendering and scoring (restored afterwards)."""
     import fsd_gs.evaluate.evaluation as evaluation
@@ -347,15 +433,26 @@ def test_progress_without_a_terminal_and_pinned_threads(tmp_path: Path, capsys: 
         write_run(tmp_path / "runs" / f"r{seed}", "a cup", "fsd", seed, world("cup", "red", seed))
     before = torch.get_num_threads()
     threads = 2 if before == 1 else 1
-    evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "e", view=ViewConfig(views=2), device="cpu",
-                            threads=threads, gallery=False))
+    evaluate(
+        EvaluateConfig(
+            paths=(tmp_path / "runs",), out=tmp_path / "e", view=ViewConfig(views=2), device="cpu", threads=threads, gallery=False
+        )
+    )
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("evaluate: asset ")]
     assert [line.split()[2] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]  # 2 runs + 2 world objects
     assert all("assets/s eta" in line for line in lines)
     assert seen == [threads] * 4 and torch.get_num_threads() == before
-    evaluate(EvaluateConfig(paths=(tmp_path / "runs",), out=tmp_path / "quiet", view=ViewConfig(views=2), device="cpu",
-                            gallery=False, progress=False))
+    evaluate(
+        EvaluateConfig(
+            paths=(tmp_path / "runs",),
+            out=tmp_path / "quiet",
+            view=ViewConfig(views=2),
+            device="cpu",
+            gallery=False,
+            progress=False,
+        )
+    )
     assert "evaluate: asset" not in capsys.readouterr().out
     with pytest.raises(UserError, match="--threads"):
         evaluate(EvaluateConfig(paths=(tmp_path / "runs",), threads=-1))

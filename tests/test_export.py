@@ -38,12 +38,17 @@ def find_splat_transform() -> tuple[str | None, str]:
     """(path of the splat-transform CLI, or None; the reason it is missing)."""
     if shutil.which("node") is None:
         return None, "node is not installed (splat-transform needs Node.js >= 18)"
-    for candidate in (os.environ.get("FSD_GS_SPLAT_TRANSFORM"), shutil.which("splat-transform"),
-                      str(NPM_PREFIX / "node_modules" / ".bin" / "splat-transform")):
+    for candidate in (
+        os.environ.get("FSD_GS_SPLAT_TRANSFORM"),
+        shutil.which("splat-transform"),
+        str(NPM_PREFIX / "node_modules" / ".bin" / "splat-transform"),
+    ):
         if candidate and Path(candidate).is_file():
             return candidate, ""
-    return None, (f"@playcanvas/splat-transform not found: npm install --prefix {NPM_PREFIX} "
-                  f"@playcanvas/splat-transform@{SPLAT_TRANSFORM_VERSION}")
+    return None, (
+        f"@playcanvas/splat-transform not found: npm install --prefix {NPM_PREFIX} "
+        f"@playcanvas/splat-transform@{SPLAT_TRANSFORM_VERSION}"
+    )
 
 
 SPLAT_TRANSFORM, MISSING = find_splat_transform()
@@ -154,8 +159,14 @@ def test_glb_has_the_khr_gaussian_splatting_attributes_and_values(tmp_path):
     attrs = {k: v for k, v in vars(primitive.attributes).items() if v is not None}
     sh_names = [f"KHR_gaussian_splatting:SH_DEGREE_{d}_COEF_{c}" for d in range(3) for c in range(2 * d + 1)]
     assert sh_attributes(2) == sh_names
-    expected = {"POSITION", "COLOR_0", "KHR_gaussian_splatting:ROTATION", "KHR_gaussian_splatting:SCALE",
-                "KHR_gaussian_splatting:OPACITY", *sh_names}
+    expected = {
+        "POSITION",
+        "COLOR_0",
+        "KHR_gaussian_splatting:ROTATION",
+        "KHR_gaussian_splatting:SCALE",
+        "KHR_gaussian_splatting:OPACITY",
+        *sh_names,
+    }
     assert set(attrs) == expected
     data = {name: _accessor(gltf, index) for name, index in attrs.items()}
     assert all(len(v) == 40 for v in data.values())
@@ -189,9 +200,14 @@ def sphere_of_gaussians(n: int = 2000, radius: float = 0.5) -> Gaussians:
     ez = torch.tensor([0.0, 0.0, 1.0]).expand_as(normal)
     quats = torch.cat([1 + (ez * normal).sum(1, keepdim=True), torch.linalg.cross(ez, normal)], 1)  # rotates z to normal
     colors = torch.where(normal[:, 2:] > 0, torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]))
-    params = {"means": normal * radius, "scales": torch.log(torch.tensor([0.03, 0.03, 0.004])).expand(n, 3).clone(),
-              "quats": quats, "opacities": torch.full((n,), math.log(0.9 / 0.1)), "sh0": rgb_to_sh0(colors)[:, None],
-              "shN": torch.zeros(n, 0, 3)}
+    params = {
+        "means": normal * radius,
+        "scales": torch.log(torch.tensor([0.03, 0.03, 0.004])).expand(n, 3).clone(),
+        "quats": quats,
+        "opacities": torch.full((n,), math.log(0.9 / 0.1)),
+        "sh0": rgb_to_sh0(colors)[:, None],
+        "shN": torch.zeros(n, 0, 3),
+    }
     return Gaussians(params, 0)
 
 
@@ -289,6 +305,10 @@ def test_cli_bad_format_and_missing_path_exit_2_with_one_sentence(tmp_path, caps
         validate_formats([])
     assert validate_formats(["glb", "splat", "glb"]) == ("glb", "splat")
     # The real entry point: python -m fsd_gs.export
-    proc = subprocess.run([sys.executable, "-m", "fsd_gs.export", str(tmp_path / "g.ply"), "--to", "obj"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fsd_gs.export", str(tmp_path / "g.ply"), "--to", "obj"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown export format 'obj'") and proc.stdout == ""

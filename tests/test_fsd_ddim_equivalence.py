@@ -28,8 +28,14 @@ def make_scheduler(dtype: torch.dtype):
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=True, steps_offset=1, prediction_type="epsilon",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=1,
+        prediction_type="epsilon",
     )
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(dtype)  # keep diffusers' arithmetic in our precision
     scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(dtype)

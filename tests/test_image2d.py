@@ -18,8 +18,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def args_for(model: Path, out: Path, method: str, *extra: str, seeds=("0", "1")) -> list[str]:
-    return ["--prompt", "a red mushroom", "--method", method, "--seed", *seeds, "--steps", "3", "--model", str(model),
-            "--output-dir", str(out), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "--prompt",
+        "a red mushroom",
+        "--method",
+        method,
+        "--seed",
+        *seeds,
+        "--steps",
+        "3",
+        "--model",
+        str(model),
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def run_ok(argv: list[str], capsys) -> Path:
@@ -111,18 +127,21 @@ def test_help_documents_every_field(capsys):
     assert "fixed noise per seed" in text  # field docstrings become the help
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--prompt", ""], "prompt is empty"),
-    (["--height", "60"], "multiples of 8"),
-    (["--model", "/nonexistent/pipeline"], "does not exist"),
-    (["--seed", "1", "1"], "repeated"),
-    (["--steps", "0"], "steps"),
-    (["--t-min", "0.9", "--t-max", "0.5"], "t-min"),
-    (["--height", "100000"], "--height must be a number of pixels from 1 to 4096"),
-    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
-    (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to 4294967295"),
-    (["--threads", "-1"], "--threads must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", ""], "prompt is empty"),
+        (["--height", "60"], "multiples of 8"),
+        (["--model", "/nonexistent/pipeline"], "does not exist"),
+        (["--seed", "1", "1"], "repeated"),
+        (["--steps", "0"], "steps"),
+        (["--t-min", "0.9", "--t-max", "0.5"], "t-min"),
+        (["--height", "100000"], "--height must be a number of pixels from 1 to 4096"),
+        (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
+        (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to 4294967295"),
+        (["--threads", "-1"], "--threads must be >= 0"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_no_folder(extra, message, tiny_sd_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([*args_for(tiny_sd_dir, out, "fsd"), *extra]) == 2
@@ -133,8 +152,19 @@ def test_bad_input_is_one_line_exit_2_and_no_folder(extra, message, tiny_sd_dir,
 
 @pytest.mark.slow
 def test_module_entry_point_exit_code(tmp_path):
-    cmd = [sys.executable, "-m", "fsd_gs.image2d", "--prompt", "a cat", "--model", str(tmp_path / "missing"),
-           "--output-dir", str(tmp_path), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.image2d",
+        "--prompt",
+        "a cat",
+        "--model",
+        str(tmp_path / "missing"),
+        "--output-dir",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and done.stderr.strip().startswith("error: ") and "missing" in done.stderr
 

@@ -43,11 +43,14 @@ def finished_run(out: Path, capsys, steps: int = 4) -> Path:
 
 
 # -- item 1: numbers, files, help ---------------------------------------------------------------------
-@pytest.mark.parametrize("extra, message", [
-    (["--seed", "1000000000000000000000000000000"], "--seed must be a whole number from 0 to 4294967295"),
-    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
-    (["--gaussians.num-points", "2000000000"], "--gaussians.num-points must lie in 1..10,000,000"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--seed", "1000000000000000000000000000000"], "--seed must be a whole number from 0 to 4294967295"),
+        (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, got -1"),
+        (["--gaussians.num-points", "2000000000"], "--gaussians.num-points must lie in 1..10,000,000"),
+    ],
+)
 def test_seeds_and_sizes_out_of_range_are_one_sentence(extra, message, tmp_path, capsys):
     assert main(shapes_args(tmp_path, 2, *extra)) == 2
     assert message in one_error(capsys)
@@ -67,8 +70,11 @@ def test_gaussians_beyond_the_free_memory_are_refused(tmp_path, capsys, monkeypa
 def test_model_files_are_named_with_what_model_accepts(tmp_path, capsys):
     (tmp_path / "some.bin").write_bytes(b"not a checkpoint")
     (tmp_path / "FILE.dat").write_bytes(b"x")
-    cases = {"some.bin": "the model file {} is not a .bin checkpoint", "FILE.dat": "--model {} is a file, not a model",
-             "missing.pt": "the model file {} does not exist"}
+    cases = {
+        "some.bin": "the model file {} is not a .bin checkpoint",
+        "FILE.dat": "--model {} is a file, not a model",
+        "missing.pt": "the model file {} does not exist",
+    }
     for name, message in cases.items():
         path = str(tmp_path / name)
         assert main(shapes_args(tmp_path / "out", 2, "--model", path)) == 2
@@ -88,8 +94,9 @@ def test_a_binary_config_on_resume_is_one_sentence(tmp_path, capsys):
 
 
 def test_help_shows_each_example_on_its_own_line():
-    out = subprocess.run([sys.executable, "-m", "fsd_gs.train", "--help"], capture_output=True, text=True, env=ENV,
-                         cwd=ROOT, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fsd_gs.train", "--help"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120
+    ).stdout
     examples = [line for line in out.splitlines() if "python -m fsd_gs.train --" in line]
     assert len(examples) == 2 and all(line.count("python -m fsd_gs.train") == 1 for line in examples)
     assert "negative seeds are refused" in " ".join(out.split())
@@ -136,8 +143,18 @@ def _fail(monkeypatch, what: str) -> None:
         monkeypatch.setattr(runner, "append_text", fake_append)
 
 
-WRITES = ["config.yaml", "metrics", "checkpoint", "step_000002.ply", "model.ply", "turntable.png", "turntable.mp4",
-          "model.splat", "report.json", "lock"]
+WRITES = [
+    "config.yaml",
+    "metrics",
+    "checkpoint",
+    "step_000002.ply",
+    "model.ply",
+    "turntable.png",
+    "turntable.mp4",
+    "model.splat",
+    "report.json",
+    "lock",
+]
 
 
 @pytest.mark.parametrize("what", WRITES)
@@ -241,11 +258,11 @@ def test_resume_of_a_complete_run_is_quick_and_renders_nothing(tmp_path, capsys,
 def test_progress_after_a_resume_counts_only_this_process(monkeypatch, capsys):
     now = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])
-    progress = Progress(total=60, initial=0, enabled=True)   # made at t = 0 (before the checkpoint is read)
+    progress = Progress(total=60, initial=0, enabled=True)  # made at t = 0 (before the checkpoint is read)
     now[0] = 100.0
-    progress.restart(40)                                       # resumed at step 40 at t = 100
+    progress.restart(40)  # resumed at step 40 at t = 100
     now[0] = 101.0
-    progress.update(42, {})                                    # two steps in one second: 2 steps/s, not 42
+    progress.update(42, {})  # two steps in one second: 2 steps/s, not 42
     assert progress.rate == pytest.approx(2.0)
     assert "step 42/60 2.00 steps/s eta 9 s" in capsys.readouterr().out
 
@@ -276,8 +293,15 @@ def test_no_video_encoder_line(tmp_path, capsys, monkeypatch):
     from fsd_gs.turntable import save_turntable
 
     original = iio.imwrite
-    monkeypatch.setattr(iio, "imwrite", lambda uri, image, *a, extension=None, **k: (_ for _ in ()).throw(
-        ImportError("no ffmpeg")) if extension == ".mp4" else original(uri, image, *a, extension=extension, **k))
+    monkeypatch.setattr(
+        iio,
+        "imwrite",
+        lambda uri, image, *a, extension=None, **k: (
+            (_ for _ in ()).throw(ImportError("no ffmpeg"))
+            if extension == ".mp4"
+            else original(uri, image, *a, extension=extension, **k)
+        ),
+    )
     with warnings_as_lines():
         written = save_turntable(torch.randint(0, 255, (2, 8, 8, 3), dtype=torch.uint8), tmp_path / "t.png", tmp_path / "t.mp4")
     assert written == [tmp_path / "t.png"]
@@ -287,8 +311,14 @@ def test_no_video_encoder_line(tmp_path, capsys, monkeypatch):
 
 # -- item 7: the newcomer's list as a script ---------------------------------------------------------------
 def test_bad_inputs_script_quick_subset_answers_every_case_well():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bad_inputs.py"), "--quick"], capture_output=True,
-                          text=True, env=ENV, cwd=ROOT, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bad_inputs.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "| case |" not in line]
     assert len(rows) >= 4 and all(line.endswith("| yes |") for line in rows), rows

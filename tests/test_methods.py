@@ -156,8 +156,17 @@ def vsd_run(prior, guidance, steps: int, seed: int = 0) -> list[torch.Tensor]:
     residuals = []
     for _ in range(steps):
         eps = torch.randn(z.shape, generator=g, dtype=torch.float64)
-        out = distill_loss_z(prior, z.clone().requires_grad_(True), eps, torch.tensor([600, 300]), cond, uncond, OMEGA,
-                             guidance=guidance, return_predictions=True)
+        out = distill_loss_z(
+            prior,
+            z.clone().requires_grad_(True),
+            eps,
+            torch.tensor([600, 300]),
+            cond,
+            uncond,
+            OMEGA,
+            guidance=guidance,
+            return_predictions=True,
+        )
         residuals.append(out.aux["eps_hat"] - eps)
     return residuals
 
@@ -211,20 +220,23 @@ def test_vsd_on_the_shapes_prior_with_cameras():
     shapes = load_prior("shapes", device="cpu")
     emb = shapes.encode_prompts("a red mushroom")
     cams = OrbitSampler(dataclasses.replace(CameraConfig(), batch_size=2, width=64, height=64), device="cpu").sample(
-        torch.Generator().manual_seed(0))
+        torch.Generator().manual_seed(0)
+    )
     cond, uncond = emb.select(["none", "none"])
     g = torch.Generator().manual_seed(2)
     z = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     eps = torch.randn(z.shape, generator=g)
     guidance = make_guidance("vsd", shapes, emb, seed=0)
     t = torch.tensor([500, 500])
-    out = distill_loss_z(shapes, z.requires_grad_(True), eps, t, cond, uncond, OMEGA, cameras=cams,
-                         guidance=guidance, return_predictions=True)
+    out = distill_loss_z(
+        shapes, z.requires_grad_(True), eps, t, cond, uncond, OMEGA, cameras=cams, guidance=guidance, return_predictions=True
+    )
     abar = shapes.alphas_cumprod[t].view(-1, 1, 1, 1)
     z_t = abar.sqrt() * z.detach() + (1 - abar).sqrt() * eps
     e_c = shapes.predict_noise(z_t, t, cond, uncond, 1.0)
-    torch.testing.assert_close(out.aux["eps_hat"] - eps, shapes.predict_noise(z_t, t, cond, uncond, OMEGA) - e_c,
-                               rtol=1e-4, atol=1e-4)  # the first direction: an identity LoRA, whatever the camera
+    torch.testing.assert_close(
+        out.aux["eps_hat"] - eps, shapes.predict_noise(z_t, t, cond, uncond, OMEGA) - e_c, rtol=1e-4, atol=1e-4
+    )  # the first direction: an identity LoRA, whatever the camera
     camera_before = [p.detach().clone() for p in guidance.camera.parameters()]
     distill_loss_z(shapes, z, eps, t, cond, uncond, OMEGA, cameras=cams, guidance=guidance)
     assert any(not torch.equal(a, b) for a, b in zip(camera_before, guidance.camera.parameters()))

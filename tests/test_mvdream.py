@@ -78,8 +78,10 @@ def test_full_sd21_key_list_maps_without_allocating():
     assert table["class_embedding.linear_1.weight"] == "camera_embed.0.weight"
     assert table["class_embedding.linear_2.bias"] == "camera_embed.2.bias"
     assert table["conv_in.weight"] == "input_blocks.0.0.weight"
-    assert table["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"] == \
-        "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    assert (
+        table["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"]
+        == "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    )
     assert table["up_blocks.0.upsamplers.0.conv.weight"] == "output_blocks.2.1.conv.weight"
     assert table["mid_block.attentions.0.proj_in.weight"] == "middle_block.1.proj_in.weight"
     assert table["time_embedding.linear_2.weight"] == "time_embed.2.weight"
@@ -118,8 +120,10 @@ def test_tiny_random_ldm_state_dict_loads_into_the_right_places():
     params = dict(unet.named_parameters())
     assert torch.equal(params["class_embedding.linear_1.weight"], state["camera_embed.0.weight"])
     assert torch.equal(params["conv_out.weight"], state["out.2.weight"])
-    assert torch.equal(params["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"],
-                       state["input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"])
+    assert torch.equal(
+        params["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"],
+        state["input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"],
+    )
     assert not any(p.requires_grad for p in params.values())
 
 
@@ -317,17 +321,18 @@ def test_single_file_checkpoints(tiny_mvdream_dir, tiny_mvdream_prior, tmp_path)
     save_file(whole, str(st))
     torch.save({"state_dict": whole}, pt)
     for path in (st, pt):
-        prior = load_mvdream_prior(path, "cpu", torch.float32, base_model=str(tiny_mvdream_dir),
-                                   unet_config=TINY_MVDREAM_CONFIG)
+        prior = load_mvdream_prior(path, "cpu", torch.float32, base_model=str(tiny_mvdream_dir), unet_config=TINY_MVDREAM_CONFIG)
         assert torch.equal(prior.predict_noise(z, t, cond, uncond, 7.5), want), path.suffix
     torch.save({"state_dict": whole, "extra": Path("not a tensor")}, tmp_path / "pickled.pt")
     with pytest.raises(UserError, match="could not read"):
-        load_mvdream_prior(tmp_path / "pickled.pt", "cpu", torch.float32, base_model=str(tiny_mvdream_dir),
-                           unet_config=TINY_MVDREAM_CONFIG)
+        load_mvdream_prior(
+            tmp_path / "pickled.pt", "cpu", torch.float32, base_model=str(tiny_mvdream_dir), unet_config=TINY_MVDREAM_CONFIG
+        )
     save_file({k: v for k, v in whole.items() if "camera_embed" not in k}, str(tmp_path / "sd.safetensors"))
     with pytest.raises(UserError, match="camera embedding"):
-        load_mvdream_prior(tmp_path / "sd.safetensors", "cpu", torch.float32, base_model=str(tiny_mvdream_dir),
-                           unet_config=TINY_MVDREAM_CONFIG)
+        load_mvdream_prior(
+            tmp_path / "sd.safetensors", "cpu", torch.float32, base_model=str(tiny_mvdream_dir), unet_config=TINY_MVDREAM_CONFIG
+        )
     with pytest.raises(UserError, match="does not exist"):
         load_mvdream_prior(tmp_path / "missing.pt", "cpu", torch.float32)
 
@@ -339,8 +344,9 @@ def test_a_plain_sd_folder_is_not_mvdream(tmp_path):
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text("{}")
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
-                                                           "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]})
+    )
     assert not is_mvdream_folder(tmp_path) and not is_mvdream_folder(tmp_path / "nowhere")
     with pytest.raises(UserError, match="not an MVDream pipeline"):
         load_mvdream_prior(tmp_path, "cpu", torch.float32)
@@ -371,8 +377,10 @@ def test_full_size_random_mvdream_fp16_on_cuda(tmp_path):
         synchronize(prior.device)
         times.append(time.perf_counter() - tic)
     assert eps.shape == (4, 4, 32, 32) and torch.isfinite(eps).all()
-    print(f"MVDream full size fp16: guided predict_noise on 4 views at 256 px: {min(times) * 1e3:.1f} ms "
-          f"(first {times[0] * 1e3:.0f} ms), peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    print(
+        f"MVDream full size fp16: guided predict_noise on 4 views at 256 px: {min(times) * 1e3:.1f} ms "
+        f"(first {times[0] * 1e3:.0f} ms), peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    )
 
 
 @pytest.mark.parametrize("preset", ["fsd-mvdream", "sds-mvdream"])
@@ -382,10 +390,30 @@ def test_one_step_end_to_end_through_the_train_command(preset, tiny_mvdream_dir,
     from fsd_gs.io.ply import read_ply
     from fsd_gs.train import main
 
-    args = ["--config", preset, "--model", str(tiny_mvdream_dir), "--prompt", "a red mushroom", "--steps", "2",
-            "--camera.width", "64", "--camera.height", "64", "--gaussians.num-points", "300", "--output-dir",
-            str(tmp_path), "--output.turntable-views", "2", "--output.turntable-size", "32", "--viewer.no-enabled",
-            "--output.no-progress"]
+    args = [
+        "--config",
+        preset,
+        "--model",
+        str(tiny_mvdream_dir),
+        "--prompt",
+        "a red mushroom",
+        "--steps",
+        "2",
+        "--camera.width",
+        "64",
+        "--camera.height",
+        "64",
+        "--gaussians.num-points",
+        "300",
+        "--output-dir",
+        str(tmp_path),
+        "--output.turntable-views",
+        "2",
+        "--output.turntable-size",
+        "32",
+        "--viewer.no-enabled",
+        "--output.no-progress",
+    ]
     assert main(args) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(read_ply(run / "model.ply")) > 0

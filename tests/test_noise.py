@@ -228,9 +228,17 @@ def test_render_resolution_must_be_a_multiple_of_the_noise_resolution():
     noise([0.0], [0.0], torch.ones(1, 16, 64, 1))  # 1x and 4x pooling are fine
 
 
-@pytest.mark.parametrize("field, value", [
-    ("beta", -0.1), ("beta", 1.5), ("theta_deg", 0.0), ("theta_deg", 361.0), ("mask_threshold", 2.0), ("kind", "pink"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("beta", -0.1),
+        ("beta", 1.5),
+        ("theta_deg", 0.0),
+        ("theta_deg", 361.0),
+        ("mask_threshold", 2.0),
+        ("kind", "pink"),
+    ],
+)
 def test_bad_options_are_user_errors(field, value):
     cfg = dataclasses.replace(NoiseConfig(), **{field: value})
     with pytest.raises(UserError) as info:

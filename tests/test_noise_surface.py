@@ -29,10 +29,10 @@ def sphere_gaussians(n: int, radius: float = RADIUS, seed: int = 0) -> Gaussians
     """n flat Gaussians (Fibonacci points, normal-aligned, 98% opaque, random colours) on a sphere."""
     i = torch.arange(n, dtype=torch.float64) + 0.5
     polar = torch.acos(1 - 2 * i / n)
-    az = math.pi * (1 + 5 ** 0.5) * i
+    az = math.pi * (1 + 5**0.5) * i
     normal = torch.stack([torch.cos(az) * torch.sin(polar), torch.sin(az) * torch.sin(polar), torch.cos(polar)], -1).float()
     quats = F.normalize(torch.stack([1 + normal[:, 2], -normal[:, 1], normal[:, 0], torch.zeros(n)], -1), dim=-1)
-    spacing = math.sqrt(4 * math.pi * radius ** 2 / n)
+    spacing = math.sqrt(4 * math.pi * radius**2 / n)
     params = {
         "means": normal * radius,
         "quats": quats,  # rotates +z onto the normal: the thin axis is the normal
@@ -46,8 +46,9 @@ def sphere_gaussians(n: int, radius: float = RADIUS, seed: int = 0) -> Gaussians
 
 def cameras(azimuth: list[float], elevation: list[float], size: int, fovy: float = 50.0) -> Cameras:
     b = len(azimuth)
-    return orbit_cameras(torch.tensor(azimuth), torch.tensor(elevation), torch.full((b,), 2.5),
-                         torch.full((b,), fovy), size, size)
+    return orbit_cameras(
+        torch.tensor(azimuth), torch.tensor(elevation), torch.full((b,), 2.5), torch.full((b,), fovy), size, size
+    )
 
 
 def render_depth(g: Gaussians, cams: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +81,12 @@ def surface(shape=(3, 64, 64), seed=0, **kw) -> SurfaceNoise:
 def _one(mean: list[float], opacity: float, scale: float = 0.1, flat: bool = False) -> dict[str, torch.Tensor]:
     scales = [scale, scale, scale * (0.01 if flat else 1.0)]
     return {
-        "means": torch.tensor([mean]), "scales": torch.log(torch.tensor([scales])),
+        "means": torch.tensor([mean]),
+        "scales": torch.log(torch.tensor([scales])),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
         "opacities": torch.tensor([math.log(opacity / (1 - opacity))]),
-        "sh0": torch.zeros(1, 1, 3), "shN": torch.zeros(1, 0, 3),
+        "sh0": torch.zeros(1, 1, 3),
+        "shN": torch.zeros(1, 0, 3),
     }
 
 
@@ -112,7 +115,9 @@ def test_reference_depth_of_a_flat_plane_and_its_gradient() -> None:
         "means": torch.cat([torch.full((n, 1), 0.4), grid], 1),
         "scales": torch.log(torch.tensor([[0.0005, 0.05, 0.05]])).expand(n, 3).clone(),
         "quats": torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(n, 4).clone(),
-        "opacities": torch.full((n,), 3.0), "sh0": torch.rand(n, 1, 3), "shN": torch.zeros(n, 0, 3),
+        "opacities": torch.full((n,), 3.0),
+        "sh0": torch.rand(n, 1, 3),
+        "shN": torch.zeros(n, 0, 3),
     }
     g = Gaussians(params, 0)
     out = render(g, cameras([0.0], [0.0], 32), torch.ones(3), with_depth=True)
@@ -147,8 +152,10 @@ def test_gsplat_depth_matches_reference() -> None:
     params = {
         "means": direction * 0.6 * torch.rand(n, 1, generator=gen) ** (1 / 3),
         "scales": torch.log(0.01 + 0.04 * torch.rand(n, 3, generator=gen)),
-        "quats": torch.randn(n, 4, generator=gen), "opacities": torch.log(opac / (1 - opac)),
-        "sh0": torch.randn(n, 1, 3, generator=gen), "shN": torch.zeros(n, 0, 3),
+        "quats": torch.randn(n, 4, generator=gen),
+        "opacities": torch.log(opac / (1 - opac)),
+        "sh0": torch.randn(n, 1, 3, generator=gen),
+        "shN": torch.zeros(n, 0, 3),
     }
     cams = cameras([30.0, 200.0], [15.0, 40.0], 128).to("cuda")
     outs = {}
@@ -161,8 +168,10 @@ def test_gsplat_depth_matches_reference() -> None:
     seen = a_ref[..., 0] > 0.05  # where ED is well conditioned (it divides by alpha)
     err = (d_gs - d_ref)[..., 0][seen].abs()
     grad_rel = float((g_gs - g_ref).norm() / g_ref.norm())
-    print(f"depth: max abs {float(err.max()):.2e}, mean abs {float(err.mean()):.2e} over {int(seen.sum())} pixels; "
-          f"d sum(depth)/d means rel L2 {grad_rel:.2e}")
+    print(
+        f"depth: max abs {float(err.max()):.2e}, mean abs {float(err.mean()):.2e} over {int(seen.sum())} pixels; "
+        f"d sum(depth)/d means rel L2 {grad_rel:.2e}"
+    )
     assert float(err.mean()) < 1e-4 and float((err > 1e-2).float().mean()) < 1e-3
     assert float(d_gs[a_gs == 0].abs().max()) == 0.0 and float(d_ref[a_ref == 0].abs().max()) == 0.0
     assert grad_rel < 1e-2
@@ -180,17 +189,31 @@ def test_each_view_is_iid_standard_normal(sphere_views) -> None:
         values.append(eps.permute(1, 0, 2, 3)[:, fg].reshape(-1))
         pair_x = fg[:, :, 1:] & fg[:, :, :-1]
         pair_y = fg[:, 1:, :] & fg[:, :-1, :]
-        right.append(torch.stack([eps[..., 1:].permute(1, 0, 2, 3)[:, pair_x].reshape(-1),
-                                  eps[..., :-1].permute(1, 0, 2, 3)[:, pair_x].reshape(-1)]))
-        down.append(torch.stack([eps[:, :, 1:].permute(1, 0, 2, 3)[:, pair_y].reshape(-1),
-                                 eps[:, :, :-1].permute(1, 0, 2, 3)[:, pair_y].reshape(-1)]))
+        right.append(
+            torch.stack(
+                [
+                    eps[..., 1:].permute(1, 0, 2, 3)[:, pair_x].reshape(-1),
+                    eps[..., :-1].permute(1, 0, 2, 3)[:, pair_x].reshape(-1),
+                ]
+            )
+        )
+        down.append(
+            torch.stack(
+                [
+                    eps[:, :, 1:].permute(1, 0, 2, 3)[:, pair_y].reshape(-1),
+                    eps[:, :, :-1].permute(1, 0, 2, 3)[:, pair_y].reshape(-1),
+                ]
+            )
+        )
         orphans = int((noise.last_mask & (noise.last_texels == 0)).sum())
         assert orphans <= 0.01 * int(noise.last_mask.sum())  # foreground pixels that own no texel are rare
     v = torch.cat(values)
     corr_x = float(torch.corrcoef(torch.cat(right, 1))[0, 1])
     corr_y = float(torch.corrcoef(torch.cat(down, 1))[0, 1])
-    print(f"surface noise per view: {v.numel()} values, mean {float(v.mean()):+.4f}, std {float(v.std()):.4f}, "
-          f"neighbour corr x {corr_x:+.4f} y {corr_y:+.4f}")
+    print(
+        f"surface noise per view: {v.numel()} values, mean {float(v.mean()):+.4f}, std {float(v.std()):.4f}, "
+        f"neighbour corr x {corr_x:+.4f} y {corr_y:+.4f}"
+    )
     assert abs(float(v.mean())) < 0.05 and abs(float(v.std()) - 1.0) < 0.05
     assert abs(corr_x) < 0.1 and abs(corr_y) < 0.1
 
@@ -206,8 +229,7 @@ def test_texels_own_disjoint_sets_and_sums_are_exact(sphere_views) -> None:
     assert int(count.sum()) == distinct.numel()  # every distinct texel is owned by exactly one latent pixel
     # Recompute one pixel by hand: the texels whose samples' mean latent position falls in it.
     i, j = (int(x) for x in torch.nonzero(count[0, 0] == count[0, 0].max())[0])
-    owned = [k for k in distinct.tolist()
-             if tuple(torch.floor(latent[keys == k].mean(0)).long().tolist()) == (i, j)]
+    owned = [k for k in distinct.tolist() if tuple(torch.floor(latent[keys == k].mean(0)).long().tolist()) == (i, j)]
     vals = noise.texel_values(torch.tensor(owned))
     torch.testing.assert_close(det[0, :, i, j], vals.sum(0) / math.sqrt(len(owned)))
 
@@ -285,9 +307,11 @@ def test_same_surface_point_gets_the_same_noise_from_two_cameras() -> None:
     world = build_noise(NoiseConfig(kind="worldmap"), (3, h, h), seed=0)
     pairs = matched_pairs(cams_a, alpha_a, depth_a, cams_b, depth_b, h, 0.5)
     world_corr = pair_correlation(world.sample(cams_a, alpha_a), world.sample(cams_b, alpha_b), pairs)
-    print(f"15 deg apart, 128 px render, 3x64x64: surface noise corr {figures[0.15][0]:.3f} over {figures[0.15][1]} "
-          f"pixel pairs whose centres see the same point (within 0.15 px), {figures[0.5][0]:.3f} over {figures[0.5][1]} "
-          f"nearest-pixel pairs (footprint-overlap bound 0.5625); world map {world_corr:.3f} on the nearest-pixel pairs")
+    print(
+        f"15 deg apart, 128 px render, 3x64x64: surface noise corr {figures[0.15][0]:.3f} over {figures[0.15][1]} "
+        f"pixel pairs whose centres see the same point (within 0.15 px), {figures[0.5][0]:.3f} over {figures[0.5][1]} "
+        f"nearest-pixel pairs (footprint-overlap bound 0.5625); world map {world_corr:.3f} on the nearest-pixel pairs"
+    )
     assert figures[0.15][1] >= 60 and figures[0.5][1] >= 500
     assert figures[0.15][0] >= 0.7
     assert figures[0.5][0] >= 0.4
@@ -300,7 +324,7 @@ def test_deterministic_and_batched_equals_per_view(sphere_views) -> None:
     again = surface(seed=3).sample(cams, alpha, depth)
     assert torch.equal(batched, again)
     assert not torch.equal(batched, surface(seed=4).sample(cams, alpha, depth))
-    single = torch.cat([surface(seed=3).sample(cams[i], alpha[i:i + 1], depth[i:i + 1]) for i in range(len(cams))])
+    single = torch.cat([surface(seed=3).sample(cams[i], alpha[i : i + 1], depth[i : i + 1]) for i in range(len(cams))])
     assert torch.equal(batched, single)
 
 
@@ -321,12 +345,13 @@ def test_beta_blend_keeps_standard_normal(sphere_views) -> None:
 def test_cpu_and_cuda_agree(sphere_views) -> None:
     cams, alpha, depth = sphere_views
     cpu = surface(seed=2, beta=1.0).sample(cams, alpha, depth)
-    gpu_noise = build_noise(NoiseConfig(kind="surface", texel_size=0.02, subsamples=4), (3, 64, 64), seed=2,
-                            device="cuda")
+    gpu_noise = build_noise(NoiseConfig(kind="surface", texel_size=0.02, subsamples=4), (3, 64, 64), seed=2, device="cuda")
     gpu = gpu_noise.sample(cams.to("cuda"), alpha.cuda(), depth.cuda()).cpu()
     close = (gpu - cpu).abs().amax(1) < 1e-4  # [B,h,w]
-    print(f"CPU vs CUDA: {float(close.float().mean()):.5f} of latent pixels within 1e-4, "
-          f"max abs diff {float((gpu - cpu).abs().max()):.2e}")
+    print(
+        f"CPU vs CUDA: {float(close.float().mean()):.5f} of latent pixels within 1e-4, "
+        f"max abs diff {float((gpu - cpu).abs().max()):.2e}"
+    )
     assert float(close.float().mean()) > 0.995  # a sample on a texel boundary may round the other way
 
 

@@ -91,15 +91,18 @@ def _f(params, r):
     return a * math.exp(-b * r) + c
 
 
-@pytest.mark.parametrize("azimuth,front,side,back,w_front,w_side", [
-    (0.0, 1.0, 0.0, 0.0, -_f((4, 0.5, -2.426), 1.0), -_f((4, 0.5, -2.426), 0.0)),
-    (45.0, 0.5, 0.5, 0.0, -_f((4, 0.5, -2.426), 0.5), -_f((4, 0.5, -2.426), 0.5)),
-    (-45.0, 0.5, 0.5, 0.0, -_f((4, 0.5, -2.426), 0.5), -_f((4, 0.5, -2.426), 0.5)),
-    (90.0, 0.0, 1.0, 0.0, -_f((1, 0.5, 0.967), 1.0), -_f((1, 0.5, -0.606), 1.0)),
-    (135.0, 0.0, 0.5, 0.5, -_f((1, 0.5, 0.967), 0.5), -_f((1, 0.5, -0.606), 0.5)),
-    (-180.0, 0.0, 0.0, 1.0, -_f((1, 0.5, 0.967), 0.0), -_f((1, 0.5, -0.606), 0.0)),
-    (180.0, 0.0, 0.0, 1.0, -_f((1, 0.5, 0.967), 0.0), -_f((1, 0.5, -0.606), 0.0)),
-])
+@pytest.mark.parametrize(
+    "azimuth,front,side,back,w_front,w_side",
+    [
+        (0.0, 1.0, 0.0, 0.0, -_f((4, 0.5, -2.426), 1.0), -_f((4, 0.5, -2.426), 0.0)),
+        (45.0, 0.5, 0.5, 0.0, -_f((4, 0.5, -2.426), 0.5), -_f((4, 0.5, -2.426), 0.5)),
+        (-45.0, 0.5, 0.5, 0.0, -_f((4, 0.5, -2.426), 0.5), -_f((4, 0.5, -2.426), 0.5)),
+        (90.0, 0.0, 1.0, 0.0, -_f((1, 0.5, 0.967), 1.0), -_f((1, 0.5, -0.606), 1.0)),
+        (135.0, 0.0, 0.5, 0.5, -_f((1, 0.5, 0.967), 0.5), -_f((1, 0.5, -0.606), 0.5)),
+        (-180.0, 0.0, 0.0, 1.0, -_f((1, 0.5, 0.967), 0.0), -_f((1, 0.5, -0.606), 0.0)),
+        (180.0, 0.0, 0.0, 1.0, -_f((1, 0.5, 0.967), 0.0), -_f((1, 0.5, -0.606), 0.0)),
+    ],
+)
 def test_weights_follow_the_published_schedule_of_the_azimuth(azimuth, front, side, back, w_front, w_side):
     p = plan(torch.tensor([azimuth]), torch.tensor([20.0]), VIEWS, PerpNegWeights())
     mix = dict(zip(VIEWS, p.positive[0].tolist()))
@@ -125,16 +128,16 @@ def test_schedule_values_at_the_key_angles():
 def test_select_interpolates_the_view_embeddings(shapes_prior):
     emb = shapes_prior.encode_prompts("a red chair")
     row = {v: emb.cond[emb.views.index(v)] for v in VIEWS}
-    cond, uncond, negatives = select(emb, torch.tensor([0.0, 45.0, 180.0, 10.0]), torch.tensor([0.0, 0.0, 0.0, 80.0]),
-                                     PerpNegWeights(), overhead_above=60.0)
+    cond, uncond, negatives = select(
+        emb, torch.tensor([0.0, 45.0, 180.0, 10.0]), torch.tensor([0.0, 0.0, 0.0, 80.0]), PerpNegWeights(), overhead_above=60.0
+    )
     assert torch.equal(cond[0], row["front"]) and torch.equal(cond[2], row["back"]) and torch.equal(cond[3], row["overhead"])
     torch.testing.assert_close(cond[1], 0.5 * row["front"] + 0.5 * row["side"])
     assert torch.equal(uncond, emb.uncond.expand(4, -1, -1))
     assert negatives.embeddings.shape == (2, 4, *emb.cond.shape[1:]) and negatives.weights.shape == (4, 2)
     assert torch.equal(negatives.embeddings[:, 0], torch.stack([row["front"], row["side"]]))
     with pytest.raises(UserError, match="view-dependent"):
-        select(shapes_prior.encode_prompts("a red chair", view_dependent=False), torch.zeros(1), torch.zeros(1),
-               PerpNegWeights())
+        select(shapes_prior.encode_prompts("a red chair", view_dependent=False), torch.zeros(1), torch.zeros(1), PerpNegWeights())
 
 
 # -- the prior call -------------------------------------------------------------------------------
@@ -172,12 +175,24 @@ def test_every_method_uses_perp_neg_in_one_prior_call(shapes_prior, method):
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([600, 300])
-    cams = orbit_cameras(torch.tensor([30.0, -120.0]), torch.tensor([5.0, 25.0]), torch.full((2,), 2.5),
-                         torch.full((2,), 50.0), 64, 64)
+    cams = orbit_cameras(
+        torch.tensor([30.0, -120.0]), torch.tensor([5.0, 25.0]), torch.full((2,), 2.5), torch.full((2,), 50.0), 64, 64
+    )
 
     def run(neg):
-        return distill_loss(prior, images.clone().requires_grad_(True), eps, t, cond, uncond, 5.0, cameras=cams,
-                            guidance=guidance, negatives=neg, return_predictions=True)
+        return distill_loss(
+            prior,
+            images.clone().requires_grad_(True),
+            eps,
+            t,
+            cond,
+            uncond,
+            5.0,
+            cameras=cams,
+            guidance=guidance,
+            negatives=neg,
+            return_predictions=True,
+        )
 
     state = guidance.state_dict()
     out, rows = _unet_rows(prior, lambda: run(negatives))
@@ -212,14 +227,14 @@ def test_mvdream_groups_of_four_keep_their_cameras(tmp_path):
     cams = turntable(4, elevation=15.0, width=64, height=64)
     cond, uncond, negatives = select(emb, cams.azimuth, cams.elevation, PerpNegWeights())
     z, t = _inputs(prior, 4)
-    guided, rows = _unet_rows(prior, lambda: prior.predict_noise(z, t, cond, uncond, 7.5, negatives=negatives,
-                                                                 cameras=cams))
+    guided, rows = _unet_rows(prior, lambda: prior.predict_noise(z, t, cond, uncond, 7.5, negatives=negatives, cameras=cams))
     assert rows == [16]  # four groups of four views: cond, uncond, two negatives
     raw = [prior.predict_noise(z, t, e, e, 1.0, cameras=cams) for e in (cond, uncond.contiguous(), *negatives.embeddings)]
     want = raw[1] + 7.5 * classifier_direction(raw[0], raw[1], raw[2:], negatives.weights)
     torch.testing.assert_close(guided, want, rtol=1e-4, atol=1e-4)  # batched arithmetic, times omega
-    cfg = tiny_cfg(0, "--guidance.perp-neg", "--camera.batch-size", "4", "--camera.width", "64", "--camera.height", "64",
-                   "--method", "sds")
+    cfg = tiny_cfg(
+        0, "--guidance.perp-neg", "--camera.batch-size", "4", "--camera.width", "64", "--camera.height", "64", "--method", "sds"
+    )
     step = DistillStep(cfg, prior, torch.device("cpu"))
     assert torch.isfinite(step().loss)
 
@@ -285,8 +300,13 @@ def test_view_prompt_spans_decide_the_view_names():
 
 
 def test_the_step_uses_the_configured_spans(shapes_prior):
-    wide = DistillStep(tiny_cfg(0, "--camera.batch-size", "4", "--guidance.view-prompts.front-span", "180",
-                                "--guidance.view-prompts.back-span", "0"), shapes_prior, torch.device("cpu"))
+    wide = DistillStep(
+        tiny_cfg(
+            0, "--camera.batch-size", "4", "--guidance.view-prompts.front-span", "180", "--guidance.view-prompts.back-span", "0"
+        ),
+        shapes_prior,
+        torch.device("cpu"),
+    )
     pending = wide._prepare()
     front = wide.embeddings.cond[wide.embeddings.views.index("front")]
     assert all(torch.equal(row, front) for row in pending.cond)  # every view is a "front" view with these spans
@@ -300,8 +320,13 @@ def test_shapes_prior_keeps_the_wording_its_captions_were_trained_with(shapes_pr
     for view in VIEWS:
         assert caption("car", "red", view) == "a red car" + shapes_prior.view_suffixes[view]
     # the shipped weights were trained on this wording: changing it means retraining the prior
-    assert dict(shapes_prior.view_suffixes) == {"none": "", "front": ", front view", "side": ", side view",
-                                                "back": ", back view", "overhead": ", overhead view"}
+    assert dict(shapes_prior.view_suffixes) == {
+        "none": "",
+        "front": ", front view",
+        "side": ", side view",
+        "back": ", back view",
+        "overhead": ", overhead view",
+    }
     emb = shapes_prior.encode_prompts("a red car")
     assert torch.equal(emb.cond[emb.views.index("front")], shapes_prior.embed_texts(["a red car, front view"])[0])
 
@@ -318,8 +343,9 @@ def test_suffix_wording_is_configurable_for_every_prior(shapes_prior, tiny_sd_pr
     assert torch.equal(sd.cond[sd.views.index("back")], tiny_sd_prior.embed_texts(["a corgi, from behind"])[0])
     assert not torch.equal(sd.cond, tiny_sd_prior.encode_prompts("a corgi").cond)  # the cache tells them apart
     step = DistillStep(tiny_cfg(0, "--guidance.view-prompts.front-suffix", ", front"), shapes_prior, torch.device("cpu"))
-    assert torch.equal(step.embeddings.cond[step.embeddings.views.index("front")],
-                       shapes_prior.embed_texts(["a red mushroom, front"])[0])
+    assert torch.equal(
+        step.embeddings.cond[step.embeddings.views.index("front")], shapes_prior.embed_texts(["a red mushroom, front"])[0]
+    )
 
 
 def test_help_says_the_shapes_prior_keeps_its_trained_wording(capsys):

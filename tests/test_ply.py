@@ -87,14 +87,30 @@ def test_reads_another_tools_layout_any_order_extra_properties_and_types(tmp_pat
     n = 6
     rng = np.random.default_rng(0)
     rest = rng.standard_normal((n, 3, 15)).astype(np.float32)  # channel-major as in INRIA
-    cols = {"x": rng.standard_normal(n), "y": rng.standard_normal(n), "z": rng.standard_normal(n),
-            "opacity": rng.standard_normal(n), **{f"scale_{i}": rng.standard_normal(n) for i in range(3)},
-            **{f"rot_{i}": rng.standard_normal(n) for i in range(4)}, **{f"f_dc_{i}": rng.standard_normal(n) for i in range(3)}}
+    cols = {
+        "x": rng.standard_normal(n),
+        "y": rng.standard_normal(n),
+        "z": rng.standard_normal(n),
+        "opacity": rng.standard_normal(n),
+        **{f"scale_{i}": rng.standard_normal(n) for i in range(3)},
+        **{f"rot_{i}": rng.standard_normal(n) for i in range(4)},
+        **{f"f_dc_{i}": rng.standard_normal(n) for i in range(3)},
+    }
     cols = {k: v.astype(np.float32) for k, v in cols.items()}
     fields = [("rot_3", "f4"), ("rot_2", "f4"), ("rot_1", "f4"), ("rot_0", "f4"), ("filter_3D", "f4"), ("red", "u1")]
     fields += [(f"f_rest_{i}", "f4") for i in reversed(range(45))]
-    fields += [("opacity", "f8"), ("scale_2", "f4"), ("scale_1", "f4"), ("scale_0", "f4"),
-               ("f_dc_2", "f4"), ("f_dc_1", "f4"), ("f_dc_0", "f4"), ("z", "f4"), ("y", "f4"), ("x", "f4")]
+    fields += [
+        ("opacity", "f8"),
+        ("scale_2", "f4"),
+        ("scale_1", "f4"),
+        ("scale_0", "f4"),
+        ("f_dc_2", "f4"),
+        ("f_dc_1", "f4"),
+        ("f_dc_0", "f4"),
+        ("z", "f4"),
+        ("y", "f4"),
+        ("x", "f4"),
+    ]
     data = np.zeros(n, dtype=fields)
     for name, value in cols.items():
         data[name] = value
@@ -103,7 +119,8 @@ def test_reads_another_tools_layout_any_order_extra_properties_and_types(tmp_pat
     data["red"] = 200
     faces = np.zeros(1, dtype=[("vertex_indices", "i4", (3,))])
     PlyData([PlyElement.describe(faces, "face"), PlyElement.describe(data, "vertex")], byte_order=">").write(
-        str(tmp_path / "other.ply"))
+        str(tmp_path / "other.ply")
+    )
 
     g = read_ply(tmp_path / "other.ply")
     assert g.sh_degree == 3 and len(g) == n
@@ -117,8 +134,16 @@ def test_reads_gsplats_exporter_and_ascii_files(tmp_path):
     exporter = pytest.importorskip("gsplat.exporter")
     g = random_gaussians(7, 1)
     p = {k: v.detach() for k, v in g.params.items()}
-    exporter.export_splats(p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"], p["shN"], format="ply",
-                           save_to=str(tmp_path / "gsplat.ply"))  # 9 f_rest, no normals
+    exporter.export_splats(
+        p["means"],
+        p["scales"],
+        p["quats"],
+        p["opacities"],
+        p["sh0"],
+        p["shN"],
+        format="ply",
+        save_to=str(tmp_path / "gsplat.ply"),
+    )  # 9 f_rest, no normals
     back = read_ply(tmp_path / "gsplat.ply")
     assert back.sh_degree == 1
     for key in PARAM_KEYS:
@@ -144,8 +169,13 @@ def test_missing_truncated_and_foreign_files_are_one_line_user_errors(tmp_path):
     faces = np.zeros(2, dtype=[("vertex_indices", "i4", (3,))])
     PlyData([PlyElement.describe(mesh, "vertex"), PlyElement.describe(faces, "face")]).write(str(tmp_path / "mesh.ply"))
     PlyData([PlyElement.describe(mesh, "points")]).write(str(tmp_path / "novertex.ply"))
-    cases = {"cut.ply": "truncated or damaged", "junk.ply": "could not be read", "header_only.ply": "could not be read",
-             "mesh.ply": "f_dc_0, f_dc_1, f_dc_2, opacity, scale_0", "novertex.ply": "no 'vertex' element"}
+    cases = {
+        "cut.ply": "truncated or damaged",
+        "junk.ply": "could not be read",
+        "header_only.ply": "could not be read",
+        "mesh.ply": "f_dc_0, f_dc_1, f_dc_2, opacity, scale_0",
+        "novertex.ply": "no 'vertex' element",
+    }
     for name, message in cases.items():
         with pytest.raises(UserError, match=message) as info:
             read_ply(tmp_path / name)
@@ -204,5 +234,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-

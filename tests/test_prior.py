@@ -272,11 +272,14 @@ def test_hub_id_resolves_from_the_cache_offline(offline, tiny_sd_dir):
     assert isinstance(prior, LatentDiffusionPrior)
 
 
-@pytest.mark.parametrize("model, message", [
-    ("bad id!!", "valid hub id"),
-    ("./not/here", "does not exist"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("bad id!!", "valid hub id"),
+        ("./not/here", "does not exist"),
+        ("", "empty"),
+    ],
+)
 def test_bad_model_strings(offline, model, message):
     with pytest.raises(UserError, match=message):
         resolve_model(model)

@@ -27,8 +27,9 @@ from fsd_gs.schedule import FSD_SCHEDULE, sample_timestep
 VIEWS = ["front", "side", "back", "overhead"]
 
 
-def fsd_image_steps(prior: DiffusionPrior, height: int, width: int, batch: int = 1, steps: int = 3,
-                    guidance_scale: float = 7.5, lr: float = 1e-2) -> dict[str, float]:
+def fsd_image_steps(
+    prior: DiffusionPrior, height: int, width: int, batch: int = 1, steps: int = 3, guidance_scale: float = 7.5, lr: float = 1e-2
+) -> dict[str, float]:
     """Optimise images [batch,3,H,W] (a leaf tensor) with FSD for ``steps`` Adam steps; return timings and checks.
 
     Step: eps = constant noise, t = FSD's sqrt schedule, loss = distill_loss(prior, images, ...), backward
@@ -116,7 +117,9 @@ def test_sd21_size_fsd_step_fp16_cuda(sd21_random_dir, batch):
     assert n_unet == 865_910_724
     stats = fsd_image_steps(prior, 512, 512, batch=batch, steps=6)
     check(stats)
-    print(f"\nSD 2.1-base size, fp16, {torch.cuda.get_device_name(device)}, batch {batch} at 512x512: "
-          f"load {load_s:.1f} s, prompts {stats['encode_prompts_s']:.2f} s, first step {stats['first_step_s']:.3f} s, "
-          f"step {stats['step_s'] * 1000:.0f} ms (median), peak {stats['peak_gpu_gb']:.2f} GB, "
-          f"text encoder on {next(prior.text_encoder.parameters()).device}")
+    print(
+        f"\nSD 2.1-base size, fp16, {torch.cuda.get_device_name(device)}, batch {batch} at 512x512: "
+        f"load {load_s:.1f} s, prompts {stats['encode_prompts_s']:.2f} s, first step {stats['first_step_s']:.3f} s, "
+        f"step {stats['step_s'] * 1000:.0f} ms (median), peak {stats['peak_gpu_gb']:.2f} GB, "
+        f"text encoder on {next(prior.text_encoder.parameters()).device}"
+    )

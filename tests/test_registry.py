@@ -62,8 +62,7 @@ def test_the_built_in_entries_of_each_axis():
     assert list(METHODS)[:5] == ["fsd", "sds", "nfsd", "csd", "vsd"]
     assert list(NOISE_KINDS)[:4] == ["worldmap", "constant", "random", "surface"]
     assert list(EXPORT_FORMATS)[:5] == ["ply", "ply_compressed", "splat", "glb", "mesh"]
-    assert list(PRIOR_DETECTORS) == ["shapes", "mvdream_checkpoint", "mvdream_folder", "latent_diffusion",
-                                     "pixel_diffusion"]
+    assert list(PRIOR_DETECTORS) == ["shapes", "mvdream_checkpoint", "mvdream_folder", "latent_diffusion", "pixel_diffusion"]
     assert all(name == entry.name for registry in (METHODS, NOISE_KINDS, EXPORT_FORMATS) for name, entry in registry.items())
 
 
@@ -97,20 +96,55 @@ def test_a_method_without_the_models_preset_says_so_in_one_sentence():
 def test_a_plugin_is_offered_by_the_commands_and_a_run_uses_it(tmp_path):
     site = build_toy_plugin(tmp_path / "site")
     env = plugin_env(site)
-    train_help = subprocess.run([sys.executable, "-m", "fsd_gs.train", "--help"], capture_output=True, text=True,
-                                env=env, cwd=ROOT, timeout=300)
+    train_help = subprocess.run(
+        [sys.executable, "-m", "fsd_gs.train", "--help"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert train_help.returncode == 0, train_help.stderr
     assert re.search(r"--method \{[^}]*\bhalfsds\b", train_help.stdout)
     assert re.search(r"--noise\.kind \{[^}]*\bmirrored\b", train_help.stdout)
-    export_help = subprocess.run([sys.executable, "-m", "fsd_gs.export", "--help"], capture_output=True, text=True,
-                                 env=env, cwd=ROOT, timeout=300)
+    export_help = subprocess.run(
+        [sys.executable, "-m", "fsd_gs.export", "--help"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert re.search(r"--to \{[^}]*\bxyz\b", export_help.stdout), export_help.stdout
-    run = subprocess.run([sys.executable, "-m", "fsd_gs.train", "--model", "shapes", "--prompt", "a red mushroom",
-                          "--method", TOY_METHOD, "--noise.kind", TOY_NOISE, "--steps", "3", "--camera.width", "32",
-                          "--camera.height", "32", "--gaussians.num-points", "200", "--output.turntable-views", "2",
-                          "--output.turntable-size", "32", "--output.formats", TOY_FORMAT, "--output.no-progress",
-                          "--output-dir", str(tmp_path / "out"), "--device", "cpu"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fsd_gs.train",
+            "--model",
+            "shapes",
+            "--prompt",
+            "a red mushroom",
+            "--method",
+            TOY_METHOD,
+            "--noise.kind",
+            TOY_NOISE,
+            "--steps",
+            "3",
+            "--camera.width",
+            "32",
+            "--camera.height",
+            "32",
+            "--gaussians.num-points",
+            "200",
+            "--output.turntable-views",
+            "2",
+            "--output.turntable-size",
+            "32",
+            "--output.formats",
+            TOY_FORMAT,
+            "--output.no-progress",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     assert "no preset shapes-halfsds" in run.stderr  # the plugin ships no preset: one sentence says so
     (xyz,) = (tmp_path / "out").rglob("model.xyz")
@@ -121,9 +155,25 @@ def test_a_plugin_is_offered_by_the_commands_and_a_run_uses_it(tmp_path):
 def test_the_contract_tests_pick_up_a_plugin_without_editing_a_test_file(tmp_path):
     site = build_toy_plugin(tmp_path / "site")
     files = ["tests/test_contract_methods.py", "tests/test_contract_noise.py", "tests/test_contract_export.py"]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", *files, "-k",
-                           f"{TOY_METHOD} or {TOY_NOISE} or {TOY_FORMAT}"], capture_output=True, text=True,
-                          env=plugin_env(site), cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            *files,
+            "-k",
+            f"{TOY_METHOD} or {TOY_NOISE} or {TOY_FORMAT}",
+        ],
+        capture_output=True,
+        text=True,
+        env=plugin_env(site),
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     passed = re.findall(r"^PASSED (\S+)", proc.stdout, flags=re.M)
     for name, count in ((TOY_METHOD, 5), (TOY_NOISE, 4), (TOY_FORMAT, 4)):

@@ -43,8 +43,15 @@ def make_cameras(width: int = 23, height: int = 17, n: int = 2) -> Cameras:
 
 
 # -- the slow, obvious implementation: every pixel x every Gaussian, no tiles, no boxes -------------
-def brute_force(params: dict[str, torch.Tensor], sh_degree: int, cams: Cameras, background: torch.Tensor,
-                eps2d: float = 0.3, near: float = 0.01, far: float = 1e10) -> tuple[torch.Tensor, torch.Tensor, int]:
+def brute_force(
+    params: dict[str, torch.Tensor],
+    sh_degree: int,
+    cams: Cameras,
+    background: torch.Tensor,
+    eps2d: float = 0.3,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """gsplat's semantics written out loop by loop. Returns rgb [B,H,W,3], alpha [B,H,W,1] and the
     number of pixels that stopped early (transmittance cut-off), so tests can check it happened."""
     dtype = params["means"].dtype
@@ -70,11 +77,13 @@ def brute_force(params: dict[str, torch.Tensor], sh_degree: int, cams: Cameras, 
             if not (near <= float(z.detach()) <= far):
                 continue
             w, x, y, zq = quats[i]
-            rot = torch.stack([
-                torch.stack([1 - 2 * (y * y + zq * zq), 2 * (x * y - w * zq), 2 * (x * zq + w * y)]),
-                torch.stack([2 * (x * y + w * zq), 1 - 2 * (x * x + zq * zq), 2 * (y * zq - w * x)]),
-                torch.stack([2 * (x * zq - w * y), 2 * (y * zq + w * x), 1 - 2 * (x * x + y * y)]),
-            ])
+            rot = torch.stack(
+                [
+                    torch.stack([1 - 2 * (y * y + zq * zq), 2 * (x * y - w * zq), 2 * (x * zq + w * y)]),
+                    torch.stack([2 * (x * y + w * zq), 1 - 2 * (x * x + zq * zq), 2 * (y * zq - w * x)]),
+                    torch.stack([2 * (x * zq - w * y), 2 * (y * zq + w * x), 1 - 2 * (x * x + y * y)]),
+                ]
+            )
             cov_c = rv @ rot @ torch.diag(scales[i] ** 2) @ rot.T @ rv.T
             tx = z * torch.clamp(pc[0] / z, -lim_x[1], lim_x[0])
             ty = z * torch.clamp(pc[1] / z, -lim_y[1], lim_y[0])
@@ -183,8 +192,11 @@ def test_gradients_match_brute_force() -> None:
         return {k: v.grad for k, v in leaves.items()}
 
     g_bf = grads(lambda q: brute_force(q, 2, cams, bg)[:2])
-    g_ref = grads(lambda q: rasterize_gaussians(q, 2, cams.viewmats.double(), cams.Ks.double(), 19, 15, bg,
-                                                RenderConfig(reference_tile_size=4))[:2])
+    g_ref = grads(
+        lambda q: rasterize_gaussians(
+            q, 2, cams.viewmats.double(), cams.Ks.double(), 19, 15, bg, RenderConfig(reference_tile_size=4)
+        )[:2]
+    )
     for key in p:
         assert g_bf[key].abs().max() > 0, key
         torch.testing.assert_close(g_ref[key], g_bf[key], atol=1e-9, rtol=1e-7, msg=key)
@@ -199,8 +211,9 @@ def test_gradcheck_tiny_scene() -> None:
     keys = list(p)
 
     def fn(*tensors):
-        rgb, alpha, _ = rasterize_gaussians(dict(zip(keys, tensors)), 1, viewmats, Ks, 9, 8, bg,
-                                            RenderConfig(reference_tile_size=4))
+        rgb, alpha, _ = rasterize_gaussians(
+            dict(zip(keys, tensors)), 1, viewmats, Ks, 9, 8, bg, RenderConfig(reference_tile_size=4)
+        )
         return torch.cat([rgb, alpha], -1)
 
     inputs = tuple(p[k].clone().requires_grad_(True) for k in keys)
@@ -235,8 +248,9 @@ def test_gaussian_behind_camera_is_culled() -> None:
 
 
 def test_background_where_alpha_is_zero_and_ranges() -> None:
-    g = random_ball_gaussians(GaussiansConfig(num_points=300, init_radius=0.3, init_opacity=0.5),
-                              torch.Generator().manual_seed(0))
+    g = random_ball_gaussians(
+        GaussiansConfig(num_points=300, init_radius=0.3, init_opacity=0.5), torch.Generator().manual_seed(0)
+    )
     cams = make_cameras(32, 32, n=2)
     bg = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
     out = render(g, cams, bg)
@@ -344,7 +358,12 @@ def test_bad_inputs_raise_user_error() -> None:
         render(g, cams, torch.ones(3), RenderConfig(backend="gsplat"))
     with pytest.raises(UserError, match="sh_degree"):
         render(g, cams, torch.ones(3), RenderConfig(sh_degree=2))
-    for bad in (RenderConfig(backend="vulkan"), RenderConfig(near_plane=0.0), RenderConfig(eps2d=-1.0),
-                RenderConfig(far_plane=0.001), RenderConfig(reference_tile_size=0)):
+    for bad in (
+        RenderConfig(backend="vulkan"),
+        RenderConfig(near_plane=0.0),
+        RenderConfig(eps2d=-1.0),
+        RenderConfig(far_plane=0.001),
+        RenderConfig(reference_tile_size=0),
+    ):
         with pytest.raises(UserError):
             render(g, cams, torch.ones(3), bad)

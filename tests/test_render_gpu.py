@@ -53,8 +53,9 @@ def _params(n: int, sh_degree: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _cameras(size: int = 128):
-    cams = orbit_cameras(torch.tensor([30.0, 200.0]), torch.tensor([15.0, 40.0]), torch.full((2,), 2.5),
-                         torch.full((2,), 50.0), size, size)
+    cams = orbit_cameras(
+        torch.tensor([30.0, 200.0]), torch.tensor([15.0, 40.0]), torch.full((2,), 2.5), torch.full((2,), 50.0), size, size
+    )
     return cams.to("cuda")
 
 
@@ -64,7 +65,9 @@ def _run(params: dict[str, torch.Tensor], sh_degree: int, backend: str, weights:
     out = render(g, _cameras(weights.shape[1]), bg, RenderConfig(backend=backend, clamp_rgb=False, **cfg))
     (torch.cat([out.rgb, out.alpha], -1) * weights).sum().backward()
     return {
-        "rgb": out.rgb.detach(), "alpha": out.alpha.detach(), "info": out.info,
+        "rgb": out.rgb.detach(),
+        "alpha": out.alpha.detach(),
+        "info": out.info,
         "grads": {k: p.grad.detach().clone() for k, p in g.params.items()},
     }
 
@@ -131,8 +134,7 @@ def test_gsplat_packed_and_absgrad_match_reference() -> None:
         "absgrad_rel_l2": _rel_l2(_unpack(gs_info, m2d_gs.absgrad, n), _unpack(ref_info, m2d_ref.absgrad, n)),
         "absgrad_ge_abs_grad": bool((m2d_ref.absgrad >= m2d_ref.grad.abs() - 1e-6).all()),
     }
-    print("\npacked+absgrad: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in report.items()))
+    print("\npacked+absgrad: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in report.items()))
     assert report["rgb_max_abs"] < IMAGE_MAX_ABS, report
     assert abs(report["nnz_gsplat"] - report["nnz_ref"]) <= (1 - RADII_AGREE) * report["nnz_ref"], report
     assert report["means2d_grad_rel_l2"] < GRAD_REL_L2, report

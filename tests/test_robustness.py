@@ -26,11 +26,37 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OF
 
 def shapes_args(out: Path, steps: int = 6, *extra: str) -> list[str]:
     """A few-second run of the built-in prior (32 px, 300 Gaussians, a checkpoint every 2 steps)."""
-    return ["--model", "shapes", "--prompt", "a red mushroom", "--steps", str(steps), "--seed", "3",
-            "--output-dir", str(out), "--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "300",
-            "--output.turntable-views", "2", "--output.turntable-size", "16", "--output.log-every", "1",
-            "--output.checkpoint-every", "2", "--output.snapshot-every", "0", "--output.no-progress",
-            "--viewer.no-enabled", *extra]
+    return [
+        "--model",
+        "shapes",
+        "--prompt",
+        "a red mushroom",
+        "--steps",
+        str(steps),
+        "--seed",
+        "3",
+        "--output-dir",
+        str(out),
+        "--camera.width",
+        "32",
+        "--camera.height",
+        "32",
+        "--gaussians.num-points",
+        "300",
+        "--output.turntable-views",
+        "2",
+        "--output.turntable-size",
+        "16",
+        "--output.log-every",
+        "1",
+        "--output.checkpoint-every",
+        "2",
+        "--output.snapshot-every",
+        "0",
+        "--output.no-progress",
+        "--viewer.no-enabled",
+        *extra,
+    ]
 
 
 def last_line(capsys) -> Path:
@@ -83,8 +109,9 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
     # checkpoint (step 6) also deletes the first: 16 points in all.
     for k in range(1, 17):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run([sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 137, (k, proc.stderr[-2000:])
         run = next(out.glob("*/*"))
         for folder in checkpoint_folders(run / "checkpoints"):  # whatever is committed is complete
@@ -123,8 +150,9 @@ def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, t
     script.write_text(FIRST_WRITE_KILLER)
     for k in range(1, 6):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run([sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 137, (k, proc.stderr[-2000:])
         runs = [p for p in out.glob("*/*") if not p.name.startswith(".")]  # hidden: an unpublished temporary folder
         if k <= 4:
@@ -143,8 +171,9 @@ def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, t
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_save_and_stop_resumably(sig, code, tmp_path):
     args = shapes_args(tmp_path, 100000, "--output.checkpoint-every", "0")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd_gs.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsd_gs.train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     run = None
     deadline = time.time() + 120
     while time.time() < deadline and run is None:
@@ -168,9 +197,18 @@ def test_sigterm_and_sighup_save_and_stop_resumably(sig, code, tmp_path):
 def test_a_second_process_on_a_run_gets_one_sentence_and_a_dead_owner_is_taken_over(tmp_path, capsys):
     assert main(shapes_args(tmp_path, 4)) == 0
     run = last_line(capsys)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fsd_gs.runner import RunLock; "
-                               "lock = RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(600)",
-                               str(run)], stdout=subprocess.PIPE, text=True, env=ENV)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fsd_gs.runner import RunLock; "
+            "lock = RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(600)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         metrics = (run / "metrics.jsonl").read_text()
@@ -213,8 +251,9 @@ def test_a_damaged_config_is_one_sentence(damage, tmp_path, capsys):
 
 
 # -- 6. resume refuses flags that change the run, records --steps ----------------------------------
-@pytest.mark.parametrize("flag", [["--prompt", "a blue car"], ["--seed", "9"], ["--guidance.guidance-scale", "3"],
-                                  ["--steps", "2"]])
+@pytest.mark.parametrize(
+    "flag", [["--prompt", "a blue car"], ["--seed", "9"], ["--guidance.guidance-scale", "3"], ["--steps", "2"]]
+)
 def test_resume_refuses_flags_that_change_the_run(flag, tmp_path, capsys):
     run = interrupted_run(tmp_path, capsys)
     before = (run / "config.yaml").read_text()
@@ -272,11 +311,14 @@ def test_standalone_viewer_drops_nan_rows_and_counts_the_rest(tmp_path, capsys):
 
 
 # -- 9, 10. non-finite numbers, absurd sizes, the NaN message --------------------------------------
-@pytest.mark.parametrize("extra, message", [
-    (["--guidance.guidance-scale", "nan"], "--guidance.guidance-scale must be a finite number"),
-    (["--optim.lr.means", "inf"], "--optim.lr.means must be a finite number"),
-    (["--camera.width", "100000"], "camera.width and camera.height must lie in 1..4096"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--guidance.guidance-scale", "nan"], "--guidance.guidance-scale must be a finite number"),
+        (["--optim.lr.means", "inf"], "--optim.lr.means must be a finite number"),
+        (["--camera.width", "100000"], "camera.width and camera.height must lie in 1..4096"),
+    ],
+)
 def test_absurd_numbers_are_one_sentence(extra, message, tmp_path, capsys):
     assert main(shapes_args(tmp_path, 3, *extra)) == 2
     err = capsys.readouterr().err.strip()
@@ -290,8 +332,9 @@ def test_a_diverged_run_without_a_checkpoint_says_so(tmp_path, capsys, monkeypat
     import fsd_gs.step as step_module
 
     original = step_module.distill_loss
-    monkeypatch.setattr(step_module, "distill_loss",
-                        lambda *a, **k: dataclasses.replace(o := original(*a, **k), loss=o.loss * float("nan")))
+    monkeypatch.setattr(
+        step_module, "distill_loss", lambda *a, **k: dataclasses.replace(o := original(*a, **k), loss=o.loss * float("nan"))
+    )
     assert main(shapes_args(tmp_path, 6)) == 1
     err = capsys.readouterr().err
     assert "no checkpoint had been written yet" in err and "kept in" not in err
@@ -325,8 +368,13 @@ def test_same_seed_same_asset_at_any_thread_count_end_to_end(straight, tmp_path)
     """The README's promise, as a user runs it: OMP_NUM_THREADS 2 and 4 give the 1-thread run's Gaussians."""
     for threads in ("2", "4"):
         out = tmp_path / threads
-        proc = subprocess.run([sys.executable, "-m", "fsd_gs.train", *shapes_args(out)], capture_output=True,
-                              text=True, env={**ENV, "OMP_NUM_THREADS": threads}, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fsd_gs.train", *shapes_args(out)],
+            capture_output=True,
+            text=True,
+            env={**ENV, "OMP_NUM_THREADS": threads},
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         same_gaussians(straight, Path(proc.stdout.strip().splitlines()[-1]))
 

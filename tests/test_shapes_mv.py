@@ -40,8 +40,14 @@ def start_folder(tmp_path_factory) -> Path:
     shipped = shapes_prior_folder()
     unet = UNet2DConditionModel.from_pretrained(shipped / "unet")
     text_encoder = CLIPTextModel.from_pretrained(shipped / "text_encoder")
-    return save_shapes_mv(tmp_path_factory.mktemp("mv") / "shapes_mv", multiview_unet(unet), text_encoder, load_judge(),
-                          {"step": 0}, tokenizer=shipped / "tokenizer")
+    return save_shapes_mv(
+        tmp_path_factory.mktemp("mv") / "shapes_mv",
+        multiview_unet(unet),
+        text_encoder,
+        load_judge(),
+        {"step": 0},
+        tokenizer=shipped / "tokenizer",
+    )
 
 
 def _inputs(prior, batch: int, seed: int = 3):
@@ -50,8 +56,14 @@ def _inputs(prior, batch: int, seed: int = 3):
     t = torch.randint(20, 980, (batch,), generator=gen)
     emb = prior.encode_prompts("a red chair")
     cond, uncond = emb.select(["front", "side", "back", "side"][:batch] * (batch // 4 or 1))
-    cams = orbit_cameras(torch.tensor([0.0, 90.0, 180.0, 270.0]).repeat(batch // 4 or 1)[:batch],
-                         torch.full((batch,), 20.0), torch.full((batch,), 2.5), torch.full((batch,), 50.0), 64, 64)
+    cams = orbit_cameras(
+        torch.tensor([0.0, 90.0, 180.0, 270.0]).repeat(batch // 4 or 1)[:batch],
+        torch.full((batch,), 20.0),
+        torch.full((batch,), 2.5),
+        torch.full((batch,), 50.0),
+        64,
+        64,
+    )
     return z, t, cond, uncond, cams
 
 
@@ -65,8 +77,9 @@ def test_the_zero_camera_start_in_groups_of_one_view_is_the_shipped_prior(start_
     ref = shapes.predict_noise(z, t, cond, uncond, 2.5)
     out = one.predict_noise(z, t, cond, uncond, 2.5, cameras=cams)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
-    other = orbit_cameras(torch.tensor([33.0, 10.0, -70.0, 150.0]), torch.full((4,), 60.0), torch.full((4,), 2.5),
-                          torch.full((4,), 50.0), 64, 64)
+    other = orbit_cameras(
+        torch.tensor([33.0, 10.0, -70.0, 150.0]), torch.full((4,), 60.0), torch.full((4,), 2.5), torch.full((4,), 50.0), 64, 64
+    )
     torch.testing.assert_close(one.predict_noise(z, t, cond, uncond, 2.5, cameras=other), ref, rtol=0, atol=1e-5)
     grouped = four.predict_noise(z, t, cond, uncond, 2.5, cameras=cams)  # the views now attend to each other
     assert (grouped - ref).abs().max() > 1e-3
@@ -188,9 +201,26 @@ def test_a_few_steps_end_to_end_with_a_shapes_mv_folder(preset, start_folder, tm
     from fsd_gs.io.ply import read_ply
     from fsd_gs.train import main
 
-    args = ["--config", preset, "--model", str(start_folder), "--prompt", "a red chair", "--steps", "3",
-            "--gaussians.num-points", "300", "--output-dir", str(tmp_path), "--output.turntable-views", "2",
-            "--output.turntable-size", "32", "--viewer.no-enabled", "--output.no-progress"]
+    args = [
+        "--config",
+        preset,
+        "--model",
+        str(start_folder),
+        "--prompt",
+        "a red chair",
+        "--steps",
+        "3",
+        "--gaussians.num-points",
+        "300",
+        "--output-dir",
+        str(tmp_path),
+        "--output.turntable-views",
+        "2",
+        "--output.turntable-size",
+        "32",
+        "--viewer.no-enabled",
+        "--output.no-progress",
+    ]
     assert main(args) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(read_ply(run / "model.ply")) > 0

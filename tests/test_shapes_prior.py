@@ -24,9 +24,17 @@ def prior() -> ShapesPrior:
 
 
 def test_shipped_folder_is_complete_and_small():
-    for path in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "tokenizer/vocab.json", "scheduler/scheduler_config.json",
-                 "judge/model.safetensors", "judge/config.json", "shapes.json"):
+    for path in (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "scheduler/scheduler_config.json",
+        "judge/model.safetensors",
+        "judge/config.json",
+        "shapes.json",
+    ):
         assert (SHIPPED / path).is_file(), path
     assert folder_size(SHIPPED) <= 30 * 2**20
     meta = json.loads((SHIPPED / "shapes.json").read_text())

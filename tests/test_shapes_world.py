@@ -38,8 +38,14 @@ def test_every_kind_fits_the_training_cameras(kind):
         assert means.abs().max() < 0.8  # centred: nothing outside the framing of a 40-deg camera at 2.5
         assert torch.isfinite(g.params["sh0"]).all() and 200 <= len(g) <= 6000
         # Every mean projects inside a 64 px image from a fovy-40 camera at distance 2.5 (the tightest framing).
-        cams = orbit_cameras(torch.tensor([0.0, 90.0, 180.0]), torch.tensor([0.0, 30.0, 60.0]),
-                             torch.full((3,), 2.5), torch.full((3,), 40.0), 64, 64)
+        cams = orbit_cameras(
+            torch.tensor([0.0, 90.0, 180.0]),
+            torch.tensor([0.0, 30.0, 60.0]),
+            torch.full((3,), 2.5),
+            torch.full((3,), 40.0),
+            64,
+            64,
+        )
         pc = means @ cams.viewmats[:, :3, :3].transpose(1, 2) + cams.viewmats[:, None, :3, 3]
         uv = pc[..., :2] / pc[..., 2:] * cams.Ks[:, None, 0, 0, None] + 32
         assert (pc[..., 2] > 0).all() and (uv > 0).all() and (uv < 64).all()

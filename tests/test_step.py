@@ -15,9 +15,29 @@ from fsd_gs.train import parse_config
 
 
 def tiny_cfg(seed: int = 0, *extra: str):
-    return parse_config(["--model", "shapes", "--prompt", "a red mushroom", "--seed", str(seed), "--steps", "10",
-                         "--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200",
-                         "--densify.refine-start-iter", "2", "--densify.refine-every", "3", *extra])
+    return parse_config(
+        [
+            "--model",
+            "shapes",
+            "--prompt",
+            "a red mushroom",
+            "--seed",
+            str(seed),
+            "--steps",
+            "10",
+            "--camera.width",
+            "32",
+            "--camera.height",
+            "32",
+            "--gaussians.num-points",
+            "200",
+            "--densify.refine-start-iter",
+            "2",
+            "--densify.refine-every",
+            "3",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

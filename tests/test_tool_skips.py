@@ -25,8 +25,15 @@ def test_plain():
 """
 
 
-@pytest.mark.parametrize("env, strict", [({}, False), ({"CI": "true"}, True), ({"FSD_GS_REQUIRE_TOOLS": "1"}, True),
-                                         ({"CI": "false", "FSD_GS_REQUIRE_TOOLS": "0"}, False)])
+@pytest.mark.parametrize(
+    "env, strict",
+    [
+        ({}, False),
+        ({"CI": "true"}, True),
+        ({"FSD_GS_REQUIRE_TOOLS": "1"}, True),
+        ({"CI": "false", "FSD_GS_REQUIRE_TOOLS": "0"}, False),
+    ],
+)
 def test_a_skip_for_a_missing_tool_fails_where_tools_are_required(pytester, monkeypatch, env, strict):
     for name in ("CI", "FSD_GS_REQUIRE_TOOLS"):
         monkeypatch.delenv(name, raising=False)

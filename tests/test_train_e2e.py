@@ -23,12 +23,44 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def small_run_args(model_dir: Path, out: Path, steps: int = 6, *extra: str) -> list[str]:
     return [
-        "--prompt", "a red mushroom", "--model", str(model_dir), "--steps", str(steps), "--seed", "1",
-        "--device", "cpu", "--output-dir", str(out), "--camera.width", "64", "--camera.height", "64",
-        "--camera.batch-size", "2", "--gaussians.num-points", "300", "--output.turntable-views", "4",
-        "--output.turntable-size", "32", "--output.log-every", "2", "--output.checkpoint-every", "3",
-        "--output.snapshot-every", "3", "--densify.refine-start-iter", "2", "--densify.refine-every", "2",
-        "--guidance.guidance-scale", "7.5", "--output.no-progress", *extra,
+        "--prompt",
+        "a red mushroom",
+        "--model",
+        str(model_dir),
+        "--steps",
+        str(steps),
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--camera.width",
+        "64",
+        "--camera.height",
+        "64",
+        "--camera.batch-size",
+        "2",
+        "--gaussians.num-points",
+        "300",
+        "--output.turntable-views",
+        "4",
+        "--output.turntable-size",
+        "32",
+        "--output.log-every",
+        "2",
+        "--output.checkpoint-every",
+        "3",
+        "--output.snapshot-every",
+        "3",
+        "--densify.refine-start-iter",
+        "2",
+        "--densify.refine-every",
+        "2",
+        "--guidance.guidance-scale",
+        "7.5",
+        "--output.no-progress",
+        *extra,
     ]
 
 
@@ -41,9 +73,16 @@ def test_short_run_writes_every_output(tiny_sd_dir, tmp_path, capsys):
     assert main(small_run_args(tiny_sd_dir, tmp_path)) == 0
     run = run_dir_from(capsys)
     assert run.parent.parent == tmp_path and run.parent.name == "a-red-mushroom"
-    for name in ("config.yaml", "model.ply", "report.json", "metrics.jsonl", "turntable.png",
-                 "checkpoints/step_000006/state.safetensors", "checkpoints/step_000006/state.json",
-                 "snapshots/step_000003.ply"):
+    for name in (
+        "config.yaml",
+        "model.ply",
+        "report.json",
+        "metrics.jsonl",
+        "turntable.png",
+        "checkpoints/step_000006/state.safetensors",
+        "checkpoints/step_000006/state.json",
+        "snapshots/step_000003.ply",
+    ):
         assert (run / name).is_file(), name
     pytest.importorskip("imageio_ffmpeg")  # the [test] extra installs it: the MP4 turntable is checked in CI
     assert (run / "turntable.mp4").stat().st_size > 0
@@ -94,8 +133,14 @@ def test_interrupted_and_resumed_run_ends_with_the_same_gaussians(tiny_sd_dir, t
 def test_ctrl_c_saves_checkpoint_and_ply(tiny_sd_dir, tmp_path):
     args = small_run_args(tiny_sd_dir, tmp_path, 100000)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd_gs.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsd_gs.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     run = None
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -114,14 +159,17 @@ def test_ctrl_c_saves_checkpoint_and_ply(tiny_sd_dir, tmp_path):
     assert "--resume" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--prompt", ""], "prompt is empty"),
-    (["--prompt", "a cat", "--steps", "0"], "steps"),
-    (["--prompt", "a cat", "--config", "nope"], "not found"),
-    (["--prompt", "a cat", "--method", "xyz"], "--method"),
-    (["--prompt", "a cat", "--model", "/nonexistent/folder"], "/nonexistent/folder"),
-    (["--prompt", "a cat", "--camera.width", "100", "--camera.height", "100"], "multiple"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "prompt is empty"),
+        (["--prompt", "a cat", "--steps", "0"], "steps"),
+        (["--prompt", "a cat", "--config", "nope"], "not found"),
+        (["--prompt", "a cat", "--method", "xyz"], "--method"),
+        (["--prompt", "a cat", "--model", "/nonexistent/folder"], "/nonexistent/folder"),
+        (["--prompt", "a cat", "--camera.width", "100", "--camera.height", "100"], "multiple"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(args, message, tiny_sd_dir, tmp_path, capsys):
     if "--model" not in args:
         args = [*args, "--model", str(tiny_sd_dir)]

@@ -37,8 +37,16 @@ def ball(n: int = 200, seed: int = 0, opacity: float = 0.8):
 
 
 def snapshot(step: int, gaussians, total: int = 100, **extra) -> TrainingSnapshot:
-    fields = dict(step=step, total_steps=total, loss=torch.tensor(1.0 / step), timestep=torch.tensor(900 - step),
-                  num_gaussians=len(gaussians), it_per_s=5.0, eta_s=(total - step) / 5.0, gaussians=gaussians)
+    fields = dict(
+        step=step,
+        total_steps=total,
+        loss=torch.tensor(1.0 / step),
+        timestep=torch.tensor(900 - step),
+        num_gaussians=len(gaussians),
+        it_per_s=5.0,
+        eta_s=(total - step) / 5.0,
+        gaussians=gaussians,
+    )
     fields.update(extra)
     return TrainingSnapshot(**fields)
 
@@ -72,8 +80,11 @@ def click(button) -> None:
 
 @pytest.fixture
 def viewer():
-    v = LiveViewer(ViewerConfig(port=0, update_every=1, min_interval_s=0.0), total_steps=100,
-                   noise_map=torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0)))
+    v = LiveViewer(
+        ViewerConfig(port=0, update_every=1, min_interval_s=0.0),
+        total_steps=100,
+        noise_map=torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0)),
+    )
     yield v
     v.close()
 
@@ -185,7 +196,7 @@ def test_update_costs_microseconds_when_nothing_is_sent():
         timings = []  # the best of 10 rounds: another busy process on the machine slows a round, not all of them
         for chunk in range(10):
             start = time.perf_counter()
-            for snap in snaps[chunk * 2000:(chunk + 1) * 2000]:
+            for snap in snaps[chunk * 2000 : (chunk + 1) * 2000]:
                 v.update(snap)
             timings.append((time.perf_counter() - start) / 2000)
         per_call = min(timings)
@@ -254,8 +265,20 @@ def test_download_while_paused_is_served_from_the_paused_property(viewer, monkey
 def test_live_viewer_shows_progress_loss_images_and_splats(viewer):
     g = ball(300)
     noise = torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(0))
-    feed(viewer, [snapshot(step, g, train_rgb=torch.rand(32, 32, 3), noise_window=noise[:, 4:12, 0:8],
-                           window_origin=(4, 30), window_size=(8, 8)) for step in range(1, 11)])
+    feed(
+        viewer,
+        [
+            snapshot(
+                step,
+                g,
+                train_rgb=torch.rand(32, 32, 3),
+                noise_window=noise[:, 4:12, 0:8],
+                window_origin=(4, 30),
+                window_size=(8, 8),
+            )
+            for step in range(1, 11)
+        ],
+    )
     assert "**Step** 10 / 100" in viewer.panels.progress_md.content
     assert "**t** 890" in viewer.panels.progress_md.content and "Gaussians** 300" in viewer.panels.progress_md.content
     steps, losses = viewer.panels.loss_plot.data
@@ -333,8 +356,10 @@ def test_render_mode_pushes_a_server_render_from_the_browser_camera(device):
 
     v = LiveViewer(ViewerConfig(port=0, mode="render", render_max_side=64, background=(0.0, 0.0, 0.0)), total_steps=10)
     try:
-        g = random_ball_gaussians(GaussiansConfig(num_points=300, init_radius=0.3, init_opacity=0.9,
-                                                  init_color=(1.0, 0.0, 0.0)), torch.Generator().manual_seed(0))
+        g = random_ball_gaussians(
+            GaussiansConfig(num_points=300, init_radius=0.3, init_opacity=0.9, init_color=(1.0, 0.0, 0.0)),
+            torch.Generator().manual_seed(0),
+        )
         g = g.to(device)
         v.update(snapshot(10, g, total=10))
         assert wait_until(lambda: v.stats["published"] == 1)
@@ -361,8 +386,15 @@ def test_the_viewer_thread_never_starts_an_openmp_team(viewer):
     noise = torch.randn(4, 16, 32)
     torch.sigmoid(torch.randn(1_000_000))  # the training thread's own team exists from here on
     before = foreign_threads()
-    feed(viewer, [snapshot(step, g, train_rgb=torch.rand(64, 64, 3), noise_window=noise[:, :8, :8],
-                           window_origin=(0, 0), window_size=(8, 8)) for step in range(1, 6)])
+    feed(
+        viewer,
+        [
+            snapshot(
+                step, g, train_rgb=torch.rand(64, 64, 3), noise_window=noise[:, :8, :8], window_origin=(0, 0), window_size=(8, 8)
+            )
+            for step in range(1, 6)
+        ],
+    )
     assert viewer.stats["published"] >= 2
     assert foreign_threads() <= before
 

@@ -54,8 +54,9 @@ class _Process:
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -95,26 +96,71 @@ def _step(text: str) -> int:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "FSD_GS_FORCE_VIEWER": "1"}
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "FSD_GS_FORCE_VIEWER": "1",
+    }
 
 
 def test_live_viewer_of_a_training_run(tiny_sd_dir, tmp_path):
     """A real run (tiny random-weight SD pipeline, CPU) with the live viewer on; Ctrl-C ends it."""
-    cmd = [sys.executable, "-m", "fsd_gs.train", "--prompt", "a red mushroom", "--model", str(tiny_sd_dir),
-           "--steps", "5000", "--device", "cpu", "--output-dir", str(tmp_path / "runs"), "--viewer.port", "0",
-           "--camera.width", "64", "--camera.height", "64", "--gaussians.num-points", "2000",
-           "--gaussians.init-opacity", "0.6", "--guidance.guidance-scale", "7.5", "--optim.background", "white",
-           "--output.no-progress", "--output.checkpoint-every", "0", "--output.snapshot-every", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fsd_gs.train",
+        "--prompt",
+        "a red mushroom",
+        "--model",
+        str(tiny_sd_dir),
+        "--steps",
+        "5000",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--viewer.port",
+        "0",
+        "--camera.width",
+        "64",
+        "--camera.height",
+        "64",
+        "--gaussians.num-points",
+        "2000",
+        "--gaussians.init-opacity",
+        "0.6",
+        "--guidance.guidance-scale",
+        "7.5",
+        "--optim.background",
+        "white",
+        "--output.no-progress",
+        "--output.checkpoint-every",
+        "0",
+        "--output.snapshot-every",
+        "0",
+    ]
     run = _Process(cmd, _env())
     try:
         url = run.wait_for_url()
         assert url.startswith("http://127.0.0.1:")
         with HeadlessChromium(WIDTH, HEIGHT) as browser:
             browser.open(url)
-            labels = ["Training progress", "Loss", "Pause", "Save .ply now", "Download .ply", "Last training view",
-                      "Training render | its FSD noise window", "World noise map", "Gaussians", "Background",
-                      "Reset view"]
+            labels = [
+                "Training progress",
+                "Loss",
+                "Pause",
+                "Save .ply now",
+                "Download .ply",
+                "Last training view",
+                "Training render | its FSD noise window",
+                "World noise map",
+                "Gaussians",
+                "Background",
+                "Reset view",
+            ]
             text = browser.wait_for_text(labels, timeout=90)
             deadline = time.monotonic() + 90
             while not re.search(r"Step [1-9][\d,]* / 5,000", text) and time.monotonic() < deadline:
@@ -165,8 +211,11 @@ def write_inria_ply(path: Path, n: int = 6000, seed: int = 0) -> None:
     normals = rng.normal(size=(n, 3))
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     points = 0.5 * normals
-    names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
-             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    names = (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(45)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
     data = np.zeros(n, dtype=[(name, "<f4") for name in names])
     for i, axis in enumerate("xyz"):
         data[axis] = points[:, i]

@@ -27,5 +27,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     report: pytest.TestReport = outcome.get_result()
     if report.skipped and not hasattr(report, "wasxfail") and "cuda" not in item.keywords and tools_required():
         report.outcome = "failed"
-        report.longrepr = (f"skipped, but CI=true or FSD_GS_REQUIRE_TOOLS=1 needs every non-CUDA test to run: "
-                           f"{skip_reason(report)}")
+        report.longrepr = (
+            f"skipped, but CI=true or FSD_GS_REQUIRE_TOOLS=1 needs every non-CUDA test to run: {skip_reason(report)}"
+        )

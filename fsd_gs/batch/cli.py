@@ -83,7 +83,7 @@ def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     argv = list(argv)
     if "--" in argv:
         cut = argv.index("--")
-        return argv[:cut], argv[cut + 1:]
+        return argv[:cut], argv[cut + 1 :]
     return argv, []
 
 
@@ -95,8 +95,10 @@ def parse_batch_args(argv: Sequence[str]) -> tuple[BatchConfig, list[str]]:
     cfg.validate()
     for arg in passthrough:
         name = arg.split("=", 1)[0]
-        require(name not in RESERVED, f"{name} is set per asset by the batch: use --prompts/--seeds/--presets/--out "
-                                      "before the --, not after it")
+        require(
+            name not in RESERVED,
+            f"{name} is set per asset by the batch: use --prompts/--seeds/--presets/--out before the --, not after it",
+        )
     return cfg, passthrough
 
 
@@ -135,8 +137,15 @@ def make_engine(cfg: BatchConfig) -> Any:
 
     if cfg.engine == "local":
         return LocalEngine(prior_cache=cfg.prior_cache)
-    return RayEngine(RaySettings(address=cfg.ray_address, workers=cfg.workers, cpus_per_worker=cfg.cpus_per_worker,
-                                 gpus_per_worker=cfg.gpus_per_worker, prior_cache=cfg.prior_cache))
+    return RayEngine(
+        RaySettings(
+            address=cfg.ray_address,
+            workers=cfg.workers,
+            cpus_per_worker=cfg.cpus_per_worker,
+            gpus_per_worker=cfg.gpus_per_worker,
+            prior_cache=cfg.prior_cache,
+        )
+    )
 
 
 def run_batch(argv: Sequence[str]) -> BatchResult:
@@ -155,15 +164,19 @@ def run_batch(argv: Sequence[str]) -> BatchResult:
     except OSError as exc:
         raise UserError(f"cannot create the batch folder {folder} ({exc.strerror}): pass a writable --out") from exc
     require(os.access(folder, os.W_OK), f"the batch folder {folder} is not writable: pass a writable --out")
-    meta = {"prompts": prompts, "presets": [p.arg for p in presets], "seeds": seeds, "train_args": passthrough,
-            "group_seeds": {label: p.size for label, p in plans.items()},
-            "notes": [p.note for p in plans.values() if p.note]}
+    meta = {
+        "prompts": prompts,
+        "presets": [p.arg for p in presets],
+        "seeds": seeds,
+        "train_args": passthrough,
+        "group_seeds": {label: p.size for label, p in plans.items()},
+        "notes": [p.note for p in plans.values() if p.note],
+    }
     if not units:  # a shard of a grid smaller than the shard count
         print(f"shard {shard} of this grid is empty: nothing to do")
     engine = make_engine(cfg) if units else _NoEngine()
     if engine.name == "ray":
-        print(f"ray: {engine.workers} workers ({engine.gpus_per_worker:g} GPU, {engine.threads} thread(s) each)",
-              flush=True)
+        print(f"ray: {engine.workers} workers ({engine.gpus_per_worker:g} GPU, {engine.threads} thread(s) each)", flush=True)
     return Driver(folder, units, configs, engine, max_attempts=cfg.max_attempts, progress=cfg.progress, meta=meta).run()
 
 

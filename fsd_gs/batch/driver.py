@@ -142,8 +142,7 @@ class Driver:
                             self._first_unit_of(worker, tasks[0][1], progress)
                             for item in unit.items:
                                 self._set(item.id, status="running", attempts=self.entries[item.id]["attempts"] + 1)
-                                self.manifest.log("start", id=item.id, unit=unit.id, attempt=tries[unit.id],
-                                                  worker=worker)
+                                self.manifest.log("start", id=item.id, unit=unit.id, attempt=tries[unit.id], worker=worker)
                             self._save()
                         for outcome in self.engine.next_outcomes():
                             self._outcome(by_key[outcome.key], outcome, tries, queue, progress)
@@ -167,8 +166,13 @@ class Driver:
                 self.manifest.write_summary(data)
                 progress.close()
         counts = Counter(e["status"] for e in self.entries.values())
-        return BatchResult(self.manifest.path, dict(counts), interrupted=interrupted,
-                           signum=signals.signum or self.stopped_by, submitted=submitted)
+        return BatchResult(
+            self.manifest.path,
+            dict(counts),
+            interrupted=interrupted,
+            signum=signals.signum or self.stopped_by,
+            submitted=submitted,
+        )
 
     def _first_unit_of(self, worker: str, cfg: Any, progress: GridProgress) -> None:
         """Say what a fresh worker compiles before its first steps, and how long that usually takes."""
@@ -190,8 +194,9 @@ class Driver:
     def _worker_lost(self, unit: WorkUnit, outcome: Any, tries: int, queue: deque, progress: GridProgress) -> None:
         retry = tries < self.max_attempts
         for item in unit.items:
-            self.manifest.log("lost", id=item.id, unit=unit.id, attempt=tries, worker=outcome.worker,
-                              reason=outcome.lost, retry=retry)
+            self.manifest.log(
+                "lost", id=item.id, unit=unit.id, attempt=tries, worker=outcome.worker, reason=outcome.lost, retry=retry
+            )
             if retry:
                 self._set(item.id, status="pending", error=f"worker lost ({outcome.lost}); retrying")
             else:
@@ -211,12 +216,17 @@ class Driver:
             if result.get("traceback"):
                 values["traceback"] = result["traceback"]
             self._set(item_id, **values)
-            self.manifest.log(result["status"], id=item_id, unit=unit.id, worker=outcome.worker, pid=result.get("pid"),
-                              error=result.get("error"))
+            self.manifest.log(
+                result["status"],
+                id=item_id,
+                unit=unit.id,
+                worker=outcome.worker,
+                pid=result.get("pid"),
+                error=result.get("error"),
+            )
             if result["status"] in ("done", "failed"):
                 report = result.get("report") or {}
-                progress.finished(item_id, result["status"], report.get("wall_time_s", result.get("wall_s")),
-                                  result.get("error"))
+                progress.finished(item_id, result["status"], report.get("wall_time_s", result.get("wall_s")), result.get("error"))
             elif result["status"] == "pending":
                 self.stopped_by = self.stopped_by or result.get("signum")
                 progress.note(f"stopped {item_id}: its checkpoint is saved; rerun the same command to continue")

@@ -64,8 +64,10 @@ def worker_layout(n_cpu: float, n_gpu: float, settings: RaySettings) -> tuple[in
     gpw = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if n_gpu > 0 else 0.0)
     cpw = settings.cpus_per_worker
     require(gpw >= 0 and cpw > 0, "--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
-    require(gpw <= n_gpu or gpw == 0, f"--gpus-per-worker {gpw} but the Ray cluster has {n_gpu:g} GPUs: "
-                                      "use --gpus-per-worker 0 for CPU workers")
+    require(
+        gpw <= n_gpu or gpw == 0,
+        f"--gpus-per-worker {gpw} but the Ray cluster has {n_gpu:g} GPUs: use --gpus-per-worker 0 for CPU workers",
+    )
     if settings.workers is not None:
         require(settings.workers >= 1, f"--workers must be >= 1, got {settings.workers}")
         return settings.workers, gpw
@@ -131,12 +133,15 @@ class RayEngine:
         self.device = "cpu" if self.cpu_only else "cuda"
         threads = max(1, int(math.floor(cpw)))
         self.threads = threads
-        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-               "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": os.environ.get(NO_NATIVE_DUMPS, "1"), **settings.env}
+        env = {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": os.environ.get(NO_NATIVE_DUMPS, "1"),
+            **settings.env,
+        }
         if os.environ.get(CRASH_ENV):
             env[CRASH_ENV] = os.environ[CRASH_ENV]
-        self.actor_options = dict(num_cpus=cpw, num_gpus=gpw, max_restarts=0, max_concurrency=1,
-                                  runtime_env={"env_vars": env})
+        self.actor_options = dict(num_cpus=cpw, num_gpus=gpw, max_restarts=0, max_concurrency=1, runtime_env={"env_vars": env})
         self.remote_cls = ray.remote(AssetWorker)
         self.actors: dict[str, Any] = {}
         self.idle: deque[str] = deque()
@@ -149,21 +154,22 @@ class RayEngine:
     def _init_ray(self, settings: RaySettings) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         os.environ.setdefault(NO_NATIVE_DUMPS, "1")  # the batch stops on signals itself (fsd_gs/batch/stop.py)
-        kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                                      configure_logging=True)
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True
+        )
         if settings.address:
             self.ray.init(address=settings.address, **kwargs)
         else:
             wanted = (settings.workers or 1) * settings.cpus_per_worker
-            self.ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), object_store_memory=256 * 2**20,
-                          **kwargs)
+            self.ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), object_store_memory=256 * 2**20, **kwargs)
         self.owns_ray = True
 
     def _spawn(self) -> str:
         name = f"worker{self._spawned}"
         self._spawned += 1
-        self.actors[name] = self.remote_cls.options(**self.actor_options).remote(threads=self.threads,
-                                                                                  cache_size=self.settings.prior_cache)
+        self.actors[name] = self.remote_cls.options(**self.actor_options).remote(
+            threads=self.threads, cache_size=self.settings.prior_cache
+        )
         self.info_refs[name] = self.actors[name].info.remote()  # runs before its first unit (one call at a time)
         self.idle.append(name)
         return name

@@ -124,8 +124,11 @@ def collect_prompts(prompts: Sequence[str], prompts_file: Path | None) -> list[s
     by_slug: dict[str, str] = {}
     for prompt in unique:
         other = by_slug.setdefault(slugify(prompt), prompt)
-        require(other == prompt, f"the prompts {other!r} and {prompt!r} would share the folder {slugify(prompt)!r}: "
-                                 "make them differ in letters or digits")
+        require(
+            other == prompt,
+            f"the prompts {other!r} and {prompt!r} would share the folder {slugify(prompt)!r}: "
+            "make them differ in letters or digits",
+        )
     return unique
 
 
@@ -180,4 +183,4 @@ def shard_units(units: Sequence[WorkUnit], shard: Shard | None) -> list[WorkUnit
     differ in size by at most one unit. Depends only on the grid, never on what is already done."""
     if shard is None:
         return list(units)
-    return list(units[shard.index::shard.count])
+    return list(units[shard.index :: shard.count])

@@ -45,7 +45,9 @@ def group_plan(cfg: Any, asked: Optional[int], label: str = "") -> GroupPlan:
     if method_spec(cfg.method).stateful:
         note = None
         if asked is not None and asked > 1:
-            note = (f"{label or cfg.method}: --method {cfg.method} trains a model per asset, so its seeds train one "
-                    f"at a time (--group-seeds {asked} does not apply to it)")
+            note = (
+                f"{label or cfg.method}: --method {cfg.method} trains a model per asset, so its seeds train one "
+                f"at a time (--group-seeds {asked} does not apply to it)"
+            )
         return GroupPlan(1, note)
     return GroupPlan(asked if asked is not None else default_group_seeds(cfg.model))

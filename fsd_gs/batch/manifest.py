@@ -42,8 +42,20 @@ def now_iso() -> str:
 
 def new_item(item_id: str, prompt: str, method: str, preset: str, seed: int) -> dict[str, Any]:
     """A manifest item that has not run yet (its run folder is its id)."""
-    return {"id": item_id, "prompt": prompt, "method": method, "preset": preset, "seed": seed, "run_dir": item_id,
-            "status": "pending", "error": None, "attempts": 0, "report": None, "wall_s": None, "updated": now_iso()}
+    return {
+        "id": item_id,
+        "prompt": prompt,
+        "method": method,
+        "preset": preset,
+        "seed": seed,
+        "run_dir": item_id,
+        "status": "pending",
+        "error": None,
+        "attempts": 0,
+        "report": None,
+        "wall_s": None,
+        "updated": now_iso(),
+    }
 
 
 def completed_report(run_dir: Path, steps: int | None = None) -> dict[str, Any] | None:
@@ -140,25 +152,38 @@ def render_summary(data: Mapping[str, Any]) -> str:
     items = list(data.get("items", []))
     counts = {status: sum(1 for it in items if it.get("status") == status) for status in STATUSES}
     times = [t for t in (asset_time(it) for it in items if it.get("status") == "done") if t is not None]
-    lines = [f"# Batch summary ({data.get('updated', now_iso())})", "",
-             f"{len(items)} assets: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES), ""]
+    lines = [
+        f"# Batch summary ({data.get('updated', now_iso())})",
+        "",
+        f"{len(items)} assets: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES),
+        "",
+    ]
     notes = (data.get("batch") or {}).get("notes") or []
     if notes:
         lines += [f"Note: {note}." for note in notes] + [""]
     if times:
-        lines += [f"Training time per done asset: mean {sum(times) / len(times):.1f} s, "
-                  f"min {min(times):.1f} s, max {max(times):.1f} s, total {sum(times):.1f} s.", ""]
+        lines += [
+            f"Training time per done asset: mean {sum(times) / len(times):.1f} s, "
+            f"min {min(times):.1f} s, max {max(times):.1f} s, total {sum(times):.1f} s.",
+            "",
+        ]
     failed = [it for it in items if it.get("status") == "failed"]
     if failed:
         lines += ["## Failures", "", "| asset | attempts | reason |", "| --- | --- | --- |"]
         lines += [f"| {it['id']} | {it.get('attempts', 0)} | {_one_line(it.get('error'))} |" for it in failed]
         lines.append("")
-    lines += ["## Assets", "", "| asset | method | status | attempts | time (s) | steps | Gaussians |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Assets",
+        "",
+        "| asset | method | status | attempts | time (s) | steps | Gaussians |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for it in items:
         report = it.get("report") or {}
         seconds = asset_time(it)
-        lines.append(f"| {it['id']} | {it.get('method', '')} | {it.get('status')} | {it.get('attempts', 0)} | "
-                     f"{'' if seconds is None else f'{seconds:.1f}'} | {report.get('steps_done', '')} | "
-                     f"{report.get('num_gaussians', '')} |")
+        lines.append(
+            f"| {it['id']} | {it.get('method', '')} | {it.get('status')} | {it.get('attempts', 0)} | "
+            f"{'' if seconds is None else f'{seconds:.1f}'} | {report.get('steps_done', '')} | "
+            f"{report.get('num_gaussians', '')} |"
+        )
     return "\n".join(lines) + "\n"

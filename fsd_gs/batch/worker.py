@@ -72,8 +72,13 @@ class AssetWorker:
 
     def info(self) -> dict[str, Any]:
         """Where this worker runs (for the events log and tests)."""
-        return {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads(), "prior_loads": self.loads,
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "threads": torch.get_num_threads(),
+            "prior_loads": self.loads,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
 
     def prior_for(self, cfg: Any) -> Any:
         """The loaded prior of ``cfg``, loading it (and evicting the least recently used one) when not cached."""
@@ -128,14 +133,35 @@ class AssetWorker:
                 message = f"{type(exc).__name__}: {exc}"
                 return [self._result(i, "failed", message, trace=traceback.format_exc()) for i in ids]
         wall = (time.perf_counter() - started) / len(tasks)
-        return [self._result(item_id, "done" if report.get("completed") else "failed",
-                             None if report.get("completed") else "the run ended without completing", report, wall)
-                for item_id, report in zip(ids, reports)]
+        return [
+            self._result(
+                item_id,
+                "done" if report.get("completed") else "failed",
+                None if report.get("completed") else "the run ended without completing",
+                report,
+                wall,
+            )
+            for item_id, report in zip(ids, reports)
+        ]
 
-    def _result(self, item_id: str, status: str, error: str | None, report: dict | None = None,
-                wall: float | None = None, trace: str | None = None, signum: int | None = None) -> dict[str, Any]:
-        result = {"id": item_id, "status": status, "error": error, "report": report,
-                  "wall_s": None if wall is None else round(wall, 3), "pid": os.getpid()}
+    def _result(
+        self,
+        item_id: str,
+        status: str,
+        error: str | None,
+        report: dict | None = None,
+        wall: float | None = None,
+        trace: str | None = None,
+        signum: int | None = None,
+    ) -> dict[str, Any]:
+        result = {
+            "id": item_id,
+            "status": status,
+            "error": error,
+            "report": report,
+            "wall_s": None if wall is None else round(wall, 3),
+            "pid": os.getpid(),
+        }
         if trace:
             result["traceback"] = trace
         if status == "pending":

@@ -1,7 +1,7 @@
 """The evaluation as one function: find runs -> render fixed views -> score -> figures -> table, JSON, gallery.
 
-    result = evaluate(EvaluateConfig(paths=(Path("outputs/bench/manifest.json"),)))
-    result.folder  # evaluation.json, evaluation.md, gallery/index.html
+result = evaluate(EvaluateConfig(paths=(Path("outputs/bench/manifest.json"),)))
+result.folder  # evaluation.json, evaluation.md, gallery/index.html
 """
 
 from __future__ import annotations
@@ -163,15 +163,29 @@ class _Counter:
         self.progress.close()
 
 
-def _score_set(cfg: EvaluateConfig, scorer: Scorer, prompt: str, model: str, n_colours: int, gallery_dir: Path, slug: str,
-               results: list[SetResult], azimuths: list[float], method: str, views_by_seed: dict[int, torch.Tensor],
-               sources: dict[int, str], still: bool = False, with_cross_fid: bool = True,
-               guidance_scale: Optional[float] = None) -> None:
+def _score_set(
+    cfg: EvaluateConfig,
+    scorer: Scorer,
+    prompt: str,
+    model: str,
+    n_colours: int,
+    gallery_dir: Path,
+    slug: str,
+    results: list[SetResult],
+    azimuths: list[float],
+    method: str,
+    views_by_seed: dict[int, torch.Tensor],
+    sources: dict[int, str],
+    still: bool = False,
+    with_cross_fid: bool = True,
+    guidance_scale: Optional[float] = None,
+) -> None:
     """Score the views [V,3,H,W] of each seed (turntable views at ``azimuths``, or single stills: no consistency),
     append the figures to ``results`` and write the gallery cells."""
     scores: dict[int, ViewScores] = {s: scorer.score(v, prompt) for s, v in views_by_seed.items()}
-    result = summarise_set(prompt, model, method, scores, n_colours, with_cross_fid, sources, guidance_scale,
-                           azimuths=None if still else azimuths)
+    result = summarise_set(
+        prompt, model, method, scores, n_colours, with_cross_fid, sources, guidance_scale, azimuths=None if still else azimuths
+    )
     if cfg.gallery:
         for s, v in views_by_seed.items():
             name = gallery.media_name(slug, method, s, still)
@@ -213,8 +227,10 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     prompts: dict[tuple[str, str], dict[str, dict[int, Run]]] = {}
     for (prompt, method, model), seeds in groups.items():
         prompts.setdefault((prompt, model), {})[method] = seeds
-    n_truth = {key: (cfg.truth_objects or max(len(s) for s in methods.values())) if key[1] == SHAPES and cfg.truth else 0
-               for key, methods in prompts.items()}
+    n_truth = {
+        key: (cfg.truth_objects or max(len(s) for s in methods.values())) if key[1] == SHAPES and cfg.truth else 0
+        for key, methods in prompts.items()
+    }
     total = len(found.runs) - len(dropped) + sum(n_truth.values()) + (len(prompts) if cfg.ddim_samples else 0)
 
     results: list[SetResult] = []
@@ -228,16 +244,16 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
             slug = slugify(prompt)
             n_colours = len(COLOUR_NAMES) if model == SHAPES else 0
 
-            scored = functools.partial(_score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results,
-                                       cams.azimuth.tolist())
+            scored = functools.partial(
+                _score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results, cams.azimuth.tolist()
+            )
 
             for method, runs in methods.items():
                 views = {}
                 for seed, run in runs.items():
                     views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(device), cams, cfg.view.background)
                     bar.done()
-                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()},
-                       guidance_scale=shared_guidance(runs.values()))
+                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()}, guidance_scale=shared_guidance(runs.values()))
             if n_truth[(prompt, model)]:
                 views, sources = {}, {}
                 for i in range(n_truth[(prompt, model)]):
@@ -251,23 +267,41 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
                 if model not in priors:
                     priors[model] = load_prior(model, device=device)
                 images = ddim_images(priors[model], prompt, cams, cfg.ddim_samples, guidance, cfg.ddim_steps)
-                scored("ddim", {i: images[i:i + 1] for i in range(len(images))},
-                       {i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
-                        for i in range(len(images))},
-                       still=True, with_cross_fid=False, guidance_scale=guidance)
+                scored(
+                    "ddim",
+                    {i: images[i : i + 1] for i in range(len(images))},
+                    {
+                        i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
+                        for i in range(len(images))
+                    },
+                    still=True,
+                    with_cross_fid=False,
+                    guidance_scale=guidance,
+                )
                 bar.done()
 
-    settings = {**dataclasses.asdict(cfg.view), "size": cfg.size, "paths": [str(p) for p in cfg.paths],
-                "ddim_samples": cfg.ddim_samples, "ddim_steps": cfg.ddim_steps, "ddim_guidance": cfg.ddim_guidance,
-                "truth": cfg.truth, "threads": cfg.threads, "device": str(device), "manifests": [str(p) for p in found.manifests]}
-    notes = {model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name,
-                     "views": s.view_reader}
-             for model, s in scorers.cache.items()}
+    settings = {
+        **dataclasses.asdict(cfg.view),
+        "size": cfg.size,
+        "paths": [str(p) for p in cfg.paths],
+        "ddim_samples": cfg.ddim_samples,
+        "ddim_steps": cfg.ddim_steps,
+        "ddim_guidance": cfg.ddim_guidance,
+        "truth": cfg.truth,
+        "threads": cfg.threads,
+        "device": str(device),
+        "manifests": [str(p) for p in found.manifests],
+    }
+    notes = {
+        model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name, "views": s.view_reader}
+        for model, s in scorers.cache.items()
+    }
     data = to_json(results, missing, settings, notes)
     (folder / "evaluation.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (folder / "evaluation.md").write_text(markdown(results, missing, settings, notes))
     if cfg.gallery:
         gallery_dir.mkdir(exist_ok=True)
-        gallery.write_index(gallery_dir, results, {m: n["quality"] for m, n in notes.items()}, "FSD evaluation",
-                            gallery.gallery_notes(settings))
+        gallery.write_index(
+            gallery_dir, results, {m: n["quality"] for m, n in notes.items()}, "FSD evaluation", gallery.gallery_notes(settings)
+        )
     return Evaluation(folder, results, missing, data)

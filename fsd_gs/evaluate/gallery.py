@@ -47,8 +47,17 @@ def save_animation(views: torch.Tensor, path: Path, frame_ms: int = 80) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = [Image.fromarray(f) for f in to_uint8(views)]
-    frames[0].save(path, format="WEBP", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0,
-                   lossless=False, quality=90, method=4)
+    frames[0].save(
+        path,
+        format="WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=frame_ms,
+        loop=0,
+        lossless=False,
+        quality=90,
+        method=4,
+    )
     return path
 
 
@@ -95,8 +104,9 @@ def _reads(result: SetResult, seed: int) -> tuple[str, str]:
     for azimuth, expected in zip(result.clear_azimuths, EXPECTED_VIEWS):
         read = reads[result.azimuths.index(azimuth)]
         cls = "" if read == expected else " class='wrong'"
-        letters.append(f"<span{cls} title='{azimuth:g}°: {html.escape(read)} (expected {expected})'>"
-                       f"{VIEW_LETTERS.get(read, '?')}</span>")
+        letters.append(
+            f"<span{cls} title='{azimuth:g}°: {html.escape(read)} (expected {expected})'>{VIEW_LETTERS.get(read, '?')}</span>"
+        )
     return "<div class='reads'>" + "".join(letters) + "</div>", hover
 
 
@@ -116,24 +126,32 @@ def _cell(result: SetResult, seed: int) -> str:
     return f"<figure{cls}>{img}<figcaption>{html.escape(label)}{badge}{reads}</figcaption></figure>"
 
 
-def write_index(folder: Path, results: Sequence[SetResult], quality_names: dict[str, str], title: str,
-                notes: Sequence[str] = ()) -> Path:
+def write_index(
+    folder: Path, results: Sequence[SetResult], quality_names: dict[str, str], title: str, notes: Sequence[str] = ()
+) -> Path:
     """Write ``folder/index.html`` for ``results`` (their ``media`` paths are relative to ``folder``)."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     prompts = sorted({(r.prompt, r.model) for r in results})
     for prompt, model in prompts:
         row = sorted((r for r in results if (r.prompt, r.model) == (prompt, model)), key=lambda r: row_order(r.method))
-        parts.append(f"<section class='prompt'><h2>{html.escape(prompt)} <small>({html.escape(backbone_label(model))})"
-                     "</small></h2><div class='methods'>")
+        parts.append(
+            f"<section class='prompt'><h2>{html.escape(prompt)} <small>({html.escape(backbone_label(model))})"
+            "</small></h2><div class='methods'>"
+        )
         for r in row:
-            metrics = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>"
-                              for k, v in _metrics(r, quality_names.get(model, "quality")))
+            metrics = "".join(
+                f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in _metrics(r, quality_names.get(model, "quality"))
+            )
             cells = "".join(_cell(r, s) for s in r.seeds)
             title = html.escape(method_label(r.method))
-            parts.append(f"<div class='method' data-method='{html.escape(r.method)}'><h3>{title}</h3>"
-                         f"<div class='cells'>{cells}</div><dl class='metrics'>{metrics}</dl></div>")
+            parts.append(
+                f"<div class='method' data-method='{html.escape(r.method)}'><h3>{title}</h3>"
+                f"<div class='cells'>{cells}</div><dl class='metrics'>{metrics}</dl></div>"
+            )
         parts.append("</div></section>")
     parts.append("</body></html>")
     path = folder / "index.html"
@@ -147,8 +165,10 @@ def media_name(prompt_slug: str, method: str, seed: int, still: bool = False) ->
 
 
 def gallery_notes(settings: dict[str, Any]) -> list[str]:
-    return [f"Each cell turns once around the asset: {settings['views']} views at elevation {settings['elevation']:g} deg, "
-            "the same cameras for every method. Metrics of the row beside each method; evaluation.md has the table.",
-            "Under each cell of a prompt with a front: the view read at azimuth 0/90/180/270 (F front, S side, B back, "
-            "O overhead; should be F S B S, wrong ones in red); hover an image for every camera's read. A red frame and "
-            "JANUS mark seeds whose back camera reads front."]
+    return [
+        f"Each cell turns once around the asset: {settings['views']} views at elevation {settings['elevation']:g} deg, "
+        "the same cameras for every method. Metrics of the row beside each method; evaluation.md has the table.",
+        "Under each cell of a prompt with a front: the view read at azimuth 0/90/180/270 (F front, S side, B back, "
+        "O overhead; should be F S B S, wrong ones in red); hover an image for every camera's read. A red frame and "
+        "JANUS mark seeds whose back camera reads front.",
+    ]

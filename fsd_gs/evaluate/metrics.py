@@ -28,8 +28,7 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the Frechet distance of two Gaussians.
 
     ``(S1 S2)^(1/2)`` is scipy's ``sqrtm``; when it is not finite (singular products, common with fewer
@@ -144,4 +143,3 @@ def mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Option
     if not kept:
         return None, None, 0
     return float(np.mean(kept)), float(np.std(kept)), len(kept)
-

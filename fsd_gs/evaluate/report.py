@@ -28,8 +28,13 @@ from fsd_gs.evaluate.scorers import ViewScores
 FORMAT = "fsd_gs.evaluate/1"
 REFERENCE_ORDER = ("truth", "ddim", "sds", "fsd", "fsd-surface")
 """Row order in tables: references first, then SDS before FSD as in the paper; other methods after, by name."""
-LABELS = {"truth": "world objects (truth)", "ddim": "DDIM images", "sds": "SDS", "fsd": "FSD",
-          "fsd-surface": "FSD, surface noise"}
+LABELS = {
+    "truth": "world objects (truth)",
+    "ddim": "DDIM images",
+    "sds": "SDS",
+    "fsd": "FSD",
+    "fsd-surface": "FSD, surface noise",
+}
 
 
 def method_label(method: str) -> str:
@@ -94,36 +99,54 @@ class SetResult:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["cross_fid"] = None if self.cross_fid is None else {**dataclasses.asdict(self.cross_fid),
-                                                                  "rank_deficient": self.cross_fid.rank_deficient}
+        data["cross_fid"] = (
+            None
+            if self.cross_fid is None
+            else {**dataclasses.asdict(self.cross_fid), "rank_deficient": self.cross_fid.rank_deficient}
+        )
         return data
 
 
-def _consistency_fields(prompt: str, model: str, scores: dict[int, ViewScores],
-                        azimuths: Optional[Sequence[float]]) -> dict[str, Any]:
+def _consistency_fields(
+    prompt: str, model: str, scores: dict[int, ViewScores], azimuths: Optional[Sequence[float]]
+) -> dict[str, Any]:
     """SetResult's consistency fields; empty when a seed has no view reads or they do not match the cameras."""
     seeds = sorted(scores)
     reads = {s: scores[s].views for s in seeds}
     if azimuths is None or any(r is None or len(r) != len(azimuths) for r in reads.values()):
         return {}
-    fields: dict[str, Any] = {"view_reads": {s: list(r or []) for s, r in reads.items()}, "has_front": has_front(prompt, model),
-                              "azimuths": [float(a) % 360.0 for a in azimuths]}
+    fields: dict[str, Any] = {
+        "view_reads": {s: list(r or []) for s, r in reads.items()},
+        "has_front": has_front(prompt, model),
+        "azimuths": [float(a) % 360.0 for a in azimuths],
+    }
     if fields["has_front"]:
         per_seed = {s: consistency(fields["view_reads"][s], azimuths) for s in seeds}
         confusion = empty_confusion()
         for c in per_seed.values():
             add_confusion(confusion, c.confusion)
-        fields.update(view_accuracy=float(np.mean([c.view_accuracy for c in per_seed.values()])),
-                      view_accuracy_per_seed={s: c.view_accuracy for s, c in per_seed.items()},
-                      janus_rate=float(np.mean([c.janus for c in per_seed.values()])),
-                      janus_seeds=[s for s, c in per_seed.items() if c.janus], confusion=confusion,
-                      clear_azimuths=per_seed[seeds[0]].clear_azimuths)
+        fields.update(
+            view_accuracy=float(np.mean([c.view_accuracy for c in per_seed.values()])),
+            view_accuracy_per_seed={s: c.view_accuracy for s, c in per_seed.items()},
+            janus_rate=float(np.mean([c.janus for c in per_seed.values()])),
+            janus_seeds=[s for s, c in per_seed.items() if c.janus],
+            confusion=confusion,
+            clear_azimuths=per_seed[seeds[0]].clear_azimuths,
+        )
     return fields
 
 
-def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewScores], n_colours: int,
-                  with_cross_fid: bool = True, sources: dict[int, str] | None = None,
-                  guidance_scale: Optional[float] = None, azimuths: Optional[Sequence[float]] = None) -> SetResult:
+def summarise_set(
+    prompt: str,
+    model: str,
+    method: str,
+    scores: dict[int, ViewScores],
+    n_colours: int,
+    with_cross_fid: bool = True,
+    sources: dict[int, str] | None = None,
+    guidance_scale: Optional[float] = None,
+    azimuths: Optional[Sequence[float]] = None,
+) -> SetResult:
     """The figures of one prompt x backbone x method from the view scores of each seed; with the cameras'
     ``azimuths`` (degrees, one per view) and view reads in the scores also its 3D consistency."""
     seeds = sorted(scores)
@@ -132,7 +155,10 @@ def summarise_set(prompt: str, model: str, method: str, scores: dict[int, ViewSc
     if all(scores[s].colours for s in seeds):
         colours = {s: majority(scores[s].colours) for s in seeds}
     return SetResult(
-        prompt=prompt, model=model, method=method, seeds=seeds,
+        prompt=prompt,
+        model=model,
+        method=method,
+        seeds=seeds,
         views_per_seed=int(scores[seeds[0]].quality.shape[0]),
         quality=float(np.concatenate([scores[s].quality for s in seeds]).mean()),
         quality_per_seed={s: float(scores[s].quality.mean()) for s in seeds},
@@ -187,10 +213,18 @@ def summarise(results: Sequence[SetResult]) -> list[SummaryRow]:
             confusion = empty_confusion()
             for r in fronts:
                 add_confusion(confusion, r.confusion or {})
-        rows.append(SummaryRow(model, method, len(part), max(len(r.seeds) for r in part),
-                               {name: mean_std([_figure(r, name) for r in part]) for name in FIGURES},
-                               sorted({r.guidance_scale for r in part if r.guidance_scale is not None}),
-                               sorted({r.prompt for r in fronts}), confusion))
+        rows.append(
+            SummaryRow(
+                model,
+                method,
+                len(part),
+                max(len(r.seeds) for r in part),
+                {name: mean_std([_figure(r, name) for r in part]) for name in FIGURES},
+                sorted({r.guidance_scale for r in part if r.guidance_scale is not None}),
+                sorted({r.prompt for r in fronts}),
+                confusion,
+            )
+        )
     return rows
 
 
@@ -198,11 +232,16 @@ def reference_check(row: SummaryRow, accuracy: float = 0.95, janus: float = 0.0)
     """One line on the truth row's consistency: the view reader must read the world's own objects right."""
     acc, rate = row.figures["view_accuracy"][0], row.figures["janus_rate"][0]
     ok = acc is not None and rate is not None and acc >= accuracy and rate <= janus
-    verdict = ("the view reader is calibrated" if ok else
-               f"WARNING: below {accuracy:g} / above {100 * janus:g}%: the view reader misreads the world's own objects, "
-               "so the consistency figures of this backbone are not to be trusted (retrain the judge's view head)")
-    return (f"- Reference: the world's objects read view accuracy {_num(acc)}, Janus {_janus_pct(rate)} on "
-            f"{len(row.front_prompts)} prompt(s) with a front: {verdict}.")
+    verdict = (
+        "the view reader is calibrated"
+        if ok
+        else f"WARNING: below {accuracy:g} / above {100 * janus:g}%: the view reader misreads the world's own objects, "
+        "so the consistency figures of this backbone are not to be trusted (retrain the judge's view head)"
+    )
+    return (
+        f"- Reference: the world's objects read view accuracy {_num(acc)}, Janus {_janus_pct(rate)} on "
+        f"{len(row.front_prompts)} prompt(s) with a front: {verdict}."
+    )
 
 
 def confusion_text(confusion: Optional[dict[str, dict[str, int]]]) -> str:
@@ -244,8 +283,12 @@ def _cfg(scales: Sequence[Optional[float]]) -> str:
     return "/".join(f"{s:g}" for s in sorted({s for s in scales if s is not None})) or "-"
 
 
-def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], settings: dict[str, Any],
-             scorer_notes: dict[str, dict[str, Any]]) -> str:
+def markdown(
+    results: Sequence[SetResult],
+    missing: Sequence[dict[str, str]],
+    settings: dict[str, Any],
+    scorer_notes: dict[str, dict[str, Any]],
+) -> str:
     """The evaluation as markdown: the paper's table, the per-prompt table, how it was measured, what is missing."""
     has_shapes = any(r.model == "shapes" for r in results)
     lines = [
@@ -266,56 +309,96 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
     lines += [header, sep]
     for row in summarise(results):
         f = row.figures
-        cells = [backbone_label(row.model), method_label(row.method), _cfg(row.guidance_scales),
-                 f"{row.prompts} x {row.seeds}", _pm(*f["quality"][:2]), _pm(*f["inception_score"][:2]),
-                 _pm(*f["cross_fid"][:2], digits=1), _pm(*f["view_accuracy"][:2]),
-                 _pct_pm(*f["janus_rate"][:2])]
+        cells = [
+            backbone_label(row.model),
+            method_label(row.method),
+            _cfg(row.guidance_scales),
+            f"{row.prompts} x {row.seeds}",
+            _pm(*f["quality"][:2]),
+            _pm(*f["inception_score"][:2]),
+            _pm(*f["cross_fid"][:2], digits=1),
+            _pm(*f["view_accuracy"][:2]),
+            _pct_pm(*f["janus_rate"][:2]),
+        ]
         if has_shapes:
             cells += [_pm(*f["colour_entropy"][:2]), _pm(*f["pairwise_distance"][:2])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Per prompt", "",
-              "| prompt | backbone | method | CFG | seeds | quality | IS | CROSS-FID (samples a/b, dim) | colours per seed | "
-              "colour entropy | pairwise distance | view accuracy | Janus (seeds) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Per prompt",
+        "",
+        "| prompt | backbone | method | CFG | seeds | quality | IS | CROSS-FID (samples a/b, dim) | colours per seed | "
+        "colour entropy | pairwise distance | view accuracy | Janus (seeds) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(results, key=lambda r: (r.prompt, r.model, row_order(r.method))):
         cf = r.cross_fid
         cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
         colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
-        cells = [r.prompt, backbone_label(r.model), method_label(r.method), _cfg([r.guidance_scale]), str(len(r.seeds)),
-                 f"{r.quality:.2f}", _num(r.inception_score), cf_text, colours, _num(r.colour_entropy),
-                 _num(r.pairwise_distance), _num(r.view_accuracy),
-                 "-" if r.janus_rate is None else f"{_janus_pct(r.janus_rate)} ({' '.join(map(str, r.janus_seeds)) or 'none'})"]
+        cells = [
+            r.prompt,
+            backbone_label(r.model),
+            method_label(r.method),
+            _cfg([r.guidance_scale]),
+            str(len(r.seeds)),
+            f"{r.quality:.2f}",
+            _num(r.inception_score),
+            cf_text,
+            colours,
+            _num(r.colour_entropy),
+            _num(r.pairwise_distance),
+            _num(r.view_accuracy),
+            "-" if r.janus_rate is None else f"{_janus_pct(r.janus_rate)} ({' '.join(map(str, r.janus_seeds)) or 'none'})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     rows_with_fronts = [row for row in summarise(results) if row.confusion is not None]
     if rows_with_fronts:
-        lines += ["", "## View confusion (clear cameras: expected view: read view counts)", "",
-                  "| backbone | method | prompts with a front | confusion |", "| --- | --- | --- | --- |"]
-        lines += [f"| {backbone_label(row.model)} | {method_label(row.method)} | {', '.join(row.front_prompts)} | "
-                  f"{confusion_text(row.confusion)} |" for row in rows_with_fronts]
+        lines += [
+            "",
+            "## View confusion (clear cameras: expected view: read view counts)",
+            "",
+            "| backbone | method | prompts with a front | confusion |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {backbone_label(row.model)} | {method_label(row.method)} | {', '.join(row.front_prompts)} | "
+            f"{confusion_text(row.confusion)} |"
+            for row in rows_with_fronts
+        ]
     lines += ["", "## How it was measured", ""]
     for model, note in scorer_notes.items():
         classifier = note["classifier"] or "none (IS not computed)"
-        lines.append(f"- {backbone_label(model)}: quality = {note['quality']}; IS classifier = {classifier}; "
-                     f"features = {note['features']}; view reads = {note.get('views', '-')}.")
-    lines.append("- 3D consistency (docs/evaluation.md): view accuracy = share of the clear cameras (azimuth 0/90/180/270, "
-                 "the nearest camera to each when the views miss one) read as front/side/back/side; Janus = share of seeds "
-                 "whose back camera (180) reads \"front\". Only prompts whose object has a front count (shapes: FRONT_KINDS; "
-                 "other priors: a front-bearing noun); the confusion table lists them per row. Not measured for DDIM samples.")
+        lines.append(
+            f"- {backbone_label(model)}: quality = {note['quality']}; IS classifier = {classifier}; "
+            f"features = {note['features']}; view reads = {note.get('views', '-')}."
+        )
+    lines.append(
+        "- 3D consistency (docs/evaluation.md): view accuracy = share of the clear cameras (azimuth 0/90/180/270, "
+        "the nearest camera to each when the views miss one) read as front/side/back/side; Janus = share of seeds "
+        'whose back camera (180) reads "front". Only prompts whose object has a front count (shapes: FRONT_KINDS; '
+        "other priors: a front-bearing noun); the confusion table lists them per row. Not measured for DDIM samples."
+    )
     cfs = [r.cross_fid for r in results if r.cross_fid is not None]
     if cfs:
         deficient = sum(cf.rank_deficient for cf in cfs)
         dims = "/".join(sorted({str(c.feature_dim) for c in cfs}))
-        lines.append(f"- CROSS-FID from {min(c.n_a for c in cfs)}-{max(c.n_b for c in cfs)} feature vectors per half, "
-                     f"feature size {dims}; {deficient} of {len(cfs)} estimates have fewer samples than dimensions "
-                     "(rank-deficient covariances: compare them only with each other, same views and seeds).")
+        lines.append(
+            f"- CROSS-FID from {min(c.n_a for c in cfs)}-{max(c.n_b for c in cfs)} feature vectors per half, "
+            f"feature size {dims}; {deficient} of {len(cfs)} estimates have fewer samples than dimensions "
+            "(rank-deficient covariances: compare them only with each other, same views and seeds)."
+        )
     if any(r.method == "ddim" for r in results):
-        lines.append(f"- DDIM images: {settings['ddim_samples']} samples per prompt, {settings['ddim_steps']} DDIM steps, "
-                     "at the FSD runs' CFG (what FSD distils towards; else the first method's, or --ddim-guidance), "
-                     "view-dependent prompts; "
-                     "no CROSS-FID (independent samples).")
+        lines.append(
+            f"- DDIM images: {settings['ddim_samples']} samples per prompt, {settings['ddim_steps']} DDIM steps, "
+            "at the FSD runs' CFG (what FSD distils towards; else the first method's, or --ddim-guidance), "
+            "view-dependent prompts; "
+            "no CROSS-FID (independent samples)."
+        )
     if any(r.method == "truth" for r in results):
-        lines.append("- World objects (truth): the shapes world's own objects of the prompt's kind "
-                     "(random colour when the prompt names none), rendered from the same cameras.")
+        lines.append(
+            "- World objects (truth): the shapes world's own objects of the prompt's kind "
+            "(random colour when the prompt names none), rendered from the same cameras."
+        )
         lines += [reference_check(row) for row in summarise(results) if row.method == "truth" and row.front_prompts]
     if missing:
         lines += ["", f"## Missing ({len(missing)})", ""]
@@ -323,11 +406,30 @@ def markdown(results: Sequence[SetResult], missing: Sequence[dict[str, str]], se
     return "\n".join(lines) + "\n"
 
 
-def to_json(results: Sequence[SetResult], missing: Sequence[dict[str, str]], settings: dict[str, Any],
-            scorer_notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    summary = [{"model": r.model, "method": r.method, "prompts": r.prompts, "seeds": r.seeds,
-                "guidance_scales": r.guidance_scales, "front_prompts": r.front_prompts, "confusion": r.confusion,
-                **{name: {"mean": m, "std": s, "count": n} for name, (m, s, n) in r.figures.items()}}
-               for r in summarise(results)]
-    return {"format": FORMAT, "settings": settings, "scorers": scorer_notes, "summary": summary,
-            "results": [r.to_json() for r in results], "missing": list(missing)}
+def to_json(
+    results: Sequence[SetResult],
+    missing: Sequence[dict[str, str]],
+    settings: dict[str, Any],
+    scorer_notes: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    summary = [
+        {
+            "model": r.model,
+            "method": r.method,
+            "prompts": r.prompts,
+            "seeds": r.seeds,
+            "guidance_scales": r.guidance_scales,
+            "front_prompts": r.front_prompts,
+            "confusion": r.confusion,
+            **{name: {"mean": m, "std": s, "count": n} for name, (m, s, n) in r.figures.items()},
+        }
+        for r in summarise(results)
+    ]
+    return {
+        "format": FORMAT,
+        "settings": settings,
+        "scorers": scorer_notes,
+        "summary": summary,
+        "results": [r.to_json() for r in results],
+        "missing": list(missing),
+    }

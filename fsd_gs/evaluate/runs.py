@@ -97,9 +97,14 @@ def read_run(run_dir: Path) -> Run | Missing:
     if not isinstance(config, dict) or not str(config.get("prompt", "")).strip():
         return Missing(rid, "config.yaml has no prompt")
     guidance = config.get("guidance") or {}
-    return Run(run_dir=run_dir, prompt=str(config["prompt"]), method=method_name(config),
-               model=str(config.get("model", "")), seed=int(config.get("seed", 0)),
-               guidance_scale=float(guidance.get("guidance_scale", 7.5)))
+    return Run(
+        run_dir=run_dir,
+        prompt=str(config["prompt"]),
+        method=method_name(config),
+        model=str(config.get("model", "")),
+        seed=int(config.get("seed", 0)),
+        guidance_scale=float(guidance.get("guidance_scale", 7.5)),
+    )
 
 
 def read_manifest(path: Path) -> Found:
@@ -110,8 +115,10 @@ def read_manifest(path: Path) -> Found:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read the batch manifest {path} ({exc}): pass a manifest.json written by fsd_gs.batch") from exc
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("items"), list):
-        raise UserError(f"{path} is not a batch manifest (format {MANIFEST_FORMAT!r} with a list of items): "
-                        "pass a run folder, a folder of runs or a manifest.json written by fsd_gs.batch")
+        raise UserError(
+            f"{path} is not a batch manifest (format {MANIFEST_FORMAT!r} with a list of items): "
+            "pass a run folder, a folder of runs or a manifest.json written by fsd_gs.batch"
+        )
     found = Found(manifests=[path])
     for item in data["items"]:
         iid = str(item.get("id", item.get("run_dir", "?")))
@@ -125,7 +132,8 @@ def read_manifest(path: Path) -> Found:
             continue
         result = read_run(path.parent / item["run_dir"])
         (found.runs if isinstance(result, Run) else found.missing).append(
-            result if isinstance(result, Run) else Missing(iid, result.reason))
+            result if isinstance(result, Run) else Missing(iid, result.reason)
+        )
     return found
 
 
@@ -166,8 +174,10 @@ def find_runs(paths: Iterable[Path | str]) -> Found:
     if not found.runs:
         where = ", ".join(str(p) for p in paths)
         why = f" ({len(found.missing)} incomplete or failed)" if found.missing else ""
-        raise UserError(f"no finished runs (folders with config.yaml, model.ply and a completed report.json) in {where}"
-                        f"{why}: pass the output folder of fsd_gs.train or fsd_gs.batch")
+        raise UserError(
+            f"no finished runs (folders with config.yaml, model.ply and a completed report.json) in {where}"
+            f"{why}: pass the output folder of fsd_gs.train or fsd_gs.batch"
+        )
     return found
 
 

@@ -115,9 +115,15 @@ class ClipScorer:
     quality_name = "CLIP score"
     view_reader = "CLIP view probe (the front / side / back / top of <prompt>)"
 
-    def __init__(self, model: torch.nn.Module, processor: object, name: str,
-                 classifier: Optional[Classifier] = None, classifier_name: Optional[str] = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: object,
+        name: str,
+        classifier: Optional[Classifier] = None,
+        classifier_name: Optional[str] = None,
+        batch_size: int = 32,
+    ) -> None:
         self.model, self.processor, self.name = model, processor, name
         self.classifier, self.classifier_name = classifier, classifier_name if classifier else None
         self.feature_name = f"CLIP image embeddings ({name})"
@@ -165,8 +171,9 @@ class ClipScorer:
         probs = None
         if self.classifier is not None:
             probs = self.classifier(images).double().cpu().numpy()
-        return ViewScores(quality=(100.0 * cos).double().numpy(), features=emb.double().numpy(), probs=probs,
-                          views=self.view_reads(emb, prompt))
+        return ViewScores(
+            quality=(100.0 * cos).double().numpy(), features=emb.double().numpy(), probs=probs, views=self.view_reads(emb, prompt)
+        )
 
 
 def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, object]:

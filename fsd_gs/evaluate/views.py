@@ -37,11 +37,16 @@ def eval_cameras(config: ViewConfig, size: int, device: torch.device | str = "cp
 
 
 @torch.no_grad()
-def render_views(gaussians: Gaussians, cameras: Cameras, background: tuple[float, float, float],
-                 render_config: RenderConfig | None = None, chunk: int = 8) -> torch.Tensor:
+def render_views(
+    gaussians: Gaussians,
+    cameras: Cameras,
+    background: tuple[float, float, float],
+    render_config: RenderConfig | None = None,
+    chunk: int = 8,
+) -> torch.Tensor:
     """Views [V,3,H,W] in [0,1] (float32, CPU) of ``gaussians`` from ``cameras`` (on the Gaussians' device)."""
     bg = torch.tensor(background, dtype=torch.float32, device=gaussians.device)
-    frames = [render(gaussians, cameras[i:i + chunk], bg, render_config).rgb for i in range(0, len(cameras), chunk)]
+    frames = [render(gaussians, cameras[i : i + chunk], bg, render_config).rgb for i in range(0, len(cameras), chunk)]
     return torch.cat(frames).clamp(0, 1).permute(0, 3, 1, 2).float().cpu().contiguous()
 
 
@@ -63,8 +68,9 @@ def world_object(prompt: str, index: int, seed_offset: int = 10_000) -> tuple[Ga
 
 
 @torch.no_grad()
-def ddim_images(prior: object, prompt: str, cameras: Cameras, n_samples: int, guidance_scale: float, steps: int,
-                seed: int = 0) -> torch.Tensor:
+def ddim_images(
+    prior: object, prompt: str, cameras: Cameras, n_samples: int, guidance_scale: float, steps: int, seed: int = 0
+) -> torch.Tensor:
     """The paper's "DDIM images": ``n_samples`` images [S,3,H,W] in [0,1] (CPU) of ``prompt`` from the prior
     with :func:`fsd_gs.sampling.ddim_sample` (eta 0), sample i from x_T ~ N(0,I) seeded ``seed + i`` and
     prompted with the view name of camera ``i * V // S`` (view-dependent prompts, as in training)."""

@@ -23,5 +23,15 @@ from fsd_gs.export.mesh import MeshConfig
 from fsd_gs.export.registry import EXPORT_FORMATS
 from fsd_gs.finite import ExportWarning, NonFiniteWarning
 
-__all__ = ["EXPORT_FORMATS", "FORMATS", "SUFFIXES", "ExportFormat", "ExportWarning", "MeshConfig", "NonFiniteWarning",
-           "export_gaussians", "output_paths", "validate_formats"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "FORMATS",
+    "SUFFIXES",
+    "ExportFormat",
+    "ExportWarning",
+    "MeshConfig",
+    "NonFiniteWarning",
+    "export_gaussians",
+    "output_paths",
+    "validate_formats",
+]

@@ -32,8 +32,10 @@ class ExportConfig:
 
     path: tyro.conf.Positional[Path]
     """A run folder (holding model.ply) or any 3D Gaussian Splatting .ply file."""
-    to: Annotated[tuple[str, ...], tyro.conf.arg(metavar="{" + ",".join(EXPORT_FORMATS) + "} [...]",
-                                                 help="Formats, one or more of: " + format_help() + ".")]
+    to: Annotated[
+        tuple[str, ...],
+        tyro.conf.arg(metavar="{" + ",".join(EXPORT_FORMATS) + "} [...]", help="Formats, one or more of: " + format_help() + "."),
+    ]
     out_dir: Optional[Path] = None
     """Folder for the files (must exist); None: the folder of the input .ply."""
     stem: Optional[str] = None

@@ -42,8 +42,9 @@ def validate_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
-def output_paths(out_dir: str | Path, formats: Sequence[str], stem: str = "model",
-                 mesh: MeshConfig | None = None) -> dict[str, Path]:
+def output_paths(
+    out_dir: str | Path, formats: Sequence[str], stem: str = "model", mesh: MeshConfig | None = None
+) -> dict[str, Path]:
     """Where each format is written: ``{format: out_dir / (stem + suffix)}`` (formats validated)."""
     if not stem or "/" in stem or stem in (".", ".."):
         raise UserError(f"the file stem must be a plain file name without '/', got {stem!r}")
@@ -52,8 +53,14 @@ def output_paths(out_dir: str | Path, formats: Sequence[str], stem: str = "model
     return {name: out_dir / f"{stem}{EXPORT_FORMATS[name].file_suffix(mesh)}" for name in validate_formats(formats)}
 
 
-def export_gaussians(gaussians: Gaussians, out_dir: str | Path, formats: Sequence[str], stem: str = "model",
-                     mesh: MeshConfig | None = None, overwrite: bool = False) -> dict[str, Path]:
+def export_gaussians(
+    gaussians: Gaussians,
+    out_dir: str | Path,
+    formats: Sequence[str],
+    stem: str = "model",
+    mesh: MeshConfig | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Write ``gaussians`` in each of ``formats`` into ``out_dir``.
 
     Args:
@@ -81,7 +88,9 @@ def export_gaussians(gaussians: Gaussians, out_dir: str | Path, formats: Sequenc
         raise UserError(f"the output folder {out_dir} does not exist; create it or pass an existing --out-dir")
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not overwrite:
-        raise UserError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-                        "pass --overwrite to replace it (or choose another --out-dir)")
+        raise UserError(
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "pass --overwrite to replace it (or choose another --out-dir)"
+        )
     gaussians = drop_non_finite(gaussians, f"the export to {Path(out_dir) / stem}.*")
     return {name: EXPORT_FORMATS[name].write(gaussians, path, mesh) for name, path in paths.items()}

@@ -36,8 +36,12 @@ EXTENSION = "KHR_gaussian_splatting"
 ROTATION = f"{EXTENSION}:ROTATION"
 SCALE = f"{EXTENSION}:SCALE"
 OPACITY = f"{EXTENSION}:OPACITY"
-EXTENSION_PROPERTIES = {"kernel": "ellipse", "colorSpace": "srgb_rec709_display", "projection": "perspective",
-                        "sortingMethod": "cameraDistance"}
+EXTENSION_PROPERTIES = {
+    "kernel": "ellipse",
+    "colorSpace": "srgb_rec709_display",
+    "projection": "perspective",
+    "sortingMethod": "cameraDistance",
+}
 """The primitive's extension object (kernel and colorSpace are required by the spec)."""
 
 Z_UP_TO_Y_UP = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -94,12 +98,20 @@ def glb_bytes(gaussians: Gaussians) -> bytes:
         components = 1 if array.ndim == 1 else array.shape[1]
         views.append(gl.BufferView(buffer=0, byteOffset=len(blob), byteLength=array.nbytes, target=gl.ARRAY_BUFFER))
         extra = {"min": array.min(axis=0).tolist(), "max": array.max(axis=0).tolist()} if name == "POSITION" else {}
-        accessors.append(gl.Accessor(bufferView=len(views) - 1, componentType=gl.FLOAT, count=n,
-                                     type={1: gl.SCALAR, 3: gl.VEC3, 4: gl.VEC4}[components], **extra))
+        accessors.append(
+            gl.Accessor(
+                bufferView=len(views) - 1,
+                componentType=gl.FLOAT,
+                count=n,
+                type={1: gl.SCALAR, 3: gl.VEC3, 4: gl.VEC4}[components],
+                **extra,
+            )
+        )
         indices[name] = len(accessors) - 1
         blob += array.tobytes()  # float32 arrays keep every view 4-byte aligned
-    primitive = gl.Primitive(attributes=gl.Attributes(**indices), mode=gl.POINTS,
-                             extensions={EXTENSION: dict(EXTENSION_PROPERTIES)})
+    primitive = gl.Primitive(
+        attributes=gl.Attributes(**indices), mode=gl.POINTS, extensions={EXTENSION: dict(EXTENSION_PROPERTIES)}
+    )
     gltf = gl.GLTF2(
         asset=gl.Asset(version="2.0", generator="fsd_gs"),
         extensionsUsed=[EXTENSION],
@@ -115,7 +127,11 @@ def glb_bytes(gaussians: Gaussians) -> bytes:
     return b"".join(gltf.save_to_bytes())
 
 
-GLB = ExportFormat("glb", ".glb", lambda gaussians, options: glb_bytes(gaussians),
-                  "glTF binary with KHR_gaussian_splatting (pygltflib; linear scales, sigmoid opacities, xyzw)")
+GLB = ExportFormat(
+    "glb",
+    ".glb",
+    lambda gaussians, options: glb_bytes(gaussians),
+    "glTF binary with KHR_gaussian_splatting (pygltflib; linear scales, sigmoid opacities, xyzw)",
+)
 write_glb = GLB.write
 """Write a KHR_gaussian_splatting ``.glb``, atomically, non-finite rows dropped with a warning; returns the path."""

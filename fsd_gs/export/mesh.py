@@ -59,11 +59,15 @@ class MeshConfig:
     def validate(self) -> None:
         """UserError on the first bad field."""
         require(16 <= self.resolution <= 1024, f"--mesh.resolution must be 16..1024, got {self.resolution}")
-        require(math.isfinite(self.threshold) and self.threshold > 0,
-                f"--mesh.threshold must be a positive number, got {self.threshold}")
+        require(
+            math.isfinite(self.threshold) and self.threshold > 0,
+            f"--mesh.threshold must be a positive number, got {self.threshold}",
+        )
         require(self.format in MESH_FORMATS, f"--mesh.format must be one of {', '.join(MESH_FORMATS)}, got {self.format!r}")
-        require(math.isfinite(self.smoothing) and 0 <= self.smoothing <= 4,
-                f"--mesh.smoothing must be 0..4 voxels, got {self.smoothing}")
+        require(
+            math.isfinite(self.smoothing) and 0 <= self.smoothing <= 4,
+            f"--mesh.smoothing must be 0..4 voxels, got {self.smoothing}",
+        )
         require(self.chunk_elements >= 1024, f"--mesh.chunk-elements must be >= 1024, got {self.chunk_elements}")
 
 
@@ -141,8 +145,9 @@ def density_grid(gaussians: Gaussians, config: MeshConfig) -> DensityGrid:
             flat = (vox * strides).sum(dim=2)[keep]
             density.index_add_(0, flat, w)
             color_sum.index_add_(0, flat, w[:, None] * rgb[idx, None, :].expand(-1, offsets.shape[0], -1)[keep])
-    return DensityGrid(density.reshape(X, Y, Z).cpu().numpy(), color_sum.reshape(X, Y, Z, 3).cpu().numpy(),
-                       lo.cpu().double().numpy(), voxel)
+    return DensityGrid(
+        density.reshape(X, Y, Z).cpu().numpy(), color_sum.reshape(X, Y, Z, 3).cpu().numpy(), lo.cpu().double().numpy(), voxel
+    )
 
 
 def extract_mesh(gaussians: Gaussians, config: MeshConfig | None = None):
@@ -159,8 +164,10 @@ def extract_mesh(gaussians: Gaussians, config: MeshConfig | None = None):
     grid = density_grid(gaussians, config)
     peak = float(grid.density.max())
     if not peak > config.threshold:
-        raise UserError(f"no surface at --mesh.threshold {config.threshold:g}: the density of the Gaussians peaks at "
-                        f"{peak:.3g}, so lower the threshold below that")
+        raise UserError(
+            f"no surface at --mesh.threshold {config.threshold:g}: the density of the Gaussians peaks at "
+            f"{peak:.3g}, so lower the threshold below that"
+        )
     field = np.pad(grid.density, 1)  # zeros around: every surface closes inside the grid
     if config.fill_interior:
         occupied = field > config.threshold
@@ -168,8 +175,10 @@ def extract_mesh(gaussians: Gaussians, config: MeshConfig | None = None):
         field[cavity] = max(peak, 2.0 * config.threshold)
     verts, faces, _, _ = marching_cubes(field, level=config.threshold, allow_degenerate=False)
     if len(faces) == 0:
-        raise UserError(f"no surface at --mesh.threshold {config.threshold:g}: marching cubes found no triangles; "
-                        "lower the threshold or raise --mesh.resolution")
+        raise UserError(
+            f"no surface at --mesh.threshold {config.threshold:g}: marching cubes found no triangles; "
+            "lower the threshold or raise --mesh.resolution"
+        )
     # Colour: density-weighted mean base colour, interpolated at the vertices (index space of the padded grid).
     coords = verts.T
     weight = ndimage.map_coordinates(np.pad(grid.density, 1), coords, order=1)
@@ -226,7 +235,11 @@ def encode_mesh(gaussians: Gaussians, config: MeshConfig | None = None) -> bytes
     return mesh_bytes(extract_mesh(gaussians, config), config.format)
 
 
-MESH = ExportFormat("mesh", ".mesh.{mesh.format}", encode_mesh,
-                    "marching cubes on the Gaussians' density (scikit-image), written by trimesh as glb/obj/ply")
+MESH = ExportFormat(
+    "mesh",
+    ".mesh.{mesh.format}",
+    encode_mesh,
+    "marching cubes on the Gaussians' density (scikit-image), written by trimesh as glb/obj/ply",
+)
 write_mesh = MESH.write
 """Extract the mesh and write it in ``MeshConfig.format``, atomically, non-finite rows dropped with a warning."""

@@ -59,8 +59,11 @@ def compressed_ply_bytes(gaussians: Gaussians, options: Any = None) -> bytes:
     if kept == 0:
         raise UserError(f"not writing the compressed .ply: all {n} Gaussians have opacity <= 1/255 (nothing visible to export)")
     if kept < n:
-        warnings.warn(f"left out {n - kept} of {n} Gaussians with opacity <= 1/255 (invisible) from the compressed .ply",
-                      ExportWarning, stacklevel=2)
+        warnings.warn(
+            f"left out {n - kept} of {n} Gaussians with opacity <= 1/255 (invisible) from the compressed .ply",
+            ExportWarning,
+            stacklevel=2,
+        )
         gaussians = subset(gaussians, visible)
     data = _export_bytes(gaussians, "ply_compressed")
     if gaussians.params["shN"].shape[1] == 0:  # gsplat 1.5.3 declares an empty "sh" element; PlayCanvas rejects it
@@ -69,10 +72,15 @@ def compressed_ply_bytes(gaussians: Gaussians, options: Any = None) -> bytes:
     return data
 
 
-SPLAT = ExportFormat("splat", ".splat", splat_bytes,
-                     "antimatter15 .splat (gsplat's exporter; 32 bytes a Gaussian, DC colour only)")
-PLY_COMPRESSED = ExportFormat("ply_compressed", ".compressed.ply", compressed_ply_bytes,
-                              "PlayCanvas/SuperSplat .compressed.ply (gsplat's exporter; quantised, ~4x smaller)")
+SPLAT = ExportFormat(
+    "splat", ".splat", splat_bytes, "antimatter15 .splat (gsplat's exporter; 32 bytes a Gaussian, DC colour only)"
+)
+PLY_COMPRESSED = ExportFormat(
+    "ply_compressed",
+    ".compressed.ply",
+    compressed_ply_bytes,
+    "PlayCanvas/SuperSplat .compressed.ply (gsplat's exporter; quantised, ~4x smaller)",
+)
 write_splat = SPLAT.write
 """Write a ``.splat`` file, atomically, non-finite rows dropped with a warning; returns the path."""
 write_ply_compressed = PLY_COMPRESSED.write

@@ -112,8 +112,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return next((folder for folder in checkpoint_folders(root) if is_complete(folder)), None)
 
 
-def save_checkpoint(state: dict[str, Any], root: str | Path, step: int, meta: dict[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    state: dict[str, Any], root: str | Path, step: int, meta: dict[str, Any] | None = None, keep: int = 2
+) -> Path:
     """Commit ``state`` as ``root/step_NNNNNN`` (atomically as a whole) and keep only the newest ``keep``.
 
     An existing complete checkpoint of the same step is left as it is (the state of a step does not change).
@@ -124,8 +125,7 @@ def save_checkpoint(state: dict[str, Any], root: str | Path, step: int, meta: di
         return _commit(state, root, final, step, meta, keep)
 
 
-def _commit(state: dict[str, Any], root: Path, final: Path, step: int, meta: dict[str, Any] | None,
-            keep: int) -> Path:
+def _commit(state: dict[str, Any], root: Path, final: Path, step: int, meta: dict[str, Any] | None, keep: int) -> Path:
     """:func:`save_checkpoint`'s body: temporary folder, fsync, one rename, then the old ones go."""
     root.mkdir(parents=True, exist_ok=True)
     if final.is_dir() and is_complete(final):
@@ -133,8 +133,13 @@ def _commit(state: dict[str, Any], root: Path, final: Path, step: int, meta: dic
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "state", tensors)
     payload = save_bytes(tensors)
-    record = {"format_version": FORMAT_VERSION, "step": step, "tensors_sha256": hashlib.sha256(payload).hexdigest(),
-              "state": tree, "meta": meta or {}}
+    record = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "tensors_sha256": hashlib.sha256(payload).hexdigest(),
+        "state": tree,
+        "meta": meta or {},
+    }
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
     try:
         for name, data in ((TENSORS_NAME, payload), (META_NAME, json.dumps(record).encode())):

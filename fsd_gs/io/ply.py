@@ -69,17 +69,24 @@ def _rows(gaussians: Gaussians) -> np.ndarray:
     rest = torch.zeros(n, 3, REST_PER_CHANNEL, dtype=torch.float32)
     k = p["shN"].shape[1]
     rest[:, :, :k] = p["shN"].transpose(1, 2)  # [N,3,K-1]: channel-major, zero-padded per channel
-    table = torch.cat([
-        p["means"], torch.zeros(n, 3), p["sh0"].reshape(n, 3), rest.reshape(n, -1),
-        p["opacities"].reshape(n, 1), p["scales"], p["quats"],
-    ], dim=1)
+    table = torch.cat(
+        [
+            p["means"],
+            torch.zeros(n, 3),
+            p["sh0"].reshape(n, 3),
+            rest.reshape(n, -1),
+            p["opacities"].reshape(n, 1),
+            p["scales"],
+            p["quats"],
+        ],
+        dim=1,
+    )
     return np.ascontiguousarray(table.numpy(), dtype="<f4")
 
 
 def ply_header(num_gaussians: int, sh_degree: int) -> bytes:
     """The ASCII header :func:`write_ply` writes (ends with ``end_header\\n``)."""
-    lines = ["ply", "format binary_little_endian 1.0", f"comment {DEGREE_COMMENT} {sh_degree}",
-             f"element vertex {num_gaussians}"]
+    lines = ["ply", "format binary_little_endian 1.0", f"comment {DEGREE_COMMENT} {sh_degree}", f"element vertex {num_gaussians}"]
     lines += [f"property float {name}" for name in ply_property_names()]
     lines.append("end_header")
     return ("\n".join(lines) + "\n").encode("ascii")
@@ -130,8 +137,10 @@ def _rest_count(path: Path, names: list[str]) -> int:
     m = len(indices)
     valid = [3 * (num_sh_bases(d) - 1) for d in range(MAX_SH_DEGREE + 1)]
     if indices != list(range(m)) or m not in valid:
-        raise UserError(f"{path} has {m} f_rest_* properties (f_rest_0..f_rest_{m - 1} expected, numbered without gaps, "
-                        f"and one of {valid} for SH degree 0..3): it is not a valid 3D Gaussian Splatting .ply")
+        raise UserError(
+            f"{path} has {m} f_rest_* properties (f_rest_0..f_rest_{m - 1} expected, numbered without gaps, "
+            f"and one of {valid} for SH degree 0..3): it is not a valid 3D Gaussian Splatting .ply"
+        )
     return m
 
 
@@ -163,14 +172,18 @@ def read_ply(path: str | Path, sh_degree: Optional[int] = None) -> Gaussians:
             elements = {element.name: element for element in ply.elements}
             if "vertex" not in elements:
                 found = ", ".join(repr(name) for name in elements) or "none"
-                raise UserError(f"{path} has no 'vertex' element (elements found: {found}); it is not a 3D Gaussian "
-                                "Splatting .ply")
+                raise UserError(
+                    f"{path} has no 'vertex' element (elements found: {found}); it is not a 3D Gaussian Splatting .ply"
+                )
             vertex = elements["vertex"]
             names = [prop.name for prop in vertex.properties]
             missing = [name for name in REQUIRED if name not in names]
             if missing:
-                hint = ("; it looks like a compressed .ply (decompress it first, e.g. with SuperSplat)"
-                        if "chunk" in elements else "; it looks like a mesh or point cloud, not 3D Gaussian Splatting")
+                hint = (
+                    "; it looks like a compressed .ply (decompress it first, e.g. with SuperSplat)"
+                    if "chunk" in elements
+                    else "; it looks like a mesh or point cloud, not 3D Gaussian Splatting"
+                )
                 raise UserError(f"{path} is missing the Gaussian properties {', '.join(missing)}{hint}")
             m = _rest_count(path, names)
             n = int(vertex.count)
@@ -195,13 +208,17 @@ def read_ply(path: str | Path, sh_degree: Optional[int] = None) -> Gaussians:
 
     t = torch.from_numpy(table)
     means, sh0 = t[:, 0:3], t[:, 3:6].reshape(n, 1, 3)
-    rest = t[:, 6:6 + m].reshape(n, 3, m // 3).transpose(1, 2)  # channel-major -> [N, K-1, 3]
-    tail = t[:, 6 + m:]
+    rest = t[:, 6 : 6 + m].reshape(n, 3, m // 3).transpose(1, 2)  # channel-major -> [N, K-1, 3]
+    tail = t[:, 6 + m :]
     k = num_sh_bases(sh_degree) - 1
     shN = torch.zeros(n, k, 3, dtype=torch.float32)
-    shN[:, :min(k, m // 3)] = rest[:, :k]
+    shN[:, : min(k, m // 3)] = rest[:, :k]
     params = {
-        "means": means.clone(), "sh0": sh0.clone(), "shN": shN,
-        "opacities": tail[:, 0].clone(), "scales": tail[:, 1:4].clone(), "quats": tail[:, 4:8].clone(),
+        "means": means.clone(),
+        "sh0": sh0.clone(),
+        "shN": shN,
+        "opacities": tail[:, 0].clone(),
+        "scales": tail[:, 1:4].clone(),
+        "quats": tail[:, 4:8].clone(),
     }
     return Gaussians(params, sh_degree, active_sh_degree=sh_degree)

@@ -33,7 +33,26 @@ from fsd_gs.methods.registry import METHODS, MethodName, make_guidance, method_n
 from fsd_gs.methods.score import ScoreGuidance
 from fsd_gs.methods.variational import LORA_TARGETS, CameraEmbedding, VariationalGuidance, VSDConfig, camera_labels
 
-__all__ = ["LORA_TARGETS", "METHODS", "NFSD_NEGATIVE_PROMPT", "CameraEmbedding", "ClassifierGuidance", "Guidance",
-           "Image2DSettings", "MethodName", "MethodOptions", "MethodSpec", "NoiseFreeGuidance", "ScoreGuidance",
-           "VSDConfig", "VariationalGuidance", "camera_labels", "default_negative_prompt", "make_guidance",
-           "method_names", "method_spec", "predict", "raw_predictions"]
+__all__ = [
+    "LORA_TARGETS",
+    "METHODS",
+    "NFSD_NEGATIVE_PROMPT",
+    "CameraEmbedding",
+    "ClassifierGuidance",
+    "Guidance",
+    "Image2DSettings",
+    "MethodName",
+    "MethodOptions",
+    "MethodSpec",
+    "NoiseFreeGuidance",
+    "ScoreGuidance",
+    "VSDConfig",
+    "VariationalGuidance",
+    "camera_labels",
+    "default_negative_prompt",
+    "make_guidance",
+    "method_names",
+    "method_spec",
+    "predict",
+    "raw_predictions",
+]

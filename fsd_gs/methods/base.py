@@ -60,8 +60,16 @@ class MethodSpec:
 
 
 # -- noise predictions ----------------------------------------------------------------------------
-def predict(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-            guidance_scale: float, cameras: Any = None, negatives: Optional[NegativeViews] = None) -> torch.Tensor:
+def predict(
+    prior: DiffusionPrior,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    cameras: Any = None,
+    negatives: Optional[NegativeViews] = None,
+) -> torch.Tensor:
     """``prior.predict_noise`` [B,C,h,w], with ``cameras`` for camera-conditioned priors only and Perp-Neg's
     ``negatives`` when given."""
     extra: dict[str, Any] = {} if negatives is None else {"negatives": negatives}
@@ -71,8 +79,9 @@ def predict(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, cond: tor
     return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, **extra)
 
 
-def raw_predictions(prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, embeddings: Sequence[torch.Tensor],
-                    cameras: Any = None) -> list[torch.Tensor]:
+def raw_predictions(
+    prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, embeddings: Sequence[torch.Tensor], cameras: Any = None
+) -> list[torch.Tensor]:
     """Unguided eps(z_t; e) [B,C,h,w] for each embedding e ([B,L,D] or [1,L,D]), in ONE conditional-only call."""
     batch, k = z_t.shape[0], len(embeddings)
     emb = torch.cat([e.to(z_t.device).expand(batch, -1, -1) for e in embeddings])
@@ -96,9 +105,19 @@ class Guidance:
     name: str = ""
     stateful: bool = False
 
-    def direction(self, prior: DiffusionPrior, z: torch.Tensor, z_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
-                  cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float, cameras: Any = None,
-                  negatives: Optional[NegativeViews] = None) -> torch.Tensor:
+    def direction(
+        self,
+        prior: DiffusionPrior,
+        z: torch.Tensor,
+        z_t: torch.Tensor,
+        eps: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        cameras: Any = None,
+        negatives: Optional[NegativeViews] = None,
+    ) -> torch.Tensor:
         """The residual [B,C,h,w] multiplied by w(t) in the target (called without gradient).
 
         Args:
@@ -131,4 +150,3 @@ class Guidance:
         """Continue from :meth:`state_dict`; a stateless guidance accepts only {}."""
         if state:
             raise ValueError(f"the {self.name} guidance has no state, got keys {sorted(state)}")
-

@@ -19,8 +19,12 @@ class ClassifierGuidance(Guidance):
         return (guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_negs, weights)).to(z.dtype)
 
 
-
-CSD = MethodSpec("csd", NOISE_PRESETS["sds"], SCHEDULE_PRESETS["sds"], Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
-                 "omega (eps(x_t; y) - eps(x_t; u))",
-                 make=lambda prior, embeddings, options, seed: ClassifierGuidance())
+CSD = MethodSpec(
+    "csd",
+    NOISE_PRESETS["sds"],
+    SCHEDULE_PRESETS["sds"],
+    Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
+    "omega (eps(x_t; y) - eps(x_t; u))",
+    make=lambda prior, embeddings, options, seed: ClassifierGuidance(),
+)
 """Fresh noise + t ~ U[0.02, 0.98] (threestudio's defaults); CSD is not in Tab. 3: 2D takes NFSD's column."""

@@ -23,7 +23,6 @@ def default_negative_prompt(prior: DiffusionPrior) -> str:
     return "" if isinstance(prior, ShapesPrior) else NFSD_NEGATIVE_PROMPT
 
 
-
 class NoiseFreeGuidance(Guidance):
     """NFSD (Katzir et al.) as the FSD paper re-implements it (no special case for small t):
     omega (eps(x_t; y) - eps(x_t; u)) + (eps(x_t; u) - eps(x_t; neg)).
@@ -43,11 +42,9 @@ class NoiseFreeGuidance(Guidance):
         if self.negative is None:
             eps_cond, eps_uncond, *eps_views = raw_predictions(prior, z_t, t, [cond, uncond, *views], cameras)
             return (guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_views, weights)).to(z.dtype)
-        eps_cond, eps_uncond, eps_neg, *eps_views = raw_predictions(prior, z_t, t, [cond, uncond, self.negative, *views],
-                                                                    cameras)
+        eps_cond, eps_uncond, eps_neg, *eps_views = raw_predictions(prior, z_t, t, [cond, uncond, self.negative, *views], cameras)
         delta = classifier_direction(eps_cond, eps_uncond, eps_views, weights)
         return (guidance_scale * delta + (eps_uncond - eps_neg)).to(z.dtype)
-
 
 
 def make_noise_free(prior: DiffusionPrior, embeddings: PromptEmbeddings, options: Any, seed: int) -> NoiseFreeGuidance:
@@ -59,6 +56,12 @@ def make_noise_free(prior: DiffusionPrior, embeddings: PromptEmbeddings, options
     return NoiseFreeGuidance(prior.encode_prompts(negative, "", view_dependent=False).cond[:1])
 
 
-NFSD = MethodSpec("nfsd", NOISE_PRESETS["sds"], SCHEDULE_PRESETS["sds"], Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
-                  "omega (eps(x_t; y) - eps(x_t; u)) + (eps(x_t; u) - eps(x_t; neg))", make=make_noise_free)
+NFSD = MethodSpec(
+    "nfsd",
+    NOISE_PRESETS["sds"],
+    SCHEDULE_PRESETS["sds"],
+    Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
+    "omega (eps(x_t; y) - eps(x_t; u)) + (eps(x_t; u) - eps(x_t; neg))",
+    make=make_noise_free,
+)
 """Fresh noise + t ~ U[0.02, 0.98] (threestudio's defaults); Tab. 3's NFSD column in 2D."""

@@ -43,8 +43,9 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS.get_entry(name)
 
 
-def make_guidance(method: str, prior: DiffusionPrior, embeddings: PromptEmbeddings,
-                  options: Optional[MethodOptions] = None, seed: int = 0) -> Guidance:
+def make_guidance(
+    method: str, prior: DiffusionPrior, embeddings: PromptEmbeddings, options: Optional[MethodOptions] = None, seed: int = 0
+) -> Guidance:
     """The :class:`Guidance` of ``method`` for one run (once, at start-up; it may embed prompts).
 
     Args:

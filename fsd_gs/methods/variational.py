@@ -42,7 +42,6 @@ class VSDConfig:
         require(self.lora_steps >= 1, f"--vsd.lora-steps must be >= 1, got {self.lora_steps}")
 
 
-
 class CameraEmbedding(nn.Module):
     """The LoRA denoiser's camera condition: flattened camera-to-world [B,16] -> [B,D] added to the timestep embedding.
 
@@ -99,8 +98,10 @@ class VariationalGuidance(Guidance):
         config.validate()
         unet = getattr(prior, "unet", None)
         if not isinstance(unet, UNet2DConditionModel) or prior.camera_conditioned:
-            raise UserError("--method vsd needs a prior with a diffusers UNet2DConditionModel (Stable Diffusion or "
-                            "the shapes prior); use fsd, sds, nfsd or csd with this model")
+            raise UserError(
+                "--method vsd needs a prior with a diffusers UNet2DConditionModel (Stable Diffusion or "
+                "the shapes prior); use fsd, sds, nfsd or csd with this model"
+            )
         self.config = config
         self.prediction_type = str(getattr(prior, "prediction_type", "epsilon"))
         self.lora_cond = lora_cond.detach()
@@ -136,8 +137,7 @@ class VariationalGuidance(Guidance):
         except ImportError as exc:  # pragma: no cover - peft is a dependency
             raise UserError("--method vsd needs the peft package: pip install peft") from exc
         rank = self.config.rank
-        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True,
-                                         target_modules=list(LORA_TARGETS)))
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(LORA_TARGETS)))
 
     # -- the LoRA denoiser ------------------------------------------------------------------------
     def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -209,14 +209,19 @@ class VariationalGuidance(Guidance):
         self.generator.set_state(state["rng"])
 
 
-
 def make_variational(prior: DiffusionPrior, embeddings: PromptEmbeddings, options: Any, seed: int) -> VariationalGuidance:
     """VSD's guidance, its LoRA conditioned on the view-independent ("none") prompt row."""
     row = embeddings.views.index("none") if "none" in embeddings.views else 0
-    return VariationalGuidance(prior, embeddings.cond[row:row + 1], options.vsd, seed)
+    return VariationalGuidance(prior, embeddings.cond[row : row + 1], options.vsd, seed)
 
 
-VSD = MethodSpec("vsd", NOISE_PRESETS["sds"], SCHEDULE_PRESETS["sds"], Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
-                 "eps_hat(x_t; y) - eps_lora(x_t; y, c), the LoRA trained on the renders", make=make_variational,
-                 stateful=True)
+VSD = MethodSpec(
+    "vsd",
+    NOISE_PRESETS["sds"],
+    SCHEDULE_PRESETS["sds"],
+    Image2DSettings(500, 7.5, 2e-2, fresh_noise=True),
+    "eps_hat(x_t; y) - eps_lora(x_t; y, c), the LoRA trained on the renders",
+    make=make_variational,
+    stateful=True,
+)
 """Fresh noise + t ~ U[0.02, 0.98] (ProlificDreamer's later max-t annealing starts after 5000 steps, beyond our runs)."""

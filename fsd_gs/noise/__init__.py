@@ -25,6 +25,19 @@ from fsd_gs.noise.registry import NOISE_KINDS, NoiseKind
 from fsd_gs.noise.surface import SurfaceNoise
 from fsd_gs.noise.worldmap import MAX_MAP_ELEMENTS, WorldMapNoise
 
-__all__ = ["MAX_MAP_ELEMENTS", "NOISE_KINDS", "NOISE_PRESETS", "Angles", "ConstantNoise", "NoiseConfig",
-           "NoiseFunction", "NoiseKind", "NoiseKindSpec", "RandomNoise", "SurfaceNoise", "WorldMapNoise",
-           "build_noise", "round_half_up"]
+__all__ = [
+    "MAX_MAP_ELEMENTS",
+    "NOISE_KINDS",
+    "NOISE_PRESETS",
+    "Angles",
+    "ConstantNoise",
+    "NoiseConfig",
+    "NoiseFunction",
+    "NoiseKind",
+    "NoiseKindSpec",
+    "RandomNoise",
+    "SurfaceNoise",
+    "WorldMapNoise",
+    "build_noise",
+    "round_half_up",
+]

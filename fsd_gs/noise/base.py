@@ -24,7 +24,6 @@ def round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-
 # -- the noise functions ---------------------------------------------------------------------------
 class NoiseFunction:
     """eps(c): call with the cameras' angles and rendered opacity, get one noise image per view.
@@ -44,8 +43,10 @@ class NoiseFunction:
     """True when :meth:`sample` needs the rendered expected depth (surface-attached noise)."""
 
     def __init__(self, shape: Sequence[int], beta: float, device: torch.device) -> None:
-        require(len(shape) == 3 and all(int(s) > 0 for s in shape),
-                f"the noise shape must be (C, h, w) with positive sizes, got {tuple(shape)}")
+        require(
+            len(shape) == 3 and all(int(s) > 0 for s in shape),
+            f"the noise shape must be (C, h, w) with positive sizes, got {tuple(shape)}",
+        )
         self.shape = tuple(int(s) for s in shape)
         self.beta = float(beta)
         self.device = torch.device(device)
@@ -134,7 +135,6 @@ class NoiseFunction:
         return None
 
 
-
 @dataclass(frozen=True)
 class NoiseKindSpec:
     """One noise kind of ``--noise.kind``: its name, what it is, and how it builds its function from the config."""
@@ -145,8 +145,7 @@ class NoiseKindSpec:
     make: Callable[[Any, Sequence[int], torch.Generator, torch.device], NoiseFunction]
     """(the run's :class:`~fsd_gs.noise.config.NoiseConfig`, shape (C, h, w), the seeded CPU generator, device)."""
 
-    def build(self, config: Any, shape: Sequence[int], generator: torch.Generator,
-              device: torch.device) -> NoiseFunction:
+    def build(self, config: Any, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> NoiseFunction:
         """The kind's noise function for model space ``shape``, its fixed tensors drawn from ``generator``."""
         return self.make(config, shape, generator, device)
 

@@ -50,8 +50,7 @@ class NoiseConfig:
         require(1 <= self.subsamples <= 32, f"--noise.subsamples must lie in 1..32, got {self.subsamples}")
         require(0.0 <= self.beta <= 1.0, f"--noise.beta must lie in [0, 1], got {self.beta}")
         require(0.0 < self.theta_deg <= 360.0, f"--noise.theta-deg must lie in (0, 360] degrees, got {self.theta_deg}")
-        require(0.0 <= self.mask_threshold <= 1.0,
-                f"--noise.mask-threshold must lie in [0, 1], got {self.mask_threshold}")
+        require(0.0 <= self.mask_threshold <= 1.0, f"--noise.mask-threshold must lie in [0, 1], got {self.mask_threshold}")
 
 
 NOISE_PRESETS: dict[str, NoiseConfig] = {

@@ -23,5 +23,8 @@ class ConstantNoise(NoiseFunction):
         return self.image.unsqueeze(0).repeat(batch, 1, 1, 1)
 
 
-CONSTANT = NoiseKindSpec("constant", "one fixed noise image for every view (2D FSD, or the 3D ablation)",
-                         make=lambda config, shape, generator, device: ConstantNoise(shape, config.beta, generator, device))
+CONSTANT = NoiseKindSpec(
+    "constant",
+    "one fixed noise image for every view (2D FSD, or the 3D ablation)",
+    make=lambda config, shape, generator, device: ConstantNoise(shape, config.beta, generator, device),
+)

@@ -18,5 +18,6 @@ class RandomNoise(NoiseFunction):
         super().__init__(shape, beta=0.0, device=device)
 
 
-RANDOM = NoiseKindSpec("random", "fresh N(0, I) noise every step (SDS)",
-                       make=lambda config, shape, generator, device: RandomNoise(shape, device))
+RANDOM = NoiseKindSpec(
+    "random", "fresh N(0, I) noise every step (SDS)", make=lambda config, shape, generator, device: RandomNoise(shape, device)
+)

@@ -130,8 +130,9 @@ class SurfaceNoise(NoiseFunction):
         a = alpha.detach().permute(0, 3, 1, 2).float()
         return F.adaptive_avg_pool2d(a, (h, w)) >= self.mask_threshold
 
-    def surface_samples(self, cameras: Any, alpha: torch.Tensor, depth: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def surface_samples(
+        self, cameras: Any, alpha: torch.Tensor, depth: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """World points of the S x S sub-samples of every latent pixel that lie on the surface.
 
         Args:
@@ -153,8 +154,9 @@ class SurfaceNoise(NoiseFunction):
         pix_y, pix_x = lat_y * (height / h), lat_x * (width / w)
         grid = torch.stack(torch.meshgrid(2.0 * pix_x / width - 1.0, 2.0 * pix_y / height - 1.0, indexing="xy"), -1)
         grid = grid.float()[None].expand(batch, -1, -1, -1)  # [B,hS,wS,2] (x, y), align_corners=False
-        picked = F.grid_sample(torch.cat([a * d, a], 1), grid, mode="bilinear", padding_mode="border",
-                               align_corners=False).double()  # [B,2,hS,wS]
+        picked = F.grid_sample(
+            torch.cat([a * d, a], 1), grid, mode="bilinear", padding_mode="border", align_corners=False
+        ).double()  # [B,2,hS,wS]
         a_s = picked[:, 1]
         z = picked[:, 0] / a_s.clamp_min(1e-10)
         on_surface = (a_s >= self.mask_threshold) & (z > 0)  # [B,hS,wS]
@@ -171,8 +173,7 @@ class SurfaceNoise(NoiseFunction):
         latent = torch.stack(torch.meshgrid(lat_y, lat_x, indexing="ij"), -1).reshape(1, -1, 2).expand(batch, -1, -1)
         return world[keep], view, latent[keep]
 
-    def surface_noise(self, cameras: Any, alpha: torch.Tensor, depth: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def surface_noise(self, cameras: Any, alpha: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The texel sums of every latent pixel, before the background is filled in.
 
         Returns:
@@ -218,12 +219,13 @@ class SurfaceNoise(NoiseFunction):
         """
         if alpha is None or depth is None:
             raise UserError("surface noise needs the rendered alpha and depth: render with with_depth=True and pass both")
-        require(depth.shape == alpha.shape,
-                f"depth {tuple(depth.shape)} and alpha {tuple(alpha.shape)} must both be [B,H,W,1]")
+        require(depth.shape == alpha.shape, f"depth {tuple(depth.shape)} and alpha {tuple(alpha.shape)} must both be [B,H,W,1]")
         require(len(cameras) == alpha.shape[0], f"{len(cameras)} cameras for {alpha.shape[0]} rendered views")
-        require((int(cameras.height), int(cameras.width)) == tuple(alpha.shape[1:3]),
-                f"the cameras are {cameras.width}x{cameras.height} but the render is "
-                f"{alpha.shape[2]}x{alpha.shape[1]}: pass the cameras the render was made with")
+        require(
+            (int(cameras.height), int(cameras.width)) == tuple(alpha.shape[1:3]),
+            f"the cameras are {cameras.width}x{cameras.height} but the render is "
+            f"{alpha.shape[2]}x{alpha.shape[1]}: pass the cameras the render was made with",
+        )
         self._geometry = (cameras, depth)
         try:  # the base class checks shapes, blends with fresh noise and records last_deterministic
             return self(cameras.azimuth, cameras.elevation, alpha, generator)
@@ -246,5 +248,4 @@ def make_surface(config: Any, shape: Sequence[int], generator: torch.Generator, 
     return SurfaceNoise(shape, config.beta, config.texel_size, config.subsamples, generator, device, config.mask_threshold)
 
 
-SURFACE = NoiseKindSpec("surface", "noise attached to the rendered surface points (docs/surface-noise.md)",
-                        make=make_surface)
+SURFACE = NoiseKindSpec("surface", "noise attached to the rendered surface points (docs/surface-noise.md)", make=make_surface)

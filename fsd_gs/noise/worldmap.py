@@ -115,9 +115,7 @@ class WorldMapNoise(NoiseFunction):
         return torch.where(mask, window, self.background.unsqueeze(0))
 
 
-
-def make_world_map(config: Any, shape: Sequence[int], generator: torch.Generator,
-                   device: torch.device) -> WorldMapNoise:
+def make_world_map(config: Any, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> WorldMapNoise:
     """The world map of ``config`` (beta, theta_deg, mask_threshold)."""
     return WorldMapNoise(shape, config.beta, config.theta_deg, generator, device, config.mask_threshold)
 

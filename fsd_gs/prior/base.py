@@ -113,8 +113,9 @@ class DiffusionPrior(ABC):
     dtype: torch.dtype
 
     @abstractmethod
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
-                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str = "", view_dependent: bool = True, suffixes: Optional[Mapping[str, str]] = None
+    ) -> PromptEmbeddings:
         """Embed ``prompt`` (with every view suffix when ``view_dependent``) and the negative prompt.
 
         ``suffixes``: the wording of each view's suffix (keys of :data:`VIEW_SUFFIXES`); None: :attr:`view_suffixes`.

@@ -79,8 +79,9 @@ def legacy_mode(value: Any) -> Any:
     return value
 
 
-def resolve_compile(requested: str | bool, device: torch.device, model: str = "", steps: Optional[int] = None,
-                    long_lived: bool = False) -> CompileDecision:
+def resolve_compile(
+    requested: str | bool, device: torch.device, model: str = "", steps: Optional[int] = None, long_lived: bool = False
+) -> CompileDecision:
     """The compile mode a prior is loaded with: the one place where ``auto`` is decided.
 
     Args:
@@ -98,8 +99,7 @@ def resolve_compile(requested: str | bool, device: torch.device, model: str = ""
     return decision
 
 
-def _decide(requested: str | bool, device: torch.device, model: str, steps: Optional[int],
-            long_lived: bool) -> CompileDecision:
+def _decide(requested: str | bool, device: torch.device, model: str, steps: Optional[int], long_lived: bool) -> CompileDecision:
     requested = legacy_mode(requested)
     if requested not in COMPILE_MODES:
         raise UserError(f"--prior.compile must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")

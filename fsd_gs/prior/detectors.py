@@ -41,13 +41,16 @@ class LoadRequest:
 
     def common(self) -> dict[str, Any]:
         """Keyword arguments every diffusers-backed prior takes (text-encoder offload, channels-last, xformers, compile)."""
-        return dict(offload_text_encoder=self.config.offload_text_encoder, channels_last=self.config.channels_last,
-                    enable_xformers=self.config.enable_xformers, compile=self.decision)
+        return dict(
+            offload_text_encoder=self.config.offload_text_encoder,
+            channels_last=self.config.channels_last,
+            enable_xformers=self.config.enable_xformers,
+            compile=self.decision,
+        )
 
     def hub(self) -> dict[str, Any]:
         """Keyword arguments of hub look-ups (offline first, cache folder, revision)."""
-        return dict(local_files_only=self.config.local_files_only, cache_dir=self.config.cache_dir,
-                    revision=self.config.revision)
+        return dict(local_files_only=self.config.local_files_only, cache_dir=self.config.cache_dir, revision=self.config.revision)
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,12 @@ def _load_shapes(model: str, request: LoadRequest) -> DiffusionPrior:
     from fsd_gs.prior.shapes import load_shapes_mv_prior, load_shapes_prior
 
     load = load_shapes_mv_prior if model == BUILTIN_SHAPES_MV else load_shapes_prior
-    prior = load(request.device, request.dtype, offload_text_encoder=request.config.offload_text_encoder,
-                              channels_last=request.config.channels_last)
+    prior = load(
+        request.device,
+        request.dtype,
+        offload_text_encoder=request.config.offload_text_encoder,
+        channels_last=request.config.channels_last,
+    )
     prior.compile_decision = request.decision
     return prior
 
@@ -97,8 +104,10 @@ def check_checkpoint_file(path: Path, model: str) -> None:
     else:  # torch.save: a zip archive, or a legacy pickle (protocol opcode 0x80)
         ok = head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
     if not ok:
-        raise UserError(f"the model file {model} is not a {path.suffix} checkpoint (its first bytes are neither "
-                        f"safetensors nor a torch file): --model takes {MODEL_KINDS}")
+        raise UserError(
+            f"the model file {model} is not a {path.suffix} checkpoint (its first bytes are neither "
+            f"safetensors nor a torch file): --model takes {MODEL_KINDS}"
+        )
 
 
 def _load_checkpoint(model: str, request: LoadRequest) -> DiffusionPrior:
@@ -108,8 +117,9 @@ def _load_checkpoint(model: str, request: LoadRequest) -> DiffusionPrior:
     try:
         return _load_mvdream(str(path), request)
     except UserError as exc:
-        raise UserError(f"--model {model} is read as an MVDream single-file checkpoint, which could not be loaded "
-                        f"({exc})") from exc
+        raise UserError(
+            f"--model {model} is read as an MVDream single-file checkpoint, which could not be loaded ({exc})"
+        ) from exc
 
 
 def _is_mvdream_folder(folder: str) -> bool:
@@ -121,15 +131,17 @@ def _is_mvdream_folder(folder: str) -> bool:
 def _load_mvdream(source: str, request: LoadRequest) -> DiffusionPrior:
     from fsd_gs.prior.mvdream import load_mvdream_prior
 
-    return load_mvdream_prior(source, request.device, request.dtype, upcast_vae=request.config.upcast_vae,
-                              **request.hub(), **request.common())
+    return load_mvdream_prior(
+        source, request.device, request.dtype, upcast_vae=request.config.upcast_vae, **request.hub(), **request.common()
+    )
 
 
 def _load_latent(folder: str, request: LoadRequest) -> DiffusionPrior:
     from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior
 
-    return LatentDiffusionPrior(Path(folder), request.device, request.dtype, upcast_vae=request.config.upcast_vae,
-                                **request.common())
+    return LatentDiffusionPrior(
+        Path(folder), request.device, request.dtype, upcast_vae=request.config.upcast_vae, **request.common()
+    )
 
 
 def _load_pixel(folder: str, request: LoadRequest) -> DiffusionPrior:

@@ -48,8 +48,13 @@ def load_text_side(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer"))
-    text_encoder = _load("text_encoder", folder, lambda: CLIPTextModel.from_pretrained(
-        folder / "text_encoder", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)))
+    text_encoder = _load(
+        "text_encoder",
+        folder,
+        lambda: CLIPTextModel.from_pretrained(
+            folder / "text_encoder", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)
+        ),
+    )
     return tokenizer, text_encoder.eval().requires_grad_(False)
 
 
@@ -57,8 +62,13 @@ def load_unet(folder: Path, dtype: torch.dtype) -> Any:
     """The UNet2DConditionModel in ``dtype``, eval mode, frozen."""
     from diffusers import UNet2DConditionModel
 
-    unet = _load("unet", folder, lambda: UNet2DConditionModel.from_pretrained(
-        folder / "unet", torch_dtype=dtype, use_safetensors=True, local_files_only=True))
+    unet = _load(
+        "unet",
+        folder,
+        lambda: UNet2DConditionModel.from_pretrained(
+            folder / "unet", torch_dtype=dtype, use_safetensors=True, local_files_only=True
+        ),
+    )
     return unet.eval().requires_grad_(False)
 
 
@@ -108,8 +118,7 @@ class DiffusersPrior(DiffusionPrior):
         self.unet = self.load_unet().to(self.device)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
-        self.compile_decision = (compile if isinstance(compile, CompileDecision)
-                                 else resolve_compile(compile, self.device))
+        self.compile_decision = compile if isinstance(compile, CompileDecision) else resolve_compile(compile, self.device)
         compile_module(self.unet, self.compile_decision.mode)
         if enable_xformers:
             try:
@@ -142,8 +151,11 @@ class DiffusersPrior(DiffusionPrior):
         missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         if missing:
             tokens = self.tokenizer(
-                missing, padding="max_length", max_length=self.tokenizer.model_max_length,
-                truncation=True, return_tensors="pt",
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
             )
             moved = self.offload_text_encoder
             if moved:
@@ -160,8 +172,9 @@ class DiffusersPrior(DiffusionPrior):
                 self._text_cache[text] = row.to(self.device, self.dtype)
         return torch.stack([self._text_cache[t] for t in texts])
 
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
-                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str = "", view_dependent: bool = True, suffixes: Optional[Mapping[str, str]] = None
+    ) -> PromptEmbeddings:
         """Embeddings of ``prompt`` per view ("none", "front", "side", "back", "overhead") and of the negative prompt.
 
         ``suffixes``: each view's wording (default :attr:`view_suffixes`). Computed once per (prompt,
@@ -178,8 +191,9 @@ class DiffusersPrior(DiffusionPrior):
         return self._prompt_cache[key]
 
     # -- noise prediction -------------------------------------------------------------------------
-    def _unet_eps(self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
-                  class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _unet_eps(
+        self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, class_labels: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Epsilon [N,C,h,w] float32 from one UNet call (v-prediction and learned variance handled)."""
         if class_labels is not None:
             class_labels = class_labels.to(self.device, self.dtype)
@@ -250,8 +264,13 @@ class LatentDiffusionPrior(DiffusersPrior):
         from diffusers import AutoencoderKL
 
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        vae = _load("vae", self.source, lambda: AutoencoderKL.from_pretrained(
-            self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True))
+        vae = _load(
+            "vae",
+            self.source,
+            lambda: AutoencoderKL.from_pretrained(
+                self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True
+            ),
+        )
         self.vae = vae.eval().requires_grad_(False).to(self.device)
         compile_module(self.vae.encoder, self.compile_decision.mode)
         self.scaling_factor = float(self.vae.config.scaling_factor)

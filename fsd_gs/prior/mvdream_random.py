@@ -75,8 +75,16 @@ def save_mvdream_pipeline(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Build a random-weight MVDream pipeline from configs and save it under ``path`` (seeded; one component at a time)."""
-    return save_latent_pipeline(path, unet_config, vae_config, text_config, seed, dtype, save_unet=save_mvdream_unet,
-                                pipeline=("MVDreamPipeline", MVDREAM_COMPONENTS, MVDREAM_EXTRA))
+    return save_latent_pipeline(
+        path,
+        unet_config,
+        vae_config,
+        text_config,
+        seed,
+        dtype,
+        save_unet=save_mvdream_unet,
+        pipeline=("MVDreamPipeline", MVDREAM_COMPONENTS, MVDREAM_EXTRA),
+    )
 
 
 def build_tiny_mvdream(folder: Path | str, seed: int = 0) -> Path:

@@ -42,8 +42,11 @@ def multiview_unet(unet: Any, views_per_group: int = 4) -> Any:
 
     if unet.config.class_embed_type is not None:
         raise UserError("the UNet already has a class embedding: start shapes-mv from the text-to-image shapes UNet")
-    config = {**{k: v for k, v in unet.config.items() if not k.startswith("_")},  # "_use_default_values" would undo it
-              "class_embed_type": "projection", "projection_class_embeddings_input_dim": CAMERA_DIM}
+    config = {
+        **{k: v for k, v in unet.config.items() if not k.startswith("_")},  # "_use_default_values" would undo it
+        "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": CAMERA_DIM,
+    }
     device = next(unet.parameters()).device
     with quiet_hf():
         mv = UNet2DConditionModel.from_config(config).to(device)
@@ -57,8 +60,9 @@ def multiview_unet(unet: Any, views_per_group: int = 4) -> Any:
     return mv.train(unet.training)
 
 
-def save_shapes_mv(folder: Path | str, unet: Any, text_encoder: Any, judge: Any, summary: dict[str, Any],
-                   tokenizer: Path) -> Path:
+def save_shapes_mv(
+    folder: Path | str, unet: Any, text_encoder: Any, judge: Any, summary: dict[str, Any], tokenizer: Path
+) -> Path:
     """Write the shapes-mv folder (fp16): the shapes prior's layout (fsd_gs.shapes.model.save_pipeline), its
     model_index.json naming the MVDream pipeline; returns the folder."""
     from fsd_gs.shapes.model import save_pipeline

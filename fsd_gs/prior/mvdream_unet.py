@@ -75,12 +75,31 @@ _FIXED: dict[str, Any] = {
 }
 """Options of the original model class that MVDream leaves at these values (others are other models)."""
 
-_IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "use_checkpoint", "use_fp16", "dropout", "legacy",
-            "num_heads_upsample", "ip_weight", "use_new_attention_order", "disable_self_attentions"}
+_IGNORED = {
+    "_class_name",
+    "_diffusers_version",
+    "_name_or_path",
+    "use_checkpoint",
+    "use_fp16",
+    "dropout",
+    "legacy",
+    "num_heads_upsample",
+    "ip_weight",
+    "use_new_attention_order",
+    "disable_self_attentions",
+}
 """Keys that do not change the inference architecture (training switches, bookkeeping)."""
 
-_REQUIRED = ("image_size", "in_channels", "out_channels", "model_channels", "attention_resolutions",
-             "num_res_blocks", "channel_mult", "context_dim")
+_REQUIRED = (
+    "image_size",
+    "in_channels",
+    "out_channels",
+    "model_channels",
+    "attention_resolutions",
+    "num_res_blocks",
+    "channel_mult",
+    "context_dim",
+)
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -131,21 +150,35 @@ def parse_config(config: Mapping[str, Any], source: str = "the MVDream UNet conf
     """
     missing = [k for k in _REQUIRED if k not in config]
     if missing:
-        raise UserError(f"{source} lacks {', '.join(missing)}: pass the unet/config.json of an MVDream pipeline "
-                        "(e.g. ashawkey/mvdream-sd2.1-diffusers)")
-    unknown = sorted(k for k in config if k not in _REQUIRED and k not in _FIXED and k not in _IGNORED
-                     and k not in ("num_heads", "num_head_channels", "transformer_depth", "camera_dim"))
+        raise UserError(
+            f"{source} lacks {', '.join(missing)}: pass the unet/config.json of an MVDream pipeline "
+            "(e.g. ashawkey/mvdream-sd2.1-diffusers)"
+        )
+    unknown = sorted(
+        k
+        for k in config
+        if k not in _REQUIRED
+        and k not in _FIXED
+        and k not in _IGNORED
+        and k not in ("num_heads", "num_head_channels", "transformer_depth", "camera_dim")
+    )
     if unknown:
-        raise UserError(f"{source} has keys MVDream's UNet does not have ({', '.join(unknown)}): "
-                        "only MVDream text-to-multi-view UNets can be loaded")
+        raise UserError(
+            f"{source} has keys MVDream's UNet does not have ({', '.join(unknown)}): "
+            "only MVDream text-to-multi-view UNets can be loaded"
+        )
     for key, value in _FIXED.items():
         if key in config and config[key] != value:
             what = "ImageDream (image-prompted) models are not supported" if key == "ip_dim" else "MVDream does not use it"
-            raise UserError(f"{source} sets {key}={config[key]!r}, which this loader cannot build ({what}): "
-                            "use a text-to-multi-view MVDream checkpoint")
+            raise UserError(
+                f"{source} sets {key}={config[key]!r}, which this loader cannot build ({what}): "
+                "use a text-to-multi-view MVDream checkpoint"
+            )
     if not isinstance(config["num_res_blocks"], int):
-        raise UserError(f"{source} has per-level num_res_blocks {config['num_res_blocks']!r}: only one number for all "
-                        "levels is supported (MVDream uses 2)")
+        raise UserError(
+            f"{source} has per-level num_res_blocks {config['num_res_blocks']!r}: only one number for all "
+            "levels is supported (MVDream uses 2)"
+        )
     depth = config.get("transformer_depth", 1)
     if not isinstance(depth, int):
         raise UserError(f"{source} has per-level transformer_depth {depth!r}: only one number is supported (MVDream uses 1)")
@@ -164,11 +197,16 @@ def parse_config(config: Mapping[str, Any], source: str = "the MVDream UNet conf
         heads.append(h)
     camera_dim = config.get("camera_dim")
     return MVDreamUNetSpec(
-        image_size=int(config["image_size"]), in_channels=int(config["in_channels"]),
-        out_channels=int(config["out_channels"]), model_channels=mc, channel_mult=mults,
+        image_size=int(config["image_size"]),
+        in_channels=int(config["in_channels"]),
+        out_channels=int(config["out_channels"]),
+        model_channels=mc,
+        channel_mult=mults,
         num_res_blocks=int(config["num_res_blocks"]),
-        attention_resolutions=tuple(int(r) for r in config["attention_resolutions"]), heads=tuple(heads),
-        transformer_depth=int(depth), context_dim=int(config["context_dim"]),
+        attention_resolutions=tuple(int(r) for r in config["attention_resolutions"]),
+        heads=tuple(heads),
+        transformer_depth=int(depth),
+        context_dim=int(config["context_dim"]),
         camera_dim=None if camera_dim is None else int(camera_dim),
     )
 
@@ -333,21 +371,30 @@ def convert_state_dict(
     used = {table[name] for name in expected if name in table}
     unexpected = sorted(k for k in state if k not in used)
     if unexpected:
-        raise UserError(f"{source} has {len(unexpected)} UNet weights this MVDream architecture does not have "
-                        f"(e.g. {', '.join(unexpected[:3])}): check that it is an MVDream SD 2.1 checkpoint and that "
-                        "its unet config matches")
+        raise UserError(
+            f"{source} has {len(unexpected)} UNet weights this MVDream architecture does not have "
+            f"(e.g. {', '.join(unexpected[:3])}): check that it is an MVDream SD 2.1 checkpoint and that "
+            "its unet config matches"
+        )
     missing = sorted(n for n in expected if n not in table)
     if missing:
-        hint = " (no camera embedding: is it a plain Stable Diffusion checkpoint?)" if any(
-            n.startswith("class_embedding.") for n in missing) else ""
-        raise UserError(f"{source} lacks {len(missing)} UNet weights of the MVDream architecture (e.g. "
-                        f"{', '.join(missing[:3])}){hint}: pass a complete MVDream checkpoint")
+        hint = (
+            " (no camera embedding: is it a plain Stable Diffusion checkpoint?)"
+            if any(n.startswith("class_embedding.") for n in missing)
+            else ""
+        )
+        raise UserError(
+            f"{source} lacks {len(missing)} UNet weights of the MVDream architecture (e.g. "
+            f"{', '.join(missing[:3])}){hint}: pass a complete MVDream checkpoint"
+        )
     out: dict[str, Any] = {}
     for new, shape in expected.items():
         value = state[table[new]]
         if tuple(value.shape) != tuple(shape):
-            raise UserError(f"{source}: weight {table[new]} has shape {tuple(value.shape)} but the MVDream UNet needs "
-                            f"{tuple(shape)}: the checkpoint and the unet config do not match")
+            raise UserError(
+                f"{source}: weight {table[new]} has shape {tuple(value.shape)} but the MVDream UNet needs "
+                f"{tuple(shape)}: the checkpoint and the unet config do not match"
+            )
         out[new] = value
     return out
 
@@ -369,16 +416,25 @@ class MultiViewAttnProcessor:
         self.num_frames = int(num_frames)
         self.inner = AttnProcessor2_0()
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None, temb: Optional[torch.Tensor] = None,
-                 *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        temb: Optional[torch.Tensor] = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("MultiViewAttnProcessor is for self-attention only (no encoder states, no mask)")
         frames = self.num_frames
         batch_frames, tokens, channels = hidden_states.shape
         if batch_frames % frames:
-            raise UserError(f"MVDream attends across groups of {frames} views, but the batch has {batch_frames} "
-                            f"views: use a batch size that is a multiple of {frames}")
+            raise UserError(
+                f"MVDream attends across groups of {frames} views, but the batch has {batch_frames} "
+                f"views: use a batch size that is a multiple of {frames}"
+            )
         grouped = hidden_states.reshape(batch_frames // frames, frames * tokens, channels)
         return self.inner(attn, grouped, temb=temb).reshape(batch_frames, tokens, channels)
 
@@ -406,8 +462,9 @@ def build_unet(spec: MVDreamUNetSpec, num_frames: int = 4, device: torch.device 
     return unet
 
 
-def load_unet(spec: MVDreamUNetSpec, state: Mapping[str, torch.Tensor], dtype: torch.dtype, source: str,
-              num_frames: int = 4) -> Any:
+def load_unet(
+    spec: MVDreamUNetSpec, state: Mapping[str, torch.Tensor], dtype: torch.dtype, source: str, num_frames: int = 4
+) -> Any:
     """The MVDream UNet of ``spec`` holding the LDM-named weights ``state``, in ``dtype``, eval mode, frozen.
 
     The model is built without memory (meta device) and takes the loaded tensors directly; every weight

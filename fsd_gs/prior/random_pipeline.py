@@ -24,10 +24,57 @@ import torch
 from fsd_gs.prior.loading import quiet_hf
 
 TOKENIZER_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "dslr", "high", "quality", "detailed", "render",
-    "red", "blue", "green", "yellow", "white", "black", "orange", "purple", "wooden", "golden", "small", "big",
-    "mushroom", "chair", "car", "cat", "dog", "hamburger", "apple", "cup", "teapot", "house", "tree", "robot",
-    "cube", "sphere", "ball", "table", "lamp", "bird", "flower", "vase", "front", "side", "back", "overhead", "view",
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "photo",
+    "dslr",
+    "high",
+    "quality",
+    "detailed",
+    "render",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "white",
+    "black",
+    "orange",
+    "purple",
+    "wooden",
+    "golden",
+    "small",
+    "big",
+    "mushroom",
+    "chair",
+    "car",
+    "cat",
+    "dog",
+    "hamburger",
+    "apple",
+    "cup",
+    "teapot",
+    "house",
+    "tree",
+    "robot",
+    "cube",
+    "sphere",
+    "ball",
+    "table",
+    "lamp",
+    "bird",
+    "flower",
+    "vase",
+    "front",
+    "side",
+    "back",
+    "overhead",
+    "view",
 )
 """Whole words the offline tokenizer knows as single tokens (others are spelled out byte by byte)."""
 
@@ -154,10 +201,15 @@ def save_offline_tokenizer(folder: Path, words: Iterable[str] = TOKENIZER_WORDS)
         "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2))
-    return {"vocab_size": len(vocab), "bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN],
-            "pad_token_id": vocab[EOS_TOKEN]}
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2)
+    )
+    return {
+        "vocab_size": len(vocab),
+        "bos_token_id": vocab[BOS_TOKEN],
+        "eos_token_id": vocab[EOS_TOKEN],
+        "pad_token_id": vocab[EOS_TOKEN],
+    }
 
 
 # -- components -----------------------------------------------------------------------------------

@@ -58,8 +58,8 @@ def vocabulary_error(text: str) -> UserError | None:
     others = [w for w in vocab["vocabulary"] if w not in vocab["kinds"] and w not in vocab["colours"]]
     return UserError(
         f"the built-in shapes prior does not know {', '.join(repr(w) for w in unknown)}: its prompts are "
-        f"\"a {{colour}} {{object}}\" with colours {', '.join(vocab['colours'])} and objects {', '.join(vocab['kinds'])} "
-        f"(plus {', '.join(others)}), such as \"a red mushroom\"; "
+        f'"a {{colour}} {{object}}" with colours {", ".join(vocab["colours"])} and objects {", ".join(vocab["kinds"])} '
+        f'(plus {", ".join(others)}), such as "a red mushroom"; '
         f"for open prompts use Stable Diffusion (--model {DEFAULT_MODEL})"
     )
 
@@ -90,8 +90,9 @@ class ShapesPrior(PixelDiffusionPrior):
             check_prompt(text)
         return super().embed_texts(texts)
 
-    def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True,
-                       suffixes: Optional[Mapping[str, str]] = None) -> PromptEmbeddings:
+    def encode_prompts(
+        self, prompt: str, negative_prompt: str = "", view_dependent: bool = True, suffixes: Optional[Mapping[str, str]] = None
+    ) -> PromptEmbeddings:
         check_prompt(prompt)
         check_prompt(negative_prompt)
         return super().encode_prompts(prompt, negative_prompt, view_dependent, suffixes)
@@ -103,8 +104,9 @@ class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
     :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior`) over :class:`ShapesPrior` (vocabulary check, judge folder)."""
 
 
-def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                      folder: Path | str | None = None, **kwargs: Any) -> ShapesPrior:
+def load_shapes_prior(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: Path | str | None = None, **kwargs: Any
+) -> ShapesPrior:
     """The built-in prior on ``device``.
 
     Args:
@@ -122,8 +124,9 @@ def load_shapes_prior(device: torch.device | str = "cpu", dtype: torch.dtype = t
     return ShapesPrior(folder, device, dtype, **kwargs)
 
 
-def load_shapes_mv_prior(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                         folder: Path | str | None = None, **kwargs: Any) -> ShapesMVPrior:
+def load_shapes_mv_prior(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: Path | str | None = None, **kwargs: Any
+) -> ShapesMVPrior:
     """The built-in multi-view prior (shapes-mv) on ``device``.
 
     Args:

@@ -27,19 +27,21 @@ def resolve_backend(config: RenderConfig, device: torch.device) -> str:
     if config.backend == "auto":
         return "gsplat" if device.type == "cuda" else "reference"
     if config.backend == "gsplat" and device.type != "cuda":
-        raise UserError(f"render.backend 'gsplat' needs the Gaussians on a CUDA device, they are on {device}: "
-                        "use --render.backend auto or reference")
+        raise UserError(
+            f"render.backend 'gsplat' needs the Gaussians on a CUDA device, they are on {device}: "
+            "use --render.backend auto or reference"
+        )
     return config.backend
 
 
-def _backgrounds(background: torch.Tensor | tuple | list, n_cams: int, device: torch.device,
-                 dtype: torch.dtype) -> torch.Tensor:
+def _backgrounds(background: torch.Tensor | tuple | list, n_cams: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The background as [B,3] on the render device."""
     bg = torch.as_tensor(background, dtype=dtype, device=device)
     if bg.shape == (3,):
         return bg.expand(n_cams, 3)
-    require(bg.shape == (n_cams, 3),
-            f"the background must have shape [3] or [{n_cams},3] (one RGB per camera), got {list(bg.shape)}")
+    require(
+        bg.shape == (n_cams, 3), f"the background must have shape [3] or [{n_cams},3] (one RGB per camera), got {list(bg.shape)}"
+    )
     return bg
 
 
@@ -71,11 +73,15 @@ def render(
     n_cams = len(cameras)
     require(n_cams > 0, "cannot render with an empty camera batch: pass at least one camera")
     device = gaussians.device
-    require(cameras.device == device,
-            f"the cameras are on {cameras.device} but the Gaussians are on {device}: move them with .to(device)")
+    require(
+        cameras.device == device,
+        f"the cameras are on {cameras.device} but the Gaussians are on {device}: move them with .to(device)",
+    )
     sh_degree = gaussians.active_sh_degree if cfg.sh_degree is None else cfg.sh_degree
-    require(sh_degree <= gaussians.sh_degree,
-            f"render.sh_degree {sh_degree} is above the Gaussians' stored SH degree {gaussians.sh_degree}")
+    require(
+        sh_degree <= gaussians.sh_degree,
+        f"render.sh_degree {sh_degree} is above the Gaussians' stored SH degree {gaussians.sh_degree}",
+    )
     params = gaussians.params
     dtype = params["means"].dtype
     bgs = _backgrounds(background, n_cams, device, dtype)
@@ -85,8 +91,7 @@ def render(
     if backend == "gsplat":
         from fsd_gs.render.gsplat_backend import rasterize_gsplat
 
-        colors, alphas, meta = rasterize_gsplat(params, sh_degree, viewmats, Ks, width, height, bgs, cfg,
-                                                 with_depth=with_depth)
+        colors, alphas, meta = rasterize_gsplat(params, sh_degree, viewmats, Ks, width, height, bgs, cfg, with_depth=with_depth)
         info = {
             "means2d": meta["means2d"],
             "radii": meta["radii"],
@@ -101,8 +106,9 @@ def render(
     else:
         from fsd_gs.render.reference import rasterize_gaussians
 
-        colors, alphas, info = rasterize_gaussians(dict(params), sh_degree, viewmats, Ks, width, height, bgs, cfg,
-                                                    with_depth=with_depth)
+        colors, alphas, info = rasterize_gaussians(
+            dict(params), sh_degree, viewmats, Ks, width, height, bgs, cfg, with_depth=with_depth
+        )
     info.update({"width": width, "height": height, "n_cameras": n_cams, "backend": backend})
     depth = colors[..., 3:4] if with_depth else None
     colors = colors[..., :3]

@@ -39,17 +39,24 @@ class RenderConfig:
 
     def validate(self) -> None:
         """Raise UserError on the first setting that cannot work."""
-        require(self.backend in ("auto", "gsplat", "reference"),
-                f"render.backend must be 'auto', 'gsplat' or 'reference', got {self.backend!r}")
+        require(
+            self.backend in ("auto", "gsplat", "reference"),
+            f"render.backend must be 'auto', 'gsplat' or 'reference', got {self.backend!r}",
+        )
         require(self.near_plane > 0, f"render.near_plane must be positive, got {self.near_plane}")
-        require(self.far_plane > self.near_plane,
-                f"render.far_plane ({self.far_plane}) must be larger than render.near_plane ({self.near_plane})")
+        require(
+            self.far_plane > self.near_plane,
+            f"render.far_plane ({self.far_plane}) must be larger than render.near_plane ({self.near_plane})",
+        )
         require(self.eps2d >= 0, f"render.eps2d must be >= 0, got {self.eps2d}")
         require(self.radius_clip >= 0, f"render.radius_clip must be >= 0, got {self.radius_clip}")
-        require(self.sh_degree is None or 0 <= self.sh_degree <= 3,
-                f"render.sh_degree must be 0..3 or None, got {self.sh_degree}")
-        require(1 <= self.reference_tile_size <= 64,
-                f"render.reference_tile_size must be 1..64 pixels, got {self.reference_tile_size}")
+        require(
+            self.sh_degree is None or 0 <= self.sh_degree <= 3, f"render.sh_degree must be 0..3 or None, got {self.sh_degree}"
+        )
+        require(
+            1 <= self.reference_tile_size <= 64,
+            f"render.reference_tile_size must be 1..64 pixels, got {self.reference_tile_size}",
+        )
 
 
 @dataclass

@@ -55,14 +55,20 @@ def ensure_gsplat_built() -> None:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"gsplat: waiting for another process that builds its CUDA extension ({BUILD_TYPICAL}; lock "
-                  f"{lock_path})", file=sys.stderr, flush=True)
+            print(
+                f"gsplat: waiting for another process that builds its CUDA extension ({BUILD_TYPICAL}; lock {lock_path})",
+                file=sys.stderr,
+                flush=True,
+            )
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             building = gsplat_needs_build()
             if building:
-                print(f"gsplat: building its CUDA extension once for this machine ({BUILD_TYPICAL}) in "
-                      f"{gsplat_build_folder()}", file=sys.stderr, flush=True)
+                print(
+                    f"gsplat: building its CUDA extension once for this machine ({BUILD_TYPICAL}) in {gsplat_build_folder()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             started = time.perf_counter()
             import gsplat.cuda._backend  # noqa: F401  (the build or load happens here)
 

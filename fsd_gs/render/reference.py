@@ -137,8 +137,12 @@ def project(
 
 
 def _tile_entries(
-    cam_ids: torch.Tensor, means2d: torch.Tensor, radii: torch.Tensor,
-    tile_size: int, tiles_x: int, tiles_y: int,
+    cam_ids: torch.Tensor,
+    means2d: torch.Tensor,
+    radii: torch.Tensor,
+    tile_size: int,
+    tiles_x: int,
+    tiles_y: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """List every visible entry in each tile its box touches (unsorted).
 
@@ -176,12 +180,17 @@ def _sigma_coefs(rel: torch.Tensor, conics: torch.Tensor) -> torch.Tensor:
     """
     ux, uy = rel.unbind(-1)
     a, b, c = conics.unbind(-1)
-    return torch.stack([
-        0.5 * a * ux * ux + b * ux * uy + 0.5 * c * uy * uy,
-        -(a * ux + b * uy),
-        -(b * ux + c * uy),
-        0.5 * a, b, 0.5 * c,
-    ], dim=-1)
+    return torch.stack(
+        [
+            0.5 * a * ux * ux + b * ux * uy + 0.5 * c * uy * uy,
+            -(a * ux + b * uy),
+            -(b * ux + c * uy),
+            0.5 * a,
+            b,
+            0.5 * c,
+        ],
+        dim=-1,
+    )
 
 
 def _buckets(counts: torch.Tensor) -> list[torch.Tensor]:
@@ -226,8 +235,7 @@ def rasterize(
     """
     n_cams = viewmats.shape[0]
     dtype, device = means.dtype, means.device
-    proj = project(means, quats, scales, opacities, viewmats, Ks, width, height,
-                   near_plane, far_plane, eps2d, radius_clip)
+    proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d, radius_clip)
 
     # Visible (camera, Gaussian) pairs, in (camera, Gaussian) order as gsplat's packed mode.
     cam_ids, gs_ids = torch.nonzero(proj.visible, as_tuple=True)
@@ -339,8 +347,16 @@ class _AbsGrad:
         self.means2d, self.cam_ids, self.gs_ids, self.packed = means2d, cam_ids, gs_ids, packed
         self.per_vis = torch.zeros(cam_ids.shape[0], 2, dtype=means2d.dtype, device=means2d.device)
 
-    def watch(self, log_alpha: torch.Tensor, rows: torch.Tensor, entry: torch.Tensor, rel: torch.Tensor,
-              conics: torch.Tensor, off_x: torch.Tensor, off_y: torch.Tensor) -> None:
+    def watch(
+        self,
+        log_alpha: torch.Tensor,
+        rows: torch.Tensor,
+        entry: torch.Tensor,
+        rel: torch.Tensor,
+        conics: torch.Tensor,
+        off_x: torch.Tensor,
+        off_y: torch.Tensor,
+    ) -> None:
         """Hook ``log_alpha`` [S,P,K] (log o - sigma at the padded ``rows`` [S,K] of the entry list)."""
         real = rows < entry.shape[0]
         safe = torch.where(real, rows, 0)
@@ -396,8 +412,23 @@ def rasterize_gaussians(
 
     cfg = config if config is not None else RenderConfig()
     return rasterize(
-        params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]),
-        torch.cat([params["sh0"], params["shN"]], dim=1), sh_degree, viewmats, Ks, width, height, backgrounds,
-        near_plane=cfg.near_plane, far_plane=cfg.far_plane, eps2d=cfg.eps2d, radius_clip=cfg.radius_clip,
-        tile_size=cfg.reference_tile_size, packed=cfg.packed, absgrad=cfg.absgrad, with_depth=with_depth,
+        params["means"],
+        params["quats"],
+        torch.exp(params["scales"]),
+        torch.sigmoid(params["opacities"]),
+        torch.cat([params["sh0"], params["shN"]], dim=1),
+        sh_degree,
+        viewmats,
+        Ks,
+        width,
+        height,
+        backgrounds,
+        near_plane=cfg.near_plane,
+        far_plane=cfg.far_plane,
+        eps2d=cfg.eps2d,
+        radius_clip=cfg.radius_clip,
+        tile_size=cfg.reference_tile_size,
+        packed=cfg.packed,
+        absgrad=cfg.absgrad,
+        with_depth=with_depth,
     )

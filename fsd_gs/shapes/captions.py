@@ -61,8 +61,12 @@ def view_of(azimuth: float, elevation: float) -> str:
 
 
 def sample_captions(
-    kinds: list[str], colours: list[str], azimuths: torch.Tensor, elevations: torch.Tensor,
-    generator: torch.Generator, config: CaptionConfig | None = None,
+    kinds: list[str],
+    colours: list[str],
+    azimuths: torch.Tensor,
+    elevations: torch.Tensor,
+    generator: torch.Generator,
+    config: CaptionConfig | None = None,
 ) -> list[str]:
     """One training caption per view: per-sample random colour / view / empty dropout from ``generator``."""
     config = config or CaptionConfig()

@@ -31,8 +31,14 @@ def world_camera_config(resolution: int = 64) -> CameraConfig:
     """The orbit cameras of the shapes world (and of configs/shapes-*.yaml): distance 2.5, fovy 40-70 deg,
     elevation -10..80 deg (about 10% of views are "overhead"), all azimuths."""
     return CameraConfig(
-        batch_size=4, width=resolution, height=resolution, azimuth_range=(-180.0, 180.0),
-        elevation_range=(-10.0, 80.0), distance_range=(2.5, 2.5), fovy_range=(40.0, 70.0), stratified_azimuth=True,
+        batch_size=4,
+        width=resolution,
+        height=resolution,
+        azimuth_range=(-180.0, 180.0),
+        elevation_range=(-10.0, 80.0),
+        distance_range=(2.5, 2.5),
+        fovy_range=(40.0, 70.0),
+        stratified_azimuth=True,
     )
 
 
@@ -81,19 +87,23 @@ def sample_backgrounds(n: int, generator: torch.Generator, config: DatasetConfig
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     grey = 0.3 + 0.7 * torch.rand(n, 1, generator=generator, dtype=torch.float64)
     colour = torch.rand(n, 3, generator=generator, dtype=torch.float64)
-    bg = torch.where((u < config.p_white)[:, None], torch.ones(n, 3, dtype=torch.float64),
-                     torch.where((u < config.p_white + config.p_grey)[:, None], grey.expand(n, 3), colour))
+    bg = torch.where(
+        (u < config.p_white)[:, None],
+        torch.ones(n, 3, dtype=torch.float64),
+        torch.where((u < config.p_white + config.p_grey)[:, None], grey.expand(n, 3), colour),
+    )
     return bg.float()
 
 
-def sample_cameras(n_objects: int, views: int, config: CameraConfig, generator: torch.Generator,
-                   device: torch.device | str = "cpu") -> Cameras:
+def sample_cameras(
+    n_objects: int, views: int, config: CameraConfig, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Cameras:
     """``views`` cameras per object, [n_objects * views], drawn like :class:`fsd_gs.camera.OrbitSampler` does:
     azimuth stratified per object (a random rotation plus one random angle per bin of 360/views degrees, so the
     views surround it), elevation uniform on the sphere's band, distance and fovy uniform."""
     n = n_objects * views
     lo, hi = config.azimuth_range
-    bins = (torch.arange(views, dtype=torch.float64).repeat(n_objects) + torch.rand(n, generator=generator, dtype=torch.float64))
+    bins = torch.arange(views, dtype=torch.float64).repeat(n_objects) + torch.rand(n, generator=generator, dtype=torch.float64)
     offset = torch.rand(n_objects, generator=generator, dtype=torch.float64).repeat_interleave(views)
     azimuth = wrap_azimuth((lo + (hi - lo) * ((bins / views + offset) % 1.0)).float())
     s_lo, s_hi = (math.sin(math.radians(e)) for e in config.elevation_range)
@@ -108,13 +118,25 @@ def _translated(cameras: Cameras, offsets: torch.Tensor) -> Cameras:
     """The cameras looking at objects moved by ``offsets`` [B,3] (viewmat @ translate(-offset))."""
     shift = torch.eye(4, device=offsets.device).repeat(offsets.shape[0], 1, 1)
     shift[:, :3, 3] = -offsets
-    return Cameras(cameras.viewmats @ shift, cameras.Ks, cameras.width, cameras.height, cameras.azimuth,
-                   cameras.elevation, cameras.distance, cameras.fovy)
+    return Cameras(
+        cameras.viewmats @ shift,
+        cameras.Ks,
+        cameras.width,
+        cameras.height,
+        cameras.azimuth,
+        cameras.elevation,
+        cameras.distance,
+        cameras.fovy,
+    )
 
 
 def render_objects(
-    objects: list[Gaussians], cameras: Cameras, backgrounds: torch.Tensor, views_per_object: int,
-    config: RenderConfig | None = None, together: bool | None = None,
+    objects: list[Gaussians],
+    cameras: Cameras,
+    backgrounds: torch.Tensor,
+    views_per_object: int,
+    config: RenderConfig | None = None,
+    together: bool | None = None,
 ) -> torch.Tensor:
     """Render view ``i`` of ``cameras`` [B = len(objects) x views] of object ``i // views_per_object``.
 

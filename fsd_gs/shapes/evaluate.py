@@ -27,8 +27,9 @@ from fsd_gs.shapes.judge import Judge
 from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
 
 
-def judge_accuracy(judge: Judge, n_objects: int = 64, seed: int = 987_654, device: torch.device | str = "cpu",
-                   views_per_object: int = 4) -> dict[str, float]:
+def judge_accuracy(
+    judge: Judge, n_objects: int = 64, seed: int = 987_654, device: torch.device | str = "cpu", views_per_object: int = 4
+) -> dict[str, float]:
     """Accuracy (fractions) of kind, colour and view on ``n_objects`` x ``views_per_object`` fresh renders."""
     data = ShapesDataset(DatasetConfig(views_per_object=views_per_object), device)
     gen = torch.Generator().manual_seed(seed)
@@ -52,8 +53,9 @@ def random_prompts(n: int = 24, seed: int = 2024) -> list[tuple[str, str, str]]:
 
 
 @torch.no_grad()
-def ddim_sample(prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int,
-                generator: torch.Generator) -> torch.Tensor:
+def ddim_sample(
+    prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int, generator: torch.Generator
+) -> torch.Tensor:
     """DDIM (eta 0) samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample."""
     from fsd_gs.sampling import ddim_sample as sample
 
@@ -70,8 +72,15 @@ def _entropy(counts: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, samples_per_prompt: int = 8,
-                    guidance_scale: float = 2.5, steps: int = 50, seed: int = 0) -> dict[str, Any]:
+def prior_agreement(
+    prior: DiffusionPrior,
+    judge: Judge,
+    n_prompts: int = 24,
+    samples_per_prompt: int = 8,
+    guidance_scale: float = 2.5,
+    steps: int = 50,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Judge agreement with random (kind, colour, view) prompts; per-prompt rows and totals."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -79,18 +88,29 @@ def prior_agreement(prior: DiffusionPrior, judge: Judge, n_prompts: int = 24, sa
         prompt = f"{article(colour)} {colour} {kind}"
         images = ddim_sample(prior, prompt, [view] * samples_per_prompt, guidance_scale, steps, gen)
         pred = judge.predict(images)
-        rows.append({
-            "prompt": f"{prompt}, {view} view", "kind": float((pred["kind"] == KINDS.index(kind)).float().mean()),
-            "colour": float((pred["colour"] == COLOUR_NAMES.index(colour)).float().mean()),
-            "view": float((pred["view"] == VIEW_NAMES.index(view)).float().mean()),
-        })
+        rows.append(
+            {
+                "prompt": f"{prompt}, {view} view",
+                "kind": float((pred["kind"] == KINDS.index(kind)).float().mean()),
+                "colour": float((pred["colour"] == COLOUR_NAMES.index(colour)).float().mean()),
+                "view": float((pred["view"] == VIEW_NAMES.index(view)).float().mean()),
+            }
+        )
     total = {key: sum(r[key] for r in rows) / len(rows) for key in ("kind", "colour", "view")}
     return {"rows": rows, **total, "samples_per_prompt": samples_per_prompt, "guidance_scale": guidance_scale, "steps": steps}
 
 
-def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] | None = None, n_samples: int = 64,
-                   guidance_scale: float = 2.5, steps: int = 50, seed: int = 1, batch: int = 64,
-                   n_kinds: int = 3) -> dict[str, Any]:
+def colour_entropy(
+    prior: DiffusionPrior,
+    judge: Judge,
+    kinds: tuple[str, ...] | None = None,
+    n_samples: int = 64,
+    guidance_scale: float = 2.5,
+    steps: int = 50,
+    seed: int = 1,
+    batch: int = 64,
+    n_kinds: int = 3,
+) -> dict[str, Any]:
     """Entropy of the judge's colour over ``n_samples`` samples of "a {kind}" (random views), / log(#colours).
 
     ``kinds`` default: ``n_kinds`` kinds drawn at random with ``seed``.
@@ -107,13 +127,27 @@ def colour_entropy(prior: DiffusionPrior, judge: Judge, kinds: tuple[str, ...] |
             pred = judge.predict(ddim_sample(prior, f"{article(kind)} {kind}", views, guidance_scale, steps, gen))
             counts += torch.bincount(pred["colour"], minlength=len(COLOUR_NAMES))
             kind_ok += int((pred["kind"] == KINDS.index(kind)).sum())
-        rows.append({"prompt": f"{article(kind)} {kind}", "entropy_ratio": _entropy(counts) / math.log(len(COLOUR_NAMES)),
-                     "kind": kind_ok / n_samples, "colours": dict(zip(COLOUR_NAMES, counts.tolist()))})
+        rows.append(
+            {
+                "prompt": f"{article(kind)} {kind}",
+                "entropy_ratio": _entropy(counts) / math.log(len(COLOUR_NAMES)),
+                "kind": kind_ok / n_samples,
+                "colours": dict(zip(COLOUR_NAMES, counts.tolist())),
+            }
+        )
     return {"rows": rows, "entropy_ratio": min(r["entropy_ratio"] for r in rows), "n_samples": n_samples}
 
 
-def cfg_sweep(prior: DiffusionPrior, judge: Judge, scales: tuple[float, ...], n_samples: int = 16,
-              n_prompts: int = 24, samples_per_prompt: int = 2, steps: int = 50, seed: int = 1) -> list[dict[str, Any]]:
+def cfg_sweep(
+    prior: DiffusionPrior,
+    judge: Judge,
+    scales: tuple[float, ...],
+    n_samples: int = 16,
+    n_prompts: int = 24,
+    samples_per_prompt: int = 2,
+    steps: int = 50,
+    seed: int = 1,
+) -> list[dict[str, Any]]:
     """For each CFG scale: colour-free kind agreement and colour entropy over every kind (``n_samples`` each), and
     agreement on ``n_prompts`` random (kind, colour, view) prompts. The same seeds at every scale.
 
@@ -123,17 +157,23 @@ def cfg_sweep(prior: DiffusionPrior, judge: Judge, scales: tuple[float, ...], n_
     """
     out = []
     for scale in scales:
-        free = colour_entropy(prior, judge, kinds=KINDS, n_samples=n_samples, guidance_scale=scale, steps=steps,
-                              seed=seed)
-        named = prior_agreement(prior, judge, n_prompts=n_prompts, samples_per_prompt=samples_per_prompt,
-                                guidance_scale=scale, steps=steps, seed=seed)
+        free = colour_entropy(prior, judge, kinds=KINDS, n_samples=n_samples, guidance_scale=scale, steps=steps, seed=seed)
+        named = prior_agreement(
+            prior, judge, n_prompts=n_prompts, samples_per_prompt=samples_per_prompt, guidance_scale=scale, steps=steps, seed=seed
+        )
         rows = free["rows"]
-        out.append({
-            "guidance_scale": scale, "kind": sum(r["kind"] for r in rows) / len(rows),
-            "kind_min": min(r["kind"] for r in rows),
-            "entropy_ratio": sum(r["entropy_ratio"] for r in rows) / len(rows), "entropy_min": free["entropy_ratio"],
-            "prompt_kind": named["kind"], "prompt_colour": named["colour"], "rows": rows,
-        })
+        out.append(
+            {
+                "guidance_scale": scale,
+                "kind": sum(r["kind"] for r in rows) / len(rows),
+                "kind_min": min(r["kind"] for r in rows),
+                "entropy_ratio": sum(r["entropy_ratio"] for r in rows) / len(rows),
+                "entropy_min": free["entropy_ratio"],
+                "prompt_kind": named["kind"],
+                "prompt_colour": named["colour"],
+                "rows": rows,
+            }
+        )
     return out
 
 
@@ -160,8 +200,15 @@ def unet_latency(prior: DiffusionPrior, repeats: int = 20, warmup: int = 3) -> d
 
 
 @torch.no_grad()
-def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int = 24, elevation: float = 15.0,
-                        fovy: float = 50.0, background: float = 1.0) -> dict[str, Any]:
+def turntable_agreement(
+    gaussians: Any,
+    prompt: str,
+    judge: Judge,
+    n_views: int = 24,
+    elevation: float = 15.0,
+    fovy: float = 50.0,
+    background: float = 1.0,
+) -> dict[str, Any]:
     """Render ``n_views`` turntable views (64 px, distance 2.5) of a distilled asset and let the judge read them.
 
     Returns the share of views whose judged kind / colour / both match the kind and colour named in ``prompt``, the
@@ -181,15 +228,23 @@ def turntable_agreement(gaussians: Any, prompt: str, judge: Judge, n_views: int 
     c = consistency(reads, cams.azimuth.tolist()) if has_front(prompt, "shapes") else None
     kind_ok = pred["kind"] == KINDS.index(kind) if kind else torch.ones(n_views, dtype=torch.bool)
     colour_ok = pred["colour"] == COLOUR_NAMES.index(colour) if colour else torch.ones(n_views, dtype=torch.bool)
-    return {"prompt": prompt, "kind": float(kind_ok.float().mean()), "colour": float(colour_ok.float().mean()),
-            "both": float((kind_ok & colour_ok).float().mean()), "n_views": n_views,
-            "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())],
-            "views": reads, "view_accuracy": c.view_accuracy if c else None, "janus": c.janus if c else None}
+    return {
+        "prompt": prompt,
+        "kind": float(kind_ok.float().mean()),
+        "colour": float(colour_ok.float().mean()),
+        "both": float((kind_ok & colour_ok).float().mean()),
+        "n_views": n_views,
+        "judged": [(KINDS[k], COLOUR_NAMES[c]) for k, c in zip(pred["kind"].tolist(), pred["colour"].tolist())],
+        "views": reads,
+        "view_accuracy": c.view_accuracy if c else None,
+        "janus": c.janus if c else None,
+    }
 
 
 @torch.no_grad()
-def world_view_consistency(judge: Judge, kinds: tuple[str, ...] | None = None, objects_per_kind: int = 8,
-                           seed_offset: int = 10_000, views: int = 24) -> dict[str, Any]:
+def world_view_consistency(
+    judge: Judge, kinds: tuple[str, ...] | None = None, objects_per_kind: int = 8, seed_offset: int = 10_000, views: int = 24
+) -> dict[str, Any]:
     """The judge's view head on the world's own objects of every front kind, from the evaluation cameras
     (:class:`fsd_gs.evaluate.views.ViewConfig`: ``views`` turntable views at elevation 15, 64 px, white background).
 
@@ -217,9 +272,20 @@ def world_view_consistency(judge: Judge, kinds: tuple[str, ...] | None = None, o
             janus.append(float(c.janus))
             kind_ok.append(float((pred["kind"] == KINDS.index(kind)).float().mean()))
             colour_ok.append(float((pred["colour"] == COLOUR_NAMES.index(colour)).float().mean()))
-        per_kind[kind] = {"view_accuracy": sum(acc) / len(acc), "janus": sum(janus) / len(janus),
-                          "kind": sum(kind_ok) / len(kind_ok), "colour": sum(colour_ok) / len(colour_ok)}
-    overall = {key: sum(row[key] for row in per_kind.values()) / len(per_kind)
-               for key in ("view_accuracy", "janus", "kind", "colour")}
-    return {"per_kind": per_kind, "overall": overall, "confusion": confusion, "objects_per_kind": objects_per_kind,
-            "views": views, "seed_offset": seed_offset}
+        per_kind[kind] = {
+            "view_accuracy": sum(acc) / len(acc),
+            "janus": sum(janus) / len(janus),
+            "kind": sum(kind_ok) / len(kind_ok),
+            "colour": sum(colour_ok) / len(colour_ok),
+        }
+    overall = {
+        key: sum(row[key] for row in per_kind.values()) / len(per_kind) for key in ("view_accuracy", "janus", "kind", "colour")
+    }
+    return {
+        "per_kind": per_kind,
+        "overall": overall,
+        "confusion": confusion,
+        "objects_per_kind": objects_per_kind,
+        "views": views,
+        "seed_offset": seed_offset,
+    }

@@ -39,8 +39,12 @@ class JudgeConfig:
 def _stage(c_in: int, c_out: int) -> nn.Sequential:
     groups = 8 if c_out % 8 == 0 else 1
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(groups, c_out), nn.SiLU(),
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.SiLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.GroupNorm(groups, c_out),
+        nn.SiLU(),
     )
 
 
@@ -102,8 +106,9 @@ def load_judge(folder: Path | str | None = None, device: torch.device | str = "c
         folder = shapes_prior_folder() / "judge"
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise UserError(f"no judge in {folder}: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
-                        "(scripts/train_shapes_prior.py writes them)")
+        raise UserError(
+            f"no judge in {folder}: it needs {CONFIG_NAME} and {WEIGHTS_NAME} (scripts/train_shapes_prior.py writes them)"
+        )
     meta = json.loads((folder / CONFIG_NAME).read_text())
     if meta.get("kinds") != list(KINDS) or meta.get("colours") != list(COLOUR_NAMES):
         raise UserError(f"the judge in {folder} was trained on another version of the shapes world: retrain it")
@@ -116,5 +121,7 @@ def load_judge(folder: Path | str | None = None, device: torch.device | str = "c
 
 def names(labels: dict[str, torch.Tensor]) -> list[tuple[str, str, str]]:
     """(kind, colour, view) names per row of :meth:`Judge.predict`'s output."""
-    return [(KINDS[k], COLOUR_NAMES[c], VIEW_NAMES[v])
-            for k, c, v in zip(labels["kind"].tolist(), labels["colour"].tolist(), labels["view"].tolist())]
+    return [
+        (KINDS[k], COLOUR_NAMES[c], VIEW_NAMES[v])
+        for k, c, v in zip(labels["kind"].tolist(), labels["colour"].tolist(), labels["view"].tolist())
+    ]

@@ -106,20 +106,30 @@ def save_tokenizer(folder: Path | str) -> dict[str, int]:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     config = {
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "do_lower_case": True,
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_TOKENS,
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "unk_token": EOS_TOKEN,
+        "pad_token": EOS_TOKEN,
+        "do_lower_case": True,
         "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2) + "\n"
+    )
     return token_ids(vocab)
 
 
 def token_ids(vocab: dict[str, int]) -> dict[str, int]:
     """The ids the text encoder config needs, from a tokenizer's ``vocab``."""
-    return {"vocab_size": len(vocab), "bos_token_id": vocab[BOS_TOKEN], "eos_token_id": vocab[EOS_TOKEN],
-            "pad_token_id": vocab[EOS_TOKEN]}
+    return {
+        "vocab_size": len(vocab),
+        "bos_token_id": vocab[BOS_TOKEN],
+        "eos_token_id": vocab[EOS_TOKEN],
+        "pad_token_id": vocab[EOS_TOKEN],
+    }
 
 
 def copy_tokenizer(src: Path | str, folder: Path | str) -> dict[str, int]:
@@ -160,8 +170,13 @@ def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
 
 
 def save_pipeline(
-    folder: Path | str, unet: torch.nn.Module, text_encoder: torch.nn.Module, judge: torch.nn.Module | None = None,
-    summary: dict[str, Any] | None = None, dtype: torch.dtype = torch.float16, tokenizer: Path | None = None,
+    folder: Path | str,
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    judge: torch.nn.Module | None = None,
+    summary: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
+    tokenizer: Path | None = None,
 ) -> Path:
     """Write the whole prior folder (weights in ``dtype``); returns it. ``tokenizer``: the tokenizer folder the
     text encoder was trained with (copied; a new one is built when None, whose single-character ids can differ)."""
@@ -186,8 +201,13 @@ def save_pipeline(
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     if judge is not None:
         judge.save(folder / "judge", dtype=dtype)
-    meta = {"vocabulary": list(VOCABULARY), "kinds": list(KINDS), "colours": list(COLOUR_NAMES),
-            "resolution": RESOLUTION, "training": summary or {}}
+    meta = {
+        "vocabulary": list(VOCABULARY),
+        "kinds": list(KINDS),
+        "colours": list(COLOUR_NAMES),
+        "resolution": RESOLUTION,
+        "training": summary or {},
+    }
     (folder / "shapes.json").write_text(json.dumps(meta, indent=2) + "\n")
     return folder
 

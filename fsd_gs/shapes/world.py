@@ -22,7 +22,19 @@ import torch
 from fsd_gs.gaussians import Gaussians, rgb_to_sh0
 
 KINDS: tuple[str, ...] = (
-    "mushroom", "house", "chair", "bird", "car", "tree", "table", "snowman", "rocket", "cup", "lamp", "fish", "robot",
+    "mushroom",
+    "house",
+    "chair",
+    "bird",
+    "car",
+    "tree",
+    "table",
+    "snowman",
+    "rocket",
+    "cup",
+    "lamp",
+    "fish",
+    "robot",
 )
 """Object kinds (one word each: captions are "a {colour} {kind}")."""
 
@@ -152,8 +164,16 @@ class _Parts:
         radii_t = torch.tensor(radii)
         self.add(_orient(unit * radii_t, axis) + torch.tensor(center), _orient(unit / radii_t, axis), colour)
 
-    def cylinder(self, center: tuple, radius: float, height: float, colour, axis: tuple = (0.0, 0.0, 1.0),
-                 caps: str = "tb", radius_top: float | None = None) -> None:
+    def cylinder(
+        self,
+        center: tuple,
+        radius: float,
+        height: float,
+        colour,
+        axis: tuple = (0.0, 0.0, 1.0),
+        caps: str = "tb",
+        radius_top: float | None = None,
+    ) -> None:
         """A (possibly tapered) cylinder centred at ``center`` along ``axis``; caps "t" (top) and/or "b" (bottom)."""
         r0, r1 = radius, radius if radius_top is None else radius_top
         slant = math.hypot(height, r0 - r1)
@@ -303,8 +323,12 @@ def _car(p: _Parts, col) -> None:
     p.box((cab_x, 0, z_body + H / 2 + cab_h / 2), (cab_l, W * 0.9, cab_h), col, faces="xXyYZ")
     p.box((cab_x + cab_l / 2 + 0.005, 0, z_body + H / 2 + cab_h / 2), (0.01, W * 0.8, cab_h * 0.75), DARK, faces="X")
     for s in (-1, 1):
-        p.box((cab_x, s * (W * 0.45 + 0.005), z_body + H / 2 + cab_h / 2), (cab_l * 0.8, 0.01, cab_h * 0.7), DARK,
-              faces="Y" if s > 0 else "y")
+        p.box(
+            (cab_x, s * (W * 0.45 + 0.005), z_body + H / 2 + cab_h / 2),
+            (cab_l * 0.8, 0.01, cab_h * 0.7),
+            DARK,
+            faces="Y" if s > 0 else "y",
+        )
         p.ellipsoid((L / 2, s * W * 0.32, z_body + H * 0.15), (0.02, 0.06, 0.04), (1.0, 0.97, 0.85))
         for x in (L * 0.32, -L * 0.32):
             p.cylinder((x, s * (W / 2), wheel_r), wheel_r, 0.1, DARK, axis=(0, 1, 0))
@@ -423,8 +447,18 @@ def _robot(p: _Parts, col) -> None:
 
 
 BUILDERS = {
-    "mushroom": _mushroom, "house": _house, "chair": _chair, "bird": _bird, "car": _car, "tree": _tree,
-    "table": _table, "snowman": _snowman, "rocket": _rocket, "cup": _cup, "lamp": _lamp, "fish": _fish,
+    "mushroom": _mushroom,
+    "house": _house,
+    "chair": _chair,
+    "bird": _bird,
+    "car": _car,
+    "tree": _tree,
+    "table": _table,
+    "snowman": _snowman,
+    "rocket": _rocket,
+    "cup": _cup,
+    "lamp": _lamp,
+    "fish": _fish,
     "robot": _robot,
 }
 assert set(BUILDERS) == set(KINDS)
@@ -447,7 +481,8 @@ def make_object(kind: str, colour: str, generator: torch.Generator, config: Worl
     jitter = (torch.rand(3, generator=generator, dtype=torch.float64).float() * 2 - 1) * config.colour_jitter
     col = tuple((base + jitter).clamp(0, 1).tolist())
     size = config.size_range[0] + (config.size_range[1] - config.size_range[0]) * float(
-        torch.rand((), generator=generator, dtype=torch.float64))
+        torch.rand((), generator=generator, dtype=torch.float64)
+    )
     parts = _Parts(generator=generator, spacing=config.spacing)
     BUILDERS[kind](parts, col)
     points, normals, colours = parts.tensors()

@@ -183,8 +183,13 @@ def splat_arrays(params: Mapping[str, torch.Tensor | np.ndarray], max_splats: Op
     scaled = rot * np.exp(log_scales)[:, None, :]  # R diag(s)
     covariances = np.einsum("nij,nkj->nik", scaled, scaled)  # R diag(s^2) R^T
     rgbs = np.clip(sh0.reshape(-1, 3) * SH_C0 + 0.5, 0.0, 1.0)
-    return SplatArrays(np.ascontiguousarray(means), covariances.astype(np.float32), rgbs.astype(np.float32),
-                       opacities.reshape(-1, 1).astype(np.float32), total)
+    return SplatArrays(
+        np.ascontiguousarray(means),
+        covariances.astype(np.float32),
+        rgbs.astype(np.float32),
+        opacities.reshape(-1, 1).astype(np.float32),
+        total,
+    )
 
 
 def viewmat_from_viser(wxyz: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -194,19 +199,28 @@ def viewmat_from_viser(wxyz: np.ndarray, position: np.ndarray) -> np.ndarray:
     camera-to-world transform (``P_world = R p_camera + t``); ours is its inverse.
     """
     w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    rot = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    rot = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     viewmat = np.eye(4)
     viewmat[:3, :3] = rot.T
     viewmat[:3, 3] = -rot.T @ np.asarray(position, dtype=np.float64)
     return viewmat
 
 
-def cameras_from_viser(wxyz: np.ndarray, position: np.ndarray, fov_y: float, image_width: int, image_height: int,
-                       max_side: int, device: torch.device | str = "cpu") -> Cameras:
+def cameras_from_viser(
+    wxyz: np.ndarray,
+    position: np.ndarray,
+    fov_y: float,
+    image_width: int,
+    image_height: int,
+    max_side: int,
+    device: torch.device | str = "cpu",
+) -> Cameras:
     """One of our cameras (B = 1) seeing what the browser sees; the canvas is scaled to ``max_side``.
 
     Args:
@@ -220,8 +234,16 @@ def cameras_from_viser(wxyz: np.ndarray, position: np.ndarray, fov_y: float, ima
     fy = 0.5 * height / np.tan(fov_y / 2)
     K = torch.tensor([[fy, 0.0, width / 2], [0.0, fy, height / 2], [0.0, 0.0, 1.0]], dtype=torch.float32)[None]
     distance = float(np.linalg.norm(position))
-    cams = Cameras(viewmat, K, width, height, torch.zeros(1), torch.zeros(1), torch.tensor([distance]),
-                   torch.tensor([float(np.degrees(fov_y))]))
+    cams = Cameras(
+        viewmat,
+        K,
+        width,
+        height,
+        torch.zeros(1),
+        torch.zeros(1),
+        torch.tensor([distance]),
+        torch.tensor([float(np.degrees(fov_y))]),
+    )
     return cams.to(device)
 
 
@@ -258,9 +280,15 @@ class ViewerApp:
         announce: where the port-moved / network-exposure notes go (default: print).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 label: str = "fsd_gs", frame: Optional[ViewFrame] = None,
-                 announce: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        label: str = "fsd_gs",
+        frame: Optional[ViewFrame] = None,
+        announce: Callable[[str], None] = print,
+    ) -> None:
         import viser
 
         from fsd_gs.errors import UserError
@@ -304,9 +332,17 @@ class ViewerApp:
         self.count_md = gui.add_markdown("**Gaussians:** -")
         self.background_rgb = gui.add_rgb("Background", initial_value=rgb_uint8(self.background))
         self.reset_button = gui.add_button("Reset view", icon=None)
-        self.background_rgb.on_update(safe("background colour")(lambda event: self.set_background(
-            (self.background_rgb.value[0] / 255.0, self.background_rgb.value[1] / 255.0,
-             self.background_rgb.value[2] / 255.0))))
+        self.background_rgb.on_update(
+            safe("background colour")(
+                lambda event: self.set_background(
+                    (
+                        self.background_rgb.value[0] / 255.0,
+                        self.background_rgb.value[1] / 255.0,
+                        self.background_rgb.value[2] / 255.0,
+                    )
+                )
+            )
+        )
         self.reset_button.on_click(safe("reset view")(lambda event: self.reset_view(event.client)))
 
     def set_count(self, total: int, shown: Optional[int] = None) -> None:
@@ -353,7 +389,10 @@ class ViewerApp:
         """Show the Gaussians as in-browser splats (updating the node in place after the first call) and the count."""
         if self._splats is None:
             self._splats = self.server.scene.add_gaussian_splats(
-                SPLATS_NODE, centers=splats.centers, covariances=splats.covariances, rgbs=splats.rgbs,
+                SPLATS_NODE,
+                centers=splats.centers,
+                covariances=splats.covariances,
+                rgbs=splats.rgbs,
                 opacities=splats.opacities,
             )
         else:  # an in-place buffer update: the browser skips the fade-in that a new node gets

@@ -57,8 +57,10 @@ class ViewerConfig:
         require(self.render_fps > 0, f"--viewer.render-fps must be positive, got {self.render_fps}")
         require(self.panel_image_height >= 16, f"--viewer.panel-image-height must be >= 16, got {self.panel_image_height}")
         require(self.loss_points >= 10, f"--viewer.loss-points must be >= 10, got {self.loss_points}")
-        require(len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
-                f"--viewer.background must be three numbers in [0, 1], got {self.background}")
+        require(
+            len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
+            f"--viewer.background must be three numbers in [0, 1], got {self.background}",
+        )
 
 
 def resolve_mode(mode: ViewerMode, device_type: str) -> Literal["splats", "render"]:

@@ -160,12 +160,19 @@ class Handover:
         now = time.perf_counter()
         rate, eta = self._speed(snap, now)
         payload = Payload(
-            step=int(snap.step), total_steps=int(snap.total_steps), timestep=_detach(snap.timestep),
-            num_gaussians=int(snap.num_gaussians), it_per_s=rate, eta_s=math.nan if eta is None else eta,
+            step=int(snap.step),
+            total_steps=int(snap.total_steps),
+            timestep=_detach(snap.timestep),
+            num_gaussians=int(snap.num_gaussians),
+            it_per_s=rate,
+            eta_s=math.nan if eta is None else eta,
             params={k: _copy(gaussians.params[k]) for k in keys},
-            sh_degree=int(gaussians.sh_degree), active_sh_degree=int(gaussians.active_sh_degree),
-            train_rgb=_copy(snap.train_rgb), noise_window=_copy(snap.noise_window),
-            window_origin=_pair(snap.window_origin), window_size=_pair(snap.window_size),
+            sh_degree=int(gaussians.sh_degree),
+            active_sh_degree=int(gaussians.active_sh_degree),
+            train_rgb=_copy(snap.train_rgb),
+            noise_window=_copy(snap.noise_window),
+            window_origin=_pair(snap.window_origin),
+            window_size=_pair(snap.window_size),
         )
         if download:
             self._attach_download(payload, gaussians)

@@ -55,8 +55,14 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 6, gap_color: i
     return np.concatenate([left, spacer, right], axis=1)
 
 
-def outline_window(image: np.ndarray, origin: tuple[int, int], size: tuple[int, int], map_shape: tuple[int, int],
-                   color: tuple[int, int, int] = WINDOW_COLOR, thickness: int = 2) -> np.ndarray:
+def outline_window(
+    image: np.ndarray,
+    origin: tuple[int, int],
+    size: tuple[int, int],
+    map_shape: tuple[int, int],
+    color: tuple[int, int, int] = WINDOW_COLOR,
+    thickness: int = 2,
+) -> np.ndarray:
     """A copy of ``image`` (the map drawn at any scale) with the window outlined (a ``color`` frame with a
     white rim inside it, visible on any noise).
 
@@ -75,11 +81,11 @@ def outline_window(image: np.ndarray, origin: tuple[int, int], size: tuple[int, 
     for inset, paint in ((t, (255, 255, 255)), (0, color)):
         width = t if inset == 0 else 1
         top, bottom = r0 + inset, r1 - inset
-        inner = cols[inset:len(cols) - inset] if inset else cols
+        inner = cols[inset : len(cols) - inset] if inset else cols
         if bottom <= top or len(inner) == 0:
             continue
-        out[top:min(img_h, top + width), inner] = paint
-        out[max(top, bottom - width):bottom, inner] = paint
+        out[top : min(img_h, top + width), inner] = paint
+        out[max(top, bottom - width) : bottom, inner] = paint
         out[top:bottom, inner[:width]] = paint
         out[top:bottom, inner[-width:]] = paint
     return out

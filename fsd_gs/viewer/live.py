@@ -57,15 +57,28 @@ class LiveViewer:
             "publish_cpu_s" (CPU seconds the viewer thread spent publishing).
     """
 
-    def __init__(self, config: ViewerConfig, total_steps: int, noise_map: Optional[torch.Tensor] = None,
-                 noise_kind: str = "worldmap") -> None:
+    def __init__(
+        self, config: ViewerConfig, total_steps: int, noise_map: Optional[torch.Tensor] = None, noise_kind: str = "worldmap"
+    ) -> None:
         config.validate()
         self.config = config
-        self.app = ViewerApp(config.host, config.port, config.background, label="fsd_gs live",
-                             frame=ViewFrame(distance=2.5, elevation=15.0, fov_deg=50.0))
+        self.app = ViewerApp(
+            config.host,
+            config.port,
+            config.background,
+            label="fsd_gs live",
+            frame=ViewFrame(distance=2.5, elevation=15.0, fov_deg=50.0),
+        )
         self.url = self.app.url
-        self.stats = {"updates": 0, "sent": 0, "handled": 0, "published": 0, "skipped_busy": 0, "renders": 0,
-                      "publish_cpu_s": 0.0}
+        self.stats = {
+            "updates": 0,
+            "sent": 0,
+            "handled": 0,
+            "published": 0,
+            "skipped_busy": 0,
+            "renders": 0,
+            "publish_cpu_s": 0.0,
+        }
         self.handover = Handover(config, self.stats)
         self.panels = Panels(self.app, config, self.handover, total_steps, noise_map, noise_kind)
         self.renderer = ServerRenderer(self.app, config, self.handover, self.stats)
@@ -77,7 +90,7 @@ class LiveViewer:
     # -- the trainer's side ------------------------------------------------------------------------
     @property
     def mode(self) -> Optional[str]:
-        """"splats" or "render" once the first snapshot has arrived (None before)."""
+        """ "splats" or "render" once the first snapshot has arrived (None before)."""
         return self.handover.mode
 
     @property

@@ -101,8 +101,15 @@ class Panels:
         noise_kind: the run's --noise.kind, naming the noise next to the training render.
     """
 
-    def __init__(self, app: ViewerApp, config: ViewerConfig, handover: Handover, total_steps: int,
-                 noise_map: Optional[torch.Tensor], noise_kind: str) -> None:
+    def __init__(
+        self,
+        app: ViewerApp,
+        config: ViewerConfig,
+        handover: Handover,
+        total_steps: int,
+        noise_map: Optional[torch.Tensor],
+        noise_kind: str,
+    ) -> None:
         self.app, self.config, self.handover, self.total_steps = app, config, handover, int(total_steps)
         self.noise_label = NOISE_LABELS.get(noise_kind, f"Training render | its noise ({noise_kind})")
         self.noise_map = NoiseMapImage(noise_map, config.panel_image_height)
@@ -120,7 +127,9 @@ class Panels:
                 data=(np.zeros(0), np.zeros(0)),
                 series=({"label": "step"}, {"label": "loss", "stroke": "#d9480f", "width": 1.5}),
                 scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
-                axes=({}, {"size": 64}), title="Loss", aspect=2.0,
+                axes=({}, {"size": 64}),
+                title="Loss",
+                aspect=2.0,
             )
             self.pause_button = gui.add_button("Pause", hint="Pause / resume training")
             self.save_button = gui.add_button("Save .ply now", hint="The trainer writes saved_step_N.ply into the run folder")
@@ -130,8 +139,7 @@ class Panels:
         self.map_image = None
         if self.noise_map.rgb is not None:
             with gui.add_folder("World noise map"):
-                self.map_image = gui.add_image(self.noise_map.rgb, label="World noise map, current window outlined",
-                                               format="png")
+                self.map_image = gui.add_image(self.noise_map.rgb, label="World noise map, current window outlined", format="png")
         with gui.add_folder("View"):
             self.app.add_scene_controls()
         self.pause_button.on_click(safe("pause button")(self._on_pause))
@@ -149,8 +157,11 @@ class Panels:
         self.handover.request_save()
         client = getattr(event, "client", None)
         if client is not None:
-            client.add_notification("Saving", "The trainer writes saved_step_XXXXXX.ply into the run folder"
-                                    " after the current step.", auto_close_seconds=4.0)
+            client.add_notification(
+                "Saving",
+                "The trainer writes saved_step_XXXXXX.ply into the run folder after the current step.",
+                auto_close_seconds=4.0,
+            )
 
     def _on_download(self, event: Any) -> None:
         client_id = getattr(event, "client_id", None)
@@ -164,8 +175,10 @@ class Panels:
             return f"**Step** 0 / {self.total_steps:,}{state}  \n**t** - · **Gaussians** -"
         pct = 100.0 * p.step / max(1, p.total_steps)
         speed = f"{p.it_per_s:.2f} it/s" if p.it_per_s and math.isfinite(p.it_per_s) else "- it/s"
-        return (f"**Step** {p.step:,} / {p.total_steps:,} ({pct:.0f}%) · {speed} · **ETA** {format_duration(p.eta_s)}"
-                f"{state}  \n**t** {int(as_float(p.timestep))} · **Gaussians** {p.num_gaussians:,}")
+        return (
+            f"**Step** {p.step:,} / {p.total_steps:,} ({pct:.0f}%) · {speed} · **ETA** {format_duration(p.eta_s)}"
+            f"{state}  \n**t** {int(as_float(p.timestep))} · **Gaussians** {p.num_gaussians:,}"
+        )
 
     def publish(self, p: Payload) -> None:
         """Show payload ``p``: the losses of every step since the last call, progress, images."""

@@ -24,8 +24,14 @@ from fsd_gs.errors import UserError, require, warnings_as_lines
 from fsd_gs.viewer.app import ViewerApp, ViewFrame, splat_arrays
 
 UpAxis = Literal["+z", "-z", "+y", "-y", "+x", "-x"]
-_AXES = {"+x": (1.0, 0.0, 0.0), "-x": (-1.0, 0.0, 0.0), "+y": (0.0, 1.0, 0.0), "-y": (0.0, -1.0, 0.0),
-         "+z": (0.0, 0.0, 1.0), "-z": (0.0, 0.0, -1.0)}
+_AXES = {
+    "+x": (1.0, 0.0, 0.0),
+    "-x": (-1.0, 0.0, 0.0),
+    "+y": (0.0, 1.0, 0.0),
+    "-y": (0.0, -1.0, 0.0),
+    "+z": (0.0, 0.0, 1.0),
+    "-z": (0.0, 0.0, -1.0),
+}
 _FRONT = {"+z": "+x", "-z": "+x", "+y": "+z", "-y": "-z", "+x": "+y", "-x": "+y"}
 """The side "reset view" looks from, per up axis (+x is our objects' front; -z suits COLMAP scenes)."""
 
@@ -53,8 +59,10 @@ class ViewPlyConfig:
     def validate(self) -> None:
         require(self.path.is_file(), f"{self.path} is not a file: pass the path of a .ply")
         require(0 <= self.port <= 65535, f"--port must be 0..65535, got {self.port}")
-        require(len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
-                f"--background must be three numbers in [0, 1], got {self.background}")
+        require(
+            len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
+            f"--background must be three numbers in [0, 1], got {self.background}",
+        )
         require(self.max_splats >= 1, f"--max-splats must be >= 1, got {self.max_splats}")
 
 
@@ -79,8 +87,14 @@ def frame_for(centers: np.ndarray, up: UpAxis, fov_deg: float = 50.0) -> ViewFra
     radius = float(np.percentile(np.linalg.norm(centers - center, axis=1), 90)) if len(centers) else 1.0
     radius = max(radius, 1e-3)
     distance = 2.2 * radius / np.tan(np.radians(fov_deg) / 2)
-    return ViewFrame(center=(float(center[0]), float(center[1]), float(center[2])), distance=float(distance), elevation=15.0,
-                     front=_AXES[_FRONT[up]], up=_AXES[up], fov_deg=fov_deg)
+    return ViewFrame(
+        center=(float(center[0]), float(center[1]), float(center[2])),
+        distance=float(distance),
+        elevation=15.0,
+        front=_AXES[_FRONT[up]],
+        up=_AXES[up],
+        fov_deg=fov_deg,
+    )
 
 
 def serve(cfg: ViewPlyConfig, announce=print) -> ViewerApp:
@@ -88,8 +102,9 @@ def serve(cfg: ViewPlyConfig, announce=print) -> ViewerApp:
     cfg.validate()
     params = load_gaussian_params(cfg.path)
     splats = splat_arrays(params, cfg.max_splats)
-    app = ViewerApp(cfg.host, cfg.port, cfg.background, label=cfg.path.name, frame=frame_for(splats.centers, cfg.up),
-                    announce=announce)
+    app = ViewerApp(
+        cfg.host, cfg.port, cfg.background, label=cfg.path.name, frame=frame_for(splats.centers, cfg.up), announce=announce
+    )
     app.server.scene.set_up_direction(cfg.up)
     with app.server.gui.add_folder("View"):
         app.server.gui.add_markdown(f"**File:** {cfg.path.name}")

@@ -28,8 +28,9 @@ ENTRY_POINTS = f"""[fsd_gs.methods]
 def build_toy_plugin(site: Path) -> Path:
     """Write the toy plugin and its dist-info into ``site`` (created); returns ``site`` (put it on sys.path)."""
     site.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(Path(__file__).parent / "toy_fsd_plugin", site / "toy_fsd_plugin",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(__file__).parent / "toy_fsd_plugin", site / "toy_fsd_plugin", ignore=shutil.ignore_patterns("__pycache__")
+    )
     info = site / "toy_fsd_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-fsd-plugin\nVersion: 0.1\n")

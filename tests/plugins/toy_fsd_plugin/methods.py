@@ -19,7 +19,9 @@ class HalfScoreGuidance(Guidance):
 
 
 HALF_SDS = MethodSpec(
-    "halfsds", dataclasses.replace(NOISE_PRESETS["sds"]), SCHEDULE_PRESETS["sds"],
+    "halfsds",
+    dataclasses.replace(NOISE_PRESETS["sds"]),
+    SCHEDULE_PRESETS["sds"],
     Image2DSettings(steps=500, guidance_scale=7.5, lr=2e-2, fresh_noise=True),
     "0.5 (eps_hat(x_t; y) - eps), eps fresh",
     make=lambda prior, embeddings, options, seed: HalfScoreGuidance(),

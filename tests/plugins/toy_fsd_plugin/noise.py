@@ -22,5 +22,8 @@ class MirroredNoise(NoiseFunction):
         return torch.where(back.to(self.device).view(-1, 1, 1, 1), images.flip(-1), images)
 
 
-MIRRORED = NoiseKindSpec("mirrored", "one fixed image, mirrored for the back half of the orbit",
-                         make=lambda config, shape, generator, device: MirroredNoise(shape, config.beta, generator, device))
+MIRRORED = NoiseKindSpec(
+    "mirrored",
+    "one fixed image, mirrored for the back half of the orbit",
+    make=lambda config, shape, generator, device: MirroredNoise(shape, config.beta, generator, device),
+)
