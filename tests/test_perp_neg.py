@@ -250,7 +250,7 @@ def _train(prior, steps: int, *extra: str) -> dict[str, torch.Tensor]:
 def test_a_short_training_run_with_perp_neg_is_finite_and_deterministic(shapes_prior):
     a = _train(shapes_prior, 4, "--guidance.perp-neg")
     b = _train(shapes_prior, 4, "--guidance.perp-neg")
-    off = _train(shapes_prior, 4)
+    off = _train(shapes_prior, 4, "--guidance.no-perp-neg")
     for key, value in a.items():
         assert torch.isfinite(value).all() and torch.equal(value, b[key]), key
     assert not torch.equal(a["means"], off["means"])
@@ -302,7 +302,14 @@ def test_view_prompt_spans_decide_the_view_names():
 def test_the_step_uses_the_configured_spans(shapes_prior):
     wide = DistillStep(
         tiny_cfg(
-            0, "--camera.batch-size", "4", "--guidance.view-prompts.front-span", "180", "--guidance.view-prompts.back-span", "0"
+            0,
+            "--camera.batch-size",
+            "4",
+            "--guidance.no-perp-neg",  # spans name the view prompts of plain CFG
+            "--guidance.view-prompts.front-span",
+            "180",
+            "--guidance.view-prompts.back-span",
+            "0",
         ),
         shapes_prior,
         torch.device("cpu"),
@@ -310,7 +317,9 @@ def test_the_step_uses_the_configured_spans(shapes_prior):
     pending = wide._prepare()
     front = wide.embeddings.cond[wide.embeddings.views.index("front")]
     assert all(torch.equal(row, front) for row in pending.cond)  # every view is a "front" view with these spans
-    default = DistillStep(tiny_cfg(0, "--camera.batch-size", "4"), shapes_prior, torch.device("cpu"))._prepare()
+    default = DistillStep(
+        tiny_cfg(0, "--camera.batch-size", "4", "--guidance.no-perp-neg"), shapes_prior, torch.device("cpu")
+    )._prepare()
     assert not all(torch.equal(row, front) for row in default.cond)  # the same cameras get other views by default
 
 
@@ -358,12 +367,12 @@ def test_help_says_the_shapes_prior_keeps_its_trained_wording(capsys):
     assert "the wording its captions were trained with" in text
 
 
-@pytest.mark.parametrize("name,method", [("shapes-fsd-perpneg", "fsd"), ("shapes-sds-perpneg", "sds")])
-def test_perp_neg_presets_differ_from_their_base_only_by_perp_neg(name, method):
+@pytest.mark.parametrize("name,plain", [("shapes-fsd", "shapes-fsd-plain"), ("shapes-sds-perpneg", "shapes-sds")])
+def test_perp_neg_presets_differ_from_their_base_only_by_perp_neg(name, plain):
     from fsd_gs.config import base_config, find_preset, to_dict
 
-    assert Path(find_preset(name)).is_file()
-    with_pn, base = to_dict(base_config(None, name, "shapes")), to_dict(base_config(None, f"shapes-{method}", "shapes"))
+    assert Path(find_preset(name)).is_file() and Path(find_preset(plain)).is_file()
+    with_pn, base = to_dict(base_config(None, name, "shapes")), to_dict(base_config(None, plain, "shapes"))
     assert with_pn["guidance"]["perp_neg"] is True and base["guidance"]["perp_neg"] is False
     with_pn["guidance"]["perp_neg"] = False
     assert {k: v for k, v in with_pn.items() if k != "config"} == {k: v for k, v in base.items() if k != "config"}

@@ -188,8 +188,8 @@ def test_mv_presets_differ_from_the_shapes_pair_only_in_model_and_camera_batch()
     from fsd_gs.train import parse_config
     from tests.test_config import differing
 
-    for method in ("fsd", "sds"):
-        diff = differing(f"shapes-{method}", f"shapes-{method}-mv")
+    for method, base in (("fsd", "shapes-fsd-plain"), ("sds", "shapes-sds")):  # shapes-fsd = shapes-fsd-plain + Perp-Neg
+        diff = differing(base, f"shapes-{method}-mv")
         assert diff - {"config"} == {"model", "camera.batch_size"}
         cfg = parse_config(["--model", "shapes-mv", "--method", method, "--prompt", "a red chair"])
         assert (cfg.model, cfg.camera.batch_size, cfg.steps) == ("shapes-mv", 4, 600)
