@@ -58,8 +58,8 @@ class BenchmarkConfig:
     """Prompts instead of --prompt-set's (colour-free, in the shapes world's vocabulary)."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     """Seeds; CROSS-FID compares the first half with the second half."""
-    presets: tuple[str, ...] = ("shapes-sds", "shapes-fsd")
-    """Presets (names in configs/, or YAML paths); one method each."""
+    presets: tuple[str, ...] = ("shapes-sds", "shapes-fsd-plain", "shapes-fsd")
+    """Presets (names in configs/, or YAML paths); each its own row (shapes-fsd has Perp-Neg, shapes-fsd-plain not)."""
     steps: Optional[int] = None
     """Training steps per asset; None: the presets' own (600)."""
     out: Optional[Path] = None

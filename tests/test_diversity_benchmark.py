@@ -45,9 +45,9 @@ def tiny(out: Path, docs: Path, *presets: str) -> list[str]:
 
 def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, docs = tmp_path / "bench", tmp_path / "docs"
-    assert diversity_benchmark.main(tiny(out, docs, "shapes-fsd", "shapes-fsd-surface")) == 0
+    assert diversity_benchmark.main(tiny(out, docs, "shapes-fsd-plain", "shapes-fsd-surface")) == 0
     table = (docs / "table.md").read_text()
-    fsd_cfg = base_config(None, "shapes-fsd").guidance.guidance_scale
+    fsd_cfg = base_config(None, "shapes-fsd-plain").guidance.guidance_scale
     assert f"| shapes (built-in) | FSD | {fsd_cfg:g} | 1 x 2 |" in table and "earlier call" not in table
     assert (docs / "gallery" / "index.html").is_file()
     # 3D consistency: the columns, and "a car" (a front kind) counted in the confusion of each row.
@@ -55,12 +55,12 @@ def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_pat
     assert "| shapes (built-in) | FSD | a car | front: " in table
 
     # The docs folder is never overwritten without --replace-docs: one sentence, exit code 2.
-    assert diversity_benchmark.main(tiny(out, docs, "shapes-sds", "shapes-fsd", "shapes-fsd-surface")) == 2
+    assert diversity_benchmark.main(tiny(out, docs, "shapes-sds", "shapes-fsd-plain", "shapes-fsd-surface")) == 2
     assert "--replace-docs" in capsys.readouterr().err
 
     # The same --out again trains only what is missing (SDS) and says so, and keeps two presets of one method
     # (FSD with the world map and with surface noise) apart; each row names its CFG.
-    assert diversity_benchmark.main([*tiny(out, docs, "shapes-sds", "shapes-fsd", "shapes-fsd-surface"), "--replace-docs"]) == 0
+    assert diversity_benchmark.main([*tiny(out, docs, "shapes-sds", "shapes-fsd-plain", "shapes-fsd-surface"), "--replace-docs"]) == 0
     table = (docs / "table.md").read_text()
     assert "(4 of the 6 assets were trained by an earlier call with this --out)" in table
     assert f"| shapes (built-in) | FSD | {fsd_cfg:g} | 1 x 2 |" in table

@@ -269,7 +269,9 @@ def has_front(prompt: str, model: str) -> bool:
 
     The shapes prior: its kind is in :data:`fsd_gs.shapes.world.FRONT_KINDS`. Other priors: a word of the prompt
     is in :data:`FRONT_NOUNS`."""
-    if model == "shapes":
+    from fsd_gs.prior.detectors import is_shapes_world
+
+    if is_shapes_world(model):
         from fsd_gs.shapes.captions import parse
         from fsd_gs.shapes.world import FRONT_KINDS
 

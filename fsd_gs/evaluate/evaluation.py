@@ -24,11 +24,11 @@ from fsd_gs.evaluate.report import SetResult, markdown, summarise_set, to_json
 from fsd_gs.evaluate.runs import Found, Run, find_runs, group_runs, shared_guidance
 from fsd_gs.evaluate.scorers import DEFAULT_CLIP, ClipScorer, InceptionClassifier, JudgeScorer, Scorer, ViewScores, load_clip
 from fsd_gs.evaluate.views import ViewConfig, ddim_images, eval_cameras, render_views, world_object
+from fsd_gs.prior.detectors import is_shapes_world
 from fsd_gs.run_dir import slugify
 from fsd_gs.step import cpu_threads
 
 OUTPUT_NAMES = ("evaluation.json", "evaluation.md", "gallery")
-SHAPES = "shapes"
 
 
 @dataclass
@@ -131,7 +131,7 @@ class _Scorers:
 
     def get(self, model: str) -> Scorer:
         if model not in self.cache:
-            self.cache[model] = self._judge() if model == SHAPES else self._clip_scorer()
+            self.cache[model] = self._judge() if is_shapes_world(model) else self._clip_scorer()
         return self.cache[model]
 
     def _judge(self) -> Scorer:
@@ -202,7 +202,8 @@ def ddim_guidance(cfg: EvaluateConfig, methods: dict[str, dict[int, Run]]) -> fl
     method's. Methods may distil at different scales (SDS needs a higher one for the same quality)."""
     if cfg.ddim_guidance:
         return cfg.ddim_guidance
-    runs = methods.get("fsd") or next(iter(methods.values()))
+    fsd = [name for name in methods if name.split("-")[0] == "fsd"]  # fsd, fsd-perpneg, fsd-surface, ...
+    runs = methods[min(fsd, key=len)] if fsd else next(iter(methods.values()))
     return next(iter(runs.values())).guidance_scale
 
 
@@ -228,7 +229,7 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     for (prompt, method, model), seeds in groups.items():
         prompts.setdefault((prompt, model), {})[method] = seeds
     n_truth = {
-        key: (cfg.truth_objects or max(len(s) for s in methods.values())) if key[1] == SHAPES and cfg.truth else 0
+        key: (cfg.truth_objects or max(len(s) for s in methods.values())) if is_shapes_world(key[1]) and cfg.truth else 0
         for key, methods in prompts.items()
     }
     total = len(found.runs) - len(dropped) + sum(n_truth.values()) + (len(prompts) if cfg.ddim_samples else 0)
@@ -239,10 +240,10 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
     with cpu_threads(cfg.threads, device), contextlib.closing(bar):
         for (prompt, model), methods in sorted(prompts.items()):
             scorer = scorers.get(model)
-            size = cfg.size or (64 if model == SHAPES else 256)
+            size = cfg.size or (64 if is_shapes_world(model) else 256)
             cams = eval_cameras(cfg.view, size, device)
             slug = slugify(prompt)
-            n_colours = len(COLOUR_NAMES) if model == SHAPES else 0
+            n_colours = len(COLOUR_NAMES) if is_shapes_world(model) else 0
 
             scored = functools.partial(
                 _score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results, cams.azimuth.tolist()

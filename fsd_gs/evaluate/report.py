@@ -26,7 +26,7 @@ from fsd_gs.evaluate.metrics import (
 from fsd_gs.evaluate.scorers import ViewScores
 
 FORMAT = "fsd_gs.evaluate/1"
-REFERENCE_ORDER = ("truth", "ddim", "sds", "fsd", "fsd-surface")
+REFERENCE_ORDER = ("truth", "ddim", "sds", "sds-perpneg", "fsd", "fsd-perpneg", "fsd-surface", "fsd-surface-perpneg")
 """Row order in tables: references first, then SDS before FSD as in the paper; other methods after, by name."""
 LABELS = {
     "truth": "world objects (truth)",
@@ -34,6 +34,9 @@ LABELS = {
     "sds": "SDS",
     "fsd": "FSD",
     "fsd-surface": "FSD, surface noise",
+    "sds-perpneg": "SDS, Perp-Neg",
+    "fsd-perpneg": "FSD, Perp-Neg",
+    "fsd-surface-perpneg": "FSD, surface noise, Perp-Neg",
 }
 
 
@@ -42,7 +45,9 @@ def method_label(method: str) -> str:
 
 
 def backbone_label(model: str) -> str:
-    return "shapes (built-in)" if model == "shapes" else model
+    from fsd_gs.prior.detectors import is_shapes_world
+
+    return f"{model} (built-in)" if is_shapes_world(model) else model
 
 
 def row_order(method: str) -> tuple[int, str]:
@@ -290,7 +295,9 @@ def markdown(
     scorer_notes: dict[str, dict[str, Any]],
 ) -> str:
     """The evaluation as markdown: the paper's table, the per-prompt table, how it was measured, what is missing."""
-    has_shapes = any(r.model == "shapes" for r in results)
+    from fsd_gs.prior.detectors import is_shapes_world
+
+    has_shapes = any(is_shapes_world(r.model) for r in results)
     lines = [
         "# Evaluation",
         "",

@@ -65,13 +65,16 @@ def is_run_dir(path: Path) -> bool:
 
 
 def method_name(config: dict) -> str:
-    """The run's method, suffixed with its noise kind when that is not the method's own (``fsd-surface``)."""
+    """The run's method, suffixed with its noise kind when that is not the method's own (``fsd-surface``) and with
+    ``-perpneg`` when Perp-Neg was on (``fsd-perpneg``): each is its own row of the tables."""
     from fsd_gs.methods import METHODS
 
     method = str(config.get("method", "fsd"))
     kind = (config.get("noise") or {}).get("kind")
     if method in METHODS and kind and kind != METHODS[method].noise.kind:
-        return f"{method}-{kind}"
+        method = f"{method}-{kind}"
+    if (config.get("guidance") or {}).get("perp_neg"):
+        method = f"{method}-perpneg"
     return method
 
 

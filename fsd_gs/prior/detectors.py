@@ -30,6 +30,11 @@ BUILTIN_SHAPES_MV = "shapes-mv"
 """The built-in multi-view shapes prior (fsd_gs/assets/shapes_mv, docs/mvdream.md)."""
 
 
+def is_shapes_world(model: str) -> bool:
+    """Whether ``model`` is one of the built-in priors of the shapes world (judged by its judge, not CLIP)."""
+    return model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV)
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything a detector's loader needs besides the model: the options, the device, dtype and compile decision."""
