@@ -85,12 +85,8 @@ class Cameras:
         first = batches[0]
         if any((c.width, c.height) != (first.width, first.height) for c in batches):
             raise ValueError("cameras of different image sizes cannot be concatenated")
-        return Cameras(
-            *(
-                torch.cat([getattr(c, name) for c in batches]) if name not in ("width", "height") else getattr(first, name)
-                for name in ("viewmats", "Ks", "width", "height", "azimuth", "elevation", "distance", "fovy")
-            )
-        )
+        tensors = {name: torch.cat([getattr(c, name) for c in batches]) for name in _BATCHED_FIELDS}
+        return Cameras(width=first.width, height=first.height, **tensors)
 
     def with_resolution(self, width: int, height: int) -> Cameras:
         """The same viewpoints rendered at another image size (intrinsics rescaled)."""
@@ -102,6 +98,9 @@ class Cameras:
     def camera_centers(self) -> torch.Tensor:
         """Camera positions in world space, [B,3]."""
         return torch.linalg.inv(self.viewmats)[:, :3, 3]
+
+
+_BATCHED_FIELDS = ("viewmats", "Ks", "azimuth", "elevation", "distance", "fovy")  # the [B,...] tensors of Cameras
 
 
 def look_at_viewmats(positions: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:

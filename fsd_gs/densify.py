@@ -294,8 +294,9 @@ class Densifier:
                         f"densification state {key!r} has shape {tuple(value.shape)}, expected [N]; the checkpoint is damaged"
                     )
                 state[key] = value.float()
-        if tensors.get("rng") is not None:
-            state["generator"].set_state(tensors["rng"].cpu().to(torch.uint8))
+        rng = tensors.get("rng")
+        if rng is not None:
+            state["generator"].set_state(rng.cpu().to(torch.uint8))
         return state
 
     def _reset_stats(self, state: dict[str, Any], n: int, device: torch.device) -> None:
@@ -364,7 +365,8 @@ class Densifier:
         else:
             grads = means2d.grad
         n = params["means"].shape[0]
-        if state["grad2d"] is None or state["grad2d"].shape[0] != n:
+        grad2d: Optional[torch.Tensor] = state["grad2d"]  # a local: narrowing state["grad2d"] would outlive _reset_stats
+        if grad2d is None or grad2d.shape[0] != n:
             self._reset_stats(state, n, params["means"].device)
         if grads is None:  # the loss did not reach the Gaussians this step
             return
@@ -398,7 +400,8 @@ class Densifier:
         n = params["means"].shape[0]
         device = params["means"].device
         max_std = torch.exp(params["scales"].detach()).amax(dim=-1)
-        use_scale2d = step < c.refine_scale2d_stop_iter and state["radii"] is not None
+        # .get, not state["radii"] is not None: pyright would narrow state["radii"] to None where use_scale2d is False
+        use_scale2d = step < c.refine_scale2d_stop_iter and state.get("radii") is not None
 
         prune = torch.sigmoid(params["opacities"].detach().reshape(n)) < c.prune_opa
         prune |= max_std > c.prune_scale3d * self.scene_scale

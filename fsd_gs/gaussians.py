@@ -210,10 +210,10 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3, max_elements: int = 1 <<
         return torch.ones(n, dtype=points.dtype, device=points.device)
     k = min(k, n - 1)
     if points.device.type == "cpu":
-        from scipy.spatial import cKDTree
+        from scipy.spatial import KDTree  # cKDTree's documented equivalent (same code); pyright cannot see cKDTree
 
         pts = points.detach().double().numpy()
-        dist, _ = cKDTree(pts).query(pts, k=k + 1)  # the first neighbour is the point itself
+        dist, _ = KDTree(pts).query(pts, k=k + 1)  # the first neighbour is the point itself
         return torch.from_numpy(np.asarray(dist[:, 1:]).mean(axis=1)).to(points.dtype)
     return knn_mean_distance_torch(points, k, max_elements)
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from fsd_gs.distill import distill_loss_z
 from fsd_gs.errors import require, run_cli
 from fsd_gs.io.atomic import atomic_open, atomic_write_text
 from fsd_gs.methods import METHODS, Image2DSettings, MethodOptions, make_guidance
-from fsd_gs.noise import NOISE_PRESETS, build_noise
+from fsd_gs.noise import NOISE_PRESETS, ConstantNoise, build_noise
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.factory import DEFAULT_MODEL
 from fsd_gs.progress import Progress
@@ -148,13 +148,13 @@ def seed_noise(seeds: Sequence[int], shape: tuple[int, int, int]) -> torch.Tenso
     FSD adds it at every step, DDIM starts from it (x_T), and all methods start their image from it.
     """
     config = NOISE_PRESETS["fsd2d"]
-    return torch.stack([build_noise(config, shape, seed=int(s)).image for s in seeds])
+    return torch.stack([cast(ConstantNoise, build_noise(config, shape, seed=int(s))).image for s in seeds])  # fsd2d: constant
 
 
 class FreshNoise:
     """SDS: fresh N(0, I) noise [S,C,h,w] every call, one generator per seed (fsd_gs.noise's "random" noise)."""
 
-    def __init__(self, seeds: Sequence[int], shape: tuple[int, int, int], device: torch.device) -> None:
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> None:
         self.functions = [build_noise(NOISE_PRESETS["sds"], shape, seed=int(s)) for s in seeds]
         self.generators = [torch.Generator().manual_seed(int(s) + FRESH_NOISE_OFFSET) for s in seeds]
         self.device = device
@@ -188,7 +188,8 @@ def optimise(
     A stateful method (VSD) gets one guidance per seed: each seed is its own particle.
     Returns z (detached).
     """
-    if METHODS[cfg.method].stateful and len(cfg.seed) > 1:
+    n_seeds = len(cfg.seed)  # a local: narrowing len(cfg.seed) would make pyright think cfg.seed may be empty below
+    if METHODS[cfg.method].stateful and n_seeds > 1:
         return torch.cat(
             [
                 optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i : i + 1], cond[i : i + 1], uncond[i : i + 1])
@@ -205,6 +206,8 @@ def optimise(
     noise = noise.to(device)
     alpha_T, sigma_T = prior.alpha_sigma(sample_timestep(schedule, 0.0, None, prior.num_train_timesteps).to(device))
     z = (((1.0 - sigma_T) / alpha_T).view(1, 1, 1, 1) * noise).clone().requires_grad_(True)
+    if settings.lr is None:  # validate() requires --lr for every method but ddim, which does not optimise
+        raise ValueError(f"{cfg.method} needs a learning rate")
     optimizer = torch.optim.Adam([z], lr=settings.lr)
     fresh = FreshNoise(cfg.seed, tuple(noise.shape[1:]), device) if settings.fresh_noise else None
     with _progress(settings.steps, cfg.progress, cfg.method) as bar:

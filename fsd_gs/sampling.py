@@ -17,6 +17,7 @@ from fsd_gs.prior.base import DiffusionPrior
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 
 def ddim_scheduler(prior: DiffusionPrior, steps: int) -> DDIMScheduler:
@@ -67,7 +68,10 @@ def ddim_sample(
     for i, t in enumerate(scheduler.timesteps):
         t_batch = t.reshape(1).expand(z.shape[0]).to(prior.device)
         eps_hat = prior.predict_noise(z, t_batch, cond, uncond, guidance_scale)
-        z = scheduler.step(eps_hat, t, z).prev_sample
+        # diffusers types timestep as int and the result as a union with its tuple form; it takes a 0-d tensor (as its
+        # own pipelines pass) and returns DDIMSchedulerOutput unless return_dict=False
+        out = scheduler.step(eps_hat, t, z)  # pyright: ignore[reportArgumentType]
+        z = cast("DDIMSchedulerOutput", out).prev_sample
         if on_step is not None:
             on_step(i)
     return z

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test run of CI and of a newcomer, from any folder: sets up once what the tests need (the Python environment
-# of scripts/lib.sh, Debian's chromium, Node.js and the npm reader @playcanvas/splat-transform), checks the wheel
-# from outside the checkout, then runs the whole suite. A test that needs one of these tools fails rather than
-# skips here (FSD_GS_REQUIRE_TOOLS=1, tests/tool_skips.py); only the CUDA tests skip on a CPU machine.
+# of scripts/lib.sh, Debian's chromium, Node.js and the npm reader @playcanvas/splat-transform), runs the linters
+# (ruff check, ruff format --check, and pyright as pyproject's [tool.pyright] says: basic, over fsd_gs/; any finding
+# stops the run), checks the wheel from outside the checkout, then runs the whole suite. A test that needs one of
+# these tools fails rather than skips here (FSD_GS_REQUIRE_TOOLS=1, tests/tool_skips.py); only the CUDA tests skip
+# on a CPU machine.
 # Arguments go to pytest (e.g. tests/test_config.py -k preset).
 #   bash /path/to/checkout/scripts/test.sh
 set -euo pipefail
@@ -22,6 +24,18 @@ ensure_test_tools() {
     say "npm install @playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION into $SPLAT_PREFIX"
     npm install --no-fund --no-audit --loglevel=error --prefix "$SPLAT_PREFIX" "@playcanvas/splat-transform@$SPLAT_TRANSFORM_VERSION" >&2
   fi
+}
+
+lint() {  # ruff and pyright gate the suite: what they find is listed, then one "error:" line, and the run stops
+  local bin="$FSD_GS_VENV/bin"
+  say "ruff check, ruff format --check, pyright"
+  "$bin/ruff" check --quiet . || { say "error: ruff check found the problems above (ruff check --fix fixes some)"; exit 1; }
+  "$bin/ruff" format --check . || { say "error: the files above are not formatted: run ruff format on them"; exit 1; }
+  # The pyright wheel carries pyright's npm package and runs it with the node on PATH (from ensure_test_tools).
+  export PYRIGHT_PYTHON_IGNORE_WARNINGS=1  # no "a newer pyright exists" lines: the lock pins it
+  "$bin/pyright" --version >/dev/null 2>&1 ||
+    { say "error: pyright does not start (is node on PATH?): $("$bin/pyright" --version 2>&1 | tail -n 1)"; exit 1; }
+  "$bin/pyright" --pythonpath "$bin/python" || { say "error: pyright found the type errors above in fsd_gs/"; exit 1; }
 }
 
 wheel_check() {  # build the wheel, install it alone into its own venv ($FSD_GS_WHEEL_VENV, kept for the next call:
@@ -58,7 +72,8 @@ wheel_check() {  # build the wheel, install it alone into its own venv ($FSD_GS_
 
 ensure_env
 ensure_test_tools
-wheel_check
 cd "$FSD_GS_ROOT"
+lint
+wheel_check
 export FSD_GS_REQUIRE_TOOLS=1
 exec "$FSD_GS_VENV/bin/python" -m pytest -q "$@"

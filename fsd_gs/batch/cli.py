@@ -174,7 +174,7 @@ def run_batch(argv: Sequence[str]) -> BatchResult:
     }
     if not units:  # a shard of a grid smaller than the shard count
         print(f"shard {shard} of this grid is empty: nothing to do")
-    engine = make_engine(cfg) if units else _NoEngine()
+    engine: Any = make_engine(cfg) if units else _NoEngine()  # a RayEngine, a LocalEngine or the empty stand-in
     if engine.name == "ray":
         print(f"ray: {engine.workers} workers ({engine.gpus_per_worker:g} GPU, {engine.threads} thread(s) each)", flush=True)
     return Driver(folder, units, configs, engine, max_attempts=cfg.max_attempts, progress=cfg.progress, meta=meta).run()

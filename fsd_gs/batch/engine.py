@@ -118,6 +118,7 @@ class RayEngine:
     def __init__(self, settings: RaySettings) -> None:
         try:
             import ray
+            import ray.exceptions  # not imported by ray/__init__.py: makes ray.exceptions known to the type checker
         except ImportError as exc:  # pragma: no cover - ray is a dependency
             raise UserError("the Ray engine needs the ray package (pip install ray), or use --engine local") from exc
         self.ray = ray

@@ -67,7 +67,8 @@ class Shard:
     def parse(cls, text: str) -> Shard:
         """ "2/8" -> Shard(2, 8); bad text is a UserError."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-        require(match is not None, f"--shard must look like i/n (e.g. 0/4, with 0 <= i < n), got {text!r}")
+        if match is None:
+            raise UserError(f"--shard must look like i/n (e.g. 0/4, with 0 <= i < n), got {text!r}")
         index, count = int(match.group(1)), int(match.group(2))
         require(count >= 1 and 0 <= index < count, f"--shard {text}: need n >= 1 and 0 <= i < n (i counts from 0)")
         return cls(index, count)
@@ -86,7 +87,8 @@ def parse_seeds(tokens: Iterable[str | int]) -> list[int]:
                 values: Iterable[int] = [int(part)]
             else:
                 match = _RANGE.match(part)
-                require(match is not None, f"--seeds takes numbers and ranges like 0-7, got {part!r}")
+                if match is None:
+                    raise UserError(f"--seeds takes numbers and ranges like 0-7, got {part!r}")
                 lo, hi = int(match.group(1)), int(match.group(2))
                 require(lo <= hi, f"--seeds range {part!r} runs backwards: write it low-high, e.g. {hi}-{lo}")
                 require(hi - lo < MAX_SEEDS, f"--seeds range {part!r} is too long (at most {MAX_SEEDS} seeds)")

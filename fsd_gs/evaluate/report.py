@@ -155,10 +155,9 @@ def summarise_set(
     """The figures of one prompt x backbone x method from the view scores of each seed; with the cameras'
     ``azimuths`` (degrees, one per view) and view reads in the scores also its 3D consistency."""
     seeds = sorted(scores)
-    all_probs = [scores[s].probs for s in seeds]
-    colours = None
-    if all(scores[s].colours for s in seeds):
-        colours = {s: majority(scores[s].colours) for s in seeds}
+    probs = [p for s in seeds if (p := scores[s].probs) is not None]
+    named = {s: c for s in seeds if (c := scores[s].colours)}
+    colours = {s: majority(c) for s, c in named.items()} if len(named) == len(seeds) else None
     return SetResult(
         prompt=prompt,
         model=model,
@@ -167,7 +166,7 @@ def summarise_set(
         views_per_seed=int(scores[seeds[0]].quality.shape[0]),
         quality=float(np.concatenate([scores[s].quality for s in seeds]).mean()),
         quality_per_seed={s: float(scores[s].quality.mean()) for s in seeds},
-        inception_score=None if any(p is None for p in all_probs) else inception_score(np.concatenate(all_probs)),
+        inception_score=inception_score(np.concatenate(probs)) if len(probs) == len(seeds) else None,
         cross_fid=cross_fid({s: scores[s].features for s in seeds}) if with_cross_fid else None,
         pairwise_distance=mean_pairwise_distance(np.stack([scores[s].features.mean(axis=0) for s in seeds])),
         seed_colours=colours,

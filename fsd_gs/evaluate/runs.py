@@ -134,9 +134,10 @@ def read_manifest(path: Path) -> Found:
             found.missing.append(Missing(iid, "done but the manifest gives no run_dir"))
             continue
         result = read_run(path.parent / item["run_dir"])
-        (found.runs if isinstance(result, Run) else found.missing).append(
-            result if isinstance(result, Run) else Missing(iid, result.reason)
-        )
+        if isinstance(result, Run):
+            found.runs.append(result)
+        else:
+            found.missing.append(Missing(iid, result.reason))
     return found
 
 
@@ -172,7 +173,10 @@ def find_runs(paths: Iterable[Path | str]) -> Found:
             for config in sorted(path.rglob("config.yaml")):
                 if is_run_dir(config.parent):
                     result = read_run(config.parent)
-                    (part.runs if isinstance(result, Run) else part.missing).append(result)
+                    if isinstance(result, Run):
+                        part.runs.append(result)
+                    else:
+                        part.missing.append(result)
             add(part)
     if not found.runs:
         where = ", ".join(str(p) for p in paths)

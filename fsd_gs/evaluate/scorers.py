@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 import numpy as np
 import torch
 
 from fsd_gs.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel, CLIPProcessor
+
+    from fsd_gs.shapes.judge import Judge
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -65,10 +70,10 @@ class JudgeScorer:
 
     quality_name = "judge agreement"
     feature_name = "judge penultimate features"
-    classifier_name = "judge kind head"
+    classifier_name: Optional[str] = "judge kind head"
     view_reader = "judge view head"
 
-    def __init__(self, judge: torch.nn.Module, batch_size: int = 128) -> None:
+    def __init__(self, judge: Judge, batch_size: int = 128) -> None:
         self.judge = judge
         self.batch_size = batch_size
 
@@ -117,8 +122,8 @@ class ClipScorer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        processor: object,
+        model: CLIPModel,
+        processor: CLIPProcessor,
         name: str,
         classifier: Optional[Classifier] = None,
         classifier_name: Optional[str] = None,
@@ -176,7 +181,7 @@ class ClipScorer:
         )
 
 
-def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, object]:
+def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> tuple[CLIPModel, CLIPProcessor]:
     """``CLIPModel`` and ``CLIPProcessor`` from a hub id (HF cache first) or a local folder, fp32, eval mode.
 
     Raises a one-sentence UserError when the model is neither a folder nor obtainable (e.g. offline).
@@ -199,7 +204,8 @@ def load_clip(name: str = DEFAULT_CLIP, device: torch.device | str = "cpu") -> t
             f"{', and HF_HUB_OFFLINE is set' if hub_offline() else ', and the hub could not be reached'}): "
             f"pass --clip with a local CLIP folder, or download it (hf download {name}) on a machine with internet"
         ) from exc
-    return model.to(device).eval().requires_grad_(False), processor
+    # transformers wraps PreTrainedModel.to in functools.wraps(nn.Module.to): pyright then takes `device` for `self`
+    return model.to(device).eval().requires_grad_(False), processor  # pyright: ignore[reportArgumentType]
 
 
 class InceptionClassifier:

@@ -7,12 +7,16 @@ in azimuth at one elevation, distance and field of view; the paper uses 24) over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from fsd_gs.camera import Cameras, turntable, view_directions
 from fsd_gs.gaussians import Gaussians
 from fsd_gs.render import RenderConfig, render
+
+if TYPE_CHECKING:
+    from fsd_gs.prior.base import DiffusionPrior
 
 
 @dataclass
@@ -69,7 +73,7 @@ def world_object(prompt: str, index: int, seed_offset: int = 10_000) -> tuple[Ga
 
 @torch.no_grad()
 def ddim_images(
-    prior: object, prompt: str, cameras: Cameras, n_samples: int, guidance_scale: float, steps: int, seed: int = 0
+    prior: DiffusionPrior, prompt: str, cameras: Cameras, n_samples: int, guidance_scale: float, steps: int, seed: int = 0
 ) -> torch.Tensor:
     """The paper's "DDIM images": ``n_samples`` images [S,3,H,W] in [0,1] (CPU) of ``prompt`` from the prior
     with :func:`fsd_gs.sampling.ddim_sample` (eta 0), sample i from x_T ~ N(0,I) seeded ``seed + i`` and

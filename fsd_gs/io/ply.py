@@ -110,7 +110,7 @@ def write_ply(gaussians: Gaussians, path: str | Path) -> Path:
     table = _rows(gaussians)
     with atomic_open(path) as f:
         f.write(ply_header(table.shape[0], gaussians.sh_degree))
-        f.write(memoryview(table).cast("B"))
+        f.write(table.data.cast("B"))  # the array's own buffer as bytes (no copy)
     return path
 
 

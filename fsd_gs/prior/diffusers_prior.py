@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 import torch
 
@@ -83,7 +83,8 @@ def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
     from diffusers import DDIMScheduler
 
     with quiet_hf():
-        scheduler = DDIMScheduler.from_config(scheduler_config)
+        # from_config's stubs return (model, unused kwargs) too, which it does only with return_unused_kwargs=True
+        scheduler = cast(DDIMScheduler, DDIMScheduler.from_config(scheduler_config))
     return scheduler.alphas_cumprod.to(torch.float32)
 
 
@@ -294,7 +295,7 @@ class LatentDiffusionPrior(DiffusersPrior):
         """[B,3,H,W] in [0,1] -> latents [B,4,H/8,W/8] float32: (posterior mean - shift) * scaling; differentiable."""
         self._check_images(images)
         mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
-        layout = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
+        layout: dict[str, Any] = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
         x = images.to(self.device, self.vae_dtype, **layout) * 2.0 - 1.0
         mean = self.vae.encode(x).latent_dist.mean
         return ((mean - self.shift_factor) * self.scaling_factor).float()

@@ -257,7 +257,7 @@ class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):
         super().__init__(folder, device, dtype, **kwargs)
         if self.prediction_type != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
             self.prediction_type = "epsilon"
-            self.scheduler_config = {**self.scheduler_config, "prediction_type": "epsilon"}
+            self.scheduler_config = {**(self.scheduler_config or {}), "prediction_type": "epsilon"}  # set by the base: never {}
 
 
 class PixelMVDreamPrior(MultiViewPriorMixin, PixelDiffusionPrior):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -49,7 +49,8 @@ def multiview_unet(unet: Any, views_per_group: int = 4) -> Any:
     }
     device = next(unet.parameters()).device
     with quiet_hf():
-        mv = UNet2DConditionModel.from_config(config).to(device)
+        # from_config's stubs return (model, unused kwargs) too, which it does only with return_unused_kwargs=True
+        mv = cast(UNet2DConditionModel, UNet2DConditionModel.from_config(config)).to(device)
     missing, unexpected = mv.load_state_dict({k: v.float() for k, v in unet.state_dict().items()}, strict=False)
     if unexpected or any(not k.startswith("class_embedding.") for k in missing):
         raise ValueError(f"the multi-view UNet does not fit the shapes UNet (missing {missing}, unexpected {unexpected})")

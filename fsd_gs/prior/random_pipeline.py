@@ -219,7 +219,8 @@ def _save_text_encoder(folder: Path, config: dict[str, Any], token_ids: dict[str
     ids = {k: v for k, v in token_ids.items() if k != "vocab_size"}
     full = {"vocab_size": token_ids["vocab_size"], **config, **ids}
     full["vocab_size"] = max(full["vocab_size"], token_ids["vocab_size"])
-    model = CLIPTextModel(CLIPTextConfig(**full)).to(dtype)
+    # .to is functools.wraps(nn.Module.to) there: the stubs take the dtype for self
+    model = CLIPTextModel(CLIPTextConfig(**full)).to(dtype)  # pyright: ignore[reportArgumentType]
     model.save_pretrained(folder, safe_serialization=True)
 
 
@@ -267,7 +268,8 @@ def save_latent_pipeline(
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     def save_diffusers_unet(folder: Path, config: dict[str, Any], dtype: torch.dtype) -> None:
-        UNet2DConditionModel(**config).to(dtype).save_pretrained(folder, safe_serialization=True)
+        # .to is functools.wraps(nn.Module.to) there: the stubs take the dtype for self
+        UNet2DConditionModel(**config).to(dtype).save_pretrained(folder, safe_serialization=True)  # pyright: ignore[reportArgumentType]
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -276,7 +278,8 @@ def save_latent_pipeline(
         token_ids = save_offline_tokenizer(path / "tokenizer")
         _save_text_encoder(path / "text_encoder", text_config, token_ids, dtype)
         (save_unet or save_diffusers_unet)(path / "unet", unet_config, dtype)
-        AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)
+        # .to is functools.wraps(nn.Module.to) there: the stubs take the dtype for self
+        AutoencoderKL(**vae_config).to(dtype).save_pretrained(path / "vae", safe_serialization=True)  # pyright: ignore[reportArgumentType]
     _save_scheduler(path / "scheduler")
     _write_model_index(path, *(pipeline or ("StableDiffusionPipeline", SD_COMPONENTS, SD_EXTRA)))
     return path

@@ -15,6 +15,7 @@ import fcntl
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -80,7 +81,7 @@ def ensure_gsplat_built() -> None:
 
 
 def rasterize_gsplat(
-    params: dict[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor] | torch.nn.ParameterDict,
     sh_degree: int,
     viewmats: torch.Tensor,
     Ks: torch.Tensor,

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from fsd_gs.gaussians import quat_to_rotmat
 from fsd_gs.render.sh import sh_to_color
+
+if TYPE_CHECKING:
+    from fsd_gs.render.config import RenderConfig
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 """Gaussians contribute to a pixel only where their alpha reaches this (gsplat's value)."""
@@ -370,12 +373,13 @@ class _AbsGrad:
             gx = (grad * (a * dx + b * dy)).abs().sum(1)  # [S,K]
             gy = (grad * (b * dx + c * dy)).abs().sum(1)
             self.per_vis.index_add_(0, entry[rows[real]], torch.stack([gx[real], gy[real]], dim=-1))
+            # gsplat's convention: absgrad is an extra attribute on the means2d tensor, unknown to torch's stubs
             if self.packed:
-                self.means2d.absgrad = self.per_vis
+                self.means2d.absgrad = self.per_vis  # pyright: ignore[reportAttributeAccessIssue]
             else:
                 out = torch.zeros_like(self.means2d.detach())
                 out[self.cam_ids, self.gs_ids] = self.per_vis
-                self.means2d.absgrad = out
+                self.means2d.absgrad = out  # pyright: ignore[reportAttributeAccessIssue]
 
         log_alpha.register_hook(hook)
 
@@ -404,7 +408,7 @@ def rasterize_gaussians(
     width: int,
     height: int,
     backgrounds: torch.Tensor,
-    config: Optional[object] = None,
+    config: Optional[RenderConfig] = None,
     with_depth: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """:func:`rasterize` from raw Gaussian parameters (log scales, logit opacities) and a RenderConfig."""

@@ -25,8 +25,8 @@ def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
     out = [torch.full_like(x, _C0)]
     if degree >= 1:
         out += [-_C1 * y, _C1 * z, -_C1 * x]
+    xx, yy, zz = x * x, y * y, z * z  # for degrees 2 and 3
     if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
         out += [
             _C2[0] * x * y,
             -_C2[0] * y * z,

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from fsd_gs.shapes.captions import VOCABULARY
 from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from fsd_gs.shapes.judge import Judge
 
 RESOLUTION = 64
 MAX_TOKENS = 12
@@ -171,9 +177,9 @@ def tokenize(tokenizer: Any, texts: list[str]) -> torch.Tensor:
 
 def save_pipeline(
     folder: Path | str,
-    unet: torch.nn.Module,
-    text_encoder: torch.nn.Module,
-    judge: torch.nn.Module | None = None,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    judge: Judge | None = None,
     summary: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
     tokenizer: Path | None = None,
@@ -190,12 +196,14 @@ def save_pipeline(
     else:
         save_tokenizer(folder / "tokenizer")
     # save_pretrained of a converted copy: the training modules stay in their own precision.
-    unet_copy = type(unet).from_config(unet.config)
+    # from_config's stubs return (model, unused kwargs) too, which it does only with return_unused_kwargs=True
+    unet_copy = cast("UNet2DConditionModel", type(unet).from_config(unet.config))
     unet_copy.load_state_dict(unet.state_dict())
-    unet_copy.to(dtype).save_pretrained(folder / "unet", safe_serialization=True)
+    # .to is functools.wraps(nn.Module.to) in diffusers and transformers: the stubs take the dtype for self
+    unet_copy.to(dtype).save_pretrained(folder / "unet", safe_serialization=True)  # pyright: ignore[reportArgumentType]
     te_copy = type(text_encoder)(text_encoder.config)
     te_copy.load_state_dict(text_encoder.state_dict())
-    te_copy.to(dtype).save_pretrained(folder / "text_encoder", safe_serialization=True)
+    te_copy.to(dtype).save_pretrained(folder / "text_encoder", safe_serialization=True)  # pyright: ignore[reportArgumentType]
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(folder / "scheduler")
     index = {"_class_name": "PixelDiffusionPipeline", "_diffusers_version": diffusers.__version__, **COMPONENTS}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
