@@ -60,7 +60,10 @@ def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_pat
 
     # The same --out again trains only what is missing (SDS) and says so, and keeps two presets of one method
     # (FSD with the world map and with surface noise) apart; each row names its CFG.
-    assert diversity_benchmark.main([*tiny(out, docs, "shapes-sds", "shapes-fsd-plain", "shapes-fsd-surface"), "--replace-docs"]) == 0
+    assert (
+        diversity_benchmark.main([*tiny(out, docs, "shapes-sds", "shapes-fsd-plain", "shapes-fsd-surface"), "--replace-docs"])
+        == 0
+    )
     table = (docs / "table.md").read_text()
     assert "(4 of the 6 assets were trained by an earlier call with this --out)" in table
     assert f"| shapes (built-in) | FSD | {fsd_cfg:g} | 1 x 2 |" in table
