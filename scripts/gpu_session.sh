@@ -25,8 +25,15 @@
 #          throughput-sd-seq  the same 1200-step asset as sequential `python -m fsd_gs.train` runs, 2 seeds  ~2 min
 #          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs, then 4 prompts x 8 seeds (32 assets) on
 #                             Ray with --group-seeds 8 and 1, 2, 4, 8 workers per GPU (--gpus-per-worker 1 .. 0.125) ~6 min
+#   consistency  issue #30's table (~9 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
+#          (default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps, --group-seeds 8, one
+#          batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset>; evaluate them on the CPU
+#          afterwards (python -m fsd_gs.evaluate $WORK/consistency/*/manifest.json): the evaluation is CPU work
+#   shapes-mv  the multi-view shapes prior: MV_TRAIN_S seconds of scripts/train_shapes_mv.py from the shipped shapes
+#          prior (or --resume from $WORK/mv with MV_RESUME=1), then its 4-view check; the folder in $WORK/mv/shapes_mv
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
-#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes]   (default: tests train batch)
+#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [shapes-mv]
+#        (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
@@ -185,4 +192,33 @@ if [[ " $STAGES " == *" throughput-shapes "* ]]; then
   python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
     --modes batch --gpus-per-worker 0.25 --work-dir "$TP/shapes-single" --out "$TP/shapes_single.json" 2>&1 \
     | sed "s/^/gpus-per-worker 0.25, one seed at a time: /" | tee -a "$TP/shapes.log"
+fi
+
+# gsplat's CUDA build, once and alone before the stages that start several processes (tests or a 2-step run build it).
+build_gsplat() {
+  python -c "from fsd_gs.render.gsplat_backend import ensure_gsplat_built; ensure_gsplat_built()" 2>&1 | tail -n 2
+}
+
+if [[ " $STAGES " == *" shapes-mv "* ]]; then
+  build_gsplat
+  RESUME=(); [ "${MV_RESUME:-0}" = 1 ] && RESUME=(--resume)
+  python scripts/train_shapes_mv.py --out "$WORK/mv" "${RESUME[@]}" --time-budget-s "${MV_TRAIN_S:-300}" \
+    --save-every-s 60 --workers 12 --check-at-end 2>&1 | tee "$WORK/mv_train.log" | grep -v '^{"step"'
+fi
+
+if [[ " $STAGES " == *" consistency "* ]]; then
+  build_gsplat
+  read -r -a CPRESETS <<< "${CONSISTENCY_PRESETS:-shapes-sds shapes-fsd-plain shapes-fsd}"
+  FRONT=("a chair" "a fish" "a house" "a car" "a bird" "a robot")
+  t0=$(now)
+  for preset in "${CPRESETS[@]}"; do
+    for i in 0 1 2 3 4 5; do
+      OMP_NUM_THREADS=1 python -m fsd_gs.batch --prompts "${FRONT[@]}" --seeds 0-7 --presets "$preset" --engine local \
+        --group-seeds 8 --shard "$i/6" --out "$WORK/consistency/$preset" --no-progress -- --output.turntable-views 8 \
+        > "$WORK/consistency_${preset}_$i.log" 2>&1 &
+    done
+  done
+  wait
+  echo "consistency: ${#CPRESETS[@]} presets x 6 front kinds x 8 seeds in $(python -c "print(round($(now) - $t0, 1))") s"
+  grep -h "assets:" "$WORK"/consistency/*/summary.md
 fi
