@@ -46,13 +46,6 @@ def tiny_cfg(seed: int = 0, *extra: str):
     )
 
 
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
-
-
 def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
     """A :class:`DistillStep` of :func:`tiny_cfg` on ``prior`` (CPU)."""
     return DistillStep(tiny_cfg(seed, *extra), prior, torch.device("cpu"))

@@ -16,16 +16,10 @@ from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, perpendicular,
 from fsd_gs.prior.base import VIEW_SUFFIXES, NegativeViews
 from fsd_gs.step import DistillStep, step_together
 from fsd_gs.view_prompts import ViewPromptConfig
-from tests.test_step import params_of, tiny_cfg
+from tests.contract import tiny_cfg
+from tests.test_step import params_of
 
 VIEWS = ("none", "front", "side", "back", "overhead")
-
-
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
 
 
 def _randn(*shape: int, seed: int, dtype=torch.float64) -> torch.Tensor:

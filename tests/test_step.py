@@ -11,40 +11,7 @@ import torch
 from fsd_gs.io.checkpoint import load_checkpoint, save_checkpoint
 from fsd_gs.methods import METHODS
 from fsd_gs.step import DistillStep, step_together
-from fsd_gs.train import parse_config
-
-
-def tiny_cfg(seed: int = 0, *extra: str):
-    return parse_config(
-        [
-            "--model",
-            "shapes",
-            "--prompt",
-            "a red mushroom",
-            "--seed",
-            str(seed),
-            "--steps",
-            "10",
-            "--camera.width",
-            "32",
-            "--camera.height",
-            "32",
-            "--gaussians.num-points",
-            "200",
-            "--densify.refine-start-iter",
-            "2",
-            "--densify.refine-every",
-            "3",
-            *extra,
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
+from tests.contract import tiny_cfg
 
 
 def params_of(step: DistillStep) -> dict[str, torch.Tensor]:
