@@ -17,44 +17,32 @@ import pytest
 import torch
 import yaml
 
-from fsd_gs.io.checkpoint import checkpoint_folders, latest_checkpoint
-from fsd_gs.io.ply import read_ply, write_ply
-from fsd_gs.train import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bad_inputs  # noqa: E402
+
+from fsd_gs.io.checkpoint import checkpoint_folders, latest_checkpoint  # noqa: E402
+from fsd_gs.io.ply import read_ply, write_ply  # noqa: E402
+from fsd_gs.train import main  # noqa: E402
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def shapes_args(out: Path, steps: int = 6, *extra: str) -> list[str]:
-    """A few-second run of the built-in prior (32 px, 300 Gaussians, a checkpoint every 2 steps)."""
+    """A few-second run of the built-in prior (scripts/bad_inputs.py's SMALL: 32 px, 300 Gaussians, a checkpoint
+    every 2 steps), seed 3, a metrics line every step, no snapshots."""
     return [
-        "--model",
-        "shapes",
-        "--prompt",
-        "a red mushroom",
+        *bad_inputs.SMALL,
         "--steps",
         str(steps),
         "--seed",
         "3",
         "--output-dir",
         str(out),
-        "--camera.width",
-        "32",
-        "--camera.height",
-        "32",
-        "--gaussians.num-points",
-        "300",
-        "--output.turntable-views",
-        "2",
-        "--output.turntable-size",
-        "16",
         "--output.log-every",
         "1",
-        "--output.checkpoint-every",
-        "2",
         "--output.snapshot-every",
         "0",
-        "--output.no-progress",
-        "--viewer.no-enabled",
         *extra,
     ]
 
@@ -79,23 +67,30 @@ def straight(tmp_path_factory) -> Path:
 
 
 # -- 1. a kill at any point of a checkpoint write leaves a resumable run ------------------------------
-KILLER = textwrap.dedent("""
-    import os, shutil, sys, types
+def killer(patches: str) -> str:
+    """A script that runs ``fsd_gs.train``'s main on argv[2:] after ``patches`` (Python source) wrapped some of
+    its filesystem calls in ``lethal``: the argv[1]-th such call, counted over all of them, exits at once (137)."""
+    head = textwrap.dedent("""
+        import os, shutil, sys, types
+        calls = {"n": 0}
+        target = int(sys.argv[1])
+        def lethal(fn):
+            def wrapper(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == target:
+                    os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
+                return fn(*args, **kwargs)
+            return wrapper
+    """)
+    tail = "from fsd_gs.train import main\nsys.exit(main(sys.argv[2:]))\n"
+    return head + textwrap.dedent(patches) + tail
+
+
+KILLER = killer("""
     import fsd_gs.io.checkpoint as ck
-    calls = {"n": 0}
-    target = int(sys.argv[1])
-    def lethal(fn):
-        def wrapper(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == target:
-                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
-            return fn(*args, **kwargs)
-        return wrapper
     ck.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename), "fsync": lethal(os.fsync)})
     ck.fsync_dir = lethal(ck.fsync_dir)
     ck.shutil = types.SimpleNamespace(rmtree=lethal(shutil.rmtree))
-    from fsd_gs.train import main
-    sys.exit(main(sys.argv[2:]))
 """)
 
 
@@ -123,22 +118,10 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
         assert steps == list(range(1, 7)), (k, steps)
 
 
-FIRST_WRITE_KILLER = textwrap.dedent("""
-    import os, sys, types
+FIRST_WRITE_KILLER = killer("""
     import fsd_gs.io.atomic as atomic, fsd_gs.run_dir as run_dir
-    calls = {"n": 0}
-    target = int(sys.argv[1])
-    def lethal(fn):
-        def wrapper(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == target:
-                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
-            return fn(*args, **kwargs)
-        return wrapper
     atomic.os = types.SimpleNamespace(**{**vars(os), "fsync": lethal(os.fsync), "replace": lethal(os.replace)})
     run_dir.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename)})
-    from fsd_gs.train import main
-    sys.exit(main(sys.argv[2:]))
 """)
 
 
