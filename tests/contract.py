@@ -18,6 +18,9 @@ import torch
 from fsd_gs.step import DistillStep
 from fsd_gs.train import parse_config
 
+TINY = ["--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200"]
+"""The size flags of a tiny run: 32 x 32 renders of 200 Gaussians (tiny_cfg, tests/test_batch.py, tests/test_registry.py)."""
+
 
 def tiny_cfg(seed: int = 0, *extra: str):
     """A 32 x 32, 200-Gaussian run on the built-in shapes prior (the config tests/test_step.py steps)."""
@@ -31,12 +34,7 @@ def tiny_cfg(seed: int = 0, *extra: str):
             str(seed),
             "--steps",
             "10",
-            "--camera.width",
-            "32",
-            "--camera.height",
-            "32",
-            "--gaussians.num-points",
-            "200",
+            *TINY,
             "--densify.refine-start-iter",
             "2",
             "--densify.refine-every",
