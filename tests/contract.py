@@ -1,4 +1,5 @@
-"""Shared pieces of the contract tests (tests/test_contract_*.py): a tiny shapes-prior run and --help choices.
+"""Shared pieces of the contract tests (tests/test_contract_*.py) and of other tests: a tiny shapes-prior run, a
+multi-view train command end to end, and --help choices.
 
 The contract tests are parametrised over the registries at collection time, so every registered entry,
 built-in or plugged in through an entry point, is tested without a test file naming it.
@@ -11,6 +12,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +49,39 @@ def tiny_cfg(seed: int = 0, *extra: str):
 def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
     """A :class:`DistillStep` of :func:`tiny_cfg` on ``prior`` (CPU)."""
     return DistillStep(tiny_cfg(seed, *extra), prior, torch.device("cpu"))
+
+
+def train_multiview(preset: str, model: str, prompt: str, steps: int, out: Path, capsys, *extra: str, bad_batch: int) -> None:
+    """``python -m fsd_gs.train --config preset --model model`` for ``steps`` steps (tiny turntable, no viewer) writes
+    a non-empty model.ply under ``out``; the same command with ``--camera.batch-size bad_batch`` (not a multiple of the
+    4 views of a group) is refused with exit code 2 and says why."""
+    from fsd_gs.io.ply import read_ply
+    from fsd_gs.train import main
+
+    args = [
+        "--config",
+        preset,
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--steps",
+        str(steps),
+        *extra,
+        "--output-dir",
+        str(out),
+        "--output.turntable-views",
+        "2",
+        "--output.turntable-size",
+        "32",
+        "--viewer.no-enabled",
+        "--output.no-progress",
+    ]
+    assert main(args) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(read_ply(run / "model.ply")) > 0
+    assert main([*args, "--camera.batch-size", str(bad_batch)]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
 
 
 def help_choices(main: Callable[[Sequence[str]], object], flag: str) -> list[str]:
