@@ -51,6 +51,27 @@ def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
     return DistillStep(tiny_cfg(seed, *extra), prior, torch.device("cpu"))
 
 
+def together_and_alone(prior, cfgs: list, monkeypatch) -> tuple[list[DistillStep], list[DistillStep], dict]:
+    """Two :class:`DistillStep` lists of ``cfgs`` on ``prior`` (CPU), to step with ``step_together`` and one by one,
+    and the dict that collects each step's gradients just before Adam: (mode, seed) -> {parameter: grad}, mode
+    "together" or "alone" (``DistillStep._update`` is spied on through ``monkeypatch``)."""
+    grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    original = DistillStep._update
+
+    def spy(self, pending, loss):
+        grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
+        return original(self, pending, loss)
+
+    monkeypatch.setattr(DistillStep, "_update", spy)
+    together = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
+    alone = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
+    for s in together:
+        s._mode = "together"
+    for s in alone:
+        s._mode = "alone"
+    return together, alone, grads
+
+
 def train_multiview(preset: str, model: str, prompt: str, steps: int, out: Path, capsys, *extra: str, bad_batch: int) -> None:
     """``python -m fsd_gs.train --config preset --model model`` for ``steps`` steps (tiny turntable, no viewer) writes
     a non-empty model.ply under ``out``; the same command with ``--camera.batch-size bad_batch`` (not a multiple of the
