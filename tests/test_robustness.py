@@ -86,6 +86,13 @@ def killer(patches: str) -> str:
     return head + textwrap.dedent(patches) + tail
 
 
+def kill_at(script: Path, k: int, out: Path) -> None:
+    """Run a :func:`killer` ``script`` on :func:`shapes_args` into ``out``; it must die at the k-th call (exit 137)."""
+    args = [sys.executable, str(script), str(k), *shapes_args(out)]
+    proc = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, (k, proc.stderr[-2000:])
+
+
 KILLER = killer("""
     import fsd_gs.io.checkpoint as ck
     ck.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename), "fsync": lethal(os.fsync)})
@@ -104,10 +111,7 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
     # checkpoint (step 6) also deletes the first: 16 points in all.
     for k in range(1, 17):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run(
-            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 137, (k, proc.stderr[-2000:])
+        kill_at(script, k, out)
         run = next(out.glob("*/*"))
         for folder in checkpoint_folders(run / "checkpoints"):  # whatever is committed is complete
             assert latest_checkpoint(run / "checkpoints") is not None and folder.is_dir()
@@ -133,10 +137,7 @@ def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, t
     script.write_text(FIRST_WRITE_KILLER)
     for k in range(1, 6):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run(
-            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 137, (k, proc.stderr[-2000:])
+        kill_at(script, k, out)
         runs = [p for p in out.glob("*/*") if not p.name.startswith(".")]  # hidden: an unpublished temporary folder
         if k <= 4:
             assert runs == [], k
