@@ -26,7 +26,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -152,16 +152,7 @@ def build(cfg: TrainShapesMVConfig, tok_dir: Path):
 
 def save(cfg: TrainShapesMVConfig, ema_unet, text_encoder, judge, summary: dict, step: int, images: int, t_run: float) -> dict:
     """Write --out/shapes_mv (fp16) with the training summary; returns the summary."""
-    info = {
-        **summary,
-        "step": step,
-        "segments": int(summary["segments"]) + 1,
-        "train_seconds": round(float(summary["train_seconds"]) + time.time() - t_run, 1),
-        "images_seen": int(summary["images_seen"]) + images,
-        "multiview": True,
-        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "dataset"},
-        "captions": asdict(cfg.dataset.captions),
-    }
+    info = {**base.run_summary(cfg, summary, step, int(summary["segments"]), t_run, images), "multiview": True}
     save_shapes_mv(cfg.out / "shapes_mv", ema_unet, text_encoder, judge, info, tokenizer=cfg.out / "tokenizer")
     return info
 

@@ -56,7 +56,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -437,16 +437,23 @@ def train(cfg: TrainShapesConfig) -> dict:
     return result
 
 
-def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -> dict:
-    info = {
+def run_summary(cfg: Any, summary: dict, step: int, segment: int, t_run: float, images: int) -> dict:
+    """The summary saved with a checkpoint: ``summary`` (the one this run resumed from) after this run's segment
+    ``segment`` reached ``step`` having seen ``images`` more images since ``t_run``, with the recipe (``cfg``'s fields
+    but the dataset) and the caption settings."""
+    return {
         **summary,
         "step": step,
         "segments": segment + 1,
         "train_seconds": round(float(summary.get("train_seconds", 0.0)) + time.time() - t_run, 1),
         "images_seen": int(summary.get("images_seen", 0)) + int(images),
-        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("dataset",)},
+        "recipe": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "dataset"},
         "captions": asdict(cfg.dataset.captions),
     }
+
+
+def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -> dict:
+    info = run_summary(cfg, summary, step, segment, t_run, images)
     judge.eval()
     save_checkpoint(cfg, ema_unet, ema_te, judge, info)
     judge.train()

@@ -1,4 +1,5 @@
-"""Shared pieces of the contract tests (tests/test_contract_*.py): a tiny shapes-prior run and --help choices.
+"""Shared pieces of the contract tests (tests/test_contract_*.py) and of other tests: a tiny shapes-prior run, a
+multi-view train command end to end, and --help choices.
 
 The contract tests are parametrised over the registries at collection time, so every registered entry,
 built-in or plugged in through an entry point, is tested without a test file naming it.
@@ -11,12 +12,16 @@ import io
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
 
 from fsd_gs.step import DistillStep
 from fsd_gs.train import parse_config
+
+TINY = ["--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200"]
+"""The size flags of a tiny run: 32 x 32 renders of 200 Gaussians (tiny_cfg, tests/test_batch.py, tests/test_registry.py)."""
 
 
 def tiny_cfg(seed: int = 0, *extra: str):
@@ -31,12 +36,7 @@ def tiny_cfg(seed: int = 0, *extra: str):
             str(seed),
             "--steps",
             "10",
-            "--camera.width",
-            "32",
-            "--camera.height",
-            "32",
-            "--gaussians.num-points",
-            "200",
+            *TINY,
             "--densify.refine-start-iter",
             "2",
             "--densify.refine-every",
@@ -46,16 +46,63 @@ def tiny_cfg(seed: int = 0, *extra: str):
     )
 
 
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
-
-
 def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
     """A :class:`DistillStep` of :func:`tiny_cfg` on ``prior`` (CPU)."""
     return DistillStep(tiny_cfg(seed, *extra), prior, torch.device("cpu"))
+
+
+def together_and_alone(prior, cfgs: list, monkeypatch) -> tuple[list[DistillStep], list[DistillStep], dict]:
+    """Two :class:`DistillStep` lists of ``cfgs`` on ``prior`` (CPU), to step with ``step_together`` and one by one,
+    and the dict that collects each step's gradients just before Adam: (mode, seed) -> {parameter: grad}, mode
+    "together" or "alone" (``DistillStep._update`` is spied on through ``monkeypatch``)."""
+    grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    original = DistillStep._update
+
+    def spy(self, pending, loss):
+        grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
+        return original(self, pending, loss)
+
+    monkeypatch.setattr(DistillStep, "_update", spy)
+    together = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
+    alone = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
+    for s in together:
+        s._mode = "together"
+    for s in alone:
+        s._mode = "alone"
+    return together, alone, grads
+
+
+def train_multiview(preset: str, model: str, prompt: str, steps: int, out: Path, capsys, *extra: str, bad_batch: int) -> None:
+    """``python -m fsd_gs.train --config preset --model model`` for ``steps`` steps (tiny turntable, no viewer) writes
+    a non-empty model.ply under ``out``; the same command with ``--camera.batch-size bad_batch`` (not a multiple of the
+    4 views of a group) is refused with exit code 2 and says why."""
+    from fsd_gs.io.ply import read_ply
+    from fsd_gs.train import main
+
+    args = [
+        "--config",
+        preset,
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--steps",
+        str(steps),
+        *extra,
+        "--output-dir",
+        str(out),
+        "--output.turntable-views",
+        "2",
+        "--output.turntable-size",
+        "32",
+        "--viewer.no-enabled",
+        "--output.no-progress",
+    ]
+    assert main(args) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(read_ply(run / "model.ply")) > 0
+    assert main([*args, "--camera.batch-size", str(bad_batch)]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
 
 
 def help_choices(main: Callable[[Sequence[str]], object], flag: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["tiny_sd_dir", "tiny_pixel_dir", "tiny_sd_prior", "tiny_pixel_prior"]
+__all__ = ["tiny_sd_dir", "tiny_pixel_dir", "tiny_sd_prior", "tiny_pixel_prior", "shapes_prior"]
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,11 @@ def tiny_pixel_prior(tiny_pixel_dir: Path):
     from fsd_gs.prior.factory import load_prior
 
     return load_prior(str(tiny_pixel_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def shapes_prior():
+    """The built-in shapes prior on the CPU, loaded once per test module."""
+    from fsd_gs.prior.factory import load_prior
+
+    return load_prior("shapes", device="cpu")

@@ -25,17 +25,13 @@ from fsd_gs.batch.grid import Preset, Shard, build_grid, collect_prompts, make_u
 from fsd_gs.batch.manifest import FORMAT
 from fsd_gs.batch.worker import CRASH_ENV
 from fsd_gs.errors import UserError
+from tests.contract import TINY
 
 TRAIN_ARGS = [
     "--",
     "--steps",
     "4",
-    "--camera.width",
-    "32",
-    "--camera.height",
-    "32",
-    "--gaussians.num-points",
-    "200",
+    *TINY,
     "--output.turntable-views",
     "2",
     "--output.turntable-size",

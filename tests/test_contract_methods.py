@@ -14,7 +14,7 @@ import torch
 
 from fsd_gs.methods import METHODS, make_guidance
 from fsd_gs.train import parse_config
-from tests.contract import help_choices, shapes_prior, tiny_step  # noqa: F401  (shapes_prior is a fixture)
+from tests.contract import help_choices, tiny_step
 from tests.test_distill import TinyPixelPrior, make_inputs, sd_alphas_cumprod, tiny_unet
 
 NAMES = list(METHODS)
@@ -84,7 +84,7 @@ def test_state_dict_round_trip_continues_exactly(name, prior):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_a_short_training_run_on_the_shapes_prior(name, shapes_prior):  # noqa: F811
+def test_a_short_training_run_on_the_shapes_prior(name, shapes_prior):
     runs = [tiny_step(shapes_prior, "--method", name) for _ in range(2)]
     spec = METHODS[name]
     assert runs[0].cfg.noise.kind == spec.noise.kind and runs[0].cfg.schedule.kind == spec.schedule.kind

@@ -14,13 +14,13 @@ import torch
 
 from fsd_gs.noise import NOISE_KINDS, NoiseFunction
 from fsd_gs.train import parse_config
-from tests.contract import help_choices, shapes_prior, tiny_step  # noqa: F401  (shapes_prior is a fixture)
+from tests.contract import help_choices, tiny_step
 
 KINDS = list(NOISE_KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_noise_shape_finiteness_distribution_and_determinism(kind, shapes_prior):  # noqa: F811
+def test_noise_shape_finiteness_distribution_and_determinism(kind, shapes_prior):
     a, b = (tiny_step(shapes_prior, "--noise.kind", kind, "--method", "fsd") for _ in range(2))
     assert isinstance(a.noise, NoiseFunction) and a.noise.kind == kind
     eps = []
@@ -34,7 +34,7 @@ def test_noise_shape_finiteness_distribution_and_determinism(kind, shapes_prior)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_restored_step_draws_the_same_noise(kind, shapes_prior):  # noqa: F811
+def test_a_restored_step_draws_the_same_noise(kind, shapes_prior):
     a = tiny_step(shapes_prior, "--noise.kind", kind, "--method", "fsd")
     a()
     b = tiny_step(shapes_prior, "--noise.kind", kind, "--method", "fsd")  # its fixed noise comes from the seed
@@ -45,7 +45,7 @@ def test_a_restored_step_draws_the_same_noise(kind, shapes_prior):  # noqa: F811
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_short_training_run_changes_the_gaussians(kind, shapes_prior):  # noqa: F811
+def test_a_short_training_run_changes_the_gaussians(kind, shapes_prior):
     step = tiny_step(shapes_prior, "--noise.kind", kind)
     means = step.gaussians.params["means"].detach().clone()
     for _ in range(3):

@@ -34,6 +34,7 @@ from fsd_gs.prior.mvdream_unet import (
     load_unet,
     parse_config,
 )
+from tests.contract import train_multiview
 
 SD21 = parse_config(MVDREAM_SD21_CONFIG)
 TINY = parse_config(TINY_MVDREAM_CONFIG)
@@ -387,35 +388,13 @@ def test_full_size_random_mvdream_fp16_on_cuda(tmp_path):
 def test_one_step_end_to_end_through_the_train_command(preset, tiny_mvdream_dir, tmp_path, capsys):
     """`python -m fsd_gs.train --config fsd-mvdream --model <folder>` on the CPU: the factory detects MVDream from
     model_index.json, the step samples 4-view groups and hands the cameras to the UNet."""
-    from fsd_gs.io.ply import read_ply
-    from fsd_gs.train import main
-
-    args = [
-        "--config",
+    train_multiview(
         preset,
-        "--model",
         str(tiny_mvdream_dir),
-        "--prompt",
         "a red mushroom",
-        "--steps",
-        "2",
-        "--camera.width",
-        "64",
-        "--camera.height",
-        "64",
-        "--gaussians.num-points",
-        "300",
-        "--output-dir",
-        str(tmp_path),
-        "--output.turntable-views",
-        "2",
-        "--output.turntable-size",
-        "32",
-        "--viewer.no-enabled",
-        "--output.no-progress",
-    ]
-    assert main(args) == 0
-    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert len(read_ply(run / "model.ply")) > 0
-    assert main([*args[:-4], "--camera.batch-size", "6", "--viewer.no-enabled"]) == 2
-    assert "multiple of 4" in capsys.readouterr().err
+        2,
+        tmp_path,
+        capsys,
+        *["--camera.width", "64", "--camera.height", "64", "--gaussians.num-points", "300"],
+        bad_batch=6,
+    )

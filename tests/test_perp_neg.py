@@ -16,16 +16,10 @@ from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, perpendicular,
 from fsd_gs.prior.base import VIEW_SUFFIXES, NegativeViews
 from fsd_gs.step import DistillStep, step_together
 from fsd_gs.view_prompts import ViewPromptConfig
-from tests.test_step import params_of, tiny_cfg
+from tests.contract import tiny_cfg, together_and_alone
+from tests.test_step import params_of
 
 VIEWS = ("none", "front", "side", "back", "overhead")
-
-
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
 
 
 def _randn(*shape: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -257,27 +251,14 @@ def test_a_short_training_run_with_perp_neg_is_finite_and_deterministic(shapes_p
 
 
 def test_grouped_steps_with_perp_neg_match_separate_steps(shapes_prior, monkeypatch):
-    grads: dict[tuple[str, int], torch.Tensor] = {}
-    original = DistillStep._update
-
-    def spy(self, pending, loss):
-        grads[(self._mode, self.cfg.seed)] = self.gaussians.params["means"].grad.clone()
-        return original(self, pending, loss)
-
-    monkeypatch.setattr(DistillStep, "_update", spy)
     cfgs = [tiny_cfg(seed, "--guidance.perp-neg", "--camera.batch-size", "2") for seed in (0, 1)]
-    together = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
-    alone = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
-    for s in together:
-        s._mode = "together"
-    for s in alone:
-        s._mode = "alone"
+    together, alone, grads = together_and_alone(shapes_prior, cfgs, monkeypatch)
     rows = _unet_rows(shapes_prior, lambda: step_together(together))[1]
     assert rows == [16]  # 2 assets x 2 views x (2 + 2) rows in one call
     for s in alone:
         s()
     for seed in (0, 1):
-        g_alone, g_together = grads[("alone", seed)], grads[("together", seed)]
+        g_alone, g_together = grads[("alone", seed)]["means"], grads[("together", seed)]["means"]
         assert g_alone.norm() > 0 and (g_together - g_alone).norm() / g_alone.norm() < 1e-4, seed
 
 

@@ -24,6 +24,7 @@ from fsd_gs.methods import METHODS
 from fsd_gs.noise import NOISE_KINDS
 from fsd_gs.prior.detectors import PRIOR_DETECTORS
 from fsd_gs.registry import Registry
+from tests.contract import TINY
 from tests.plugins import TOY_FORMAT, TOY_METHOD, TOY_NOISE, build_toy_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,12 +122,7 @@ def test_a_plugin_is_offered_by_the_commands_and_a_run_uses_it(tmp_path):
             TOY_NOISE,
             "--steps",
             "3",
-            "--camera.width",
-            "32",
-            "--camera.height",
-            "32",
-            "--gaussians.num-points",
-            "200",
+            *TINY,
             "--output.turntable-views",
             "2",
             "--output.turntable-size",

@@ -17,44 +17,32 @@ import pytest
 import torch
 import yaml
 
-from fsd_gs.io.checkpoint import checkpoint_folders, latest_checkpoint
-from fsd_gs.io.ply import read_ply, write_ply
-from fsd_gs.train import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bad_inputs  # noqa: E402
+
+from fsd_gs.io.checkpoint import checkpoint_folders, latest_checkpoint  # noqa: E402
+from fsd_gs.io.ply import read_ply, write_ply  # noqa: E402
+from fsd_gs.train import main  # noqa: E402
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def shapes_args(out: Path, steps: int = 6, *extra: str) -> list[str]:
-    """A few-second run of the built-in prior (32 px, 300 Gaussians, a checkpoint every 2 steps)."""
+    """A few-second run of the built-in prior (scripts/bad_inputs.py's SMALL: 32 px, 300 Gaussians, a checkpoint
+    every 2 steps), seed 3, a metrics line every step, no snapshots."""
     return [
-        "--model",
-        "shapes",
-        "--prompt",
-        "a red mushroom",
+        *bad_inputs.SMALL,
         "--steps",
         str(steps),
         "--seed",
         "3",
         "--output-dir",
         str(out),
-        "--camera.width",
-        "32",
-        "--camera.height",
-        "32",
-        "--gaussians.num-points",
-        "300",
-        "--output.turntable-views",
-        "2",
-        "--output.turntable-size",
-        "16",
         "--output.log-every",
         "1",
-        "--output.checkpoint-every",
-        "2",
         "--output.snapshot-every",
         "0",
-        "--output.no-progress",
-        "--viewer.no-enabled",
         *extra,
     ]
 
@@ -79,23 +67,37 @@ def straight(tmp_path_factory) -> Path:
 
 
 # -- 1. a kill at any point of a checkpoint write leaves a resumable run ------------------------------
-KILLER = textwrap.dedent("""
-    import os, shutil, sys, types
+def killer(patches: str) -> str:
+    """A script that runs ``fsd_gs.train``'s main on argv[2:] after ``patches`` (Python source) wrapped some of
+    its filesystem calls in ``lethal``: the argv[1]-th such call, counted over all of them, exits at once (137)."""
+    head = textwrap.dedent("""
+        import os, shutil, sys, types
+        calls = {"n": 0}
+        target = int(sys.argv[1])
+        def lethal(fn):
+            def wrapper(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] == target:
+                    os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
+                return fn(*args, **kwargs)
+            return wrapper
+    """)
+    tail = "from fsd_gs.train import main\nsys.exit(main(sys.argv[2:]))\n"
+    return head + textwrap.dedent(patches) + tail
+
+
+def kill_at(script: Path, k: int, out: Path) -> None:
+    """Run a :func:`killer` ``script`` on :func:`shapes_args` into ``out``; it must die at the k-th call (exit 137)."""
+    args = [sys.executable, str(script), str(k), *shapes_args(out)]
+    proc = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, (k, proc.stderr[-2000:])
+
+
+KILLER = killer("""
     import fsd_gs.io.checkpoint as ck
-    calls = {"n": 0}
-    target = int(sys.argv[1])
-    def lethal(fn):
-        def wrapper(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == target:
-                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
-            return fn(*args, **kwargs)
-        return wrapper
     ck.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename), "fsync": lethal(os.fsync)})
     ck.fsync_dir = lethal(ck.fsync_dir)
     ck.shutil = types.SimpleNamespace(rmtree=lethal(shutil.rmtree))
-    from fsd_gs.train import main
-    sys.exit(main(sys.argv[2:]))
 """)
 
 
@@ -109,10 +111,7 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
     # checkpoint (step 6) also deletes the first: 16 points in all.
     for k in range(1, 17):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run(
-            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 137, (k, proc.stderr[-2000:])
+        kill_at(script, k, out)
         run = next(out.glob("*/*"))
         for folder in checkpoint_folders(run / "checkpoints"):  # whatever is committed is complete
             assert latest_checkpoint(run / "checkpoints") is not None and folder.is_dir()
@@ -123,22 +122,10 @@ def test_a_kill_at_every_checkpoint_write_leaves_a_resumable_run(straight, tmp_p
         assert steps == list(range(1, 7)), (k, steps)
 
 
-FIRST_WRITE_KILLER = textwrap.dedent("""
-    import os, sys, types
+FIRST_WRITE_KILLER = killer("""
     import fsd_gs.io.atomic as atomic, fsd_gs.run_dir as run_dir
-    calls = {"n": 0}
-    target = int(sys.argv[1])
-    def lethal(fn):
-        def wrapper(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == target:
-                os._exit(137)  # as abrupt as SIGKILL: no cleanup, no finally
-            return fn(*args, **kwargs)
-        return wrapper
     atomic.os = types.SimpleNamespace(**{**vars(os), "fsync": lethal(os.fsync), "replace": lethal(os.replace)})
     run_dir.os = types.SimpleNamespace(**{**vars(os), "rename": lethal(os.rename)})
-    from fsd_gs.train import main
-    sys.exit(main(sys.argv[2:]))
 """)
 
 
@@ -150,10 +137,7 @@ def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, t
     script.write_text(FIRST_WRITE_KILLER)
     for k in range(1, 6):
         out = tmp_path / f"k{k}"
-        proc = subprocess.run(
-            [sys.executable, str(script), str(k), *shapes_args(out)], env=ENV, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 137, (k, proc.stderr[-2000:])
+        kill_at(script, k, out)
         runs = [p for p in out.glob("*/*") if not p.name.startswith(".")]  # hidden: an unpublished temporary folder
         if k <= 4:
             assert runs == [], k

@@ -17,6 +17,7 @@ from fsd_gs.prior.mvdream import MultiViewPriorMixin, PixelMVDreamPrior, is_mvdr
 from fsd_gs.prior.mvdream_shapes import multiview_unet, save_shapes_mv
 from fsd_gs.prior.shapes import ShapesMVPrior, ShapesPrior, load_shapes_mv_prior, load_shapes_prior, shapes_prior_folder
 from fsd_gs.shapes.model import folder_size
+from tests.contract import train_multiview
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_mv.py"
 
@@ -198,31 +199,4 @@ def test_mv_presets_differ_from_the_shapes_pair_only_in_model_and_camera_batch()
 
 @pytest.mark.parametrize("preset", ["shapes-fsd-mv", "shapes-sds-mv"])
 def test_a_few_steps_end_to_end_with_a_shapes_mv_folder(preset, start_folder, tmp_path, capsys):
-    from fsd_gs.io.ply import read_ply
-    from fsd_gs.train import main
-
-    args = [
-        "--config",
-        preset,
-        "--model",
-        str(start_folder),
-        "--prompt",
-        "a red chair",
-        "--steps",
-        "3",
-        "--gaussians.num-points",
-        "300",
-        "--output-dir",
-        str(tmp_path),
-        "--output.turntable-views",
-        "2",
-        "--output.turntable-size",
-        "32",
-        "--viewer.no-enabled",
-        "--output.no-progress",
-    ]
-    assert main(args) == 0
-    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert len(read_ply(run / "model.ply")) > 0
-    assert main([*args, "--camera.batch-size", "2"]) == 2
-    assert "multiple of 4" in capsys.readouterr().err
+    train_multiview(preset, str(start_folder), "a red chair", 3, tmp_path, capsys, "--gaussians.num-points", "300", bad_batch=2)

@@ -11,40 +11,7 @@ import torch
 from fsd_gs.io.checkpoint import load_checkpoint, save_checkpoint
 from fsd_gs.methods import METHODS
 from fsd_gs.step import DistillStep, step_together
-from fsd_gs.train import parse_config
-
-
-def tiny_cfg(seed: int = 0, *extra: str):
-    return parse_config(
-        [
-            "--model",
-            "shapes",
-            "--prompt",
-            "a red mushroom",
-            "--seed",
-            str(seed),
-            "--steps",
-            "10",
-            "--camera.width",
-            "32",
-            "--camera.height",
-            "32",
-            "--gaussians.num-points",
-            "200",
-            "--densify.refine-start-iter",
-            "2",
-            "--densify.refine-every",
-            "3",
-            *extra,
-        ]
-    )
-
-
-@pytest.fixture(scope="module")
-def shapes_prior():
-    from fsd_gs.prior.factory import load_prior
-
-    return load_prior("shapes", device="cpu")
+from tests.contract import tiny_cfg, together_and_alone
 
 
 def params_of(step: DistillStep) -> dict[str, torch.Tensor]:
@@ -101,21 +68,8 @@ def test_steps_of_several_seeds_together_match_separate_steps(shapes_prior, monk
     Not bitwise: the prior's batched arithmetic (oneDNN / MKL pick other kernels for another batch size)
     differs by ~1e-5 relative, so gradients are compared with a tolerance, taken just before Adam.
     """
-    grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-
-    def spy(self, pending, loss):
-        grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
-        return original(self, pending, loss)
-
-    original = DistillStep._update
-    monkeypatch.setattr(DistillStep, "_update", spy)
     cfgs = [tiny_cfg(seed) for seed in (0, 1)]
-    together = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
-    alone = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
-    for s in together:
-        s._mode = "together"
-    for s in alone:
-        s._mode = "alone"
+    together, alone, grads = together_and_alone(shapes_prior, cfgs, monkeypatch)
     results = step_together(together)
     for s in alone:
         s()

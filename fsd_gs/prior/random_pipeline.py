@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from fsd_gs.io.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, write_clip_tokenizer
 from fsd_gs.prior.loading import quiet_hf
 
 TOKENIZER_WORDS: tuple[str, ...] = (
@@ -78,8 +79,6 @@ TOKENIZER_WORDS: tuple[str, ...] = (
 )
 """Whole words the offline tokenizer knows as single tokens (others are spelled out byte by byte)."""
 
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
 MAX_TOKENS = 77
 
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -185,25 +184,8 @@ def save_offline_tokenizer(folder: Path, words: Iterable[str] = TOKENIZER_WORDS)
 
     Returns {"vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"} for the text encoder config.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab(words)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_TOKENS,
-        "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
-        "do_lower_case": True,
-        "clean_up_tokenization_spaces": False,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2)
-    )
+    write_clip_tokenizer(folder, vocab, merges, MAX_TOKENS)
     return {
         "vocab_size": len(vocab),
         "bos_token_id": vocab[BOS_TOKEN],

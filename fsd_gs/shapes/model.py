@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from fsd_gs.io.clip_tokenizer import BOS_TOKEN, EOS_TOKEN, write_clip_tokenizer
 from fsd_gs.shapes.captions import VOCABULARY
 from fsd_gs.shapes.world import COLOUR_NAMES, KINDS
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 RESOLUTION = 64
 MAX_TOKENS = 12
 """Token sequence length: BOS + the longest caption ("the orange mushroom , overhead view" = 6) + EOS, padded."""
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": RESOLUTION,
@@ -106,25 +105,8 @@ def tokenizer_files(words: tuple[str, ...] = VOCABULARY) -> tuple[dict[str, int]
 
 def save_tokenizer(folder: Path | str) -> dict[str, int]:
     """Write the CLIP tokenizer files into ``folder``; returns the ids the text encoder config needs."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = tokenizer_files()
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_TOKENS,
-        "bos_token": BOS_TOKEN,
-        "eos_token": EOS_TOKEN,
-        "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
-        "do_lower_case": True,
-        "clean_up_tokenization_spaces": False,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2) + "\n"
-    )
+    write_clip_tokenizer(folder, vocab, merges, MAX_TOKENS)
     return token_ids(vocab)
 
 
