@@ -4,9 +4,14 @@
     result = step()                              # cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify
     state = step.state_dict()                    # everything that changes during a run (tensors + plain values)
     step.load_state_dict(state)                  # continue bitwise where ``state`` was taken
+    step.steps_done                              # completed steps
+
+The step's public phases, which :func:`step_together` uses to share one prior call between assets:
+``pending = step.prepare()`` (cameras -> render -> noise -> t), ``loss = step.loss(pending)`` (the prior),
+``step.pre_backward(pending)``, ``loss.backward()``, ``result = step.update(pending, loss)`` (Adam -> densify).
 
 Nothing here reads or writes files, shows progress, handles signals or talks to the viewer: that is the
-runner's job (fsd_gs/runner.py). Nothing here knows which prior, noise kind or renderer it has.
+run's job (fsd_gs/run/). Nothing here knows which prior, noise kind or renderer it has.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class StepResult:
 
 
 @dataclass
-class _Pending:
+class PendingStep:
     """A step between render and loss: what the prior call needs (used to batch several assets' prior calls)."""
 
     rgb: torch.Tensor  # [B,3,H,W], in the autograd graph
@@ -99,7 +104,7 @@ class DistillStep:
 
     Attributes:
         cfg: the run's configuration; prior: the diffusion prior; device: where the Gaussians live.
-        step: completed steps.
+        steps_done: completed steps (the step counter; a run's folder and report call it steps_done too).
         gaussians: the Gaussians being optimised; optimizers: one Adam per parameter key.
         noise: the noise function eps(c); sampler: the camera sampler; densifier + densify_state.
         generators: one torch.Generator per random choice (RNG_NAMES).
@@ -138,7 +143,7 @@ class DistillStep:
         self.densifier = Densifier(cfg.densify, scene_scale=1.0, total_steps=cfg.steps, seed=cfg.seed + 5)
         self.densify_state = self.densifier.initialize_state()
         self.densify_counts: dict[str, int] = {}
-        self.step = 0
+        self.steps_done = 0
         self.timer = StageTimer(self.device, enabled=False)
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -160,14 +165,14 @@ class DistillStep:
     @property
     def progress(self) -> float:
         """Fraction of the run done, tau in [0, 1]."""
-        return self.step / max(1, self.cfg.steps)
+        return self.steps_done / max(1, self.cfg.steps)
 
     def render_size(self) -> tuple[int, int]:
         """(height, width) of this step's render: the prior's size, or smaller early on with progressive resolution."""
         start, until = self.cfg.optim.progressive_start, self.cfg.optim.progressive_until
         if start is None:
             return self.prior_size
-        frac = min(1.0, self.step / max(1.0, until * self.cfg.steps))
+        frac = min(1.0, self.steps_done / max(1.0, until * self.cfg.steps))
         h, w = self.prior_size
         return (max(8, min(h, int(round(start + (h - start) * frac)))), max(8, min(w, int(round(start + (w - start) * frac)))))
 
@@ -185,11 +190,11 @@ class DistillStep:
         for group in self.optimizers["means"].param_groups:
             group["lr"] = value
 
-    # -- one step, in phases (so that several assets can share one prior call) ----------------------
-    def _prepare(self) -> _Pending:
+    # -- one step, in public phases (so that several assets can share one prior call) ---------------
+    def prepare(self) -> PendingStep:
         """cameras -> render -> noise -> t: everything before the prior."""
         cfg, timer = self.cfg, self.timer
-        self.gaussians.step_sh_degree(self.step, cfg.gaussians.sh_degree_interval)
+        self.gaussians.step_sh_degree(self.steps_done, cfg.gaussians.sh_degree_interval)
         self._set_learning_rates()
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
@@ -228,15 +233,15 @@ class DistillStep:
                 )
             else:
                 cond, uncond = self.embeddings.select(views)
-        return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
+        return PendingStep(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
 
-    def _pre_backward(self, pending: _Pending) -> None:
+    def pre_backward(self, pending: PendingStep) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
         self.densifier.step_pre_backward(
-            self.gaussians.params, self.optimizers, self.densify_state, self.step, pending.render_out.info
+            self.gaussians.params, self.optimizers, self.densify_state, self.steps_done, pending.render_out.info
         )
 
-    def _update(self, pending: _Pending, loss: torch.Tensor) -> StepResult:
+    def update(self, pending: PendingStep, loss: torch.Tensor) -> StepResult:
         """optimizer -> densify, after backward has filled the gradients."""
         cfg, timer, params = self.cfg, self.timer, self.gaussians.params
         with timer("optimizer"):
@@ -249,18 +254,24 @@ class DistillStep:
         with timer("densify"):
             counts = (
                 self.densifier.step_post_backward(
-                    params, self.optimizers, self.densify_state, self.step, pending.render_out.info, packed=cfg.render.packed
+                    params,
+                    self.optimizers,
+                    self.densify_state,
+                    self.steps_done,
+                    pending.render_out.info,
+                    packed=cfg.render.packed,
                 )
                 or {}
             )
         for key, value in counts.items():
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
-        self.step += 1
+        self.steps_done += 1
         cameras = pending.cameras_cpu if pending.cameras_cpu is not None else pending.cameras.to("cpu")
         return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps, cameras)
 
-    def _loss(self, pending: _Pending) -> torch.Tensor:
+    def loss(self, pending: PendingStep) -> torch.Tensor:
+        """The distillation loss of a prepared step (the prior call): a scalar in the autograd graph."""
         cfg = self.cfg
         with self.timer("prior"):
             return distill_loss(
@@ -281,12 +292,12 @@ class DistillStep:
     def __call__(self) -> StepResult:
         """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
         with cpu_threads(self.cfg.threads, self.device):
-            pending = self._prepare()
-            loss = self._loss(pending)
+            pending = self.prepare()
+            loss = self.loss(pending)
             with self.timer("backward"):
-                self._pre_backward(pending)
+                self.pre_backward(pending)
                 loss.backward()
-            return self._update(pending, loss)
+            return self.update(pending, loss)
 
     # -- state ------------------------------------------------------------------------------------
     def params_finite(self) -> bool:
@@ -296,7 +307,7 @@ class DistillStep:
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes during a run: a nested dict of tensors (on the CPU) and plain values."""
         return {
-            "step": self.step,
+            "step": self.steps_done,
             "gaussians": {
                 "params": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
                 "sh_degree": self.gaussians.sh_degree,
@@ -323,7 +334,7 @@ class DistillStep:
         )
         for name, value in state["rng"].items():
             self.generators[name].set_state(value)
-        self.step = int(state["step"])
+        self.steps_done = int(state["step"])
         self.densify_counts = dict(state.get("densify_counts", {}))
         self.guidance.load_state_dict(state.get("guidance", {}))
 
@@ -343,8 +354,8 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             "(batch: --group-seeds 1)"
         )
     with cpu_threads(first.cfg.threads, first.device):
-        pending = [s._prepare() for s in steps]
-        joined = _Pending(
+        pending = [s.prepare() for s in steps]
+        joined = PendingStep(
             rgb=torch.cat([p.rgb for p in pending]),
             eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]),
@@ -354,12 +365,12 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             render_out=None,
             negatives=_joined_negatives([p.negatives for p in pending]),
         )
-        loss = first._loss(joined) * len(steps)
+        loss = first.loss(joined) * len(steps)
         with first.timer("backward"):
             for s, p in zip(steps, pending):
-                s._pre_backward(p)
+                s.pre_backward(p)
             loss.backward()  # each asset's parameters get exactly their own gradient
-        return [s._update(p, loss) for s, p in zip(steps, pending)]
+        return [s.update(p, loss) for s, p in zip(steps, pending)]
 
 
 def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:

@@ -258,13 +258,13 @@ def test_a_short_training_run_with_perp_neg_is_finite_and_deterministic(shapes_p
 
 def test_grouped_steps_with_perp_neg_match_separate_steps(shapes_prior, monkeypatch):
     grads: dict[tuple[str, int], torch.Tensor] = {}
-    original = DistillStep._update
+    original = DistillStep.update
 
     def spy(self, pending, loss):
         grads[(self._mode, self.cfg.seed)] = self.gaussians.params["means"].grad.clone()
         return original(self, pending, loss)
 
-    monkeypatch.setattr(DistillStep, "_update", spy)
+    monkeypatch.setattr(DistillStep, "update", spy)
     cfgs = [tiny_cfg(seed, "--guidance.perp-neg", "--camera.batch-size", "2") for seed in (0, 1)]
     together = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
     alone = [DistillStep(c, shapes_prior, torch.device("cpu")) for c in cfgs]
@@ -307,10 +307,10 @@ def test_the_step_uses_the_configured_spans(shapes_prior):
         shapes_prior,
         torch.device("cpu"),
     )
-    pending = wide._prepare()
+    pending = wide.prepare()
     front = wide.embeddings.cond[wide.embeddings.views.index("front")]
     assert all(torch.equal(row, front) for row in pending.cond)  # every view is a "front" view with these spans
-    default = DistillStep(tiny_cfg(0, "--camera.batch-size", "4"), shapes_prior, torch.device("cpu"))._prepare()
+    default = DistillStep(tiny_cfg(0, "--camera.batch-size", "4"), shapes_prior, torch.device("cpu")).prepare()
     assert not all(torch.equal(row, front) for row in default.cond)  # the same cameras get other views by default
 
 
