@@ -61,13 +61,19 @@ def load_prior_for(cfg: TrainConfig, long_lived: bool = False) -> DiffusionPrior
 
 
 def open_run(
-    cfg: TrainConfig, run_dir: Optional[Path], prior: DiffusionPrior, stack: ExitStack, progress: bool = False, label: str = ""
+    cfg: TrainConfig,
+    run_dir: Optional[Path],
+    prior: DiffusionPrior,
+    stack: ExitStack,
+    progress: bool = False,
+    label: str = "",
+    hooks: Optional[Sequence[RunHook]] = None,
 ) -> tuple[Run, Optional[dict]]:
     """The :class:`Run` of ``cfg`` in exactly ``run_dir`` (created, or resumed), locked for this process.
 
     ``run_dir`` None creates a fresh folder under cfg.output_dir (never reused). Every check that can fail on
     bad input happens before anything is written. Returns (run, report) where report is the saved report of a
-    run that is already complete (nothing to do).
+    run that is already complete (nothing to do). ``hooks``: the run's side jobs (None: :func:`default_hooks`).
     """
     from fsd_gs.device import resolve_device
     from fsd_gs.run_dir import create_exact_dir, create_run_dir
@@ -98,7 +104,7 @@ def open_run(
             write_config(paths, cfg, [*raw.get(RESUME_LOG, []), {"changed": {k: list(v) for k, v in changes.items()}}])
     elif not fresh:  # an existing folder without a run in it (made by hand, or by an older version)
         write_config(paths, cfg)
-    run = Run(step, paths, progress=progress, label=label, lock=lock, hooks=default_hooks())
+    run = Run(step, paths, progress=progress, label=label, lock=lock, hooks=default_hooks() if hooks is None else hooks)
     run.restore()
     return run, None
 
