@@ -136,8 +136,8 @@ class DistillStep:
         self.guidance = make_guidance(cfg.method, prior, self.embeddings, cfg.method_options, seed=cfg.seed)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
         self.noise.check_resolution(cam.height, cam.width)
-        self.sampler = self._make_sampler()
-        self.generators = self._make_generators(cfg.seed)
+        self.sampler = make_sampler(cfg.camera, prior.views_per_group)
+        self.generators = make_generators(cfg.seed, self.device)
         self.gaussians = init_gaussians(cfg.gaussians, torch.Generator().manual_seed(cfg.seed + 4), self.device)
         self.optimizers = make_optimizers(self.gaussians, cfg.optim.lr)
         self.densifier = Densifier(cfg.densify, scene_scale=1.0, total_steps=cfg.steps, seed=cfg.seed + 5)
@@ -145,21 +145,6 @@ class DistillStep:
         self.densify_counts: dict[str, int] = {}
         self.steps_done = 0
         self.timer = StageTimer(self.device, enabled=False)
-
-    # -- set-up -----------------------------------------------------------------------------------
-    def _make_sampler(self) -> Any:
-        """Cameras are sampled on the CPU (view names need no device sync); multi-view priors get view groups."""
-        if self.prior.views_per_group > 1:
-            from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
-
-            return MultiViewOrbitSampler(self.cfg.camera, self.prior.views_per_group, device="cpu")
-        return OrbitSampler(self.cfg.camera, device="cpu")
-
-    def _make_generators(self, seed: int) -> dict[str, torch.Generator]:
-        gens = {name: torch.Generator().manual_seed(seed + i) for i, name in enumerate(RNG_NAMES)}
-        if self.device.type == "cuda":
-            gens["noise"] = torch.Generator(device=self.device).manual_seed(seed + 2)
-        return gens
 
     # -- schedules --------------------------------------------------------------------------------
     @property
@@ -176,26 +161,14 @@ class DistillStep:
         h, w = self.prior_size
         return (max(8, min(h, int(round(start + (h - start) * frac)))), max(8, min(w, int(round(start + (w - start) * frac)))))
 
-    def _background(self, batch: int) -> torch.Tensor:
-        kind = self.cfg.optim.background
-        if kind == "random":
-            colours = torch.rand(batch, 3, generator=self.generators["background"])
-        else:
-            colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
-        return colours.to(self.device, non_blocking=True)
-
-    def _set_learning_rates(self) -> None:
-        lr = self.cfg.optim.lr
-        value = lr.means * (lr.means_final / lr.means) ** self.progress if lr.means > 0 and lr.means_final > 0 else lr.means
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = value
-
     # -- one step, in public phases (so that several assets can share one prior call) ---------------
     def prepare(self) -> PendingStep:
         """cameras -> render -> noise -> t: everything before the prior."""
         cfg, timer = self.cfg, self.timer
         self.gaussians.step_sh_degree(self.steps_done, cfg.gaussians.sh_degree_interval)
-        self._set_learning_rates()
+        lr = means_lr(cfg.optim.lr, self.progress)
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = lr
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
             views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
@@ -203,17 +176,11 @@ class DistillStep:
             rh, rw = self.render_size()
             if (rh, rw) != self.prior_size:
                 cams = cams.with_resolution(rw, rh)
-            background = self._background(len(cams))
+            background = background_colours(cfg.optim.background, len(cams), self.generators["background"], self.device)
         with timer("render"):
             out = render(self.gaussians, cams, background, cfg.render, with_depth=self.noise.needs_depth)
-            rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
-            alpha = out.alpha
-            depth = out.depth
+            rgb, alpha, depth = resized_render(out, self.prior_size)
             if (rh, rw) != self.prior_size:
-                rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
-                alpha = _resize_bhwc(alpha, self.prior_size)
-                if depth is not None:  # resized premultiplied, so silhouettes do not pull in the background's 0
-                    depth = _resize_bhwc(depth * out.alpha, self.prior_size) / alpha.clamp_min(1e-10)
                 cams = cams.with_resolution(self.prior_size[1], self.prior_size[0])
         with timer("noise_and_t"):
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
@@ -222,17 +189,7 @@ class DistillStep:
                 cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
             )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            negatives = None
-            if cfg.guidance.perp_neg:
-                cond, uncond, negatives = perp_neg.select(
-                    self.embeddings,
-                    cams_cpu.azimuth,
-                    cams_cpu.elevation,
-                    cfg.guidance.perp_neg_weights,
-                    cfg.guidance.view_prompts.overhead_above,
-                )
-            else:
-                cond, uncond = self.embeddings.select(views)
+            cond, uncond, negatives = select_prompts(self.embeddings, cfg.guidance, cams_cpu, views)
         return PendingStep(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
 
     def pre_backward(self, pending: PendingStep) -> None:
@@ -371,6 +328,61 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
                 s.pre_backward(p)
             loss.backward()  # each asset's parameters get exactly their own gradient
         return [s.update(p, loss) for s, p in zip(steps, pending)]
+
+
+def make_sampler(camera: Any, views_per_group: int) -> Any:
+    """Cameras are sampled on the CPU (view names need no device sync); multi-view priors get view groups."""
+    if views_per_group > 1:
+        from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
+
+        return MultiViewOrbitSampler(camera, views_per_group, device="cpu")
+    return OrbitSampler(camera, device="cpu")
+
+
+def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """One generator per random choice (RNG_NAMES), seeded seed + index; the noise's lives on a CUDA device."""
+    gens = {name: torch.Generator().manual_seed(seed + i) for i, name in enumerate(RNG_NAMES)}
+    if device.type == "cuda":
+        gens["noise"] = torch.Generator(device=device).manual_seed(seed + 2)
+    return gens
+
+
+def background_colours(kind: str, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[batch,3] background colours: random (drawn on the CPU from ``generator``) or one of BACKGROUNDS."""
+    if kind == "random":
+        colours = torch.rand(batch, 3, generator=generator)
+    else:
+        colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
+    return colours.to(device, non_blocking=True)
+
+
+def means_lr(lr: Any, progress: float) -> float:
+    """The means' learning rate at ``progress`` in [0, 1]: exponential from lr.means to lr.means_final (0: constant)."""
+    return lr.means * (lr.means_final / lr.means) ** progress if lr.means > 0 and lr.means_final > 0 else lr.means
+
+
+def resized_render(out: Any, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(rgb [B,3,h,w], alpha [B,h,w,1], depth [B,h,w,1] or None) of a render, resized bilinearly to ``size`` (h, w)."""
+    rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
+    alpha, depth = out.alpha, out.depth
+    if tuple(rgb.shape[-2:]) != tuple(size):
+        rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        alpha = _resize_bhwc(alpha, size)
+        if depth is not None:  # resized premultiplied, so silhouettes do not pull in the background's 0
+            depth = _resize_bhwc(depth * out.alpha, size) / alpha.clamp_min(1e-10)
+    return rgb, alpha, depth
+
+
+def select_prompts(
+    embeddings: Any, guidance: Any, cams_cpu: Cameras, views: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, Optional[NegativeViews]]:
+    """(cond, uncond, Perp-Neg negatives or None) of the views: by view name, or Perp-Neg's by azimuth and elevation."""
+    if guidance.perp_neg:
+        return perp_neg.select(
+            embeddings, cams_cpu.azimuth, cams_cpu.elevation, guidance.perp_neg_weights, guidance.view_prompts.overhead_above
+        )
+    cond, uncond = embeddings.select(views)
+    return cond, uncond, None
 
 
 def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:
