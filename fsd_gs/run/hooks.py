@@ -109,7 +109,7 @@ class ViewerFeed(RunHook):
                 train_rgb=result.rgb[0],
                 noise_window=result.eps[0],
                 window_origin=origin,
-                window_size=tuple(result.eps.shape[-2:]),
+                window_size=(int(result.eps.shape[-2]), int(result.eps.shape[-1])),
             )
         )
         while True:
