@@ -4,9 +4,14 @@
     result = step()                              # cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify
     state = step.state_dict()                    # everything that changes during a run (tensors + plain values)
     step.load_state_dict(state)                  # continue bitwise where ``state`` was taken
+    step.steps_done                              # completed steps
+
+The step's public phases, which :func:`step_together` uses to share one prior call between assets:
+``pending = step.prepare()`` (cameras -> render -> noise -> t), ``loss = step.loss(pending)`` (the prior),
+``step.pre_backward(pending)``, ``loss.backward()``, ``result = step.update(pending, loss)`` (Adam -> densify).
 
 Nothing here reads or writes files, shows progress, handles signals or talks to the viewer: that is the
-runner's job (fsd_gs/runner.py). Nothing here knows which prior, noise kind or renderer it has.
+run's job (fsd_gs/run/). Nothing here knows which prior, noise kind or renderer it has.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class StepResult:
 
 
 @dataclass
-class _Pending:
+class PendingStep:
     """A step between render and loss: what the prior call needs (used to batch several assets' prior calls)."""
 
     rgb: torch.Tensor  # [B,3,H,W], in the autograd graph
@@ -99,7 +104,7 @@ class DistillStep:
 
     Attributes:
         cfg: the run's configuration; prior: the diffusion prior; device: where the Gaussians live.
-        step: completed steps.
+        steps_done: completed steps (the step counter; a run's folder and report call it steps_done too).
         gaussians: the Gaussians being optimised; optimizers: one Adam per parameter key.
         noise: the noise function eps(c); sampler: the camera sampler; densifier + densify_state.
         generators: one torch.Generator per random choice (RNG_NAMES).
@@ -131,66 +136,39 @@ class DistillStep:
         self.guidance = make_guidance(cfg.method, prior, self.embeddings, cfg.method_options, seed=cfg.seed)
         self.noise = build_noise(cfg.noise, prior.model_shape(cam.height, cam.width), seed=cfg.seed, device=self.device)
         self.noise.check_resolution(cam.height, cam.width)
-        self.sampler = self._make_sampler()
-        self.generators = self._make_generators(cfg.seed)
+        self.sampler = make_sampler(cfg.camera, prior.views_per_group)
+        self.generators = make_generators(cfg.seed, self.device)
         self.gaussians = init_gaussians(cfg.gaussians, torch.Generator().manual_seed(cfg.seed + 4), self.device)
         self.optimizers = make_optimizers(self.gaussians, cfg.optim.lr)
         self.densifier = Densifier(cfg.densify, scene_scale=1.0, total_steps=cfg.steps, seed=cfg.seed + 5)
         self.densify_state = self.densifier.initialize_state()
         self.densify_counts: dict[str, int] = {}
-        self.step = 0
+        self.steps_done = 0
         self.timer = StageTimer(self.device, enabled=False)
-
-    # -- set-up -----------------------------------------------------------------------------------
-    def _make_sampler(self) -> Any:
-        """Cameras are sampled on the CPU (view names need no device sync); multi-view priors get view groups."""
-        if self.prior.views_per_group > 1:
-            from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
-
-            return MultiViewOrbitSampler(self.cfg.camera, self.prior.views_per_group, device="cpu")
-        return OrbitSampler(self.cfg.camera, device="cpu")
-
-    def _make_generators(self, seed: int) -> dict[str, torch.Generator]:
-        gens = {name: torch.Generator().manual_seed(seed + i) for i, name in enumerate(RNG_NAMES)}
-        if self.device.type == "cuda":
-            gens["noise"] = torch.Generator(device=self.device).manual_seed(seed + 2)
-        return gens
 
     # -- schedules --------------------------------------------------------------------------------
     @property
     def progress(self) -> float:
         """Fraction of the run done, tau in [0, 1]."""
-        return self.step / max(1, self.cfg.steps)
+        return self.steps_done / max(1, self.cfg.steps)
 
     def render_size(self) -> tuple[int, int]:
         """(height, width) of this step's render: the prior's size, or smaller early on with progressive resolution."""
         start, until = self.cfg.optim.progressive_start, self.cfg.optim.progressive_until
         if start is None:
             return self.prior_size
-        frac = min(1.0, self.step / max(1.0, until * self.cfg.steps))
+        frac = min(1.0, self.steps_done / max(1.0, until * self.cfg.steps))
         h, w = self.prior_size
         return (max(8, min(h, int(round(start + (h - start) * frac)))), max(8, min(w, int(round(start + (w - start) * frac)))))
 
-    def _background(self, batch: int) -> torch.Tensor:
-        kind = self.cfg.optim.background
-        if kind == "random":
-            colours = torch.rand(batch, 3, generator=self.generators["background"])
-        else:
-            colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
-        return colours.to(self.device, non_blocking=True)
-
-    def _set_learning_rates(self) -> None:
-        lr = self.cfg.optim.lr
-        value = lr.means * (lr.means_final / lr.means) ** self.progress if lr.means > 0 and lr.means_final > 0 else lr.means
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = value
-
-    # -- one step, in phases (so that several assets can share one prior call) ----------------------
-    def _prepare(self) -> _Pending:
+    # -- one step, in public phases (so that several assets can share one prior call) ---------------
+    def prepare(self) -> PendingStep:
         """cameras -> render -> noise -> t: everything before the prior."""
         cfg, timer = self.cfg, self.timer
-        self.gaussians.step_sh_degree(self.step, cfg.gaussians.sh_degree_interval)
-        self._set_learning_rates()
+        self.gaussians.step_sh_degree(self.steps_done, cfg.gaussians.sh_degree_interval)
+        lr = means_lr(cfg.optim.lr, self.progress)
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = lr
         with timer("cameras"):
             cams_cpu = self.sampler.sample(self.generators["camera"])
             views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
@@ -198,17 +176,11 @@ class DistillStep:
             rh, rw = self.render_size()
             if (rh, rw) != self.prior_size:
                 cams = cams.with_resolution(rw, rh)
-            background = self._background(len(cams))
+            background = background_colours(cfg.optim.background, len(cams), self.generators["background"], self.device)
         with timer("render"):
             out = render(self.gaussians, cams, background, cfg.render, with_depth=self.noise.needs_depth)
-            rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
-            alpha = out.alpha
-            depth = out.depth
+            rgb, alpha, depth = resized_render(out, self.prior_size)
             if (rh, rw) != self.prior_size:
-                rgb = F.interpolate(rgb, size=self.prior_size, mode="bilinear", align_corners=False)
-                alpha = _resize_bhwc(alpha, self.prior_size)
-                if depth is not None:  # resized premultiplied, so silhouettes do not pull in the background's 0
-                    depth = _resize_bhwc(depth * out.alpha, self.prior_size) / alpha.clamp_min(1e-10)
                 cams = cams.with_resolution(self.prior_size[1], self.prior_size[0])
         with timer("noise_and_t"):
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
@@ -217,26 +189,16 @@ class DistillStep:
                 cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
             )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            negatives = None
-            if cfg.guidance.perp_neg:
-                cond, uncond, negatives = perp_neg.select(
-                    self.embeddings,
-                    cams_cpu.azimuth,
-                    cams_cpu.elevation,
-                    cfg.guidance.perp_neg_weights,
-                    cfg.guidance.view_prompts.overhead_above,
-                )
-            else:
-                cond, uncond = self.embeddings.select(views)
-        return _Pending(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
+            cond, uncond, negatives = select_prompts(self.embeddings, cfg.guidance, cams_cpu, views)
+        return PendingStep(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
 
-    def _pre_backward(self, pending: _Pending) -> None:
+    def pre_backward(self, pending: PendingStep) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
         self.densifier.step_pre_backward(
-            self.gaussians.params, self.optimizers, self.densify_state, self.step, pending.render_out.info
+            self.gaussians.params, self.optimizers, self.densify_state, self.steps_done, pending.render_out.info
         )
 
-    def _update(self, pending: _Pending, loss: torch.Tensor) -> StepResult:
+    def update(self, pending: PendingStep, loss: torch.Tensor) -> StepResult:
         """optimizer -> densify, after backward has filled the gradients."""
         cfg, timer, params = self.cfg, self.timer, self.gaussians.params
         with timer("optimizer"):
@@ -249,18 +211,24 @@ class DistillStep:
         with timer("densify"):
             counts = (
                 self.densifier.step_post_backward(
-                    params, self.optimizers, self.densify_state, self.step, pending.render_out.info, packed=cfg.render.packed
+                    params,
+                    self.optimizers,
+                    self.densify_state,
+                    self.steps_done,
+                    pending.render_out.info,
+                    packed=cfg.render.packed,
                 )
                 or {}
             )
         for key, value in counts.items():
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
-        self.step += 1
+        self.steps_done += 1
         cameras = pending.cameras_cpu if pending.cameras_cpu is not None else pending.cameras.to("cpu")
         return StepResult(loss.detach(), pending.t, pending.render_out.rgb.detach(), pending.eps, cameras)
 
-    def _loss(self, pending: _Pending) -> torch.Tensor:
+    def loss(self, pending: PendingStep) -> torch.Tensor:
+        """The distillation loss of a prepared step (the prior call): a scalar in the autograd graph."""
         cfg = self.cfg
         with self.timer("prior"):
             return distill_loss(
@@ -281,12 +249,12 @@ class DistillStep:
     def __call__(self) -> StepResult:
         """One optimisation step: cameras -> render -> noise -> t -> distill -> backward -> Adam -> densify."""
         with cpu_threads(self.cfg.threads, self.device):
-            pending = self._prepare()
-            loss = self._loss(pending)
+            pending = self.prepare()
+            loss = self.loss(pending)
             with self.timer("backward"):
-                self._pre_backward(pending)
+                self.pre_backward(pending)
                 loss.backward()
-            return self._update(pending, loss)
+            return self.update(pending, loss)
 
     # -- state ------------------------------------------------------------------------------------
     def params_finite(self) -> bool:
@@ -296,7 +264,7 @@ class DistillStep:
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes during a run: a nested dict of tensors (on the CPU) and plain values."""
         return {
-            "step": self.step,
+            "step": self.steps_done,
             "gaussians": {
                 "params": {k: v.detach().cpu() for k, v in self.gaussians.params.items()},
                 "sh_degree": self.gaussians.sh_degree,
@@ -323,7 +291,7 @@ class DistillStep:
         )
         for name, value in state["rng"].items():
             self.generators[name].set_state(value)
-        self.step = int(state["step"])
+        self.steps_done = int(state["step"])
         self.densify_counts = dict(state.get("densify_counts", {}))
         self.guidance.load_state_dict(state.get("guidance", {}))
 
@@ -343,8 +311,8 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             "(batch: --group-seeds 1)"
         )
     with cpu_threads(first.cfg.threads, first.device):
-        pending = [s._prepare() for s in steps]
-        joined = _Pending(
+        pending = [s.prepare() for s in steps]
+        joined = PendingStep(
             rgb=torch.cat([p.rgb for p in pending]),
             eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]),
@@ -354,12 +322,67 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             render_out=None,
             negatives=_joined_negatives([p.negatives for p in pending]),
         )
-        loss = first._loss(joined) * len(steps)
+        loss = first.loss(joined) * len(steps)
         with first.timer("backward"):
             for s, p in zip(steps, pending):
-                s._pre_backward(p)
+                s.pre_backward(p)
             loss.backward()  # each asset's parameters get exactly their own gradient
-        return [s._update(p, loss) for s, p in zip(steps, pending)]
+        return [s.update(p, loss) for s, p in zip(steps, pending)]
+
+
+def make_sampler(camera: Any, views_per_group: int) -> Any:
+    """Cameras are sampled on the CPU (view names need no device sync); multi-view priors get view groups."""
+    if views_per_group > 1:
+        from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
+
+        return MultiViewOrbitSampler(camera, views_per_group, device="cpu")
+    return OrbitSampler(camera, device="cpu")
+
+
+def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """One generator per random choice (RNG_NAMES), seeded seed + index; the noise's lives on a CUDA device."""
+    gens = {name: torch.Generator().manual_seed(seed + i) for i, name in enumerate(RNG_NAMES)}
+    if device.type == "cuda":
+        gens["noise"] = torch.Generator(device=device).manual_seed(seed + 2)
+    return gens
+
+
+def background_colours(kind: str, batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[batch,3] background colours: random (drawn on the CPU from ``generator``) or one of BACKGROUNDS."""
+    if kind == "random":
+        colours = torch.rand(batch, 3, generator=generator)
+    else:
+        colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
+    return colours.to(device, non_blocking=True)
+
+
+def means_lr(lr: Any, progress: float) -> float:
+    """The means' learning rate at ``progress`` in [0, 1]: exponential from lr.means to lr.means_final (0: constant)."""
+    return lr.means * (lr.means_final / lr.means) ** progress if lr.means > 0 and lr.means_final > 0 else lr.means
+
+
+def resized_render(out: Any, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(rgb [B,3,h,w], alpha [B,h,w,1], depth [B,h,w,1] or None) of a render, resized bilinearly to ``size`` (h, w)."""
+    rgb = out.rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
+    alpha, depth = out.alpha, out.depth
+    if tuple(rgb.shape[-2:]) != tuple(size):
+        rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        alpha = _resize_bhwc(alpha, size)
+        if depth is not None:  # resized premultiplied, so silhouettes do not pull in the background's 0
+            depth = _resize_bhwc(depth * out.alpha, size) / alpha.clamp_min(1e-10)
+    return rgb, alpha, depth
+
+
+def select_prompts(
+    embeddings: Any, guidance: Any, cams_cpu: Cameras, views: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, Optional[NegativeViews]]:
+    """(cond, uncond, Perp-Neg negatives or None) of the views: by view name, or Perp-Neg's by azimuth and elevation."""
+    if guidance.perp_neg:
+        return perp_neg.select(
+            embeddings, cams_cpu.azimuth, cams_cpu.elevation, guidance.perp_neg_weights, guidance.view_prompts.overhead_above
+        )
+    cond, uncond = embeddings.select(views)
+    return cond, uncond, None
 
 
 def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:

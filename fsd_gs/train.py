@@ -1,6 +1,6 @@
 """`python -m fsd_gs.train --prompt "..."`: text in, a 3D Gaussian Splatting asset (.ply) out.
 
-Parse, validate, build, run, exit code; the step is fsd_gs/step.py and the run around it fsd_gs/runner.py.
+Parse, validate, build, run, exit code; the step is fsd_gs/step.py and the run around it fsd_gs/run/.
 Every option is documented by ``--help``. The run folder's path is the last line printed. Exit codes:
 0 done, 2 bad input, 1 the loss diverged, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)
 after saving a checkpoint and the .ply (continue with --resume RUN_DIR).
@@ -41,7 +41,7 @@ def _defaults_from(argv: Sequence[str]) -> TrainConfig:
 
     known, _ = tyro.cli(_Defaults, args=list(argv), return_unknown_args=True, add_help=False, console_outputs=False)
     if known.resume is not None:
-        from fsd_gs.runner import saved_config
+        from fsd_gs.run import saved_config
 
         saved, _ = saved_config(RunPaths(known.resume))
         return saved
@@ -103,7 +103,7 @@ def check_resources(cfg: TrainConfig, device: Any) -> None:
 
 
 def run(argv: Sequence[str]) -> int:
-    from fsd_gs.runner import completed_report, load_prior_for, open_run
+    from fsd_gs.run import completed_report, load_prior_for, open_run
 
     cfg = parse_config(argv)
     cfg.validate()
@@ -125,9 +125,9 @@ def run(argv: Sequence[str]) -> int:
         print(f"run folder: {root}")
         if done is not None:
             return _already_complete(done, cfg)
-        if run_.step.step > 0 or cfg.resume is not None:
-            print(f"resumed at step {run_.step.step}/{cfg.steps}")
-        run_.viewer = start_viewer(cfg, run_.step.noise.world_map)
+        if run_.stepper.steps_done > 0 or cfg.resume is not None:
+            print(f"resumed at step {run_.stepper.steps_done}/{cfg.steps}")
+        run_.viewer = start_viewer(cfg, run_.stepper.noise.world_map)
         return _train(run_)
 
 
@@ -143,15 +143,14 @@ def _already_complete(report: dict, cfg: TrainConfig) -> int:
 
 
 def _train(run_: Any) -> int:
-    """The loop of an opened run, its outputs, and the exit code."""
-    from fsd_gs.runner import StopRequest, run_loop
+    """The loop of an opened run and its outputs (fsd_gs.run.train_runs, as the library's), and the exit code."""
+    from fsd_gs.run import StopRequest, train_runs
     from fsd_gs.step import NonFiniteLoss
 
     root = run_.paths.root
     stop = StopRequest()
     try:
-        with stop:
-            completed = run_loop([run_], stop)
+        (report,) = train_runs([run_], stop)
     except WriteError as exc:
         return _write_failed(exc, root)
     except NonFiniteLoss as exc:
@@ -165,16 +164,14 @@ def _train(run_: Any) -> int:
         print(root)
         return 1
     finally:
-        if run_.viewer is not None:
+        if run_.viewer is not None:  # closed already when the run finished (the viewer hook's at_end)
             run_.viewer.close()
-    try:
-        report = run_.finish(completed)
-    except WriteError as exc:
-        return _write_failed(exc, root)
+    completed = report["completed"]
     print_report(report)
     if not completed:
         print(
-            f"stopped at step {run_.step.step}/{run_.cfg.steps}: checkpoint and model.ply saved; continue with --resume {root}",
+            f"stopped at step {run_.stepper.steps_done}/{run_.cfg.steps}: checkpoint and model.ply saved; "
+            f"continue with --resume {root}",
             file=sys.stderr,
         )
     print(root)

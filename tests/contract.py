@@ -54,15 +54,15 @@ def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
 def together_and_alone(prior, cfgs: list, monkeypatch) -> tuple[list[DistillStep], list[DistillStep], dict]:
     """Two :class:`DistillStep` lists of ``cfgs`` on ``prior`` (CPU), to step with ``step_together`` and one by one,
     and the dict that collects each step's gradients just before Adam: (mode, seed) -> {parameter: grad}, mode
-    "together" or "alone" (``DistillStep._update`` is spied on through ``monkeypatch``)."""
+    "together" or "alone" (``DistillStep.update`` is spied on through ``monkeypatch``)."""
     grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    original = DistillStep._update
+    original = DistillStep.update
 
     def spy(self, pending, loss):
         grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
         return original(self, pending, loss)
 
-    monkeypatch.setattr(DistillStep, "_update", spy)
+    monkeypatch.setattr(DistillStep, "update", spy)
     together = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
     alone = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
     for s in together:

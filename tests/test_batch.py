@@ -348,7 +348,7 @@ def test_device_auto_is_recorded_resolved_and_an_equivalent_device_is_a_harmless
     from fsd_gs.batch.driver import Driver
     from fsd_gs.batch.engine import LocalEngine
     from fsd_gs.config import base_config
-    from fsd_gs.runner import check_resume_changes
+    from fsd_gs.run import check_resume_changes
 
     cfg = dc.replace(base_config("fsd", None), prompt="a red mushroom", model="shapes")
     item = build_grid(["a red mushroom"], ["shapes-fsd"], [0])[0]

@@ -59,8 +59,8 @@ def test_a_bad_compile_value_in_a_preset_is_one_sentence():
 
 def test_a_run_saved_with_compile_false_resumes_and_may_change_compile(tmp_path):
     from fsd_gs.config import TrainConfig, to_dict
+    from fsd_gs.run import check_resume_changes, saved_config
     from fsd_gs.run_dir import RunPaths
-    from fsd_gs.runner import check_resume_changes, saved_config
     from fsd_gs.train import parse_config
 
     data = to_dict(TrainConfig(prompt="a red mushroom", model="shapes"))

@@ -138,9 +138,9 @@ def _fail(monkeypatch, what: str) -> None:
     monkeypatch.setattr(tempfile, "mkdtemp", fake_mkdtemp)
     monkeypatch.setattr(os, "open", fake_open)
     if what == "metrics":
-        import fsd_gs.runner as runner
+        import fsd_gs.run.hooks as hooks  # the metrics hook appends the lines
 
-        monkeypatch.setattr(runner, "append_text", fake_append)
+        monkeypatch.setattr(hooks, "append_text", fake_append)
 
 
 WRITES = [
@@ -191,7 +191,7 @@ def test_write_error_names_the_file_for_each_kind_of_os_error(tmp_path):
 
 # -- item 3: a run folder appears whole ----------------------------------------------------------------
 def test_a_new_run_folder_appears_with_its_config(tmp_path, capsys, monkeypatch):
-    import fsd_gs.runner as runner
+    import fsd_gs.run.entry as runner  # open_run writes the config
 
     seen: list[tuple[Path, bool]] = []
     original = runner.write_config
@@ -244,7 +244,7 @@ def test_resume_of_a_complete_run_is_quick_and_renders_nothing(tmp_path, capsys,
     run = finished_run(tmp_path, capsys, 2)
     assert not (run / ".lock").exists()  # finished runs drop their lock
     stamps = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    import fsd_gs.runner as runner
+    import fsd_gs.run as runner  # python -m fsd_gs.train imports it from there when it runs
 
     monkeypatch.setattr(runner, "load_prior_for", lambda *a, **k: pytest.fail("a complete run loads no prior"))
     started = time.perf_counter()
@@ -268,7 +268,7 @@ def test_progress_after_a_resume_counts_only_this_process(monkeypatch, capsys):
 
 
 def test_a_resumed_run_starts_its_progress_at_the_resumed_step(tmp_path, capsys, monkeypatch):
-    import fsd_gs.runner as runner
+    import fsd_gs.run as runner
 
     assert main(shapes_args(tmp_path, 2)) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])

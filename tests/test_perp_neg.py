@@ -295,12 +295,12 @@ def test_the_step_uses_the_configured_spans(shapes_prior):
         shapes_prior,
         torch.device("cpu"),
     )
-    pending = wide._prepare()
+    pending = wide.prepare()
     front = wide.embeddings.cond[wide.embeddings.views.index("front")]
     assert all(torch.equal(row, front) for row in pending.cond)  # every view is a "front" view with these spans
     default = DistillStep(
         tiny_cfg(0, "--camera.batch-size", "4", "--guidance.no-perp-neg"), shapes_prior, torch.device("cpu")
-    )._prepare()
+    ).prepare()
     assert not all(torch.equal(row, front) for row in default.cond)  # the same cameras get other views by default
 
 

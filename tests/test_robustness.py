@@ -185,7 +185,7 @@ def test_a_second_process_on_a_run_gets_one_sentence_and_a_dead_owner_is_taken_o
         [
             sys.executable,
             "-c",
-            "import sys, time; from fsd_gs.runner import RunLock; "
+            "import sys, time; from fsd_gs.run import RunLock; "
             "lock = RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(600)",
             str(run),
         ],
@@ -329,13 +329,13 @@ def test_a_cpu_run_uses_one_thread_for_its_step_whatever_the_environment(tmp_pat
     seen = []
     import fsd_gs.step as step_module
 
-    original = step_module.DistillStep._prepare
+    original = step_module.DistillStep.prepare
 
     def spy(self):
         seen.append(torch.get_num_threads())
         return original(self)
 
-    monkeypatch.setattr(step_module.DistillStep, "_prepare", spy)
+    monkeypatch.setattr(step_module.DistillStep, "prepare", spy)
     torch.set_num_threads(2)
     try:
         assert main(shapes_args(tmp_path, 2)) == 0

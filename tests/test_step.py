@@ -22,7 +22,7 @@ def test_one_step_changes_the_gaussians(shapes_prior):
     step = DistillStep(tiny_cfg(), shapes_prior, torch.device("cpu"))
     before = params_of(step)
     result = step()
-    assert step.step == 1 and torch.isfinite(result.loss)
+    assert step.steps_done == 1 and torch.isfinite(result.loss)
     after = params_of(step)
     for key in ("means", "scales", "opacities", "sh0"):
         assert not torch.equal(before[key], after[key]), key
@@ -34,11 +34,11 @@ def test_state_round_trips_bitwise_through_a_checkpoint(shapes_prior, tmp_path):
     a = DistillStep(cfg, shapes_prior, torch.device("cpu"))
     for _ in range(4):  # past a densification (refine at step 2)
         a()
-    folder = save_checkpoint(a.state_dict(), tmp_path, a.step)
+    folder = save_checkpoint(a.state_dict(), tmp_path, a.steps_done)
     b = DistillStep(cfg, shapes_prior, torch.device("cpu"))
     state, _ = load_checkpoint(folder)
     b.load_state_dict(state)
-    assert b.step == a.step and len(b.gaussians) == len(a.gaussians)
+    assert b.steps_done == a.steps_done and len(b.gaussians) == len(a.gaussians)
     for _ in range(3):
         ra, rb = a(), b()
         assert torch.equal(ra.loss, rb.loss)
@@ -73,7 +73,7 @@ def test_steps_of_several_seeds_together_match_separate_steps(shapes_prior, monk
     results = step_together(together)
     for s in alone:
         s()
-    assert [r.eps.shape[0] for r in results] == [1, 1] and all(s.step == 1 for s in together)
+    assert [r.eps.shape[0] for r in results] == [1, 1] and all(s.steps_done == 1 for s in together)
     for seed in (0, 1):  # relative L2 over the whole gradient (the quats' is pure rounding noise at step 0)
         g_alone = torch.cat([g.flatten() for g in grads[("alone", seed)].values()])
         g_together = torch.cat([g.flatten() for g in grads[("together", seed)].values()])
@@ -157,7 +157,7 @@ def test_a_resumed_vsd_run_continues_exactly_with_its_lora(shapes_prior, tmp_pat
     for _ in range(2):
         a()
     lora_before = {k: v.clone() for k, v in a.guidance.state_dict()["lora"].items()}
-    folder = save_checkpoint(a.state_dict(), tmp_path, a.step)
+    folder = save_checkpoint(a.state_dict(), tmp_path, a.steps_done)
     b = DistillStep(cfg, shapes_prior, torch.device("cpu"))
     state, _ = load_checkpoint(folder)
     b.load_state_dict(state)

@@ -104,7 +104,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_gaussians(tiny_sd_dir, t
 
     def stop_at_5(self):
         result = original(self)
-        if self.step == 5:
+        if self.steps_done == 5:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the run stops after this step
         return result
 
@@ -187,7 +187,7 @@ def test_unwritable_output_dir(tiny_sd_dir, tmp_path, capsys):
 
 
 def test_large_model_on_cpu_is_refused_with_the_alternative(monkeypatch, tiny_sd_dir, tmp_path, capsys):
-    import fsd_gs.runner as runner_module
+    import fsd_gs.run.entry as runner_module  # load_prior_for reads the limit there
 
     monkeypatch.setattr(runner_module, "CPU_PARAM_LIMIT", 10)
     assert main(small_run_args(tiny_sd_dir, tmp_path, 2)) == 2

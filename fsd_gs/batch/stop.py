@@ -5,7 +5,7 @@ Two places hold a :class:`StopSignals` (installed only in the main thread, resto
     the running workers to stop (:meth:`fsd_gs.batch.engine.RayEngine.stop_running` sends them SIGTERM), waits
     for their checkpoints, updates the manifest and exits; a second signal stops waiting;
   * the worker, around a unit (``interrupt=False``): a signal is only recorded, so that loading a prior or
-    finishing an asset is never cut half-way; the runner's own handler (fsd_gs.runner.StopRequest) takes over
+    finishing an asset is never cut half-way; the runner's own handler (fsd_gs.run.StopRequest) takes over
     while the steps run and saves the asset. Ray's workers block SIGINT, which is why the driver sends SIGTERM.
 """
 

@@ -82,7 +82,7 @@ class AssetWorker:
 
     def prior_for(self, cfg: Any) -> Any:
         """The loaded prior of ``cfg``, loading it (and evicting the least recently used one) when not cached."""
-        from fsd_gs.runner import load_prior_for
+        from fsd_gs.run import load_prior_for
 
         key = prior_key(cfg)
         if key in self.priors:
@@ -105,7 +105,7 @@ class AssetWorker:
         """
         from fsd_gs.batch.stop import StopSignals
         from fsd_gs.methods import method_spec
-        from fsd_gs.runner import RunLocked, RunStopped, train_asset, train_assets
+        from fsd_gs.run import RunLocked, RunStopped, train_asset, train_assets
 
         ids = [t[0] for t in tasks]
         cfgs = [t[1] for t in tasks]
