@@ -89,3 +89,33 @@ def test_a_run_without_the_metrics_and_checkpoint_hooks_writes_neither(shapes_pr
     root = tmp_path / "run"
     assert report["completed"] and not (root / "metrics.jsonl").exists()
     assert [p.name for p in (root / "checkpoints").iterdir()] == ["step_000004"]  # only finish()'s own checkpoint
+
+
+class FakeViewer:
+    """What ViewerFeed uses of the live viewer: update, pop_save_request, paused, close."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.paused = False
+        self.closed_at: int | None = None
+        self.save_requests = 1
+
+    def update(self, snapshot) -> None:
+        self.steps.append(snapshot.step)
+
+    def pop_save_request(self) -> bool:
+        asked, self.save_requests = self.save_requests > 0, 0
+        return asked
+
+    def close(self) -> None:
+        self.closed_at = len(self.steps)
+
+
+def test_the_viewer_feed_gets_every_step_saves_on_request_and_closes_before_the_outputs(shapes_prior, tmp_path):
+    viewer = FakeViewer()
+    with ExitStack() as stack:
+        run, _ = open_run(small_cfg(3), tmp_path / "run", shapes_prior, stack)
+        run.viewer = viewer
+        (report,) = train_runs([run], StopRequest())
+    assert report["completed"] and viewer.steps == [1, 2, 3] and viewer.closed_at == 3
+    assert (tmp_path / "run" / "saved_step_000001.ply").is_file()
