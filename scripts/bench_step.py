@@ -164,7 +164,8 @@ class Args:
     asset_compile: tuple[str, ...] = ("auto",)
     """--prior.compile of each asset run (auto, off, on, cudagraphs)."""
     perp_neg: bool = False
-    """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2); the floor's
+    """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2; off otherwise, also in
+    --asset-steps runs although the default preset fsd-sd21 turns it on); the floor's
     guided UNet then gets the same negatives. Compare with a run without it for Perp-Neg's cost per step."""
     sync_debug: bool = False
     """CUDA: count the host syncs of one steady step (torch.cuda.set_sync_debug_mode) and where they happen
@@ -466,7 +467,7 @@ def measure_asset(args: Args, model: str, mode: str) -> dict:
         "--output.turntable-views",
         "4",
         "--output.no-progress",
-    ] + (["--guidance.perp-neg"] if args.perp_neg else [])
+    ] + (["--guidance.perp-neg"] if args.perp_neg else ["--guidance.no-perp-neg"])  # explicit: fsd-sd21 turns it on
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     process_s = time.perf_counter() - t0
