@@ -416,6 +416,7 @@ def assert_rerun_continues(out: Path, *engine: str) -> None:
         assert stopped_at[item_id] > 0
 
 
+@pytest.mark.slow
 def test_sighup_stops_a_local_batch_and_the_rerun_continues(tmp_path):
     out = tmp_path / "local"
     code, _, stderr = stop_batch(out, signal.SIGHUP, "--engine", "local")
@@ -423,6 +424,7 @@ def test_sighup_stops_a_local_batch_and_the_rerun_continues(tmp_path):
     assert_rerun_continues(out, "--engine", "local")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_ray_batch_without_native_dumps_and_local_continues_it(tmp_path):
     """Ray workers save their assets on the driver's SIGTERM; the rerun with the other engine (--engine local)
     continues the same run folders (the device is recorded the same way by both)."""

@@ -43,6 +43,7 @@ def tiny(out: Path, docs: Path, *presets: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_benchmark_writes_the_table_and_gallery_and_continues_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out, docs = tmp_path / "bench", tmp_path / "docs"
     assert diversity_benchmark.main(tiny(out, docs, "shapes-fsd-plain", "shapes-fsd-surface")) == 0

@@ -310,6 +310,7 @@ def test_no_video_encoder_line(tmp_path, capsys, monkeypatch):
 
 
 # -- item 7: the newcomer's list as a script ---------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_inputs_script_quick_subset_answers_every_case_well():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bad_inputs.py"), "--quick"],

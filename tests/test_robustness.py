@@ -129,6 +129,7 @@ FIRST_WRITE_KILLER = killer("""
 """)
 
 
+@pytest.mark.slow
 def test_a_kill_at_the_first_write_leaves_nothing_or_a_resumable_run(straight, tmp_path, capsys):
     """Kill at the k-th fsync / replace of the atomic writes and the rename that publishes the run folder:
     the first four are config.yaml's (file fsync, replace, folder fsync) and the folder's rename, so no

@@ -106,6 +106,7 @@ def _env() -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_live_viewer_of_a_training_run(tiny_sd_dir, tmp_path):
     """A real run (tiny random-weight SD pipeline, CPU) with the live viewer on; Ctrl-C ends it."""
     cmd = [
@@ -229,6 +230,7 @@ def write_inria_ply(path: Path, n: int = 6000, seed: int = 0) -> None:
     PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
 
 
+@pytest.mark.slow
 def test_standalone_viewer_of_a_written_ply(tmp_path):
     """`python -m viewer PATH.ply --background ...` on a .ply written the way other tools write them."""
     ply = tmp_path / "sphere.ply"
