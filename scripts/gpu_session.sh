@@ -25,14 +25,20 @@
 #          throughput-sd-seq  the same 1200-step asset as sequential `python -m fsd_gs.train` runs, 2 seeds  ~2 min
 #          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs, then 4 prompts x 8 seeds (32 assets) on
 #                             Ray with --group-seeds 8 and 1, 2, 4, 8 workers per GPU (--gpus-per-worker 1 .. 0.125) ~6 min
-#   consistency  issue #30's table (~9 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
-#          (default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps, --group-seeds 8, one
-#          batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset>; evaluate them on the CPU
-#          afterwards (python -m fsd_gs.evaluate $WORK/consistency/*/manifest.json): the evaluation is CPU work
+#   consistency  issue #30's table (~7 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
+#          (names or YAML paths; default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps,
+#          --group-seeds 8, one batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset label>.
+#          CONSISTENCY_BUDGET_S (default 540) stops the shards (SIGTERM: checkpoints saved); the same stage again
+#          continues them
+#   consistency-eval  python -m fsd_gs.evaluate on this GPU (gsplat renders, ~1 s per 8 assets) of the finished labels
+#          in $WORK/consistency: one evaluation per ';'-separated set of labels in EVAL_SETS (default: all in one;
+#          rows are keyed by prompt, method and model, so two presets differing only in e.g. the camera batch need
+#          sets of their own), into $WORK/consistency-eval/<n>/ (evaluation.json, evaluation.md, gallery/)
 #   shapes-mv  the multi-view shapes prior: MV_TRAIN_S seconds of scripts/train_shapes_mv.py from the shipped shapes
 #          prior (or --resume from $WORK/mv with MV_RESUME=1), then its 4-view check; the folder in $WORK/mv/shapes_mv
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
-#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [shapes-mv]
+#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
+#        [shapes-mv]
 #        (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
@@ -212,13 +218,27 @@ if [[ " $STAGES " == *" consistency "* ]]; then
   FRONT=("a chair" "a fish" "a house" "a car" "a bird" "a robot")
   t0=$(now)
   for preset in "${CPRESETS[@]}"; do
+    label=$(basename "$preset" .yaml)
     for i in 0 1 2 3 4 5; do
-      OMP_NUM_THREADS=1 python -m fsd_gs.batch --prompts "${FRONT[@]}" --seeds 0-7 --presets "$preset" --engine local \
-        --group-seeds 8 --shard "$i/6" --out "$WORK/consistency/$preset" --no-progress -- --output.turntable-views 8 \
-        > "$WORK/consistency_${preset}_$i.log" 2>&1 &
+      OMP_NUM_THREADS=1 timeout "${CONSISTENCY_BUDGET_S:-540}" python -m fsd_gs.batch --prompts "${FRONT[@]}" --seeds 0-7 \
+        --presets "$preset" --engine local --group-seeds 8 --shard "$i/6" --out "$WORK/consistency/$label" --no-progress \
+        -- --output.turntable-views 8 > "$WORK/consistency_${label}_$i.log" 2>&1 &
     done
   done
   wait
   echo "consistency: ${#CPRESETS[@]} presets x 6 front kinds x 8 seeds in $(python -c "print(round($(now) - $t0, 1))") s"
   grep -h "assets:" "$WORK"/consistency/*/summary.md
+fi
+
+if [[ " $STAGES " == *" consistency-eval "* ]]; then
+  IFS=';' read -r -a SETS <<< "${EVAL_SETS:-$(ls "$WORK/consistency" | tr '\n' ' ')}"
+  n=0
+  for set in "${SETS[@]}"; do
+    n=$((n + 1)); manifests=()
+    for label in $set; do manifests+=("$WORK/consistency/$label/manifest.json"); done
+    rm -rf "$WORK/consistency-eval/$n"
+    t0=$(now)
+    python -m fsd_gs.evaluate "${manifests[@]}" --out "$WORK/consistency-eval/$n" --no-progress 2>&1 | tail -n 3
+    echo "evaluation $n ($set): $(python -c "print(round($(now) - $t0, 1))") s"
+  done
 fi
