@@ -1,3 +1,5 @@
 """fsd_gs: text-to-3D Gaussian Splatting with Flow Score Distillation."""
 
-__version__ = "0.1.0"
+from fsd_gs.version import __version__
+
+__all__ = ["__version__"]

@@ -224,6 +224,100 @@ def split_children(params: dict[str, torch.Tensor], index: torch.Tensor, generat
     return children
 
 
+# -- statistics and refinement masks -------------------------------------------------------------
+def screen_gradients(means2d: torch.Tensor, absgrad: bool) -> Optional[torch.Tensor]:
+    """The renderer's screen-space gradients (pixels): ``means2d.absgrad`` with ``absgrad``, else ``means2d.grad``.
+
+    Shapes as info["means2d"]: [B,N,2] dense or [nnz,2] packed; None when the loss did not reach the Gaussians.
+    """
+    if absgrad:
+        grads = getattr(means2d, "absgrad", None)
+        if grads is None:
+            raise UserError("--densify.absgrad needs the renderer's absolute gradients: also pass --render.absgrad")
+        return grads
+    return means2d.grad
+
+
+def accumulate_stats(state: dict[str, Any], norms: torch.Tensor, info: dict[str, Any], packed: bool, tracks_radii: bool) -> None:
+    """Add one step's gradient norms to the state's running statistics (all [N] float32, in place).
+
+    Args:
+        norms: |d loss / d means2d| in NDC units per view, [B,N] dense or [nnz] packed.
+        info: the render's info: "radii" [B,N,2] ([nnz,2] packed; 0 = not visible), "width", "height" and,
+            packed, "gaussian_ids" [nnz].
+    grad2d sums the norms and count the views that saw each Gaussian; with ``tracks_radii`` radii keeps the
+    largest screen radius / max(W, H).
+    """
+    width, height = float(info["width"]), float(info["height"])
+    radii = info["radii"]
+    device = state["grad2d"].device
+    if packed:
+        ids = info.get("gaussian_ids")
+        if ids is None:
+            raise ValueError("packed densification needs info['gaussian_ids'] from the renderer")
+        ids = ids.to(device)
+        state["grad2d"].index_add_(0, ids, norms.to(device, torch.float32))
+        state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+        if tracks_radii:
+            screen = radii.amax(dim=-1).to(torch.float32) / max(width, height)
+            state["radii"].scatter_reduce_(0, ids, screen.to(device), reduce="amax")
+    else:
+        visible = (radii > 0).all(dim=-1)  # [B,N]
+        state["grad2d"] += (norms * visible).sum(dim=0).to(device, torch.float32)
+        state["count"] += visible.sum(dim=0).to(device, torch.float32)
+        if tracks_radii:
+            screen = (radii.amax(dim=-1).to(torch.float32) * visible).amax(dim=0) / max(width, height)
+            torch.maximum(state["radii"], screen.to(device), out=state["radii"])
+
+
+def refine_masks(
+    params: Any, state: dict[str, Any], config: DensifyConfig, scene_scale: float, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of the N Gaussians a refinement prunes, clones and splits (before the cap; see the module doc).
+
+    Returns prune, clone, split ([N] bool; clone and split exclude the pruned) and grads [N], the mean
+    screen-space gradient over the views that saw each Gaussian.
+    """
+    c = config
+    n = params["means"].shape[0]
+    max_std = torch.exp(params["scales"].detach()).amax(dim=-1)
+    # .get, not state["radii"] is not None: pyright would narrow state["radii"] to None where use_scale2d is False
+    use_scale2d = step < c.refine_scale2d_stop_iter and state.get("radii") is not None
+
+    prune = torch.sigmoid(params["opacities"].detach().reshape(n)) < c.prune_opa
+    prune |= max_std > c.prune_scale3d * scene_scale
+    if use_scale2d:
+        prune |= state["radii"] > c.prune_scale2d
+
+    grads = state["grad2d"] / state["count"].clamp_min(1.0)
+    high = grads > c.grow_grad2d
+    small = max_std <= c.grow_scale3d * scene_scale
+    clone = high & small & ~prune
+    split = high & ~small
+    if use_scale2d:
+        split |= state["radii"] > c.grow_scale2d
+    split &= ~prune
+    return prune, clone, split, grads
+
+
+def cap_growth(clone: torch.Tensor, split: torch.Tensor, grads: torch.Tensor, room: int) -> int:
+    """Keep at most ``room`` growth candidates, highest ``grads`` first; returns how many were held back.
+
+    Args: clone, split [N] bool (cleared in place where held back), grads [N].
+    """
+    candidates = clone | split
+    n_candidates = int(candidates.sum())
+    n_capped = max(0, n_candidates - room)
+    if n_capped > 0:
+        chosen = torch.zeros_like(candidates)
+        if room > 0:
+            score = grads.masked_fill(~candidates, -math.inf)
+            chosen[torch.topk(score, room, sorted=False).indices] = True
+        clone &= chosen
+        split &= chosen
+    return n_capped
+
+
 # -- the densifier --------------------------------------------------------------------------------
 class Densifier:
     """Adaptive density control with gsplat's interface (see the module doc).
@@ -357,13 +451,7 @@ class Densifier:
         for key in ("means2d", "radii", "width", "height", "n_cameras"):
             if key not in info:
                 raise ValueError(f"densification needs info[{key!r}] from the renderer")
-        means2d = info["means2d"]
-        if self.config.absgrad:
-            grads = getattr(means2d, "absgrad", None)
-            if grads is None:
-                raise UserError("--densify.absgrad needs the renderer's absolute gradients: also pass --render.absgrad")
-        else:
-            grads = means2d.grad
+        grads = screen_gradients(info["means2d"], self.config.absgrad)
         n = params["means"].shape[0]
         grad2d: Optional[torch.Tensor] = state["grad2d"]  # a local: narrowing state["grad2d"] would outlive _reset_stats
         if grad2d is None or grad2d.shape[0] != n:
@@ -373,62 +461,17 @@ class Densifier:
         width, height, n_cams = float(info["width"]), float(info["height"]), float(info["n_cameras"])
         scale = self._scale(width / 2.0 * n_cams, height / 2.0 * n_cams, grads)  # pixels -> NDC, undo the batch mean
         norms = (grads * scale).norm(dim=-1)
-        radii = info["radii"]
-        device = state["grad2d"].device
-        if packed:
-            ids = info.get("gaussian_ids")
-            if ids is None:
-                raise ValueError("packed densification needs info['gaussian_ids'] from the renderer")
-            ids = ids.to(device)
-            state["grad2d"].index_add_(0, ids, norms.to(device, torch.float32))
-            state["count"].index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
-            if self.tracks_radii:
-                screen = radii.amax(dim=-1).to(torch.float32) / max(width, height)
-                state["radii"].scatter_reduce_(0, ids, screen.to(device), reduce="amax")
-        else:
-            visible = (radii > 0).all(dim=-1)  # [B,N]
-            state["grad2d"] += (norms * visible).sum(dim=0).to(device, torch.float32)
-            state["count"] += visible.sum(dim=0).to(device, torch.float32)
-            if self.tracks_radii:
-                screen = (radii.amax(dim=-1).to(torch.float32) * visible).amax(dim=0) / max(width, height)
-                torch.maximum(state["radii"], screen.to(device), out=state["radii"])
+        accumulate_stats(state, norms, info, packed, self.tracks_radii)
 
     def _refine(
         self, params: Any, optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], step: int
     ) -> dict[str, int]:
-        c = self.config
+        """Prune, then clone and split (highest gradient first, up to max_gaussians); restart the statistics."""
         n = params["means"].shape[0]
         device = params["means"].device
-        max_std = torch.exp(params["scales"].detach()).amax(dim=-1)
-        # .get, not state["radii"] is not None: pyright would narrow state["radii"] to None where use_scale2d is False
-        use_scale2d = step < c.refine_scale2d_stop_iter and state.get("radii") is not None
-
-        prune = torch.sigmoid(params["opacities"].detach().reshape(n)) < c.prune_opa
-        prune |= max_std > c.prune_scale3d * self.scene_scale
-        if use_scale2d:
-            prune |= state["radii"] > c.prune_scale2d
-
-        grads = state["grad2d"] / state["count"].clamp_min(1.0)
-        high = grads > c.grow_grad2d
-        small = max_std <= c.grow_scale3d * self.scene_scale
-        clone = high & small & ~prune
-        split = high & ~small
-        if use_scale2d:
-            split |= state["radii"] > c.grow_scale2d
-        split &= ~prune
-
+        prune, clone, split, grads = refine_masks(params, state, self.config, self.scene_scale, step)
         n_survivors = n - int(prune.sum())
-        candidates = clone | split
-        n_candidates = int(candidates.sum())
-        room = max(0, c.max_gaussians - n_survivors)
-        n_capped = max(0, n_candidates - room)
-        if n_capped > 0:
-            chosen = torch.zeros_like(candidates)
-            if room > 0:
-                score = grads.masked_fill(~candidates, -math.inf)
-                chosen[torch.topk(score, room, sorted=False).indices] = True
-            clone &= chosen
-            split &= chosen
+        n_capped = cap_growth(clone, split, grads, room=max(0, self.config.max_gaussians - n_survivors))
 
         clone_idx = torch.nonzero(clone).flatten()
         split_idx = torch.nonzero(split).flatten()

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 import torch
 import tyro
 
+from fsd_gs.camera import Cameras
 from fsd_gs.errors import UserError, require
 from fsd_gs.evaluate import gallery
 from fsd_gs.evaluate.report import SetResult, markdown, summarise_set, to_json
@@ -207,81 +208,109 @@ def ddim_guidance(cfg: EvaluateConfig, methods: dict[str, dict[int, Run]]) -> fl
     return next(iter(runs.values())).guidance_scale
 
 
-def evaluate(cfg: EvaluateConfig) -> Evaluation:
-    """Run the whole evaluation and write its files; returns where they are and what they say."""
-    from fsd_gs.device import resolve_device
-    from fsd_gs.io.ply import read_ply
-    from fsd_gs.prior.factory import load_prior
-    from fsd_gs.shapes.world import COLOUR_NAMES
+@dataclass
+class _Session:
+    """What the evaluation of every prompt shares: settings, device, scorers, the gallery folder, the progress
+    counter, the priors loaded for DDIM samples (by backbone) and the results so far (appended to)."""
 
-    cfg.validate()
-    found = find_runs(cfg.paths)
-    groups, dropped = group_runs(found.runs)
-    missing = [{"id": m.id, "reason": m.reason} for m in [*found.missing, *dropped]]
-    device = resolve_device(cfg.device)
-    scorers = _Scorers(cfg, device)
-    for model in sorted({key[2] for key in groups}):
-        scorers.get(model)  # bad --clip or a missing judge fails before anything is written
-    folder = output_folder(cfg, found)
-    gallery_dir = folder / "gallery"
+    cfg: EvaluateConfig
+    device: torch.device
+    scorers: _Scorers
+    gallery_dir: Path
+    bar: _Counter
+    results: list[SetResult] = field(default_factory=list)
+    priors: dict[str, Any] = field(default_factory=dict)
 
+
+def _by_prompt(groups: dict[tuple[str, str, str], dict[int, Run]]) -> dict[tuple[str, str], dict[str, dict[int, Run]]]:
+    """(prompt, method, model) -> seeds regrouped as (prompt, model) -> method -> seeds."""
     prompts: dict[tuple[str, str], dict[str, dict[int, Run]]] = {}
     for (prompt, method, model), seeds in groups.items():
         prompts.setdefault((prompt, model), {})[method] = seeds
-    n_truth = {
+    return prompts
+
+
+def _truth_counts(cfg: EvaluateConfig, prompts: dict[tuple[str, str], dict[str, dict[int, Run]]]) -> dict[tuple[str, str], int]:
+    """World objects to score per (prompt, model): --truth-objects, else the most seeds of any method; 0 off shapes."""
+    return {
         key: (cfg.truth_objects or max(len(s) for s in methods.values())) if is_shapes_world(key[1]) and cfg.truth else 0
         for key, methods in prompts.items()
     }
-    total = len(found.runs) - len(dropped) + sum(n_truth.values()) + (len(prompts) if cfg.ddim_samples else 0)
 
-    results: list[SetResult] = []
-    priors: dict[str, Any] = {}
-    bar = _Counter(total, cfg.progress)
-    with cpu_threads(cfg.threads, device), contextlib.closing(bar):
-        for (prompt, model), methods in sorted(prompts.items()):
-            scorer = scorers.get(model)
-            size = cfg.size or (64 if is_shapes_world(model) else 256)
-            cams = eval_cameras(cfg.view, size, device)
-            slug = slugify(prompt)
-            n_colours = len(COLOUR_NAMES) if is_shapes_world(model) else 0
 
-            scored = functools.partial(
-                _score_set, cfg, scorer, prompt, model, n_colours, gallery_dir, slug, results, cams.azimuth.tolist()
-            )
+def _render_runs(session: _Session, runs: dict[int, Run], cams: Cameras) -> dict[int, torch.Tensor]:
+    """Each seed's model.ply rendered from the evaluation cameras: seed -> views [V,3,H,W]."""
+    from fsd_gs.io.ply import read_ply
 
-            for method, runs in methods.items():
-                views = {}
-                for seed, run in runs.items():
-                    views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(device), cams, cfg.view.background)
-                    bar.done()
-                scored(method, views, {s: str(r.run_dir) for s, r in runs.items()}, guidance_scale=shared_guidance(runs.values()))
-            if n_truth[(prompt, model)]:
-                views, sources = {}, {}
-                for i in range(n_truth[(prompt, model)]):
-                    obj, colour = world_object(prompt, i)
-                    views[i] = render_views(obj.to(device), cams, cfg.view.background)
-                    sources[i] = f"shapes world object {i} ({colour})"
-                    bar.done()
-                scored("truth", views, sources)
-            if cfg.ddim_samples:
-                guidance = ddim_guidance(cfg, methods)
-                if model not in priors:
-                    priors[model] = load_prior(model, device=device)
-                images = ddim_images(priors[model], prompt, cams, cfg.ddim_samples, guidance, cfg.ddim_steps)
-                scored(
-                    "ddim",
-                    {i: images[i : i + 1] for i in range(len(images))},
-                    {
-                        i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)"
-                        for i in range(len(images))
-                    },
-                    still=True,
-                    with_cross_fid=False,
-                    guidance_scale=guidance,
-                )
-                bar.done()
+    views = {}
+    for seed, run in runs.items():
+        views[seed] = render_views(read_ply(run.run_dir / "model.ply").to(session.device), cams, session.cfg.view.background)
+        session.bar.done()
+    return views
 
-    settings = {
+
+def _render_truth(
+    session: _Session, prompt: str, n_objects: int, cams: Cameras
+) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
+    """The shapes world's own objects of the prompt's kind, rendered: index -> views [V,3,H,W], and their sources."""
+    views, sources = {}, {}
+    for i in range(n_objects):
+        obj, colour = world_object(prompt, i)
+        views[i] = render_views(obj.to(session.device), cams, session.cfg.view.background)
+        sources[i] = f"shapes world object {i} ({colour})"
+        session.bar.done()
+    return views, sources
+
+
+def _score_ddim(
+    session: _Session, scored: functools.partial, prompt: str, model: str, methods: dict[str, dict[int, Run]], cams: Cameras
+) -> None:
+    """Sample the prior's own DDIM images of the prompt (loading the prior once per backbone) and score them as stills."""
+    from fsd_gs.prior.factory import load_prior
+
+    cfg = session.cfg
+    guidance = ddim_guidance(cfg, methods)
+    if model not in session.priors:
+        session.priors[model] = load_prior(model, device=session.device)
+    images = ddim_images(session.priors[model], prompt, cams, cfg.ddim_samples, guidance, cfg.ddim_steps)
+    scored(
+        "ddim",
+        {i: images[i : i + 1] for i in range(len(images))},
+        {i: f"DDIM sample {i} (x_T seed {i}, guidance {guidance:g}, {cfg.ddim_steps} steps)" for i in range(len(images))},
+        still=True,
+        with_cross_fid=False,
+        guidance_scale=guidance,
+    )
+    session.bar.done()
+
+
+def _evaluate_prompt(session: _Session, prompt: str, model: str, methods: dict[str, dict[int, Run]], n_truth: int) -> None:
+    """Render and score every method's runs of one prompt and backbone, then its truth objects and DDIM samples."""
+    from fsd_gs.shapes.world import COLOUR_NAMES
+
+    cfg = session.cfg
+    scorer = session.scorers.get(model)
+    size = cfg.size or (64 if is_shapes_world(model) else 256)
+    cams = eval_cameras(cfg.view, size, session.device)
+    slug = slugify(prompt)
+    n_colours = len(COLOUR_NAMES) if is_shapes_world(model) else 0
+
+    scored = functools.partial(
+        _score_set, cfg, scorer, prompt, model, n_colours, session.gallery_dir, slug, session.results, cams.azimuth.tolist()
+    )
+
+    for method, runs in methods.items():
+        views = _render_runs(session, runs, cams)
+        scored(method, views, {s: str(r.run_dir) for s, r in runs.items()}, guidance_scale=shared_guidance(runs.values()))
+    if n_truth:
+        scored("truth", *_render_truth(session, prompt, n_truth, cams))
+    if cfg.ddim_samples:
+        _score_ddim(session, scored, prompt, model, methods, cams)
+
+
+def _settings(cfg: EvaluateConfig, device: torch.device, found: Found) -> dict[str, Any]:
+    """The settings recorded in evaluation.json and quoted by the table and the gallery."""
+    return {
         **dataclasses.asdict(cfg.view),
         "size": cfg.size,
         "paths": [str(p) for p in cfg.paths],
@@ -293,16 +322,56 @@ def evaluate(cfg: EvaluateConfig) -> Evaluation:
         "device": str(device),
         "manifests": [str(p) for p in found.manifests],
     }
-    notes = {
-        model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name, "views": s.view_reader}
-        for model, s in scorers.cache.items()
-    }
+
+
+def _write_outputs(
+    cfg: EvaluateConfig,
+    folder: Path,
+    results: list[SetResult],
+    missing: list[dict[str, str]],
+    settings: dict[str, Any],
+    notes: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Write evaluation.json, evaluation.md and (with --gallery) gallery/index.html; returns the JSON data."""
     data = to_json(results, missing, settings, notes)
     (folder / "evaluation.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (folder / "evaluation.md").write_text(markdown(results, missing, settings, notes))
     if cfg.gallery:
+        gallery_dir = folder / "gallery"
         gallery_dir.mkdir(exist_ok=True)
         gallery.write_index(
             gallery_dir, results, {m: n["quality"] for m, n in notes.items()}, "FSD evaluation", gallery.gallery_notes(settings)
         )
-    return Evaluation(folder, results, missing, data)
+    return data
+
+
+def evaluate(cfg: EvaluateConfig) -> Evaluation:
+    """Run the whole evaluation and write its files; returns where they are and what they say."""
+    from fsd_gs.device import resolve_device
+
+    cfg.validate()
+    found = find_runs(cfg.paths)
+    groups, dropped = group_runs(found.runs)
+    missing = [{"id": m.id, "reason": m.reason} for m in [*found.missing, *dropped]]
+    device = resolve_device(cfg.device)
+    scorers = _Scorers(cfg, device)
+    for model in sorted({key[2] for key in groups}):
+        scorers.get(model)  # bad --clip or a missing judge fails before anything is written
+    folder = output_folder(cfg, found)
+
+    prompts = _by_prompt(groups)
+    n_truth = _truth_counts(cfg, prompts)
+    total = len(found.runs) - len(dropped) + sum(n_truth.values()) + (len(prompts) if cfg.ddim_samples else 0)
+
+    session = _Session(cfg, device, scorers, folder / "gallery", _Counter(total, cfg.progress))
+    with cpu_threads(cfg.threads, device), contextlib.closing(session.bar):
+        for (prompt, model), methods in sorted(prompts.items()):
+            _evaluate_prompt(session, prompt, model, methods, n_truth[(prompt, model)])
+
+    settings = _settings(cfg, device, found)
+    notes = {
+        model: {"quality": s.quality_name, "classifier": s.classifier_name, "features": s.feature_name, "views": s.view_reader}
+        for model, s in scorers.cache.items()
+    }
+    data = _write_outputs(cfg, folder, session.results, missing, settings, notes)
+    return Evaluation(folder, session.results, missing, data)

@@ -287,17 +287,9 @@ def _cfg(scales: Sequence[Optional[float]]) -> str:
     return "/".join(f"{s:g}" for s in sorted({s for s in scales if s is not None})) or "-"
 
 
-def markdown(
-    results: Sequence[SetResult],
-    missing: Sequence[dict[str, str]],
-    settings: dict[str, Any],
-    scorer_notes: dict[str, dict[str, Any]],
-) -> str:
-    """The evaluation as markdown: the paper's table, the per-prompt table, how it was measured, what is missing."""
-    from fsd_gs.prior.detectors import is_shapes_world
-
-    has_shapes = any(is_shapes_world(r.model) for r in results)
-    lines = [
+def _intro(results: Sequence[SetResult], settings: dict[str, Any]) -> list[str]:
+    """The title and one paragraph on the cameras and what each figure means."""
+    return [
         "# Evaluation",
         "",
         f"{len({r.prompt for r in results})} prompt(s); every asset rendered from the same {settings['views']} cameras "
@@ -307,13 +299,21 @@ def markdown(
         "of a prompt. CROSS-FID: FID between the views of the first and the second half of the seeds (higher = more diverse).",
         "",
     ]
+
+
+def _table_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _summary_table(rows: Sequence[SummaryRow], has_shapes: bool) -> list[str]:
+    """The paper's table: one line per backbone x method (the shapes extras only when a shapes backbone is there)."""
     header = "| backbone | method | CFG | prompts x seeds | quality | IS | CROSS-FID | view accuracy | Janus |"
     sep = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     if has_shapes:
         header += " colour entropy | pairwise feature distance |"
         sep += " --- | --- |"
-    lines += [header, sep]
-    for row in summarise(results):
+    lines = [header, sep]
+    for row in rows:
         f = row.figures
         cells = [
             backbone_label(row.model),
@@ -328,8 +328,35 @@ def markdown(
         ]
         if has_shapes:
             cells += [_pm(*f["colour_entropy"][:2]), _pm(*f["pairwise_distance"][:2])]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
+        lines.append(_table_row(cells))
+    return lines
+
+
+def _per_prompt_cells(r: SetResult) -> list[str]:
+    """One prompt x backbone x method's cells of the per-prompt table."""
+    cf = r.cross_fid
+    cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
+    colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
+    return [
+        r.prompt,
+        backbone_label(r.model),
+        method_label(r.method),
+        _cfg([r.guidance_scale]),
+        str(len(r.seeds)),
+        f"{r.quality:.2f}",
+        _num(r.inception_score),
+        cf_text,
+        colours,
+        _num(r.colour_entropy),
+        _num(r.pairwise_distance),
+        _num(r.view_accuracy),
+        "-" if r.janus_rate is None else f"{_janus_pct(r.janus_rate)} ({' '.join(map(str, r.janus_seeds)) or 'none'})",
+    ]
+
+
+def _per_prompt_table(results: Sequence[SetResult]) -> list[str]:
+    """The section with one line per prompt x backbone x method, by prompt, backbone and row order."""
+    lines = [
         "",
         "## Per prompt",
         "",
@@ -338,40 +365,31 @@ def markdown(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sorted(results, key=lambda r: (r.prompt, r.model, row_order(r.method))):
-        cf = r.cross_fid
-        cf_text = "-" if cf is None else f"{cf.value:.1f} ({cf.n_a}/{cf.n_b}, {cf.feature_dim})"
-        colours = "-" if r.seed_colours is None else " ".join(r.seed_colours[s] for s in r.seeds)
-        cells = [
-            r.prompt,
-            backbone_label(r.model),
-            method_label(r.method),
-            _cfg([r.guidance_scale]),
-            str(len(r.seeds)),
-            f"{r.quality:.2f}",
-            _num(r.inception_score),
-            cf_text,
-            colours,
-            _num(r.colour_entropy),
-            _num(r.pairwise_distance),
-            _num(r.view_accuracy),
-            "-" if r.janus_rate is None else f"{_janus_pct(r.janus_rate)} ({' '.join(map(str, r.janus_seeds)) or 'none'})",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    rows_with_fronts = [row for row in summarise(results) if row.confusion is not None]
-    if rows_with_fronts:
-        lines += [
-            "",
-            "## View confusion (clear cameras: expected view: read view counts)",
-            "",
-            "| backbone | method | prompts with a front | confusion |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {backbone_label(row.model)} | {method_label(row.method)} | {', '.join(row.front_prompts)} | "
-            f"{confusion_text(row.confusion)} |"
-            for row in rows_with_fronts
-        ]
-    lines += ["", "## How it was measured", ""]
+        lines.append(_table_row(_per_prompt_cells(r)))
+    return lines
+
+
+def _confusion_section(rows: Sequence[SummaryRow]) -> list[str]:
+    """The view-confusion table of the rows with prompts that have a front (nothing when none has)."""
+    rows_with_fronts = [row for row in rows if row.confusion is not None]
+    if not rows_with_fronts:
+        return []
+    return [
+        "",
+        "## View confusion (clear cameras: expected view: read view counts)",
+        "",
+        "| backbone | method | prompts with a front | confusion |",
+        "| --- | --- | --- | --- |",
+    ] + [
+        f"| {backbone_label(row.model)} | {method_label(row.method)} | {', '.join(row.front_prompts)} | "
+        f"{confusion_text(row.confusion)} |"
+        for row in rows_with_fronts
+    ]
+
+
+def _scorer_lines(scorer_notes: dict[str, dict[str, Any]]) -> list[str]:
+    """Per backbone: what quality, IS, features and view reads were measured with; then what consistency means."""
+    lines = []
     for model, note in scorer_notes.items():
         classifier = note["classifier"] or "none (IS not computed)"
         lines.append(
@@ -384,15 +402,26 @@ def markdown(
         'whose back camera (180) reads "front". Only prompts whose object has a front count (shapes: FRONT_KINDS; '
         "other priors: a front-bearing noun); the confusion table lists them per row. Not measured for DDIM samples."
     )
+    return lines
+
+
+def _cross_fid_line(results: Sequence[SetResult]) -> list[str]:
+    """How many feature vectors the CROSS-FID estimates had, and how many are rank-deficient (nothing without any)."""
     cfs = [r.cross_fid for r in results if r.cross_fid is not None]
-    if cfs:
-        deficient = sum(cf.rank_deficient for cf in cfs)
-        dims = "/".join(sorted({str(c.feature_dim) for c in cfs}))
-        lines.append(
-            f"- CROSS-FID from {min(c.n_a for c in cfs)}-{max(c.n_b for c in cfs)} feature vectors per half, "
-            f"feature size {dims}; {deficient} of {len(cfs)} estimates have fewer samples than dimensions "
-            "(rank-deficient covariances: compare them only with each other, same views and seeds)."
-        )
+    if not cfs:
+        return []
+    deficient = sum(cf.rank_deficient for cf in cfs)
+    dims = "/".join(sorted({str(c.feature_dim) for c in cfs}))
+    return [
+        f"- CROSS-FID from {min(c.n_a for c in cfs)}-{max(c.n_b for c in cfs)} feature vectors per half, "
+        f"feature size {dims}; {deficient} of {len(cfs)} estimates have fewer samples than dimensions "
+        "(rank-deficient covariances: compare them only with each other, same views and seeds)."
+    ]
+
+
+def _reference_lines(results: Sequence[SetResult], rows: Sequence[SummaryRow], settings: dict[str, Any]) -> list[str]:
+    """What the DDIM and truth rows are, when they are there, and the truth rows' calibration check."""
+    lines = []
     if any(r.method == "ddim" for r in results):
         lines.append(
             f"- DDIM images: {settings['ddim_samples']} samples per prompt, {settings['ddim_steps']} DDIM steps, "
@@ -405,10 +434,40 @@ def markdown(
             "- World objects (truth): the shapes world's own objects of the prompt's kind "
             "(random colour when the prompt names none), rendered from the same cameras."
         )
-        lines += [reference_check(row) for row in summarise(results) if row.method == "truth" and row.front_prompts]
-    if missing:
-        lines += ["", f"## Missing ({len(missing)})", ""]
-        lines += [f"- {m['id']}: {m['reason']}" for m in missing]
+        lines += [reference_check(row) for row in rows if row.method == "truth" and row.front_prompts]
+    return lines
+
+
+def _missing_section(missing: Sequence[dict[str, str]]) -> list[str]:
+    if not missing:
+        return []
+    return ["", f"## Missing ({len(missing)})", ""] + [f"- {m['id']}: {m['reason']}" for m in missing]
+
+
+def markdown(
+    results: Sequence[SetResult],
+    missing: Sequence[dict[str, str]],
+    settings: dict[str, Any],
+    scorer_notes: dict[str, dict[str, Any]],
+) -> str:
+    """The evaluation as markdown: the paper's table, the per-prompt table, how it was measured, what is missing."""
+    from fsd_gs.prior.detectors import is_shapes_world
+
+    has_shapes = any(is_shapes_world(r.model) for r in results)
+    rows = summarise(results)
+    lines = [
+        *_intro(results, settings),
+        *_summary_table(rows, has_shapes),
+        *_per_prompt_table(results),
+        *_confusion_section(rows),
+        "",
+        "## How it was measured",
+        "",
+        *_scorer_lines(scorer_notes),
+        *_cross_fid_line(results),
+        *_reference_lines(results, rows, settings),
+        *_missing_section(missing),
+    ]
     return "\n".join(lines) + "\n"
 
 

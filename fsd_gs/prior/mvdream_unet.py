@@ -244,6 +244,103 @@ def diffusers_config(spec: MVDreamUNetSpec) -> dict[str, Any]:
 
 
 # -- the original state dict's names and shapes ----------------------------------------------------
+class _LDMShapes:
+    """Collects names and shapes of LDM modules' weights, in the order they are added (``table``: name -> shape)."""
+
+    def __init__(self, spec: MVDreamUNetSpec) -> None:
+        self.spec = spec
+        self.temb = 4 * spec.model_channels
+        """Width of the timestep (and camera) embedding."""
+        self.table: dict[str, tuple[int, ...]] = {}
+
+    def linear(self, name: str, n_in: int, n_out: int, bias: bool = True) -> None:
+        """nn.Linear: weight [out, in], bias [out]."""
+        self.table[f"{name}.weight"] = (n_out, n_in)
+        if bias:
+            self.table[f"{name}.bias"] = (n_out,)
+
+    def conv(self, name: str, n_in: int, n_out: int, k: int) -> None:
+        """nn.Conv2d: weight [out, in, k, k], bias [out]."""
+        self.table[f"{name}.weight"] = (n_out, n_in, k, k)
+        self.table[f"{name}.bias"] = (n_out,)
+
+    def norm(self, name: str, ch: int) -> None:
+        """GroupNorm / LayerNorm: weight [ch], bias [ch]."""
+        self.table[f"{name}.weight"] = (ch,)
+        self.table[f"{name}.bias"] = (ch,)
+
+    def resblock(self, name: str, n_in: int, n_out: int) -> None:
+        """ResBlock: norm, conv, the embedding's projection, norm, conv, and a 1x1 skip when the width changes."""
+        self.norm(f"{name}.in_layers.0", n_in)
+        self.conv(f"{name}.in_layers.2", n_in, n_out, 3)
+        self.linear(f"{name}.emb_layers.1", self.temb, n_out)
+        self.norm(f"{name}.out_layers.0", n_out)
+        self.conv(f"{name}.out_layers.3", n_out, n_out, 3)
+        if n_in != n_out:
+            self.conv(f"{name}.skip_connection", n_in, n_out, 1)
+
+    def transformer(self, name: str, ch: int) -> None:
+        """SpatialTransformer with linear projections: per block self- and cross-attention and a GEGLU feed-forward."""
+        self.norm(f"{name}.norm", ch)
+        self.linear(f"{name}.proj_in", ch, ch)
+        for d in range(self.spec.transformer_depth):
+            block = f"{name}.transformer_blocks.{d}"
+            for attn, context in (("attn1", ch), ("attn2", self.spec.context_dim)):
+                self.linear(f"{block}.{attn}.to_q", ch, ch, bias=False)
+                self.linear(f"{block}.{attn}.to_k", context, ch, bias=False)
+                self.linear(f"{block}.{attn}.to_v", context, ch, bias=False)
+                self.linear(f"{block}.{attn}.to_out.0", ch, ch)
+            self.linear(f"{block}.ff.net.0.proj", ch, 8 * ch)  # GEGLU: value and gate of the 4x hidden layer
+            self.linear(f"{block}.ff.net.2", 4 * ch, ch)
+            for k in (1, 2, 3):
+                self.norm(f"{block}.norm{k}", ch)
+        self.linear(f"{name}.proj_out", ch, ch)
+
+
+def _ldm_input_blocks(shapes: _LDMShapes) -> tuple[list[int], int]:
+    """``input_blocks``: the input conv, then per level ResBlocks (+ transformers) and a downsampling ``op``.
+
+    Returns the channel count of every skip connection, in order, and the width after the last block.
+    """
+    spec = shapes.spec
+    shapes.conv("input_blocks.0.0", spec.in_channels, spec.model_channels, 3)
+    skips, ch, n = [spec.model_channels], spec.model_channels, 1
+    last = len(spec.channel_mult) - 1
+    for level, out in enumerate(spec.channels):
+        for _ in range(spec.num_res_blocks):
+            shapes.resblock(f"input_blocks.{n}.0", ch, out)
+            ch = out
+            if spec.has_attention(level):
+                shapes.transformer(f"input_blocks.{n}.1", ch)
+            skips.append(ch)
+            n += 1
+        if level != last:
+            shapes.conv(f"input_blocks.{n}.0.op", ch, ch, 3)
+            skips.append(ch)
+            n += 1
+    return skips, ch
+
+
+def _ldm_output_blocks(shapes: _LDMShapes, skips: list[int], ch: int) -> int:
+    """``output_blocks``: per level, deepest first, ResBlocks on the concatenated skips (+ transformers) and an
+    upsampling ``conv``; consumes ``skips`` from the end. Returns the width after the last block."""
+    spec = shapes.spec
+    n = 0
+    for level in reversed(range(len(spec.channel_mult))):
+        out = spec.channels[level]
+        for i in range(spec.num_res_blocks + 1):
+            shapes.resblock(f"output_blocks.{n}.0", ch + skips.pop(), out)
+            ch = out
+            index = 1
+            if spec.has_attention(level):
+                shapes.transformer(f"output_blocks.{n}.1", ch)
+                index = 2
+            if level and i == spec.num_res_blocks:
+                shapes.conv(f"output_blocks.{n}.{index}.conv", ch, ch, 3)
+            n += 1
+    return ch
+
+
 def ldm_unet_shapes(spec: MVDreamUNetSpec) -> dict[str, tuple[int, ...]]:
     """Names (LDM, without the ``model.diffusion_model.`` prefix) and shapes of the original model's weights.
 
@@ -252,86 +349,20 @@ def ldm_unet_shapes(spec: MVDreamUNetSpec) -> dict[str, tuple[int, ...]]:
     (ResBlock, transformer, ResBlock), ``output_blocks`` (per level ``num_res_blocks + 1`` x [ResBlock,
     transformer] and an upsampling ``conv``), ``out``, ``time_embed`` and ``camera_embed``.
     """
-    shapes: dict[str, tuple[int, ...]] = {}
-    temb = 4 * spec.model_channels
-
-    def linear(name: str, n_in: int, n_out: int, bias: bool = True) -> None:
-        shapes[f"{name}.weight"] = (n_out, n_in)
-        if bias:
-            shapes[f"{name}.bias"] = (n_out,)
-
-    def conv(name: str, n_in: int, n_out: int, k: int) -> None:
-        shapes[f"{name}.weight"] = (n_out, n_in, k, k)
-        shapes[f"{name}.bias"] = (n_out,)
-
-    def norm(name: str, ch: int) -> None:
-        shapes[f"{name}.weight"] = (ch,)
-        shapes[f"{name}.bias"] = (ch,)
-
-    def resblock(name: str, n_in: int, n_out: int) -> None:
-        norm(f"{name}.in_layers.0", n_in)
-        conv(f"{name}.in_layers.2", n_in, n_out, 3)
-        linear(f"{name}.emb_layers.1", temb, n_out)
-        norm(f"{name}.out_layers.0", n_out)
-        conv(f"{name}.out_layers.3", n_out, n_out, 3)
-        if n_in != n_out:
-            conv(f"{name}.skip_connection", n_in, n_out, 1)
-
-    def transformer(name: str, ch: int) -> None:
-        norm(f"{name}.norm", ch)
-        linear(f"{name}.proj_in", ch, ch)
-        for d in range(spec.transformer_depth):
-            block = f"{name}.transformer_blocks.{d}"
-            for attn, context in (("attn1", ch), ("attn2", spec.context_dim)):
-                linear(f"{block}.{attn}.to_q", ch, ch, bias=False)
-                linear(f"{block}.{attn}.to_k", context, ch, bias=False)
-                linear(f"{block}.{attn}.to_v", context, ch, bias=False)
-                linear(f"{block}.{attn}.to_out.0", ch, ch)
-            linear(f"{block}.ff.net.0.proj", ch, 8 * ch)  # GEGLU: value and gate of the 4x hidden layer
-            linear(f"{block}.ff.net.2", 4 * ch, ch)
-            for k in (1, 2, 3):
-                norm(f"{block}.norm{k}", ch)
-        linear(f"{name}.proj_out", ch, ch)
-
-    linear("time_embed.0", spec.model_channels, temb)
-    linear("time_embed.2", temb, temb)
+    shapes = _LDMShapes(spec)
+    shapes.linear("time_embed.0", spec.model_channels, shapes.temb)
+    shapes.linear("time_embed.2", shapes.temb, shapes.temb)
     if spec.camera_dim is not None:
-        linear("camera_embed.0", spec.camera_dim, temb)
-        linear("camera_embed.2", temb, temb)
-    conv("input_blocks.0.0", spec.in_channels, spec.model_channels, 3)
-    skips, ch, n = [spec.model_channels], spec.model_channels, 1
-    last = len(spec.channel_mult) - 1
-    for level, out in enumerate(spec.channels):
-        for _ in range(spec.num_res_blocks):
-            resblock(f"input_blocks.{n}.0", ch, out)
-            ch = out
-            if spec.has_attention(level):
-                transformer(f"input_blocks.{n}.1", ch)
-            skips.append(ch)
-            n += 1
-        if level != last:
-            conv(f"input_blocks.{n}.0.op", ch, ch, 3)
-            skips.append(ch)
-            n += 1
-    resblock("middle_block.0", ch, ch)
-    transformer("middle_block.1", ch)
-    resblock("middle_block.2", ch, ch)
-    n = 0
-    for level in reversed(range(len(spec.channel_mult))):
-        out = spec.channels[level]
-        for i in range(spec.num_res_blocks + 1):
-            resblock(f"output_blocks.{n}.0", ch + skips.pop(), out)
-            ch = out
-            index = 1
-            if spec.has_attention(level):
-                transformer(f"output_blocks.{n}.1", ch)
-                index = 2
-            if level and i == spec.num_res_blocks:
-                conv(f"output_blocks.{n}.{index}.conv", ch, ch, 3)
-            n += 1
-    norm("out.0", ch)
-    conv("out.2", spec.model_channels, spec.out_channels, 3)
-    return shapes
+        shapes.linear("camera_embed.0", spec.camera_dim, shapes.temb)
+        shapes.linear("camera_embed.2", shapes.temb, shapes.temb)
+    skips, ch = _ldm_input_blocks(shapes)
+    shapes.resblock("middle_block.0", ch, ch)
+    shapes.transformer("middle_block.1", ch)
+    shapes.resblock("middle_block.2", ch, ch)
+    ch = _ldm_output_blocks(shapes, skips, ch)
+    shapes.norm("out.0", ch)
+    shapes.conv("out.2", spec.model_channels, spec.out_channels, 3)
+    return shapes.table
 
 
 # -- name mapping ---------------------------------------------------------------------------------

@@ -205,6 +205,234 @@ def _buckets(counts: torch.Tensor) -> list[torch.Tensor]:
     return [torch.nonzero(level == lv, as_tuple=True)[0] for lv in torch.unique(level).tolist()]
 
 
+@dataclass
+class _Visible:
+    """The V visible (camera, Gaussian) pairs of a projection, in (camera, Gaussian) order as gsplat's packed mode.
+
+    Attributes:
+        cam_ids, gs_ids: [V] int64 camera and Gaussian index of each pair.
+        means2d_info: what info["means2d"] holds, its gradient retained: [V,2] packed, else the projection's [B,N,2].
+        means2d: pixel positions [V,2] (the same tensor as ``means2d_info`` when packed).
+        conics: [V,3]; opacities: [V] (activated); colors: SH colours [V,3] seen from each pair's camera.
+    """
+
+    cam_ids: torch.Tensor
+    gs_ids: torch.Tensor
+    means2d_info: torch.Tensor
+    means2d: torch.Tensor
+    conics: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor
+
+
+def _gather_visible(
+    proj: Projection,
+    means: torch.Tensor,
+    opacities: torch.Tensor,
+    sh_coeffs: torch.Tensor,
+    sh_degree: int,
+    viewmats: torch.Tensor,
+    packed: bool,
+) -> _Visible:
+    """The visible pairs' screen-space data and colours: means [N,3], opacities [N], sh_coeffs [N,K,3], viewmats [B,4,4]."""
+    cam_ids, gs_ids = torch.nonzero(proj.visible, as_tuple=True)
+    if packed:
+        means2d_info = _take2(proj.means2d, cam_ids, gs_ids)
+        means2d_vis = means2d_info
+    else:
+        means2d_info = proj.means2d
+        means2d_vis = _take2(proj.means2d, cam_ids, gs_ids)
+    if means2d_info.requires_grad:
+        means2d_info.retain_grad()
+    conics = _take2(proj.conics, cam_ids, gs_ids)  # [V,3]
+    opac = _take(opacities, gs_ids)  # [V]
+    if sh_degree > 0:
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [B,3]
+        dirs = _take(means, gs_ids) - campos[cam_ids]
+    else:
+        dirs = None
+    colors = sh_to_color(sh_degree, _take(sh_coeffs, gs_ids), dirs)  # [V,3]
+    return _Visible(cam_ids, gs_ids, means2d_info, means2d_vis, conics, opac, colors)
+
+
+@dataclass
+class _TileGrid:
+    """The image cut into ``size`` x ``size``-pixel tiles, ``tiles_x`` x ``tiles_y`` per camera, B cameras.
+
+    Attributes:
+        off_x, off_y: pixel-centre offsets from the tile centre, row-major within the tile, [P] (P = size^2).
+        basis: the quadratic basis [1, x, y, x^2, xy, y^2] at those offsets, [6,P]: sigma at every pixel of a
+            tile is one matmul with 6 coefficients.
+    """
+
+    size: int
+    tiles_x: int
+    tiles_y: int
+    n_cams: int
+    off_x: torch.Tensor
+    off_y: torch.Tensor
+    basis: torch.Tensor
+
+    @property
+    def n_tiles(self) -> int:
+        return self.n_cams * self.tiles_x * self.tiles_y
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The render's float type (the means')."""
+        return self.basis.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.basis.device
+
+
+def _tile_grid(n_cams: int, width: int, height: int, ts: int, device: torch.device, dtype: torch.dtype) -> _TileGrid:
+    """The tiles covering a ``width`` x ``height`` image in each of ``n_cams`` cameras."""
+    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
+    off = torch.arange(ts, device=device, dtype=dtype) - (ts - 1) / 2.0
+    off_y, off_x = (o.reshape(-1) for o in torch.meshgrid(off, off, indexing="ij"))  # [P]
+    basis = torch.stack([torch.ones_like(off_x), off_x, off_y, off_x * off_x, off_x * off_y, off_y * off_y])  # [6,P]
+    return _TileGrid(ts, tiles_x, tiles_y, n_cams, off_x, off_y, basis)
+
+
+@dataclass
+class _TileLists:
+    """Every tile's list of visible pairs, front to back, as M rows grouped into S non-empty tiles.
+
+    Attributes:
+        entry: [M] index into the V visible pairs; tile: [M] global tile id; centre: [M,2] that tile's centre.
+        seg_tiles, seg_counts, seg_starts: [S] each non-empty tile's id, row count and first row.
+    """
+
+    entry: torch.Tensor
+    tile: torch.Tensor
+    centre: torch.Tensor
+    seg_tiles: torch.Tensor
+    seg_counts: torch.Tensor
+    seg_starts: torch.Tensor
+
+
+@torch.no_grad()
+def _tile_lists(proj: Projection, vis: _Visible, grid: _TileGrid) -> _TileLists:
+    """Bin the visible pairs into the tiles their boxes touch, cull misses, sort by tile and depth."""
+    ts, tiles_x, tiles_y = grid.size, grid.tiles_x, grid.tiles_y
+    cam_ids, gs_ids = vis.cam_ids, vis.gs_ids
+    entry, tile = _tile_entries(cam_ids, vis.means2d.detach(), proj.radii[cam_ids, gs_ids], ts, tiles_x, tiles_y)
+    # Drop (entry, tile) pairs whose Gaussian reaches alpha >= 1/255 at no pixel of the tile (the
+    # box's corners miss the ellipse); the margin keeps every pair the exact test could accept.
+    centre = _tile_centres(tile, ts, tiles_x, tiles_y, grid.dtype)
+    sigma0 = _sigma_coefs(vis.means2d.detach()[entry] - centre, vis.conics.detach()[entry]) @ grid.basis
+    limit = torch.log(vis.opacities.detach()[entry] / ALPHA_THRESHOLD) + 1e-3
+    hit = (sigma0 <= limit[:, None]).any(dim=1)
+    entry, tile, centre = entry[hit], tile[hit], centre[hit]
+    # Sort by tile, front to back within a tile.
+    n_vis = gs_ids.shape[0]
+    depth_rank = torch.empty_like(gs_ids)
+    depth_rank[torch.argsort(proj.depths.detach()[cam_ids, gs_ids])] = torch.arange(n_vis, device=grid.device)
+    order = torch.argsort(tile * max(1, n_vis) + depth_rank[entry])
+    entry, tile, centre = entry[order], tile[order], centre[order]
+    seg_tiles, seg_counts = torch.unique_consecutive(tile, return_counts=True)
+    seg_starts = torch.cumsum(seg_counts, 0) - seg_counts
+    return _TileLists(entry, tile, centre, seg_tiles, seg_counts, seg_starts)
+
+
+def _row_coefficients(vis: _Visible, lists: _TileLists, grid: _TileGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, log(o) - sigma(pixel) = neg_coef . basis(pixel), plus one dummy row of alpha 0 that pads the groups.
+
+    The conic is positive definite for every visible Gaussian (det > 0, a > 0), so sigma >= 0 and gsplat's
+    sigma < 0 test is not needed. Returns rel [M,2] (each row's mean relative to its tile's centre) and
+    neg_coef [M+1,6].
+    """
+    rel = _take(vis.means2d, lists.entry) - lists.centre  # [M,2]
+    coef = _sigma_coefs(rel, _take(vis.conics, lists.entry))  # [M,6]
+    neg_coef = torch.cat([(_take(torch.log(vis.opacities), lists.entry) - coef[:, 0])[:, None], -coef[:, 1:]], dim=1)
+    dummy = torch.zeros(1, 6, dtype=grid.dtype, device=grid.device)
+    dummy[0, 0] = -1e4
+    return rel, torch.cat([neg_coef, dummy])
+
+
+def _row_channels(vis: _Visible, depths: Optional[torch.Tensor], entry: torch.Tensor, grid: _TileGrid) -> torch.Tensor:
+    """Channels composited per row: rgb, [depth,] and a last channel of ones that sums the weights.
+
+    Args: depths [V] camera-space z of the pairs (None: no depth channel); entry [M]. Returns [M+1,D], the
+    last row zero (the dummy row's).
+    """
+    colors = vis.colors
+    channels = [colors, depths[:, None]] if depths is not None else [colors]
+    colors4 = torch.cat([*channels, torch.ones_like(colors[:, :1])], dim=1)  # [V,D]
+    n_ch = colors4.shape[1]
+    return torch.cat([_take(colors4, entry), torch.zeros(1, n_ch, dtype=grid.dtype, device=grid.device)])
+
+
+def _composite(
+    neg_coef: torch.Tensor,
+    channels: torch.Tensor,
+    lists: _TileLists,
+    grid: _TileGrid,
+    abs_grad: Optional[_AbsGrad],
+    rel: torch.Tensor,
+    conics: torch.Tensor,
+) -> torch.Tensor:
+    """Front-to-back compositing of every tile, one group of similar-length tiles at a time, padded to [S_b,P,K_b].
+
+    Args: neg_coef [M+1,6] and channels [M+1,D] per row (the last row the dummy), rel [M,2], conics [V,3].
+    Returns: sum_i alpha_i T_i c_i per tile and pixel, [T,P,D] (T tiles of all cameras, zero where empty).
+    """
+    n_rows = lists.entry.shape[0]
+    seg_counts, seg_starts = lists.seg_counts, lists.seg_starts
+    device = grid.device
+    acc = torch.zeros(grid.n_tiles, grid.size * grid.size, channels.shape[1], dtype=grid.dtype, device=device)
+    for segs in _buckets(seg_counts):
+        k = torch.arange(int(seg_counts[segs].max()), device=device)
+        rows = torch.where(k < seg_counts[segs, None], seg_starts[segs, None] + k, n_rows)  # [S_b,K_b]
+        log_alpha = grid.basis.T @ _take(neg_coef, rows).transpose(1, 2)  # [S_b,P,K_b]
+        if abs_grad is not None:
+            abs_grad.watch(log_alpha, rows, lists.entry, rel, conics, grid.off_x, grid.off_y)
+        alpha = torch.exp(log_alpha).clamp_max(MAX_ALPHA)
+        with torch.no_grad():
+            valid = alpha >= ALPHA_THRESHOLD
+        alpha = alpha * valid
+        log_t = torch.log1p(-alpha)
+        log_t_after = torch.cumsum(log_t, dim=-1)  # log T after each Gaussian, front to back
+        with torch.no_grad():
+            keep = log_t_after > math.log(T_MIN)  # the pixel has not stopped yet (a prefix along K)
+        weight = alpha * torch.exp(log_t_after - log_t) * keep  # alpha_i T_i
+        acc = acc.index_copy(0, lists.seg_tiles[segs], weight @ _take(channels, rows))  # [S_b,P,D]
+    return acc
+
+
+def _tiles_to_image(
+    acc: torch.Tensor, grid: _TileGrid, width: int, height: int, backgrounds: torch.Tensor, with_depth: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles [T,P,D] -> colours [B,H,W,3] (+ expected depth: [B,H,W,4]) over ``backgrounds`` [B,3], alphas [B,H,W,1].
+
+    sum_i alpha_i T_i over the kept prefix is 1 - T_final: the last channel is the pixel's alpha.
+    """
+    ts, n_ch = grid.size, acc.shape[-1]
+    image = acc.reshape(grid.n_cams, grid.tiles_y, grid.tiles_x, ts, ts, n_ch).permute(0, 1, 3, 2, 4, 5)
+    image = image.reshape(grid.n_cams, grid.tiles_y * ts, grid.tiles_x * ts, n_ch)[:, :height, :width]
+    alphas = image[..., -1:]
+    rgb = image[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+    if with_depth:  # gsplat's "ED": the accumulated depth over alpha clamped at 1e-10 (0 where alpha = 0)
+        rgb = torch.cat([rgb, image[..., 3:4] / alphas.clamp_min(1e-10)], dim=-1)
+    return rgb, alphas
+
+
+def _render_info(proj: Projection, vis: _Visible, packed: bool, n_intersections: int) -> dict:
+    """The info dict (see ``RenderOutput``): gsplat's packed [V,...] layout or its dense [B,N,...] one."""
+    cam_ids, gs_ids = vis.cam_ids, vis.gs_ids
+    return {
+        "means2d": vis.means2d_info,
+        "radii": proj.radii[cam_ids, gs_ids] if packed else proj.radii,
+        "depths": _take2(proj.depths, cam_ids, gs_ids) if packed else proj.depths,
+        "conics": vis.conics if packed else proj.conics,
+        "gaussian_ids": gs_ids if packed else None,
+        "camera_ids": cam_ids if packed else None,
+        "n_intersections": n_intersections,
+    }
+
+
 def rasterize(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -236,110 +464,17 @@ def rasterize(
         colors [B,H,W,3] ([B,H,W,4] with depth; not clamped above), alphas [B,H,W,1], info dict
         (see ``RenderOutput``).
     """
-    n_cams = viewmats.shape[0]
-    dtype, device = means.dtype, means.device
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d, radius_clip)
-
-    # Visible (camera, Gaussian) pairs, in (camera, Gaussian) order as gsplat's packed mode.
-    cam_ids, gs_ids = torch.nonzero(proj.visible, as_tuple=True)
-    if packed:
-        means2d_info = _take2(proj.means2d, cam_ids, gs_ids)
-        means2d_vis = means2d_info
-    else:
-        means2d_info = proj.means2d
-        means2d_vis = _take2(proj.means2d, cam_ids, gs_ids)
-    if means2d_info.requires_grad:
-        means2d_info.retain_grad()
-    conics = _take2(proj.conics, cam_ids, gs_ids)  # [V,3]
-    opac = _take(opacities, gs_ids)  # [V]
-    if sh_degree > 0:
-        campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [B,3]
-        dirs = _take(means, gs_ids) - campos[cam_ids]
-    else:
-        dirs = None
-    colors = sh_to_color(sh_degree, _take(sh_coeffs, gs_ids), dirs)  # [V,3]
-
-    ts = tile_size
-    tiles_x, tiles_y = math.ceil(width / ts), math.ceil(height / ts)
-    n_tiles, n_pix = n_cams * tiles_x * tiles_y, ts * ts
-    # Pixel-centre offsets from the tile centre, row-major within the tile, and the quadratic basis
-    # [1, x, y, x^2, xy, y^2] in them: sigma at every pixel of a tile is one matmul with 6 coefficients.
-    off = torch.arange(ts, device=device, dtype=dtype) - (ts - 1) / 2.0
-    off_y, off_x = (o.reshape(-1) for o in torch.meshgrid(off, off, indexing="ij"))  # [P]
-    basis = torch.stack([torch.ones_like(off_x), off_x, off_y, off_x * off_x, off_x * off_y, off_y * off_y])  # [6,P]
-
-    with torch.no_grad():
-        entry, tile = _tile_entries(cam_ids, means2d_vis.detach(), proj.radii[cam_ids, gs_ids], ts, tiles_x, tiles_y)
-        # Drop (entry, tile) pairs whose Gaussian reaches alpha >= 1/255 at no pixel of the tile (the
-        # box's corners miss the ellipse); the margin keeps every pair the exact test could accept.
-        centre = _tile_centres(tile, ts, tiles_x, tiles_y, dtype)
-        sigma0 = _sigma_coefs(means2d_vis.detach()[entry] - centre, conics.detach()[entry]) @ basis
-        limit = torch.log(opac.detach()[entry] / ALPHA_THRESHOLD) + 1e-3
-        hit = (sigma0 <= limit[:, None]).any(dim=1)
-        entry, tile, centre = entry[hit], tile[hit], centre[hit]
-        # Sort by tile, front to back within a tile.
-        n_vis = gs_ids.shape[0]
-        depth_rank = torch.empty_like(gs_ids)
-        depth_rank[torch.argsort(proj.depths.detach()[cam_ids, gs_ids])] = torch.arange(n_vis, device=device)
-        order = torch.argsort(tile * max(1, n_vis) + depth_rank[entry])
-        entry, tile, centre = entry[order], tile[order], centre[order]
-        seg_tiles, seg_counts = torch.unique_consecutive(tile, return_counts=True)
-        seg_starts = torch.cumsum(seg_counts, 0) - seg_counts
-
-    # Per (entry, tile) row: log(o) - sigma(pixel) = neg_coef . basis(pixel); one more dummy row with
-    # alpha 0 pads the groups. The conic is positive definite for every visible Gaussian (det > 0,
-    # a > 0), so sigma >= 0 and gsplat's sigma < 0 test is not needed.
-    n_rows = entry.shape[0]
-    rel = _take(means2d_vis, entry) - centre  # [M,2] mean relative to its tile's centre
-    coef = _sigma_coefs(rel, _take(conics, entry))  # [M,6]
-    neg_coef = torch.cat([(_take(torch.log(opac), entry) - coef[:, 0])[:, None], -coef[:, 1:]], dim=1)
-    dummy = torch.zeros(1, 6, dtype=dtype, device=device)
-    dummy[0, 0] = -1e4
-    neg_coef = torch.cat([neg_coef, dummy])  # [M+1,6]
-    # Channels composited per pixel: rgb, [depth,] and a last channel of ones that sums the weights.
-    channels = [colors, _take2(proj.depths, cam_ids, gs_ids)[:, None]] if with_depth else [colors]
-    colors4 = torch.cat([*channels, torch.ones_like(colors[:, :1])], dim=1)  # [V,D]
-    n_ch = colors4.shape[1]
-    colors4 = torch.cat([_take(colors4, entry), torch.zeros(1, n_ch, dtype=dtype, device=device)])  # [M+1,D]
-    abs_grad = _AbsGrad(means2d_info, cam_ids, gs_ids, packed) if absgrad and neg_coef.requires_grad else None
-
-    # Composite, one group of similar-length tiles at a time, padded to [S_b,P,K_b].
-    acc = torch.zeros(n_tiles, n_pix, n_ch, dtype=dtype, device=device)
-    for segs in _buckets(seg_counts):
-        k = torch.arange(int(seg_counts[segs].max()), device=device)
-        rows = torch.where(k < seg_counts[segs, None], seg_starts[segs, None] + k, n_rows)  # [S_b,K_b]
-        log_alpha = basis.T @ _take(neg_coef, rows).transpose(1, 2)  # [S_b,P,K_b]
-        if abs_grad is not None:
-            abs_grad.watch(log_alpha, rows, entry, rel, conics, off_x, off_y)
-        alpha = torch.exp(log_alpha).clamp_max(MAX_ALPHA)
-        with torch.no_grad():
-            valid = alpha >= ALPHA_THRESHOLD
-        alpha = alpha * valid
-        log_t = torch.log1p(-alpha)
-        log_t_after = torch.cumsum(log_t, dim=-1)  # log T after each Gaussian, front to back
-        with torch.no_grad():
-            keep = log_t_after > math.log(T_MIN)  # the pixel has not stopped yet (a prefix along K)
-        weight = alpha * torch.exp(log_t_after - log_t) * keep  # alpha_i T_i
-        acc = acc.index_copy(0, seg_tiles[segs], weight @ _take(colors4, rows))  # [S_b,P,D]
-
-    # sum_i alpha_i T_i over the kept prefix is 1 - T_final: the last channel is the pixel's alpha.
-    image = acc.reshape(n_cams, tiles_y, tiles_x, ts, ts, n_ch).permute(0, 1, 3, 2, 4, 5)
-    image = image.reshape(n_cams, tiles_y * ts, tiles_x * ts, n_ch)[:, :height, :width]
-    alphas = image[..., -1:]
-    rgb = image[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
-    if with_depth:  # gsplat's "ED": the accumulated depth over alpha clamped at 1e-10 (0 where alpha = 0)
-        rgb = torch.cat([rgb, image[..., 3:4] / alphas.clamp_min(1e-10)], dim=-1)
-
-    info = {
-        "means2d": means2d_info,
-        "radii": proj.radii[cam_ids, gs_ids] if packed else proj.radii,
-        "depths": _take2(proj.depths, cam_ids, gs_ids) if packed else proj.depths,
-        "conics": conics if packed else proj.conics,
-        "gaussian_ids": gs_ids if packed else None,
-        "camera_ids": cam_ids if packed else None,
-        "n_intersections": n_rows,
-    }
-    return rgb, alphas, info
+    vis = _gather_visible(proj, means, opacities, sh_coeffs, sh_degree, viewmats, packed)
+    grid = _tile_grid(viewmats.shape[0], width, height, tile_size, means.device, means.dtype)
+    lists = _tile_lists(proj, vis, grid)
+    rel, neg_coef = _row_coefficients(vis, lists, grid)
+    depths = _take2(proj.depths, vis.cam_ids, vis.gs_ids) if with_depth else None
+    channels = _row_channels(vis, depths, lists.entry, grid)
+    abs_grad = _AbsGrad(vis.means2d_info, vis.cam_ids, vis.gs_ids, packed) if absgrad and neg_coef.requires_grad else None
+    acc = _composite(neg_coef, channels, lists, grid, abs_grad, rel, vis.conics)
+    rgb, alphas = _tiles_to_image(acc, grid, width, height, backgrounds, with_depth)
+    return rgb, alphas, _render_info(proj, vis, packed, lists.entry.shape[0])
 
 
 class _AbsGrad:
