@@ -345,6 +345,8 @@ def default_preset(model: str | None, method: str | None) -> str:
         return f"shapes-{method}"
     if model == "shapes-mv":  # the multi-view shapes prior: shapes-<method>-mv
         return f"shapes-{method}-mv"
+    if model == "shapes-flow":  # the rectified-flow shapes prior: shapes-<method>-flow
+        return f"shapes-{method}-flow"
     return f"{method}-sd21"
 
 

@@ -11,7 +11,8 @@ sample is one object of the shapes world seen from 4 cameras, as MVDream trains:
 (:class:`~fsd_gs.prior.mvdream_cameras.MultiViewOrbitSampler`), with the shapes prior's training captions (view words
 per view, colour / view / empty dropout) and one timestep per group. Only the UNet trains (AdamW, warm-up, cosine
 over the run's time budget, min-SNR epsilon loss, bf16 autocast on CUDA); the text encoder, tokenizer and judge are
-the shipped ones. The object bank, loss and schedule are scripts/train_shapes_prior.py's functions.
+the shipped ones. The object bank and schedule are scripts/train_shapes_prior.py's functions, the loss
+fsd_gs/shapes/objective.py's.
 
 Checkpoint = the folder in the layout ``--model shapes-mv`` reads (fp16 EMA UNet, ~13 MiB), ``--out``/shapes_mv,
 written every ``--save-every-s`` and at the end; ``--resume`` continues from it (the EMA becomes the weights, Adam
@@ -40,6 +41,7 @@ from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler, mvdream_camera_v
 from fsd_gs.prior.mvdream_shapes import multiview_unet, save_shapes_mv  # noqa: E402
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset  # noqa: E402
 from fsd_gs.shapes.model import build_networks, copy_tokenizer, folder_size, load_tokenizer, tokenize  # noqa: E402
+from fsd_gs.shapes.objective import epsilon_loss  # noqa: E402
 
 
 @dataclass
@@ -212,7 +214,7 @@ def train(cfg: TrainShapesMVConfig) -> dict:
             progress = (time.time() - t_run) / max(1.0, cfg.time_budget_s - (t_run - t_start))
             for group in opt.param_groups:
                 group["lr"] = base.lr_at(step, cfg, cfg.lr, step0, warmup, progress)  # type: ignore[arg-type]
-            loss = base.epsilon_loss(unet, x0, t, emb, abar, gen, cfg.min_snr_gamma, autocast, class_labels=labels)
+            loss = epsilon_loss(unet, x0, t, emb, abar, gen, cfg.min_snr_gamma, autocast, class_labels=labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -1,8 +1,10 @@
-"""Train the built-in "shapes" prior (pixel-space text-to-image diffusion) and its judge, from scratch.
+"""Train the built-in "shapes" prior (pixel-space text-to-image diffusion) and its judge, from scratch; or, with
+``--objective flow``, its rectified-flow twin "shapes-flow" from the shipped weights.
 
     python scripts/train_shapes_prior.py --out runs/shapes --time-budget-s 480            # first run
     python scripts/train_shapes_prior.py --out runs/shapes --time-budget-s 480 --resume   # later runs go on
     python scripts/train_shapes_prior.py --out runs/shapes --tiny --steps 6               # CPU smoke test
+    python scripts/train_shapes_prior.py --objective flow --out runs/flow --time-budget-s 480   # shapes-flow
 
 Data comes on the fly: worker processes build random objects of the shapes world (fsd_gs/shapes/world.py)
 into a bank of objects on the GPU; every step replaces a few of them and renders random views of
@@ -18,6 +20,11 @@ restarts with a short warm-up, the learning-rate schedule continues at the saved
 ``--decay-over-run``, restarts at its peak and anneals over the new run's time budget). Runs therefore
 fit any time limit (the checkpoint is 13 MiB, small enough to carry between machines), at the cost of
 restarting the optimizer state -- the "training noise" between a one-run and a several-run recipe.
+
+``--objective flow`` (docs/shapes-flow.md) starts from ``--init-from`` (default: the shipped fsd_gs/assets/shapes_prior)
+and writes ``--out``/shapes_flow, a rectified-flow prior: the same UNet read through the exact VP -> flow conversion
+(fsd_gs/prior/vp_flow.py), fine-tuned with the velocity loss at logit-normal flow times (fsd_gs/shapes/objective.py),
+a FlowMatchEulerDiscreteScheduler config with ``--flow-shift``, and the judge copied unchanged (not trained).
 
 The first weights (step 2651) came from three runs on one H100, each a
 7-9.5-minute machine call (gsplat's JIT build and the object bank took ~2 minutes of each):
@@ -56,7 +63,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 
@@ -66,12 +73,14 @@ from fsd_gs.shapes.judge import Judge, load_judge
 from fsd_gs.shapes.model import (
     build_networks,
     copy_tokenizer,
+    flow_network,
     folder_size,
     load_tokenizer,
     save_pipeline,
     save_tokenizer,
     tokenize,
 )
+from fsd_gs.shapes.objective import FlowTimes, epsilon_loss, flow_loss, sample_flow_times
 from fsd_gs.shapes.world import ShapeObject, WorldConfig, sample_object
 
 
@@ -137,6 +146,37 @@ class TrainShapesConfig:
     """Print/log every this many steps."""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     """Data: resolution, views, backgrounds, world and caption settings."""
+    objective: Literal["epsilon", "flow"] = "epsilon"
+    """epsilon: the VP prior (--out/shapes_prior). flow: the rectified-flow prior shapes-flow (--out/shapes_flow): the
+    UNet under the exact VP -> flow conversion, fine-tuned with the velocity loss from --init-from (or --resume); the
+    judge is copied, not trained."""
+    init_from: Optional[Path] = None
+    """--objective flow without --resume: the epsilon prior folder to start from (default fsd_gs/assets/shapes_prior)."""
+    flow_shift: Optional[float] = None
+    """--objective flow: the shift of the FlowMatchEulerDiscreteScheduler written to the folder (the sampling grid);
+    None: the shift of the flow folder the run starts from, else DEFAULT_FLOW_SHIFT."""
+    flow_times: FlowTimes = "logit_normal"
+    """--objective flow: how training flow times s are drawn (logit_normal: sigmoid(N(0,1)), or uniform)."""
+
+
+DEFAULT_FLOW_SHIFT = 1.0
+"""The shift shapes-flow samples best with at 64 px (docs/shapes-flow.md)."""
+
+
+def flow_shift_of(cfg: TrainShapesConfig, src: Optional[Path]) -> float:
+    """--flow-shift, else the shift of the flow folder ``src``, else :data:`DEFAULT_FLOW_SHIFT`."""
+    from fsd_gs.prior.shapes import is_flow_folder
+
+    if cfg.flow_shift is not None:
+        return cfg.flow_shift
+    if src is not None and is_flow_folder(src):
+        return float(json.loads((src / "scheduler" / "scheduler_config.json").read_text()).get("shift", 1.0))
+    return DEFAULT_FLOW_SHIFT
+
+
+def checkpoint_name(cfg: TrainShapesConfig) -> str:
+    """The checkpoint folder's name in --out: shapes_prior (epsilon) or shapes_flow (flow)."""
+    return "shapes_flow" if cfg.objective == "flow" else "shapes_prior"
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -243,39 +283,23 @@ def start_bank(seed: int, world: WorldConfig, workers: int, size: int, device: t
     return bank, stream
 
 
-def epsilon_loss(
-    unet,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    emb: torch.Tensor,
-    abar: torch.Tensor,
-    gen: torch.Generator,
-    min_snr_gamma: float,
-    autocast,
-    class_labels: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """The denoising loss: mean over images [B,3,H,W] of |eps_hat(x_t, t) - eps|^2, min-SNR weighted (gamma 0: plain).
-
-    ``t`` [B] timesteps, ``emb`` [B,L,D] text states, ``abar`` the schedule's alpha-bar, ``class_labels`` [B,K] for
-    UNets with a class embedding (shapes-mv's cameras); the noise comes from ``gen`` (CPU).
-    """
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    a = abar[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    with autocast:
-        eps = unet(x_t, t, encoder_hidden_states=emb, class_labels=class_labels).sample.float()
-    per = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
-    if min_snr_gamma > 0:
-        snr = abar[t] / (1 - abar[t])
-        per = per * (snr.clamp(max=min_snr_gamma) / snr)
-    return per.mean()
-
-
 # -- checkpoint -----------------------------------------------------------------------------------
+def save_prior(cfg: TrainShapesConfig, folder: Path, unet, text_encoder, judge, summary: dict) -> Path:
+    """Write the prior folder: the epsilon prior with ``judge``, or (flow) the flow prior with the judge folder it
+    started from copied byte for byte."""
+    if cfg.objective == "epsilon":
+        return save_pipeline(folder, unet, text_encoder, judge, summary=summary, tokenizer=cfg.out / "tokenizer")
+    save_pipeline(folder, unet, text_encoder, None, summary=summary, tokenizer=cfg.out / "tokenizer", flow_shift=cfg.flow_shift)
+    if (folder / "judge").resolve() != Path(judge.source).resolve():
+        shutil.copytree(judge.source, folder / "judge", dirs_exist_ok=True)
+    return folder
+
+
 def save_checkpoint(cfg: TrainShapesConfig, ema_unet, ema_te, judge, summary: dict) -> Path:
-    folder = save_pipeline(cfg.out / "shapes_prior", ema_unet, ema_te, judge, summary=summary, tokenizer=cfg.out / "tokenizer")
-    with atomic_open(cfg.out / "shapes_prior.tar") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        tar.add(folder, arcname="shapes_prior")
+    name = checkpoint_name(cfg)
+    folder = save_prior(cfg, cfg.out / name, ema_unet, ema_te, judge, summary)
+    with atomic_open(cfg.out / f"{name}.tar") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        tar.add(folder, arcname=name)
     mirror(cfg)
     return folder
 
@@ -285,20 +309,38 @@ def mirror(cfg: TrainShapesConfig) -> None:
     if cfg.mirror is None:
         return
     cfg.mirror.mkdir(parents=True, exist_ok=True)
-    for name in ("shapes_prior.tar", "log.jsonl", "eval.json"):
+    for name in (f"{checkpoint_name(cfg)}.tar", "log.jsonl", "eval.json"):
         if (cfg.out / name).is_file():
             shutil.copyfile(cfg.out / name, cfg.mirror / name)
 
 
 def resume_folder(cfg: TrainShapesConfig) -> Path:
-    src = cfg.resume_from or cfg.out / "shapes_prior"
+    src = cfg.resume_from or cfg.out / checkpoint_name(cfg)
     if src.suffix == ".tar":
         dest = cfg.out / "resume"
         dest.mkdir(parents=True, exist_ok=True)
         with tarfile.open(src) as tar:
             tar.extractall(dest, filter="data")
-        src = dest / "shapes_prior"
+        src = next(p for p in dest.iterdir() if p.is_dir())
     return src
+
+
+def source_folder(cfg: TrainShapesConfig) -> Optional[Path]:
+    """The folder the run starts from: the checkpoint with --resume, the epsilon prior --init-from (default the
+    shipped one) for a new flow run, None for a new epsilon run (from scratch)."""
+    from fsd_gs.prior.shapes import shapes_prior_folder
+
+    if cfg.resume:
+        return resume_folder(cfg)
+    return (cfg.init_from or shapes_prior_folder()) if cfg.objective == "flow" else None
+
+
+def start_summary(cfg: TrainShapesConfig, src: Path, summary: dict) -> dict:
+    """The summary a run continues: ``summary`` of ``src``, or for a new flow run a fresh count that records the
+    epsilon prior it started from."""
+    if cfg.objective == "epsilon" or cfg.resume:
+        return summary
+    return {"step": 0, "segments": 0, "train_seconds": 0.0, "images_seen": 0, "init_from": {"folder": str(src), **summary}}
 
 
 def load_for_resume(folder: Path, unet, text_encoder) -> tuple[Judge, dict]:
@@ -308,6 +350,7 @@ def load_for_resume(folder: Path, unet, text_encoder) -> tuple[Judge, dict]:
     unet.load_state_dict({k: v.float() for k, v in load_file(str(unet_file)).items()})
     text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(text_file)).items()})
     judge = load_judge(folder / "judge").requires_grad_(True).train()
+    judge.source = folder / "judge"  # a flow run copies these files into its checkpoint
     summary = json.loads((folder / "shapes.json").read_text())["training"]
     return judge, summary
 
@@ -329,7 +372,9 @@ def train(cfg: TrainShapesConfig) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     tok_dir = cfg.out / "tokenizer"
-    src = resume_folder(cfg) if cfg.resume else None
+    src = source_folder(cfg)
+    flow = cfg.objective == "flow"
+    cfg.flow_shift = flow_shift_of(cfg, src) if flow else cfg.flow_shift
     token_ids = copy_tokenizer(src / "tokenizer", tok_dir) if src is not None else save_tokenizer(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     unet, text_encoder = build_networks(token_ids)
@@ -337,11 +382,13 @@ def train(cfg: TrainShapesConfig) -> dict:
     summary: dict = {"step": 0, "segments": 0, "train_seconds": 0.0, "images_seen": 0}
     if src is not None:
         judge, summary = load_for_resume(src, unet, text_encoder)
-        print(f"resumed at step {summary['step']} (segment {summary['segments']})", flush=True)
+        summary = start_summary(cfg, src, summary)
+        start = "resumed" if cfg.resume else f"started from {src}"
+        print(f"{start} at step {summary['step']} (segment {summary['segments']})", flush=True)
     segment = int(summary["segments"])
     unet.to(device).train()
     text_encoder.to(device).train()
-    judge.to(device).train()
+    judge.to(device).train(not flow)  # flow: the judge is copied, not trained
     ema_unet = copy.deepcopy(unet).float().requires_grad_(False).eval()
     ema_te = copy.deepcopy(text_encoder).float().requires_grad_(False).eval()
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -349,6 +396,7 @@ def train(cfg: TrainShapesConfig) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99), **fused)
     opt_judge = torch.optim.AdamW(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.weight_decay, **fused)
     abar = training_alphas(device)
+    net = flow_network(unet) if flow else unet  # flow: v = the converted epsilon UNet (as the flow folder loads it)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     data = ShapesDataset(cfg.dataset, device)
@@ -379,7 +427,7 @@ def train(cfg: TrainShapesConfig) -> dict:
         t1 = time.time()
         x0 = batch.images * 2 - 1
         ids = tokenize(tokenizer, batch.captions).to(device)
-        t = torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
+        t = None if flow else torch.randint(0, len(abar), (x0.shape[0],), generator=gen).to(device)
         run_progress = (time.time() - t_run) / max(1.0, cfg.time_budget_s - (t_run - t_start))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, cfg.lr, step0, warmup, run_progress)
@@ -387,7 +435,10 @@ def train(cfg: TrainShapesConfig) -> dict:
             group["lr"] = lr_at(step, cfg, cfg.judge_lr, step0, warmup, run_progress)
         with autocast:
             emb = text_encoder(ids)[0]
-        loss = epsilon_loss(unet, x0, t, emb, abar, gen, cfg.min_snr_gamma, autocast)
+        if t is None:
+            loss = flow_loss(net, x0, sample_flow_times(x0.shape[0], gen, cfg.flow_times), emb, gen, autocast)
+        else:
+            loss = epsilon_loss(unet, x0, t, emb, abar, gen, cfg.min_snr_gamma, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -395,13 +446,7 @@ def train(cfg: TrainShapesConfig) -> dict:
         decay = min(cfg.ema_decay, (1 + step - step0) / (10 + step - step0))
         ema_update(ema_unet, unet, decay)
         ema_update(ema_te, text_encoder, decay)
-        with autocast:
-            logits = judge(augment_for_judge(batch.images, gen))
-        labels = {"kind": batch.kind, "colour": batch.colour, "view": batch.view}
-        jloss = sum(torch.nn.functional.cross_entropy(logits[k].float(), labels[k].to(device)) for k in labels)
-        opt_judge.zero_grad(set_to_none=True)
-        jloss.backward()
-        opt_judge.step()
+        jloss = torch.zeros(()) if flow else judge_step(judge, opt_judge, batch, gen, autocast, device)
         step += 1
         acc["loss"] += loss.detach()
         acc["judge"] += jloss.detach()
@@ -427,14 +472,26 @@ def train(cfg: TrainShapesConfig) -> dict:
             last_save = time.time()
     images = cfg.batch_objects * cfg.views_per_object * (step - step0)
     final = _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images)
-    mib = folder_size(cfg.out / "shapes_prior") / 2**20
-    print(f"saved step {step} to {cfg.out / 'shapes_prior'} ({mib:.1f} MiB)", flush=True)
+    mib = folder_size(cfg.out / checkpoint_name(cfg)) / 2**20
+    print(f"saved step {step} to {cfg.out / checkpoint_name(cfg)} ({mib:.1f} MiB)", flush=True)
     if cfg.export is not None:
-        save_pipeline(cfg.export, ema_unet, ema_te, judge, summary=final, tokenizer=cfg.out / "tokenizer")
+        save_prior(cfg, cfg.export, ema_unet, ema_te, judge, final)
     result = {"summary": final}
     if cfg.eval_at_end:
         result["eval"] = evaluate(cfg, device)
     return result
+
+
+def judge_step(judge, opt_judge, batch, gen: torch.Generator, autocast, device: torch.device) -> torch.Tensor:
+    """One step of the judge (cross-entropy on kind, colour and view of augmented copies of the batch); its loss."""
+    with autocast:
+        logits = judge(augment_for_judge(batch.images, gen))
+    labels = {"kind": batch.kind, "colour": batch.colour, "view": batch.view}
+    jloss = sum(torch.nn.functional.cross_entropy(logits[k].float(), labels[k].to(device)) for k in labels)
+    opt_judge.zero_grad(set_to_none=True)
+    jloss.backward()
+    opt_judge.step()
+    return jloss
 
 
 def run_summary(cfg: Any, summary: dict, step: int, segment: int, t_run: float, images: int) -> dict:
@@ -456,7 +513,7 @@ def _save(cfg, ema_unet, ema_te, judge, summary, step, segment, t_run, images) -
     info = run_summary(cfg, summary, step, segment, t_run, images)
     judge.eval()
     save_checkpoint(cfg, ema_unet, ema_te, judge, info)
-    judge.train()
+    judge.train(cfg.objective == "epsilon")
     return info
 
 
@@ -465,7 +522,7 @@ def evaluate(cfg: TrainShapesConfig, device: torch.device) -> dict:
     from fsd_gs.prior.shapes import load_shapes_prior
     from fsd_gs.shapes import evaluate as ev
 
-    folder = cfg.out / "shapes_prior"
+    folder = cfg.out / checkpoint_name(cfg)
     prior = load_shapes_prior(device, folder=folder)
     judge = load_judge(folder / "judge", device)
     t0 = time.time()

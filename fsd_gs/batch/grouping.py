@@ -33,8 +33,8 @@ class GroupPlan:
 
 
 def default_group_seeds(model: str) -> int:
-    """The default K of a prior (the --model string): 8 for the built-in shapes prior, 1 for diffusion priors."""
-    return SHAPES_GROUP_SEEDS if model == "shapes" else DIFFUSION_GROUP_SEEDS
+    """The default K of a prior (the --model string): 8 for the shapes and shapes-flow priors, 1 for diffusion priors."""
+    return SHAPES_GROUP_SEEDS if model in ("shapes", "shapes-flow") else DIFFUSION_GROUP_SEEDS
 
 
 def group_plan(cfg: Any, asked: Optional[int], label: str = "") -> GroupPlan:

@@ -88,7 +88,7 @@ def resolve_compile(
         requested: auto, off, on or cudagraphs (true/false of old configs are on/off).
         device: where the prior runs; ``auto`` compiles only on CUDA (compiling on a CPU costs minutes and
             saves little), and ``cudagraphs`` needs CUDA.
-        model: the --model string; the built-in "shapes" and "shapes-mv" priors are never compiled (tiny models).
+        model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never compiled (tiny models).
         steps: the run's steps (``auto`` compiles runs of >= :data:`AUTO_MIN_STEPS`); None: unknown (eager).
         long_lived: the prior serves many assets (a batch worker): ``auto`` always compiles there on CUDA.
     Raises UserError for an unknown mode, or CUDA graphs on a CPU.
@@ -105,7 +105,11 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
         raise UserError(f"--prior.compile must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
     if requested == "cudagraphs" and device.type != "cuda":
         raise UserError(f"--prior.compile cudagraphs needs a CUDA device (this run is on {device}): use on or off")
-    if model in ("shapes", "shapes-mv"):  # fsd_gs.prior.detectors.is_shapes_world (not imported: detectors imports us)
+    if model in (
+        "shapes",
+        "shapes-mv",
+        "shapes-flow",
+    ):  # fsd_gs.prior.detectors.is_shapes_world (not imported: detectors imports us)
         return CompileDecision("off", f"the built-in {model} prior is never compiled")
     if requested != "auto":
         return CompileDecision(requested, "asked for" if requested != "off" else "off")  # type: ignore[arg-type]

@@ -28,11 +28,15 @@ from fsd_gs.registry import Registry
 BUILTIN_SHAPES = "shapes"
 BUILTIN_SHAPES_MV = "shapes-mv"
 """The built-in multi-view shapes prior (fsd_gs/assets/shapes_mv, docs/mvdream.md)."""
+BUILTIN_SHAPES_FLOW = "shapes-flow"
+"""The built-in rectified-flow shapes prior (fsd_gs/assets/shapes_flow, docs/shapes-flow.md)."""
+BUILTIN_SHAPES_WORLD = (BUILTIN_SHAPES, BUILTIN_SHAPES_MV, BUILTIN_SHAPES_FLOW)
+"""Every built-in prior of the shapes world."""
 
 
 def is_shapes_world(model: str) -> bool:
     """Whether ``model`` is one of the built-in priors of the shapes world (judged by its judge, not CLIP)."""
-    return model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV)
+    return model in BUILTIN_SHAPES_WORLD
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,9 @@ class PriorDetector:
 
 
 def _load_shapes(model: str, request: LoadRequest) -> DiffusionPrior:
-    from fsd_gs.prior.shapes import load_shapes_mv_prior, load_shapes_prior
+    from fsd_gs.prior.shapes import load_shapes_flow_prior, load_shapes_mv_prior, load_shapes_prior
 
-    load = load_shapes_mv_prior if model == BUILTIN_SHAPES_MV else load_shapes_prior
+    load = {BUILTIN_SHAPES_MV: load_shapes_mv_prior, BUILTIN_SHAPES_FLOW: load_shapes_flow_prior}.get(model, load_shapes_prior)
     prior = load(
         request.device,
         request.dtype,
@@ -158,7 +162,7 @@ def _load_pixel(folder: str, request: LoadRequest) -> DiffusionPrior:
 PRIOR_DETECTORS: Registry[PriorDetector] = Registry("prior detector", "--model")
 """The detectors in the order they are tried (the ``--model`` string ones first, then the folder ones)."""
 for _detector in (
-    PriorDetector("shapes", False, lambda model: model in (BUILTIN_SHAPES, BUILTIN_SHAPES_MV), _load_shapes, compiles=False),
+    PriorDetector("shapes", False, is_shapes_world, _load_shapes, compiles=False),
     PriorDetector("mvdream_checkpoint", False, _is_checkpoint, _load_checkpoint),  # MVDream's original single file
     PriorDetector("mvdream_folder", True, _is_mvdream_folder, _load_mvdream),
     PriorDetector("latent_diffusion", True, lambda folder: (Path(folder) / "vae" / "config.json").is_file(), _load_latent),

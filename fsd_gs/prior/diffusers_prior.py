@@ -20,7 +20,7 @@ from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, NegativeViews, Prom
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.loading import quiet_hf
-from fsd_gs.prior.process import VPProcess
+from fsd_gs.prior.process import ForwardProcess, VPProcess, process_from_config
 
 if TYPE_CHECKING:
     from fsd_gs.camera import Cameras
@@ -91,11 +91,12 @@ class DiffusersPrior(DiffusionPrior):
     Attributes beyond :class:`DiffusionPrior`:
         unet, text_encoder, tokenizer: the networks (frozen, eval mode).
         scheduler_config: the pipeline's scheduler config (its noise schedule became :attr:`process`).
-        process: a :class:`~fsd_gs.prior.process.VPProcess` (epsilon or v_prediction UNets).
+        process: a :class:`~fsd_gs.prior.process.VPProcess` (epsilon or v_prediction UNets), or a
+            :class:`~fsd_gs.prior.process.FlowProcess` for a FlowMatchEulerDiscreteScheduler folder (shapes-flow).
         source: the folder the weights came from.
     """
 
-    process: VPProcess
+    process: ForwardProcess
 
     @property
     def prediction_type(self) -> str:
@@ -104,7 +105,9 @@ class DiffusersPrior(DiffusionPrior):
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        """abar_t for t = 0..T-1, float32 [T] on ``device`` (``process.alphas_cumprod``)."""
+        """abar_t for t = 0..T-1, float32 [T] on ``device`` (``process.alphas_cumprod``; VP priors only)."""
+        if not isinstance(self.process, VPProcess):
+            raise AttributeError(f"a {self.process.kind} prior has no alphas_cumprod: use process.alpha_sigma(t)")
         return self.process.alphas_cumprod
 
     def __init__(
@@ -139,7 +142,7 @@ class DiffusersPrior(DiffusionPrior):
                 ) from exc
         self.scheduler_config = load_scheduler_config(self.source)
         try:
-            self.process = VPProcess.from_config(self.scheduler_config, self.device)
+            self.process = process_from_config(self.scheduler_config, self.device)
         except UserError as exc:
             raise UserError(f"the UNet prior in {self.source} cannot be used: {exc}") from exc
         self.num_train_timesteps = self.process.num_train_timesteps

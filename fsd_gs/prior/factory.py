@@ -17,10 +17,18 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior
 from fsd_gs.prior.compile import resolve_compile
-from fsd_gs.prior.detectors import BUILTIN_SHAPES, BUILTIN_SHAPES_MV, LoadRequest, detect_and_load
+from fsd_gs.prior.detectors import BUILTIN_SHAPES, BUILTIN_SHAPES_FLOW, BUILTIN_SHAPES_MV, LoadRequest, detect_and_load
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig, resolve_dtype
 
-__all__ = ["BUILTIN_SHAPES", "BUILTIN_SHAPES_MV", "DEFAULT_MODEL", "PriorConfig", "load_prior", "parameter_count"]
+__all__ = [
+    "BUILTIN_SHAPES",
+    "BUILTIN_SHAPES_FLOW",
+    "BUILTIN_SHAPES_MV",
+    "DEFAULT_MODEL",
+    "PriorConfig",
+    "load_prior",
+    "parameter_count",
+]
 
 
 def load_prior(

@@ -31,6 +31,7 @@ from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPri
 from fsd_gs.prior.loading import DEFAULT_MODEL
 from fsd_gs.prior.mvdream_cameras import DEFAULT_ELEVATION, mvdream_camera_vectors, reference_group
 from fsd_gs.prior.mvdream_unet import LDM_PREFIX, MVDREAM_SD21_CONFIG, UNET_CLASS, MVDreamUNetSpec, load_unet, parse_config
+from fsd_gs.prior.process import VPProcess
 
 DEFAULT_MVDREAM_MODEL = "ashawkey/mvdream-sd2.1-diffusers"
 """The public diffusers-format MVDream weights (SD 2.1-base, 4 views, 256 px)."""
@@ -239,7 +240,8 @@ class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
         """Args: as :class:`MultiViewPriorMixin` plus :class:`LatentDiffusionPrior`'s (upcast_vae, ...)."""
         super().__init__(folder, device, dtype, **kwargs)
-        if self.process.prediction != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
+        # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
+        if isinstance(self.process, VPProcess) and self.process.prediction != "epsilon":
             self.process = self.process.with_prediction("epsilon")
             self.scheduler_config = dict(self.process.config)
 

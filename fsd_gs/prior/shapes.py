@@ -5,6 +5,10 @@ the same diffusers ``from_pretrained`` path as any pixel-space pipeline (:class:
 and adds one thing: prompts must use the world's vocabulary (fsd_gs/shapes/captions.py), otherwise a
 one-sentence :class:`UserError` lists the known words and points to Stable Diffusion for open prompts.
 
+``--model shapes-flow`` loads ``fsd_gs/assets/shapes_flow`` (written by scripts/train_shapes_prior.py --objective flow)
+as a :class:`ShapesFlowPrior`: the same world as a rectified flow (a FlowMatchEulerDiscreteScheduler folder whose UNet
+is the shapes UNet fine-tuned under the exact VP -> flow conversion of fsd_gs/prior/vp_flow.py; docs/shapes-flow.md).
+
 ``--model shapes-mv`` loads ``fsd_gs/assets/shapes_mv`` (written by scripts/train_shapes_mv.py: the shapes UNet
 fine-tuned MVDream-style, fsd_gs/prior/mvdream_shapes.py) as a :class:`ShapesMVPrior`: MVDream's multi-view
 part (fsd_gs/prior/mvdream.py) over :class:`ShapesPrior`, so the vocabulary check and the rest apply too.
@@ -22,14 +26,27 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import VIEW_SUFFIXES, PromptEmbeddings
-from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior
+from fsd_gs.prior.diffusers_prior import PixelDiffusionPrior, load_scheduler_config
 from fsd_gs.prior.loading import DEFAULT_MODEL
 from fsd_gs.prior.mvdream import MultiViewPriorMixin
+from fsd_gs.prior.process import FLOW_SCHEDULER, FlowProcess
+from fsd_gs.prior.vp_flow import read_conversion, wrap_vp_unet
 
 
 def shapes_prior_folder() -> Path:
     """The folder of the shipped weights, ``fsd_gs/assets/shapes_prior``."""
     return Path(__file__).resolve().parent.parent / "assets" / "shapes_prior"
+
+
+def shapes_flow_folder() -> Path:
+    """The folder of the shipped rectified-flow weights, ``fsd_gs/assets/shapes_flow``."""
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes_flow"
+
+
+def is_flow_folder(folder: Path | str) -> bool:
+    """Whether the prior folder's scheduler is a FlowMatchEulerDiscreteScheduler (a rectified-flow prior)."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    return path.is_file() and json.loads(path.read_text()).get("_class_name") == FLOW_SCHEDULER
 
 
 def shapes_mv_folder() -> Path:
@@ -101,6 +118,25 @@ class ShapesPrior(PixelDiffusionPrior):
         return super().encode_prompts(prompt, negative_prompt, view_dependent, suffixes)
 
 
+class ShapesFlowPrior(ShapesPrior):
+    """The rectified-flow shapes prior (shapes-flow): a :class:`ShapesPrior` whose process is a
+    :class:`~fsd_gs.prior.process.FlowProcess`. When the folder has a ``vp_flow.json`` its UNet is an epsilon VP
+    network and is read through :class:`~fsd_gs.prior.vp_flow.VPAsFlow` (fed x_f and s * T, returns v); without
+    one the UNet predicts the velocity itself."""
+
+    preset_family = "shapes-flow"
+    process: FlowProcess
+
+    def load_unet(self) -> Any:
+        unet = super().load_unet()
+        conversion = read_conversion(self.source)
+        if conversion is None:
+            return unet
+        steps = int(load_scheduler_config(self.source).get("num_train_timesteps", 1000))
+        net = wrap_vp_unet(unet, conversion["vp_scheduler"], steps, conversion.get("clip_x0"))
+        return net.eval().requires_grad_(False)
+
+
 class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
     """The multi-view shapes prior (shapes-mv): MVDream's multi-view part (camera embedding, cross-view attention,
     grouped prediction; :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin`, as in
@@ -112,11 +148,11 @@ class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
 def load_shapes_prior(
     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: Path | str | None = None, **kwargs: Any
 ) -> ShapesPrior:
-    """The built-in prior on ``device``.
+    """The built-in prior on ``device``: a :class:`ShapesFlowPrior` for a flow folder, else a :class:`ShapesPrior`.
 
     Args:
         device, dtype: where and in which precision the networks run.
-        folder: another folder of the same layout (default: the shipped one).
+        folder: another folder of the same layout (default: the shipped one, fsd_gs/assets/shapes_prior).
         kwargs: :class:`PixelDiffusionPrior` options (offload_text_encoder, channels_last).
     """
     device = torch.device(device)
@@ -124,9 +160,21 @@ def load_shapes_prior(
     if not (folder / "unet" / "config.json").is_file():
         raise UserError(
             f"the built-in shapes prior is missing from {folder}: reinstall fsd_gs, or train it with "
-            "python scripts/train_shapes_prior.py"
+            "python scripts/train_shapes_prior.py (--objective flow for shapes-flow)"
         )
-    return ShapesPrior(folder, device, dtype, **kwargs)
+    cls = ShapesFlowPrior if is_flow_folder(folder) else ShapesPrior
+    return cls(folder, device, dtype, **kwargs)
+
+
+def load_shapes_flow_prior(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, folder: Path | str | None = None, **kwargs: Any
+) -> ShapesPrior:
+    """The built-in rectified-flow prior (shapes-flow) on ``device``: :func:`load_shapes_prior` of ``folder`` (default
+    the shipped fsd_gs/assets/shapes_flow); a folder that is not a flow prior is a UserError."""
+    folder = Path(folder) if folder is not None else shapes_flow_folder()
+    if (folder / "unet" / "config.json").is_file() and not is_flow_folder(folder):
+        raise UserError(f"{folder} is not a rectified-flow prior (its scheduler is not a {FLOW_SCHEDULER})")
+    return load_shapes_prior(device, dtype, folder, **kwargs)
 
 
 def load_shapes_mv_prior(
