@@ -33,7 +33,8 @@
 #   consistency-eval  python -m fsd_gs.evaluate on this GPU (gsplat renders, ~1 s per 8 assets) of the finished labels
 #          in $WORK/consistency: one evaluation per ';'-separated set of labels in EVAL_SETS (default: all in one;
 #          rows are keyed by prompt, method and model, so two presets differing only in e.g. the camera batch need
-#          sets of their own), into $WORK/consistency-eval/<n>/ (evaluation.json, evaluation.md, gallery/)
+#          sets of their own), into $WORK/consistency-eval/<n>/ (evaluation.json, evaluation.md, gallery/);
+#          EVAL_DEVICE=cpu renders with the reference rasterizer, as evaluations on the 2-core CPU machine do
 #   shapes-mv  the multi-view shapes prior: MV_TRAIN_S seconds of scripts/train_shapes_mv.py from the shipped shapes
 #          prior (or --resume from $WORK/mv with MV_RESUME=1), then its 4-view check; the folder in $WORK/mv/shapes_mv
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
@@ -238,7 +239,8 @@ if [[ " $STAGES " == *" consistency-eval "* ]]; then
     for label in $set; do manifests+=("$WORK/consistency/$label/manifest.json"); done
     rm -rf "$WORK/consistency-eval/$n"
     t0=$(now)
-    python -m fsd_gs.evaluate "${manifests[@]}" --out "$WORK/consistency-eval/$n" --no-progress 2>&1 | tail -n 3
+    python -m fsd_gs.evaluate "${manifests[@]}" --out "$WORK/consistency-eval/$n" --device "${EVAL_DEVICE:-auto}" \
+      --no-progress 2>&1 | tail -n 3
     echo "evaluation $n ($set): $(python -c "print(round($(now) - $t0, 1))") s"
   done
 fi
