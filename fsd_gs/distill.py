@@ -28,6 +28,7 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.methods import Guidance, ScoreGuidance, predict
 from fsd_gs.prior.base import DiffusionPrior, NegativeViews
+from fsd_gs.prior.conditioning import Conditioning
 
 Weighting = Literal["sigma_over_alpha", "sigma2", "one"]
 WEIGHTINGS: tuple[str, ...] = ("sigma_over_alpha", "sigma2", "one")
@@ -66,8 +67,7 @@ def distill_loss(
     images: torch.Tensor,
     eps: torch.Tensor,
     t: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    conditioning: Conditioning,
     guidance_scale: float,
     weighting: Weighting = "sigma_over_alpha",
     hifa_lambda: float = 0.0,
@@ -83,14 +83,14 @@ def distill_loss(
         images: renders [B,3,H,W] in [0,1], part of the autograd graph.
         eps: the noise [B,C,h,w] in model space (FSD: deterministic per camera; SDS: fresh).
         t: integer timesteps [B].
-        cond, uncond: text embeddings [B,L,D] (or [1,L,D]).
+        conditioning: the views' :class:`~fsd_gs.prior.conditioning.Conditioning` (:meth:`PromptEmbeddings.select`).
         guidance_scale: CFG scale omega.
         weighting: w(t), see :func:`weight`.
         hifa_lambda: weight of HiFA's image-space loss lambda ||x - stopgrad(decode(z0_hat))||^2 / B with z0_hat
             from the conditional-only prediction (docs/fsd.md sec. 5); 0 turns it off (no extra UNet call).
         return_predictions: also put the detached eps_hat and z0_hat in ``aux``.
-        cameras: the views' :class:`~fsd_gs.camera.Cameras`, passed on to priors whose
-            ``camera_conditioned`` is True (multi-view priors) and to the guidance; ignored by the others.
+        cameras: the views' :class:`~fsd_gs.camera.Cameras`, passed on to the prior (multi-view priors read them,
+            the others ignore them) and to the guidance.
         guidance: the method's direction (:func:`fsd_gs.methods.make_guidance`); None: eps_hat - eps (SDS/FSD).
             A stateful guidance (VSD) also takes its training step on the detached z here, after the direction.
         negatives: Perp-Neg's negative prompts of the B views (:func:`fsd_gs.perp_neg.select`): every method's
@@ -100,12 +100,12 @@ def distill_loss(
     """
     z = prior.encode_images(images)
     out, (z_t, alpha, sigma, t, eps_hat) = _distill(
-        prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives
+        prior, z, eps, t, conditioning, guidance_scale, weighting, return_predictions, cameras, guidance, negatives
     )
     if hifa_lambda > 0.0:
         with torch.no_grad():
             reuse = guidance_scale == 1.0 and negatives is None and (guidance is None or isinstance(guidance, ScoreGuidance))
-            eps_cond = eps_hat if reuse else predict(prior, z_t, t, cond, uncond, 1.0, cameras).to(z.dtype)
+            eps_cond = eps_hat if reuse else predict(prior, z_t, t, conditioning, 1.0, cameras).to(z.dtype)
             z0_cond = (z_t - sigma * eps_cond) / alpha
             x_hat = prior.decode(z0_cond).to(images.dtype)
         loss_image = hifa_lambda * ((images - x_hat) ** 2).sum() / images.shape[0]
@@ -119,8 +119,7 @@ def distill_loss_z(
     z: torch.Tensor,
     eps: torch.Tensor,
     t: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    conditioning: Conditioning,
     guidance_scale: float,
     weighting: Weighting = "sigma_over_alpha",
     return_predictions: bool = False,
@@ -132,12 +131,11 @@ def distill_loss_z(
 
     Arguments as :func:`distill_loss` (no HiFA term: that one needs images). d loss / d z = w(t) residual / B.
     """
-    return _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives)[
-        0
-    ]
+    out, _ = _distill(prior, z, eps, t, conditioning, guidance_scale, weighting, return_predictions, cameras, guidance, negatives)
+    return out
 
 
-def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_predictions, cameras, guidance, negatives=None):
+def _distill(prior, z, eps, t, conditioning, guidance_scale, weighting, return_predictions, cameras, guidance, negatives=None):
     """The shared core: (DistillOutput, (z_t, alpha, sigma, t, eps_hat)) with alpha, sigma [B,1,1,1]."""
     if weighting not in WEIGHTINGS:
         weight(t, t, weighting)  # raises the UserError
@@ -147,7 +145,7 @@ def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_p
     t = torch.as_tensor(t, device=z.device).long().reshape(-1)
     if t.numel() == 1 and batch > 1:
         t = t.expand(batch)
-    alpha, sigma = prior.alpha_sigma(t)
+    alpha, sigma = prior.process.alpha_sigma(t)
     alpha = alpha.to(z.device, z.dtype).view(-1, 1, 1, 1)
     sigma = sigma.to(z.device, z.dtype).view(-1, 1, 1, 1)
     eps = eps.to(z.device, z.dtype)
@@ -158,7 +156,7 @@ def _distill(prior, z, eps, t, cond, uncond, guidance_scale, weighting, return_p
         z_detached = z.detach()
         z_t = alpha * z_detached + sigma * eps
         extra = {} if negatives is None else {"negatives": negatives}  # guidances written before Perp-Neg still work
-        residual = guidance.direction(prior, z_detached, z_t, eps, t, cond, uncond, guidance_scale, cameras, **extra)
+        residual = guidance.direction(prior, z_detached, z_t, eps, t, conditioning, guidance_scale, cameras, **extra)
         target = z_detached - w * residual
     loss_distill = 0.5 * ((z - target) ** 2).sum() / batch
     aux: dict[str, torch.Tensor] = {

@@ -36,6 +36,7 @@ from fsd_gs.io.atomic import atomic_open, atomic_write_text
 from fsd_gs.methods import METHODS, Image2DSettings, MethodOptions, make_guidance
 from fsd_gs.noise import NOISE_PRESETS, ConstantNoise, build_noise
 from fsd_gs.prior.base import DiffusionPrior
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.factory import DEFAULT_MODEL
 from fsd_gs.progress import Progress
 from fsd_gs.run_dir import create_fresh_dir
@@ -178,9 +179,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Iterator[Progress]:
         bar.close()
 
 
-def optimise(
-    prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
-) -> torch.Tensor:
+def optimise(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
     """A score-distillation method: Adam on the model-space images z [S,C,h,w] for settings.steps iterations.
 
     Start: z = (1 - sigma_T) / alpha_T * noise, the clean-image variable of DDIM's x_T = noise (docs/fsd.md sec. 1).
@@ -192,7 +191,7 @@ def optimise(
     if METHODS[cfg.method].stateful and n_seeds > 1:
         return torch.cat(
             [
-                optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i : i + 1], cond[i : i + 1], uncond[i : i + 1])
+                optimise(prior, dataclasses.replace(cfg, seed=(s,)), noise[i : i + 1], conditioning.index(torch.tensor([i])))
                 for i, s in enumerate(cfg.seed)
             ]
         )
@@ -204,7 +203,7 @@ def optimise(
     embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, view_dependent=False)
     guidance = make_guidance(cfg.method, prior, embeddings, cfg.method_options, seed=cfg.seed[0])
     noise = noise.to(device)
-    alpha_T, sigma_T = prior.alpha_sigma(sample_timestep(schedule, 0.0, None, prior.num_train_timesteps).to(device))
+    alpha_T, sigma_T = prior.process.alpha_sigma(sample_timestep(schedule, 0.0, None, prior.num_train_timesteps).to(device))
     z = (((1.0 - sigma_T) / alpha_T).view(1, 1, 1, 1) * noise).clone().requires_grad_(True)
     if settings.lr is None:  # validate() requires --lr for every method but ddim, which does not optimise
         raise ValueError(f"{cfg.method} needs a learning rate")
@@ -216,7 +215,7 @@ def optimise(
             t = sample_timestep(schedule, progress, None, prior.num_train_timesteps, batch=batch).to(device)
             eps = fresh() if fresh is not None else noise
             result = distill_loss_z(
-                prior, z, eps, t, cond, uncond, settings.guidance_scale, weighting=cfg.weighting, guidance=guidance
+                prior, z, eps, t, conditioning, settings.guidance_scale, weighting=cfg.weighting, guidance=guidance
             )
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -230,16 +229,15 @@ def optimise(
     return z.detach()
 
 
-def ddim_sample(
-    prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
-) -> torch.Tensor:
-    """The DDIM row of the 2D experiment: :func:`fsd_gs.sampling.ddim_sample` from x_T = noise [S,C,h,w]."""
-    from fsd_gs.sampling import ddim_sample as sample
+def ddim_sample(prior: DiffusionPrior, cfg: Image2DConfig, noise: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    """The DDIM row of the 2D experiment: the prior's sampler (:func:`fsd_gs.sampling.sample`: DDIM, or Euler for a
+    flow prior) from x_T = noise [S,C,h,w]."""
+    from fsd_gs.sampling import sample
 
     settings = cfg.settings()
     with _progress(settings.steps, cfg.progress, "ddim") as bar:
         return sample(
-            prior, noise, cond, uncond, settings.guidance_scale, settings.steps, on_step=lambda i: bar.update(i + 1, {})
+            prior, noise, conditioning, settings.guidance_scale, settings.steps, on_step=lambda i: bar.update(i + 1, {})
         )
 
 
@@ -283,12 +281,12 @@ def generate(cfg: Image2DConfig, prior: DiffusionPrior) -> torch.Tensor:
     """Images [S,3,H,W] in [0,1], one per seed, by cfg.method."""
     height, width = image_size(cfg, prior)
     embeddings = prior.encode_prompts(cfg.prompt, cfg.negative_prompt, view_dependent=False)
-    cond, uncond = embeddings.select(["none"] * len(cfg.seed))
+    conditioning = embeddings.select(["none"] * len(cfg.seed))
     noise = seed_noise(cfg.seed, prior.model_shape(height, width))
     if cfg.method == "ddim":
-        z = ddim_sample(prior, cfg, noise, cond, uncond)
+        z = ddim_sample(prior, cfg, noise, conditioning)
     else:
-        z = optimise(prior, cfg, noise, cond, uncond)
+        z = optimise(prior, cfg, noise, conditioning)
     with torch.no_grad():
         return prior.decode(z).float().cpu()
 

@@ -31,6 +31,7 @@ import torch
 from fsd_gs.camera import wrap_azimuth
 from fsd_gs.errors import require
 from fsd_gs.prior.base import NegativeViews, PromptEmbeddings
+from fsd_gs.prior.conditioning import Conditioning
 
 Decay = tuple[float, float, float]
 """(a, b, c) of f(r) = a exp(-b r) + c."""
@@ -136,20 +137,32 @@ def select(
     elevation: torch.Tensor,
     weights: PerpNegWeights,
     overhead_above: float = 60.0,
-) -> tuple[torch.Tensor, torch.Tensor, NegativeViews]:
-    """Perp-Neg's (cond [B,L,D], uncond [B,L,D], negatives) for B views at ``azimuth``, ``elevation`` [B] (degrees).
+) -> tuple[Conditioning, NegativeViews]:
+    """Perp-Neg's (conditioning, negatives) for B views at ``azimuth``, ``elevation`` [B] (degrees).
 
-    cond is the interpolated view embedding of each view (the positive), negatives the other views' embeddings
-    [N,B,L,D] with their signed weights [B,N] (:func:`plan`).
+    The conditioning's conditional row is the interpolated view embedding of each view (the positive; pooled
+    embeddings, where the prior has them, are interpolated the same way); the negatives are the other views'
+    embeddings [N,B,L,D] with their signed weights [B,N] (:func:`plan`).
     """
     p = plan(azimuth, elevation, embeddings.views, weights, overhead_above)
-    table = embeddings.cond  # [V,L,D]
-    mix = p.positive.to(table.device, table.dtype)
-    cond = torch.einsum("bv,vld->bld", mix, table)  # weights 1 and 0 give a view prompt's row exactly
-    negative_rows = p.negatives.t().to(table.device)  # [N,B]
-    negatives = NegativeViews(embeddings=table[negative_rows], weights=p.weights.to(table.device))
-    uncond = embeddings.uncond.expand(cond.shape[0], -1, -1)
-    return cond, uncond, negatives
+    rows = p.negatives.t().to(embeddings.cond.device)  # [N,B]
+    cond, negative = _mix(embeddings.cond, p.positive, rows)
+    batch = cond.shape[0]
+    pooled_cond = pooled_negative = pooled_uncond = None
+    if embeddings.pooled_cond is not None and embeddings.pooled_uncond is not None:
+        pooled_cond, pooled_negative = _mix(embeddings.pooled_cond, p.positive, rows)
+        pooled_uncond = embeddings.pooled_uncond.expand(batch, -1)
+    negatives = NegativeViews(embeddings=negative, weights=p.weights.to(cond.device), pooled=pooled_negative)
+    uncond = embeddings.uncond.expand(batch, -1, -1)
+    return Conditioning(cond, uncond, pooled_cond, pooled_uncond), negatives
+
+
+def _mix(table: torch.Tensor, positive: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives [B,...], negatives [N,B,...]) of a table of view rows [V,...]: the [B,V] mix of the rows, and the
+    rows [N,B] themselves."""
+    mix = positive.to(table.device, table.dtype)
+    pattern = "bv,vld->bld" if table.dim() == 3 else "bv,vp->bp"  # text [V,L,D] or pooled [V,P] rows
+    return torch.einsum(pattern, mix, table), table[rows]  # weights 1 and 0 give a view prompt's row exactly
 
 
 def perpendicular(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,8 +197,3 @@ def classifier_direction(
         w = weights[:, i].to(delta.device, delta.dtype).view(-1, *([1] * (delta.dim() - 1)))
         push = push + w * perpendicular(eps_neg - eps_uncond, delta)
     return delta + push
-
-
-def negative_rows(negatives: Optional[NegativeViews]) -> list[torch.Tensor]:
-    """The negatives' embeddings as N tensors [B,L,D] (none without Perp-Neg), for one batched prior call."""
-    return [] if negatives is None else list(negatives.embeddings.unbind(0))

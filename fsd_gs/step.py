@@ -34,6 +34,7 @@ from fsd_gs.initialize import init_gaussians
 from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise
 from fsd_gs.prior.base import DiffusionPrior, NegativeViews
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.profiling import StageTimer
 from fsd_gs.render import render
 from fsd_gs.schedule import sample_timestep
@@ -73,8 +74,7 @@ class PendingStep:
     rgb: torch.Tensor  # [B,3,H,W], in the autograd graph
     eps: torch.Tensor
     t: torch.Tensor
-    cond: torch.Tensor
-    uncond: torch.Tensor
+    conditioning: Conditioning  # the views' prompt conditioning (opaque: passed to the prior)
     cameras: Cameras
     render_out: Any
     negatives: Optional[NegativeViews] = None  # Perp-Neg's negative prompts of the views (None: off)
@@ -189,8 +189,8 @@ class DistillStep:
                 cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
             )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            cond, uncond, negatives = select_prompts(self.embeddings, cfg.guidance, cams_cpu, views)
-        return PendingStep(rgb, eps, t, cond, uncond, cams, out, negatives, cams_cpu)
+            conditioning, negatives = select_prompts(self.embeddings, cfg.guidance, cams_cpu, views)
+        return PendingStep(rgb, eps, t, conditioning, cams, out, negatives, cams_cpu)
 
     def pre_backward(self, pending: PendingStep) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
@@ -236,8 +236,7 @@ class DistillStep:
                 pending.rgb,
                 pending.eps,
                 pending.t,
-                pending.cond,
-                pending.uncond,
+                pending.conditioning,
                 cfg.guidance.guidance_scale,
                 weighting=cfg.guidance.weighting,
                 hifa_lambda=cfg.guidance.hifa_lambda,
@@ -316,8 +315,7 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             rgb=torch.cat([p.rgb for p in pending]),
             eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]),
-            cond=torch.cat([p.cond for p in pending]),
-            uncond=torch.cat([p.uncond for p in pending]),
+            conditioning=Conditioning.cat([p.conditioning for p in pending]),
             cameras=Cameras.cat([p.cameras for p in pending]),
             render_out=None,
             negatives=_joined_negatives([p.negatives for p in pending]),
@@ -375,14 +373,13 @@ def resized_render(out: Any, size: tuple[int, int]) -> tuple[torch.Tensor, torch
 
 def select_prompts(
     embeddings: Any, guidance: Any, cams_cpu: Cameras, views: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor, Optional[NegativeViews]]:
-    """(cond, uncond, Perp-Neg negatives or None) of the views: by view name, or Perp-Neg's by azimuth and elevation."""
+) -> tuple[Conditioning, Optional[NegativeViews]]:
+    """(conditioning, Perp-Neg negatives or None) of the views: by view name, or Perp-Neg's by azimuth and elevation."""
     if guidance.perp_neg:
         return perp_neg.select(
             embeddings, cams_cpu.azimuth, cams_cpu.elevation, guidance.perp_neg_weights, guidance.view_prompts.overhead_above
         )
-    cond, uncond = embeddings.select(views)
-    return cond, uncond, None
+    return embeddings.select(views), None
 
 
 def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:

@@ -225,17 +225,17 @@ def floor_calls(
     if perp_neg:
         from fsd_gs.perp_neg import PerpNegWeights, select
 
-        cond, uncond, negatives = select(
+        conditioning, negatives = select(
             embeddings, torch.full((variant.batch,), 30.0), torch.zeros(variant.batch), PerpNegWeights()
         )
     else:
-        cond, uncond = embeddings.select(["front"] * variant.batch)
+        conditioning = embeddings.select(["front"] * variant.batch)
     shape = prior.model_shape(variant.resolution, variant.resolution)
     z = torch.randn(variant.batch, *shape, device=device, generator=gen)
     t = torch.full((variant.batch,), 500, device=device, dtype=torch.long)
 
     def unet() -> None:
-        prior.predict_noise(z, t, cond, uncond, guidance_scale, **({} if negatives is None else {"negatives": negatives}))
+        prior.predict(z, t, conditioning, guidance_scale, negatives)
 
     def encoder() -> None:
         out = prior.encode_images(images)

@@ -23,6 +23,7 @@ from fsd_gs.prior.compile import (
     resolve_compile,
     setup_compile_cache,
 )
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.factory import PriorConfig, load_prior
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,7 +254,8 @@ def test_compiled_prior_matches_eager_on_cuda(tiny_sd_dir, mode, tmp_path, monke
     eager = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile="off"), CUDA)
     compiled = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile=mode), CUDA)
     assert compiled.compile_decision.mode == mode and (tmp_path / "cache").is_dir()
-    cond, uncond = eager.encode_prompts("a red mushroom").select(["front", "side"])
+    _conditioning = eager.encode_prompts("a red mushroom").select(["front", "side"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     gen = torch.Generator(CUDA).manual_seed(0)
     kept = []
     for step in range(5):
@@ -263,7 +265,7 @@ def test_compiled_prior_matches_eager_on_cuda(tiny_sd_dir, mode, tmp_path, monke
         results = []
         for prior in (eager, compiled):
             x = images.clone().requires_grad_(True)
-            out = distill_loss(prior, x, eps, t, cond, uncond, 7.5, return_predictions=True)
+            out = distill_loss(prior, x, eps, t, Conditioning(cond, uncond), 7.5, return_predictions=True)
             out.loss.backward()
             results.append((out.loss.detach(), out.aux["eps_hat"], x.grad))
         for a, b in zip(*results):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fsd_gs.methods import METHODS, make_guidance
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.train import parse_config
 from tests.contract import help_choices, tiny_step
 from tests.test_distill import TinyPixelPrior, make_inputs, sd_alphas_cumprod, tiny_unet
@@ -31,12 +32,13 @@ def inputs(prior, batch: int = 2) -> dict:
     images, eps, t = make_inputs(batch)
     z = images.detach() * 2 - 1
     abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-    cond, uncond = prior.encode_prompts("a red mushroom").select(["none"] * batch)
+    _conditioning = prior.encode_prompts("a red mushroom").select(["none"] * batch)
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     return dict(z=z, z_t=abar.sqrt() * z + (1 - abar).sqrt() * eps, eps=eps, t=t, cond=cond, uncond=uncond)
 
 
 def direction(guidance, prior, x: dict) -> torch.Tensor:
-    return guidance.direction(prior, x["z"], x["z_t"], x["eps"], x["t"], x["cond"], x["uncond"], OMEGA)
+    return guidance.direction(prior, x["z"], x["z_t"], x["eps"], x["t"], Conditioning(x["cond"], x["uncond"]), OMEGA)
 
 
 def guidance(name: str, prior, seed: int = 0):

@@ -12,6 +12,8 @@ import torch
 from fsd_gs.distill import DistillOutput, distill_loss, weight
 from fsd_gs.errors import UserError
 from fsd_gs.prior.base import DiffusionPrior, PromptEmbeddings
+from fsd_gs.prior.conditioning import Conditioning
+from fsd_gs.prior.process import ForwardProcess, VPProcess
 
 EMBED_DIM = 32
 EMBED_LEN = 4
@@ -54,20 +56,25 @@ def random_embeddings(batch: int, seed: int = 1, dtype: torch.dtype = torch.floa
 class TinyPixelPrior(DiffusionPrior):
     """Pixel-space prior for tests: model space is the image in [-1, 1]; works in the UNet's dtype (float64 ok).
 
-    Counts its predict_noise calls per guidance scale in ``calls``.
+    Counts its predictions per guidance scale in ``calls``. ``process`` replaces the VP schedule of
+    ``alphas_cumprod`` by another forward process (a flow: tests/test_fsd_euler_equivalence.py).
     """
 
     space = "pixel"
     downsample = 1
 
-    def __init__(self, unet, alphas_cumprod: torch.Tensor) -> None:
+    def __init__(self, unet, alphas_cumprod: torch.Tensor | None = None, process: ForwardProcess | None = None) -> None:
         self.unet = unet
         self.dtype = next(unet.parameters()).dtype
         self.device = torch.device("cpu")
         self.channels = int(unet.config.in_channels)
         self.resolution = int(unet.config.sample_size)
-        self.num_train_timesteps = int(alphas_cumprod.numel())
-        self.alphas_cumprod = alphas_cumprod.to(self.dtype)
+        if process is None:
+            assert alphas_cumprod is not None
+            self.alphas_cumprod = alphas_cumprod.to(self.dtype)
+            process = VPProcess(self.alphas_cumprod)
+        self.process = process
+        self.num_train_timesteps = process.num_train_timesteps
         self.calls: list[float] = []
 
     def encode_prompts(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
@@ -84,14 +91,15 @@ class TinyPixelPrior(DiffusionPrior):
         return self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample
 
     @torch.no_grad()
-    def predict_noise(self, z_t, t, cond, uncond, guidance_scale):
+    def predict_raw(self, z_t, t, conditioning, guidance_scale, negatives=None, cameras=None):
         self.calls.append(float(guidance_scale))
         batch = z_t.shape[0]
-        t = torch.as_tensor(t).long().reshape(-1).expand(batch)
-        cond = cond.expand(batch, -1, -1)
+        t = self.process.model_timestep(torch.as_tensor(t).long().reshape(-1).expand(batch))
+        cond = conditioning.cond.expand(batch, -1, -1)
         if guidance_scale == 1.0:
             return self.eps(z_t, t, cond)
-        both = self.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond.expand(batch, -1, -1)]))
+        uncond = conditioning.uncond.expand(batch, -1, -1)
+        both = self.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
         eps_cond, eps_uncond = both.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -121,7 +129,7 @@ def reference_residual(prior: TinyPixelPrior, images, eps, t, cond, uncond, scal
 def test_gradient_is_weighted_residual_through_the_encoder(prior, weighting):
     images, eps, t = make_inputs()
     cond, uncond = random_embeddings(2, dtype=torch.float64)
-    out = distill_loss(prior, images, eps, t, cond, uncond, 7.5, weighting=weighting)
+    out = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5, weighting=weighting)
     assert isinstance(out, DistillOutput) and out.loss.dim() == 0
     out.loss.backward()
     residual, alpha, sigma = reference_residual(prior, images, eps, t, cond, uncond, 7.5)
@@ -142,14 +150,14 @@ def test_weightings_differ_and_bad_weighting_is_a_user_error(prior):
     images, eps, t = make_inputs()
     cond, uncond = random_embeddings(2, dtype=torch.float64)
     with pytest.raises(UserError, match="weighting"):
-        distill_loss(prior, images, eps, t, cond, uncond, 7.5, weighting="sigma")
+        distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5, weighting="sigma")
 
 
 def test_no_gradient_reaches_the_unet_or_the_noise(prior):
     images, eps, t = make_inputs()
     eps.requires_grad_(True)
     cond, uncond = random_embeddings(2, dtype=torch.float64)
-    distill_loss(prior, images, eps, t, cond, uncond, 7.5).loss.backward()
+    distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5).loss.backward()
     assert eps.grad is None
     assert all(p.grad is None for p in prior.unet.parameters())
     assert images.grad is not None and images.grad.abs().sum() > 0
@@ -159,17 +167,17 @@ def test_wrong_noise_shape_is_rejected(prior):
     images, eps, t = make_inputs()
     cond, uncond = random_embeddings(2, dtype=torch.float64)
     with pytest.raises(ValueError, match="model-space shape"):
-        distill_loss(prior, images, eps[:, :, :8], t, cond, uncond, 7.5)
+        distill_loss(prior, images, eps[:, :, :8], t, Conditioning(cond, uncond), 7.5)
 
 
 def test_hifa_image_loss_uses_the_conditional_prediction(prior):
     images, eps, t = make_inputs()
     cond, uncond = random_embeddings(2, dtype=torch.float64)
     lam = 0.01
-    plain = distill_loss(prior, images, eps, t, cond, uncond, 7.5)
+    plain = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5)
     (g_plain,) = torch.autograd.grad(plain.loss, images)
     prior.calls.clear()
-    hifa = distill_loss(prior, images, eps, t, cond, uncond, 7.5, hifa_lambda=lam, return_predictions=True)
+    hifa = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5, hifa_lambda=lam, return_predictions=True)
     assert prior.calls == [7.5, 1.0]  # guided for the distillation term, conditional only for the image term
     (g_hifa,) = torch.autograd.grad(hifa.loss, images)
     abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -184,7 +192,7 @@ def test_hifa_image_loss_uses_the_conditional_prediction(prior):
     assert not hifa.aux["z0_hat"].requires_grad and not hifa.aux["eps_hat"].requires_grad
     # off by default: no extra UNet call
     prior.calls.clear()
-    distill_loss(prior, images, eps, t, cond, uncond, 7.5)
+    distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5)
     assert prior.calls == [7.5]
 
 
@@ -196,8 +204,9 @@ def test_real_latent_prior_gradient_flows_through_the_vae_encoder(tiny_sd_prior)
     eps = torch.randn(2, c, h, w, generator=g)
     t = torch.tensor([600, 300])
     emb = prior.encode_prompts("a red mushroom")
-    cond, uncond = emb.select(["front", "side"])
-    out = distill_loss(prior, images, eps, t, cond, uncond, 7.5)
+    _conditioning = emb.select(["front", "side"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
+    out = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5)
     out.loss.backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
     # the image gradient is the VAE encoder's vector-Jacobian product of w (eps_hat - eps) / B

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fsd_gs.distill import distill_loss
+from fsd_gs.prior.conditioning import Conditioning
 from tests.test_distill import TinyPixelPrior, random_embeddings, tiny_unet
 
 STEPS = 20
@@ -128,7 +129,9 @@ def test_gradient_descent_on_distill_loss_is_the_ddim_update(setup):
     for t, alpha, sigma, w_s in pairs:
         leaf = z.clone().requires_grad_(True)
         images = (leaf + 1) / 2  # the test prior encodes images as 2 x - 1, so encode(images) == leaf
-        out = distill_loss(prior, images, eps, torch.full((BATCH,), t), cond, uncond, OMEGA, weighting="sigma_over_alpha")
+        out = distill_loss(
+            prior, images, eps, torch.full((BATCH,), t), Conditioning(cond, uncond), OMEGA, weighting="sigma_over_alpha"
+        )
         (grad,) = torch.autograd.grad(out.loss, leaf)
         w_t = float(out.aux["w"][0])
         assert w_t == pytest.approx(sigma / alpha, rel=1e-6)

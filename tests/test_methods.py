@@ -27,6 +27,7 @@ from fsd_gs.methods import (
     method_spec,
 )
 from fsd_gs.prior.base import PromptEmbeddings
+from fsd_gs.prior.conditioning import Conditioning
 from tests.test_distill import TinyPixelPrior, make_inputs, random_embeddings, sd_alphas_cumprod, tiny_unet
 
 OMEGA = 7.5
@@ -45,7 +46,8 @@ def setup_step(prior, batch: int = 2):
     """images (leaf), eps, t, cond, uncond and alpha, sigma [B,1,1,1], z_t, for the tiny prior (z = 2 x - 1)."""
     images, eps, t = make_inputs(batch)
     emb = embeddings(prior)
-    cond, uncond = emb.select(["none"] * batch)
+    _conditioning = emb.select(["none"] * batch)
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
     z_t = alpha * (images.detach() * 2 - 1) + sigma * eps
@@ -62,7 +64,7 @@ def image_grad(prior, method_or_guidance, images, eps, t, cond, uncond, **kwargs
     guidance = method_or_guidance
     if isinstance(guidance, str):
         guidance = make_guidance(guidance, prior, embeddings(prior), **kwargs)
-    out = distill_loss(prior, images, eps, t, cond, uncond, OMEGA, guidance=guidance)
+    out = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), OMEGA, guidance=guidance)
     (grad,) = torch.autograd.grad(out.loss, images)
     return grad
 
@@ -126,7 +128,8 @@ def test_csd_with_the_empty_prompt_as_condition_gives_zero_gradient(prior):
 def test_nfsd_with_an_empty_negative_is_csd(prior):
     images, eps, t, cond, uncond, *_ = setup_step(prior)
     csd = image_grad(prior, ClassifierGuidance(), images, eps, t, cond, uncond)
-    same_negative = image_grad(prior, NoiseFreeGuidance(uncond[:1]), images, eps, t, cond, uncond)  # neg = u computed
+    negative = Conditioning(uncond[:1], uncond[:1])  # neg = u, computed
+    same_negative = image_grad(prior, NoiseFreeGuidance(negative), images, eps, t, cond, uncond)
     torch.testing.assert_close(same_negative, csd, rtol=1e-9, atol=1e-12)
     empty = make_guidance("nfsd", prior, embeddings(prior), MethodOptions(nfsd_negative_prompt=""))
     assert isinstance(empty, NoiseFreeGuidance) and empty.negative is None
@@ -139,7 +142,7 @@ def test_vsd_first_gradient_is_the_formula_with_an_identity_lora(prior):
     e_c, e_u = unet_eps(prior, z_t, t, cond[:1]), unet_eps(prior, z_t, t, uncond[:1])
     eps_hat = e_u + OMEGA * (e_c - e_u)
     guidance = make_guidance("vsd", prior, embeddings(prior), seed=3)
-    out = distill_loss(prior, images, eps, t, cond, uncond, OMEGA, guidance=guidance)
+    out = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), OMEGA, guidance=guidance)
     (grad,) = torch.autograd.grad(out.loss, images)
     torch.testing.assert_close(grad, 2 * (sigma / alpha) * (eps_hat - e_c) / 2, rtol=1e-7, atol=1e-9)
     sds = image_grad(prior, "sds", images, eps, t, cond, uncond)  # the same noise: differs by w (eps - eps(x_t; y))
@@ -161,8 +164,7 @@ def vsd_run(prior, guidance, steps: int, seed: int = 0) -> list[torch.Tensor]:
             z.clone().requires_grad_(True),
             eps,
             torch.tensor([600, 300]),
-            cond,
-            uncond,
+            Conditioning(cond, uncond),
             OMEGA,
             guidance=guidance,
             return_predictions=True,
@@ -222,14 +224,23 @@ def test_vsd_on_the_shapes_prior_with_cameras():
     cams = OrbitSampler(dataclasses.replace(CameraConfig(), batch_size=2, width=64, height=64), device="cpu").sample(
         torch.Generator().manual_seed(0)
     )
-    cond, uncond = emb.select(["none", "none"])
+    _conditioning = emb.select(["none", "none"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     g = torch.Generator().manual_seed(2)
     z = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     eps = torch.randn(z.shape, generator=g)
     guidance = make_guidance("vsd", shapes, emb, seed=0)
     t = torch.tensor([500, 500])
     out = distill_loss_z(
-        shapes, z.requires_grad_(True), eps, t, cond, uncond, OMEGA, cameras=cams, guidance=guidance, return_predictions=True
+        shapes,
+        z.requires_grad_(True),
+        eps,
+        t,
+        Conditioning(cond, uncond),
+        OMEGA,
+        cameras=cams,
+        guidance=guidance,
+        return_predictions=True,
     )
     abar = shapes.alphas_cumprod[t].view(-1, 1, 1, 1)
     z_t = abar.sqrt() * z.detach() + (1 - abar).sqrt() * eps
@@ -238,7 +249,7 @@ def test_vsd_on_the_shapes_prior_with_cameras():
         out.aux["eps_hat"] - eps, shapes.predict_noise(z_t, t, cond, uncond, OMEGA) - e_c, rtol=1e-4, atol=1e-4
     )  # the first direction: an identity LoRA, whatever the camera
     camera_before = [p.detach().clone() for p in guidance.camera.parameters()]
-    distill_loss_z(shapes, z, eps, t, cond, uncond, OMEGA, cameras=cams, guidance=guidance)
+    distill_loss_z(shapes, z, eps, t, Conditioning(cond, uncond), OMEGA, cameras=cams, guidance=guidance)
     assert any(not torch.equal(a, b) for a, b in zip(camera_before, guidance.camera.parameters()))
     nfsd = make_guidance("nfsd", shapes, emb)  # the shapes vocabulary has no "bad image" words: NFSD = CSD
     assert isinstance(nfsd, NoiseFreeGuidance) and nfsd.negative is None

@@ -17,6 +17,7 @@ import torch
 
 from fsd_gs.camera import CameraConfig, OrbitSampler, orbit_cameras, turntable
 from fsd_gs.errors import UserError
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.mvdream_cameras import (
     MultiViewOrbitSampler,
     mvdream_camera_vectors,
@@ -263,7 +264,8 @@ def tiny_mvdream_prior(tiny_mvdream_dir: Path):
 
 def _views(prior, batch: int = 4):
     emb = prior.encode_prompts("a red chair", view_dependent=False)
-    cond, uncond = emb.select(["none"] * batch)
+    _conditioning = emb.select(["none"] * batch)
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     z = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     return z, torch.full((batch,), 600), cond, uncond
 
@@ -298,7 +300,7 @@ def test_distill_loss_passes_the_cameras(tiny_mvdream_prior):
     _, t, cond, uncond = _views(prior)
     eps = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     cams = MultiViewOrbitSampler(CameraConfig(batch_size=4, width=64, height=64)).sample(torch.Generator().manual_seed(0))
-    out = distill_loss(prior, images, eps, t, cond, uncond, 7.5, cameras=cams, return_predictions=True)
+    out = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), 7.5, cameras=cams, return_predictions=True)
     out.loss.backward()
     assert torch.isfinite(out.loss) and images.grad.abs().sum() > 0
     alpha, sigma = (x.view(-1, 1, 1, 1) for x in prior.alpha_sigma(t))
@@ -364,7 +366,8 @@ def test_full_size_random_mvdream_fp16_on_cuda(tmp_path):
     prior = load_mvdream_prior(folder, "cuda", torch.float16)
     assert prior.resolution == 256 and prior.spec == SD21
     emb = prior.encode_prompts("a photo of a red chair", view_dependent=False)
-    cond, uncond = emb.select(["none"] * 4)
+    _conditioning = emb.select(["none"] * 4)
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     cams = MultiViewOrbitSampler(CameraConfig(batch_size=4, width=256, height=256)).sample(torch.Generator().manual_seed(0))
     images = torch.rand(4, 3, 256, 256, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     z = prior.encode_images(images)

@@ -14,6 +14,7 @@ from fsd_gs.errors import UserError
 from fsd_gs.methods import MethodOptions, make_guidance, method_names
 from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, perpendicular, plan, select
 from fsd_gs.prior.base import VIEW_SUFFIXES, NegativeViews
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.step import DistillStep, step_together
 from fsd_gs.view_prompts import ViewPromptConfig
 from tests.contract import tiny_cfg, together_and_alone
@@ -122,9 +123,10 @@ def test_schedule_values_at_the_key_angles():
 def test_select_interpolates_the_view_embeddings(shapes_prior):
     emb = shapes_prior.encode_prompts("a red chair")
     row = {v: emb.cond[emb.views.index(v)] for v in VIEWS}
-    cond, uncond, negatives = select(
+    _conditioning, negatives = select(
         emb, torch.tensor([0.0, 45.0, 180.0, 10.0]), torch.tensor([0.0, 0.0, 0.0, 80.0]), PerpNegWeights(), overhead_above=60.0
     )
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     assert torch.equal(cond[0], row["front"]) and torch.equal(cond[2], row["back"]) and torch.equal(cond[3], row["overhead"])
     torch.testing.assert_close(cond[1], 0.5 * row["front"] + 0.5 * row["side"])
     assert torch.equal(uncond, emb.uncond.expand(4, -1, -1))
@@ -145,7 +147,8 @@ def _inputs(prior, batch: int, seed: int = 0):
 def test_negatives_are_batched_into_the_one_prior_call_and_match_separate_predictions(prior_name, request):
     prior = request.getfixturevalue(prior_name)
     emb = prior.encode_prompts("a red chair")
-    cond, uncond, negatives = select(emb, torch.tensor([20.0, 150.0]), torch.tensor([10.0, 10.0]), PerpNegWeights())
+    _conditioning, negatives = select(emb, torch.tensor([20.0, 150.0]), torch.tensor([10.0, 10.0]), PerpNegWeights())
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     z, t = _inputs(prior, 2)
     plain, rows = _unet_rows(prior, lambda: prior.predict_noise(z, t, cond, uncond, 5.0))
     assert rows == [4]  # 2 rows per view
@@ -165,7 +168,8 @@ def test_every_method_uses_perp_neg_in_one_prior_call(shapes_prior, method):
     prior = shapes_prior
     emb = prior.encode_prompts("a red chair")
     guidance = make_guidance(method, prior, emb, MethodOptions(), seed=0)
-    cond, uncond, negatives = select(emb, torch.tensor([30.0, -120.0]), torch.tensor([5.0, 25.0]), PerpNegWeights())
+    _conditioning, negatives = select(emb, torch.tensor([30.0, -120.0]), torch.tensor([5.0, 25.0]), PerpNegWeights())
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([600, 300])
@@ -179,8 +183,7 @@ def test_every_method_uses_perp_neg_in_one_prior_call(shapes_prior, method):
             images.clone().requires_grad_(True),
             eps,
             t,
-            cond,
-            uncond,
+            Conditioning(cond, uncond),
             5.0,
             cameras=cams,
             guidance=guidance,
@@ -202,12 +205,15 @@ def test_nfsd_with_its_own_negative_prompt_adds_the_views_to_the_same_call(tiny_
     prior = tiny_pixel_prior
     emb = prior.encode_prompts("a red chair")
     guidance = make_guidance("nfsd", prior, emb, MethodOptions(nfsd_negative_prompt="blurry"))
-    cond, uncond, negatives = select(emb, torch.tensor([60.0]), torch.tensor([5.0]), PerpNegWeights())
+    _conditioning, negatives = select(emb, torch.tensor([60.0]), torch.tensor([5.0]), PerpNegWeights())
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     z, t = _inputs(prior, 1)
     eps = torch.randn_like(z)
-    direction, rows = _unet_rows(prior, lambda: guidance.direction(prior, z, z, eps, t, cond, uncond, 7.5, None, negatives))
+    direction, rows = _unet_rows(
+        prior, lambda: guidance.direction(prior, z, z, eps, t, Conditioning(cond, uncond), 7.5, None, negatives)
+    )
     assert rows == [5]  # cond, uncond, NFSD's negative, two view negatives
-    e = [prior.predict_noise(z, t, x, x, 1.0) for x in (cond, uncond, guidance.negative, *negatives.embeddings)]
+    e = [prior.predict_noise(z, t, x, x, 1.0) for x in (cond, uncond, guidance.negative.cond, *negatives.embeddings)]
     want = 7.5 * classifier_direction(e[0], e[1], e[3:], negatives.weights) + (e[1] - e[2])
     torch.testing.assert_close(direction, want, rtol=1e-4, atol=1e-4)  # batched arithmetic, times omega
 
@@ -219,7 +225,8 @@ def test_mvdream_groups_of_four_keep_their_cameras(tmp_path):
     prior = load_mvdream_prior(build_tiny_mvdream(tmp_path / "mv", seed=0), "cpu", torch.float32)
     emb = prior.encode_prompts("a red chair")
     cams = turntable(4, elevation=15.0, width=64, height=64)
-    cond, uncond, negatives = select(emb, cams.azimuth, cams.elevation, PerpNegWeights())
+    _conditioning, negatives = select(emb, cams.azimuth, cams.elevation, PerpNegWeights())
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     z, t = _inputs(prior, 4)
     guided, rows = _unet_rows(prior, lambda: prior.predict_noise(z, t, cond, uncond, 7.5, negatives=negatives, cameras=cams))
     assert rows == [16]  # four groups of four views: cond, uncond, two negatives
@@ -297,11 +304,11 @@ def test_the_step_uses_the_configured_spans(shapes_prior):
     )
     pending = wide.prepare()
     front = wide.embeddings.cond[wide.embeddings.views.index("front")]
-    assert all(torch.equal(row, front) for row in pending.cond)  # every view is a "front" view with these spans
+    assert all(torch.equal(row, front) for row in pending.conditioning.cond)  # every view is a "front" view with these spans
     default = DistillStep(
         tiny_cfg(0, "--camera.batch-size", "4", "--guidance.no-perp-neg"), shapes_prior, torch.device("cpu")
     ).prepare()
-    assert not all(torch.equal(row, front) for row in default.cond)  # the same cameras get other views by default
+    assert not all(torch.equal(row, front) for row in default.conditioning.cond)  # the same cameras get other views by default
 
 
 def test_shapes_prior_keeps_the_wording_its_captions_were_trained_with(shapes_prior):

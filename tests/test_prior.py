@@ -123,7 +123,8 @@ def test_text_encoder_runs_once_per_new_text(tiny_sd_prior, monkeypatch):
 
 def test_per_view_selection(tiny_sd_prior):
     emb = tiny_sd_prior.encode_prompts(PROMPT, "")
-    cond, uncond = emb.select(["front", "back", "overhead", "none"])
+    _conditioning = emb.select(["front", "back", "overhead", "none"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     assert cond.shape == (4, 77, 32) and uncond.shape == (4, 77, 32)
     for row, view in zip(cond, ["front", "back", "overhead", "none"]):
         torch.testing.assert_close(row, emb.cond[emb.views.index(view)])
@@ -152,7 +153,8 @@ def _unet_batches(prior, fn):
 def test_predict_noise_cfg_is_one_batched_call_and_matches_manual(prior_name, request):
     prior = request.getfixturevalue(prior_name)
     emb = prior.encode_prompts(PROMPT, "")
-    cond, uncond = emb.select(["front", "side"])
+    _conditioning = emb.select(["front", "side"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     c, h, w = prior.model_shape(prior.resolution, prior.resolution)
     z = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([700, 80])

@@ -56,7 +56,8 @@ def _inputs(prior, batch: int, seed: int = 3):
     z = torch.randn(batch, 3, 64, 64, generator=gen)
     t = torch.randint(20, 980, (batch,), generator=gen)
     emb = prior.encode_prompts("a red chair")
-    cond, uncond = emb.select(["front", "side", "back", "side"][:batch] * (batch // 4 or 1))
+    _conditioning = emb.select(["front", "side", "back", "side"][:batch] * (batch // 4 or 1))
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     cams = orbit_cameras(
         torch.tensor([0.0, 90.0, 180.0, 270.0]).repeat(batch // 4 or 1)[:batch],
         torch.full((batch,), 20.0),

@@ -46,7 +46,8 @@ def test_shipped_prior_loads_through_the_prior_interface(prior):
     assert (prior.space, prior.channels, prior.downsample, prior.resolution) == ("pixel", 3, 1, 64)
     assert prior.alphas_cumprod.shape == (1000,) and prior.dtype == torch.float32
     emb = prior.encode_prompts("a red mushroom")
-    cond, uncond = emb.select(["front", "back"])
+    _conditioning = emb.select(["front", "back"])
+    cond, uncond = _conditioning.cond, _conditioning.uncond
     assert cond.shape == (2, MAX_TOKENS, 128) and not torch.allclose(cond[0], cond[1])
     z = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     eps = prior.predict_noise(z, torch.tensor([500, 500]), cond, uncond, 7.5)

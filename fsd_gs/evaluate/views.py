@@ -76,15 +76,16 @@ def ddim_images(
     prior: DiffusionPrior, prompt: str, cameras: Cameras, n_samples: int, guidance_scale: float, steps: int, seed: int = 0
 ) -> torch.Tensor:
     """The paper's "DDIM images": ``n_samples`` images [S,3,H,W] in [0,1] (CPU) of ``prompt`` from the prior
-    with :func:`fsd_gs.sampling.ddim_sample` (eta 0), sample i from x_T ~ N(0,I) seeded ``seed + i`` and
-    prompted with the view name of camera ``i * V // S`` (view-dependent prompts, as in training)."""
-    from fsd_gs.sampling import ddim_sample
+    with the prior's sampler (:func:`fsd_gs.sampling.sample`: DDIM with eta 0, or Euler for a flow prior), sample i
+    from x_T ~ N(0,I) seeded ``seed + i`` and prompted with the view name of camera
+    ``i * V // S`` (view-dependent prompts, as in training)."""
+    from fsd_gs.sampling import sample
 
     views = view_directions(cameras)
     names = [views[(i * len(views)) // n_samples] for i in range(n_samples)]
     emb = prior.encode_prompts(prompt, "", view_dependent=True)
-    cond, uncond = emb.select(names)
+    conditioning = emb.select(names)
     c, h, w = prior.model_shape(prior.resolution, prior.resolution)
     noise = torch.stack([torch.randn(c, h, w, generator=torch.Generator().manual_seed(seed + i)) for i in range(n_samples)])
-    z = ddim_sample(prior, noise, cond, uncond, guidance_scale, steps)
+    z = sample(prior, noise, conditioning, guidance_scale, steps)
     return prior.decode(z).clamp(0, 1).float().cpu()

@@ -16,6 +16,7 @@ import torch
 
 from fsd_gs.noise import NoiseConfig
 from fsd_gs.prior.base import DiffusionPrior, NegativeViews, PromptEmbeddings
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.schedule import ScheduleConfig
 
 
@@ -64,32 +65,29 @@ def predict(
     prior: DiffusionPrior,
     z_t: torch.Tensor,
     t: torch.Tensor,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
+    conditioning: Conditioning,
     guidance_scale: float,
     cameras: Any = None,
     negatives: Optional[NegativeViews] = None,
 ) -> torch.Tensor:
-    """``prior.predict_noise`` [B,C,h,w], with ``cameras`` for camera-conditioned priors only and Perp-Neg's
-    ``negatives`` when given."""
-    extra: dict[str, Any] = {} if negatives is None else {"negatives": negatives}
-    if prior.camera_conditioned:
-        # camera-conditioned priors (MVDream) take cameras=; the DiffusionPrior base signature has no such parameter
-        return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, cameras=cameras, **extra)  # pyright: ignore[reportCallIssue]
-    return prior.predict_noise(z_t, t, cond, uncond, guidance_scale, **extra)
+    """The guided eps_hat [B,C,h,w] of :meth:`DiffusionPrior.predict` (priors that do not use ``cameras`` ignore them)."""
+    return prior.predict(z_t, t, conditioning, guidance_scale, negatives=negatives, cameras=cameras)
 
 
 def raw_predictions(
-    prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, embeddings: Sequence[torch.Tensor], cameras: Any = None
+    prior: DiffusionPrior, z_t: torch.Tensor, t: torch.Tensor, parts: Sequence[Conditioning], cameras: Any = None
 ) -> list[torch.Tensor]:
-    """Unguided eps(z_t; e) [B,C,h,w] for each embedding e ([B,L,D] or [1,L,D]), in ONE conditional-only call."""
-    batch, k = z_t.shape[0], len(embeddings)
-    emb = torch.cat([e.to(z_t.device).expand(batch, -1, -1) for e in embeddings])
-    if cameras is not None and prior.camera_conditioned:
+    """Unguided eps(z_t; c) [B,C,h,w] for the conditional inputs c of each part (B or 1 views), in ONE call.
+
+    For eps(z_t; u) pass ``conditioning.unconditional()``; for Perp-Neg's negatives ``negatives.parts()``.
+    """
+    batch, k = z_t.shape[0], len(parts)
+    joined = Conditioning.cat([p.to(z_t.device).expand(batch) for p in parts])
+    if cameras is not None:
         from fsd_gs.camera import Cameras
 
         cameras = Cameras.cat([cameras] * k)
-    eps = predict(prior, z_t.repeat(k, 1, 1, 1), t.repeat(k), emb, emb, 1.0, cameras)
+    eps = predict(prior, z_t.repeat(k, 1, 1, 1), t.repeat(k), joined, 1.0, cameras)
     return list(eps.chunk(k))
 
 
@@ -112,8 +110,7 @@ class Guidance:
         z_t: torch.Tensor,
         eps: torch.Tensor,
         t: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        conditioning: Conditioning,
         guidance_scale: float,
         cameras: Any = None,
         negatives: Optional[NegativeViews] = None,
@@ -126,7 +123,8 @@ class Guidance:
             z_t: alpha_t z + sigma_t eps [B,C,h,w].
             eps: the noise [B,C,h,w].
             t: integer timesteps [B].
-            cond, uncond: text embeddings [B,L,D] (uncond may be [1,L,D]).
+            conditioning: the B views' :class:`~fsd_gs.prior.conditioning.Conditioning` (opaque: pass it to
+                :func:`predict`, or its parts to :func:`raw_predictions`).
             guidance_scale: omega.
             cameras: the views' cameras (camera-conditioned priors and VSD), or None (2D).
             negatives: Perp-Neg's negative prompts (fsd_gs/perp_neg.py), predicted in the same prior call; they

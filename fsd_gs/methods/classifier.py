@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fsd_gs.methods.base import Guidance, Image2DSettings, MethodSpec, raw_predictions
 from fsd_gs.noise import NOISE_PRESETS
-from fsd_gs.perp_neg import classifier_direction, negative_rows
+from fsd_gs.perp_neg import classifier_direction
 from fsd_gs.schedule import SCHEDULE_PRESETS
 
 
@@ -13,8 +13,9 @@ class ClassifierGuidance(Guidance):
 
     name = "csd"
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
-        eps_cond, eps_uncond, *eps_negs = raw_predictions(prior, z_t, t, [cond, uncond, *negative_rows(negatives)], cameras)
+    def direction(self, prior, z, z_t, eps, t, conditioning, guidance_scale, cameras=None, negatives=None):
+        parts = [conditioning, conditioning.unconditional(), *([] if negatives is None else negatives.parts())]
+        eps_cond, eps_uncond, *eps_negs = raw_predictions(prior, z_t, t, parts, cameras)
         weights = None if negatives is None else negatives.weights
         return (guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_negs, weights)).to(z.dtype)
 

@@ -13,8 +13,8 @@ class ScoreGuidance(Guidance):
     def __init__(self, name: str = "fsd") -> None:
         self.name = name
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
-        return predict(prior, z_t, t, cond, uncond, guidance_scale, cameras, negatives).to(z.dtype) - eps
+    def direction(self, prior, z, z_t, eps, t, conditioning, guidance_scale, cameras=None, negatives=None):
+        return predict(prior, z_t, t, conditioning, guidance_scale, cameras, negatives).to(z.dtype) - eps
 
 
 FSD = MethodSpec(

@@ -96,6 +96,12 @@ class VariationalGuidance(Guidance):
         from diffusers import UNet2DConditionModel
 
         config.validate()
+        if prior.process.kind != "vp":
+            raise UserError(
+                "--method vsd trains a LoRA copy of a camera-conditioned UNet2DConditionModel with the diffusion "
+                "denoising loss, which flow priors (Stable Diffusion 3's transformer) do not have; use fsd, sds, nfsd "
+                "or csd with this model"
+            )
         unet = getattr(prior, "unet", None)
         if not isinstance(unet, UNet2DConditionModel) or prior.camera_conditioned:
             raise UserError(
@@ -103,11 +109,10 @@ class VariationalGuidance(Guidance):
                 "the shapes prior); use fsd, sds, nfsd or csd with this model"
             )
         self.config = config
-        self.prediction_type = str(getattr(prior, "prediction_type", "epsilon"))
+        self.process = prior.process
         self.lora_cond = lora_cond.detach()
         device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
-        self.alphas_cumprod = prior.alphas_cumprod.to(device).float()
         self.unet = self._copy(unet)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + config.seed_offset)
@@ -140,29 +145,32 @@ class VariationalGuidance(Guidance):
         self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(LORA_TARGETS)))
 
     # -- the LoRA denoiser ------------------------------------------------------------------------
-    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """eps_lora(z_t; y_none, camera) [B,C,h,w], float32 or wider (differentiable in the LoRA and camera parameters)."""
+    def lora_raw(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The LoRA denoiser's raw output (``process.prediction``) [B,C,h,w] at z_t [B,C,h,w], t [B], float32 or wider
+        (differentiable in the LoRA and camera parameters)."""
         batch = z_t.shape[0]
         dtype = self.dtype
         emb = self.lora_cond.to(z_t.device, dtype).expand(batch, -1, -1)
-        out = self.unet(z_t.to(dtype), t, encoder_hidden_states=emb, class_labels=labels).sample
+        out = self.unet(z_t.to(dtype), self.process.model_timestep(t), encoder_hidden_states=emb, class_labels=labels).sample
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         channels = z_t.shape[1]
         if out.shape[1] == 2 * channels:  # learned variance: keep the mean part
             out = out[:, :channels]
-        if self.prediction_type == "v_prediction":
-            abar = self.alphas_cumprod.to(z_t.device)[t.long()].view(-1, 1, 1, 1)
-            out = abar.sqrt() * out + (1 - abar).sqrt() * z_t.to(out.dtype)
         return out
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
-        eps_hat = predict(prior, z_t, t, cond, uncond, guidance_scale, cameras, negatives)
+    def lora_eps(self, z_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """eps_lora(z_t; y_none, camera) [B,C,h,w]: :meth:`lora_raw` through ``process.eps_from``."""
+        return self.process.eps_from(self.lora_raw(z_t, t, labels), z_t, t)
+
+    def direction(self, prior, z, z_t, eps, t, conditioning, guidance_scale, cameras=None, negatives=None):
+        eps_hat = predict(prior, z_t, t, conditioning, guidance_scale, cameras, negatives)
         with torch.no_grad():
             eps_lora = self.lora_eps(z_t, t, camera_labels(cameras, z_t.shape[0], z_t.device))
         return (eps_hat - eps_lora).to(z.dtype)
 
     def update(self, prior, z, cameras=None):
-        """``lora_steps`` Adam steps of the denoising loss ||eps_lora(alpha z + sigma n; y, c) - n||^2 on z."""
+        """``lora_steps`` Adam steps of the denoising loss ||raw_lora(x_t; y, c) - process.raw_target(z, n, t)||^2 on z,
+        x_t = process.add_noise(z, n, t) (for epsilon models: ||eps_lora - n||^2)."""
         z = z.detach()
         z = z.to(torch.promote_types(z.dtype, torch.float32))
         batch = z.shape[0]
@@ -173,11 +181,10 @@ class VariationalGuidance(Guidance):
             noise = torch.randn(z.shape, generator=self.generator).to(z.device, z.dtype)
             keep = (torch.rand(batch, generator=self.generator) >= self.config.camera_dropout).float()
             t = t.to(z.device)
-            abar = self.alphas_cumprod.to(z.device)[t].view(-1, 1, 1, 1)
-            z_t = abar.sqrt() * z + (1 - abar).sqrt() * noise
+            z_t = self.process.add_noise(z, noise, t)
             with torch.enable_grad():
-                pred = self.lora_eps(z_t, t, labels * keep.to(z.device).view(-1, 1))
-                loss = torch.nn.functional.mse_loss(pred, noise)
+                pred = self.lora_raw(z_t, t, labels * keep.to(z.device).view(-1, 1))
+                loss = torch.nn.functional.mse_loss(pred, self.process.raw_target(z, noise, t))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             self.optimizer.step()
@@ -210,9 +217,8 @@ class VariationalGuidance(Guidance):
 
 
 def make_variational(prior: DiffusionPrior, embeddings: PromptEmbeddings, options: Any, seed: int) -> VariationalGuidance:
-    """VSD's guidance, its LoRA conditioned on the view-independent ("none") prompt row."""
-    row = embeddings.views.index("none") if "none" in embeddings.views else 0
-    return VariationalGuidance(prior, embeddings.cond[row : row + 1], options.vsd, seed)
+    """VSD's guidance, its LoRA conditioned on the view-independent ("none") prompt row (its UNet reads text only)."""
+    return VariationalGuidance(prior, embeddings.select(["none"]).conditional_rows()[0], options.vsd, seed)
 
 
 VSD = MethodSpec(

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Optional, cast
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.perp_neg import classifier_direction, negative_rows
+from fsd_gs.perp_neg import classifier_direction
 from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, NegativeViews, PromptEmbeddings, view_prompt
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
+from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.loading import quiet_hf
+from fsd_gs.prior.process import VPProcess
+
+if TYPE_CHECKING:
+    from fsd_gs.camera import Cameras
 
 
 # -- loading helpers ------------------------------------------------------------------------------
@@ -79,25 +84,28 @@ def load_scheduler_config(folder: Path) -> dict[str, Any]:
     return dict(_load("scheduler", folder, lambda: DDIMScheduler.load_config(folder / "scheduler")))
 
 
-def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
-    from diffusers import DDIMScheduler
-
-    with quiet_hf():
-        # from_config's stubs return (model, unused kwargs) too, which it does only with return_unused_kwargs=True
-        scheduler = cast(DDIMScheduler, DDIMScheduler.from_config(scheduler_config))
-    return scheduler.alphas_cumprod.to(torch.float32)
-
-
 # -- shared base ----------------------------------------------------------------------------------
 class DiffusersPrior(DiffusionPrior):
     """Text encoding, CFG noise prediction and schedule bookkeeping shared by the diffusers priors.
 
     Attributes beyond :class:`DiffusionPrior`:
         unet, text_encoder, tokenizer: the networks (frozen, eval mode).
-        scheduler_config: the pipeline's scheduler config (for DDIM sampling).
-        prediction_type: "epsilon" or "v_prediction" (converted to epsilon in :meth:`predict_noise`).
+        scheduler_config: the pipeline's scheduler config (its noise schedule became :attr:`process`).
+        process: a :class:`~fsd_gs.prior.process.VPProcess` (epsilon or v_prediction UNets).
         source: the folder the weights came from.
     """
+
+    process: VPProcess
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: "epsilon" or "v_prediction" (``process.prediction``)."""
+        return self.process.prediction
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t for t = 0..T-1, float32 [T] on ``device`` (``process.alphas_cumprod``)."""
+        return self.process.alphas_cumprod
 
     def __init__(
         self,
@@ -130,14 +138,11 @@ class DiffusersPrior(DiffusionPrior):
                     "install xformers or leave enable_xformers off (PyTorch's SDPA attention is used then)"
                 ) from exc
         self.scheduler_config = load_scheduler_config(self.source)
-        self.prediction_type = str(self.scheduler_config.get("prediction_type", "epsilon"))
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise UserError(
-                f"the model in {self.source} predicts {self.prediction_type!r}; only epsilon and v_prediction "
-                "models can be used as priors"
-            )
-        self.num_train_timesteps = int(self.scheduler_config.get("num_train_timesteps", 1000))
-        self.alphas_cumprod = _alphas_cumprod(self.scheduler_config).to(self.device)
+        try:
+            self.process = VPProcess.from_config(self.scheduler_config, self.device)
+        except UserError as exc:
+            raise UserError(f"the UNet prior in {self.source} cannot be used: {exc}") from exc
+        self.num_train_timesteps = self.process.num_train_timesteps
         self._text_cache: dict[str, torch.Tensor] = {}
         self._prompt_cache: dict[tuple[str, str, bool, tuple[tuple[str, str], ...]], PromptEmbeddings] = {}
 
@@ -192,57 +197,68 @@ class DiffusersPrior(DiffusionPrior):
         return self._prompt_cache[key]
 
     # -- noise prediction -------------------------------------------------------------------------
-    def _unet_eps(
+    def _unet_raw(
         self, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, class_labels: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Epsilon [N,C,h,w] float32 from one UNet call (v-prediction and learned variance handled)."""
+        """The UNet's raw output [N,C,h,w] float32 from one call (fed ``process.model_timestep(t)``; a learned
+        variance's second half dropped)."""
         if class_labels is not None:
             class_labels = class_labels.to(self.device, self.dtype)
-        out = self.unet(z.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample
+        timestep = self.process.model_timestep(t)
+        out = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample
         out = out.to(torch.float32, copy=True)  # a copy: a CUDA-graph output is overwritten by the next replay
         if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
             out = out[:, : self.channels]
-        if self.prediction_type == "v_prediction":
-            alpha, sigma = self.alpha_sigma(t)
-            out = alpha.view(-1, 1, 1, 1) * out + sigma.view(-1, 1, 1, 1) * z.float()
         return out
 
     @torch.no_grad()
-    def predict_noise(
+    def predict_raw(
         self,
         z_t: torch.Tensor,
         t: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        conditioning: Conditioning,
         guidance_scale: float,
         negatives: Optional[NegativeViews] = None,
-        class_labels: Optional[torch.Tensor] = None,
+        cameras: Optional[Cameras] = None,
     ) -> torch.Tensor:
-        """eps_uncond + omega (eps_cond - eps_uncond), float32 [B,C,h,w]; cond and uncond in ONE UNet call.
+        """raw_u + omega (raw_c - raw_u), float32 [B,C,h,w]; cond, uncond (and Perp-Neg's negatives) in ONE UNet call.
 
-        ``t`` is [B] (or a scalar) of integer timesteps; cond/uncond are [B,L,D] or [1,L,D] (broadcast).
-        ``negatives``: Perp-Neg's N negative prompts per view, in the same UNet call (2 + N rows per view); the
-        direction is then :func:`fsd_gs.perp_neg.classifier_direction`'s. ``class_labels`` [B,K]: per-view
-        conditioning for UNets with a class embedding (MVDream's cameras), the same for every pass; None for
-        text-only UNets. With omega == 1 and no negatives only the conditional pass runs. No gradient flows
-        through the UNet.
+        Arguments as :meth:`DiffusionPrior.predict_raw`; ``t`` is [B] or one timestep; the conditioning's rows are
+        [B,...] or [1,...] (broadcast). With omega == 1 and no negatives only the conditional pass runs. Text-only
+        UNets ignore ``cameras``; multi-view priors turn them into class labels (:meth:`class_labels`).
         """
+        return self._guided(z_t, t, conditioning, guidance_scale, negatives, self.class_labels(cameras, int(z_t.shape[0])))
+
+    def class_labels(self, cameras: Optional[Cameras], batch: int) -> Optional[torch.Tensor]:
+        """Per-view class labels [B,K] of the UNet (MVDream's camera vectors), or None for text-only UNets."""
+        return None
+
+    def _guided(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Conditioning,
+        guidance_scale: float,
+        negatives: Optional[NegativeViews],
+        class_labels: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """The guided raw output of :meth:`predict_raw` with the UNet's per-view ``class_labels`` [B,K] (or None)."""
         if z_t.dim() != 4 or z_t.shape[1] != self.channels:
             raise ValueError(f"z_t must be [B,{self.channels},h,w], got {tuple(z_t.shape)}")
         batch = z_t.shape[0]
         z_t = z_t.to(self.device)
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
-        cond = cond.to(self.device).expand(batch, -1, -1)
-        if guidance_scale == 1.0 and negatives is None:
-            return self._unet_eps(z_t, t, cond, class_labels)
-        uncond = uncond.to(self.device).expand(batch, -1, -1)
-        rows = [cond, uncond, *(e.to(self.device) for e in negative_rows(negatives))]
-        k = len(rows)
+        if guidance_scale == 1.0 and negatives is None:  # the conditional rows alone
+            return self._unet_raw(z_t, t, conditioning.cond.to(self.device).expand(batch, -1, -1), class_labels)
+        conditioning = conditioning.to(self.device).expand(batch)
+        parts = [conditioning, conditioning.unconditional(), *([] if negatives is None else negatives.parts())]
+        k = len(parts)
         labels = None if class_labels is None else torch.cat([class_labels] * k)
-        eps = self._unet_eps(torch.cat([z_t] * k), torch.cat([t] * k), torch.cat(rows), labels)
-        eps_cond, eps_uncond, *eps_negatives = eps.chunk(k)
+        rows = Conditioning.cat([p.to(self.device) for p in parts]).cond
+        raw = self._unet_raw(torch.cat([z_t] * k), torch.cat([t] * k), rows, labels)
+        raw_cond, raw_uncond, *raw_negatives = raw.chunk(k)
         weights = None if negatives is None else negatives.weights
-        return eps_uncond + guidance_scale * classifier_direction(eps_cond, eps_uncond, eps_negatives, weights)
+        return raw_uncond + guidance_scale * classifier_direction(raw_cond, raw_uncond, raw_negatives, weights)
 
     # -- images -----------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:

@@ -1,7 +1,7 @@
 """MVDream (Shi et al. 2023) as a diffusion prior: Stable Diffusion 2.1-base's pipeline with the multi-view UNet.
 
     prior = load_mvdream_prior("ashawkey/mvdream-sd2.1-diffusers", device, torch.float16)
-    eps_hat = prior.predict_noise(z_t, t, cond, uncond, 50.0, cameras=cams)     # B views, B % 4 == 0
+    eps_hat = prior.predict(z_t, t, conditioning, 50.0, cameras=cams)     # B views, B % 4 == 0
 
 Two sources:
 
@@ -27,7 +27,6 @@ from typing import Any, Mapping, Optional
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.base import NegativeViews
 from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior, PixelDiffusionPrior
 from fsd_gs.prior.loading import DEFAULT_MODEL
 from fsd_gs.prior.mvdream_cameras import DEFAULT_ELEVATION, mvdream_camera_vectors, reference_group
@@ -157,6 +156,7 @@ class MultiViewPriorMixin:
     """
 
     camera_conditioned = True
+    preset_family = "mvdream"
     source: Path
     dtype: torch.dtype
     device: torch.device
@@ -217,35 +217,19 @@ class MultiViewPriorMixin:
             raise ValueError(f"got {len(cameras)} cameras for a batch of {batch} views")
         return mvdream_camera_vectors(cameras).to(self.device)
 
-    @torch.no_grad()
-    def predict_noise(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        negatives: Optional[NegativeViews] = None,
-        cameras: Any = None,
-    ) -> torch.Tensor:
-        """Guided eps [B,C,h,w] float32 for B views in groups of ``views_per_group`` consecutive views.
+    def class_labels(self, cameras: Any, batch: int) -> torch.Tensor:
+        """MVDream's camera vectors [B,16] as the UNet's class labels, for B views in groups of ``views_per_group``
+        consecutive views (Perp-Neg's negatives of a group are denoised as a group of their own, with its cameras).
 
-        Args:
-            z_t, t, cond, uncond, guidance_scale, negatives: as :meth:`DiffusionPrior.predict_noise` (Perp-Neg's
-                negatives of a group are denoised as a group of their own, with the group's cameras).
-            cameras: the views' :class:`~fsd_gs.camera.Cameras` (B of them), or None for MVDream's reference views.
+        ``cameras``: the views' :class:`~fsd_gs.camera.Cameras` (B of them), or None for MVDream's reference views.
         Raises UserError when B is not a multiple of ``views_per_group``.
         """
-        batch = int(z_t.shape[0])
         if batch % self.views_per_group:
             raise UserError(
                 f"MVDream denoises views in groups of {self.views_per_group}, but got a batch of {batch}: set "
                 f"camera.batch_size to a multiple of {self.views_per_group}"
             )
-        labels = self.camera_vectors(cameras, batch)
-        return super().predict_noise(  # type: ignore[misc]
-            z_t, t, cond, uncond, guidance_scale, negatives, class_labels=labels
-        )
+        return self.camera_vectors(cameras, batch)
 
 
 class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):
@@ -255,9 +239,9 @@ class MVDreamPrior(MultiViewPriorMixin, LatentDiffusionPrior):
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, **kwargs: Any) -> None:
         """Args: as :class:`MultiViewPriorMixin` plus :class:`LatentDiffusionPrior`'s (upcast_vae, ...)."""
         super().__init__(folder, device, dtype, **kwargs)
-        if self.prediction_type != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
-            self.prediction_type = "epsilon"
-            self.scheduler_config = {**(self.scheduler_config or {}), "prediction_type": "epsilon"}  # set by the base: never {}
+        if self.process.prediction != "epsilon":  # an SD 2.1 (768, v-prediction) base folder: MVDream predicts eps
+            self.process = self.process.with_prediction("epsilon")
+            self.scheduler_config = dict(self.process.config)
 
 
 class PixelMVDreamPrior(MultiViewPriorMixin, PixelDiffusionPrior):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from fsd_gs.camera import VIEW_NAMES, view_direction
-from fsd_gs.sampling import ddim_sample
+from fsd_gs.sampling import sample
 
 CHECK_KINDS = ("chair", "fish", "house", "car", "bird", "robot")
 """The front kinds of issue 30's consistency measurements."""
@@ -80,14 +80,14 @@ def sample_groups(
     """
     views = [view_direction(a, elevation) for a in AZIMUTHS] * groups
     emb = prior.encode_prompts(prompt, view_dependent=view_prompts)
-    cond, uncond = emb.select(views if view_prompts else ["none"] * len(views))
+    conditioning = emb.select(views if view_prompts else ["none"] * len(views))
     size = prior.resolution // prior.downsample
     noise = torch.randn(len(views), prior.channels, size, size, generator=generator)
     saved = getattr(prior, "default_elevation", None)
     if saved is not None:
         prior.default_elevation = float(elevation)
     try:
-        z0 = ddim_sample(prior, noise, cond, uncond, guidance_scale, steps=steps)
+        z0 = sample(prior, noise, conditioning, guidance_scale, steps=steps)
     finally:
         if saved is not None:
             prior.default_elevation = saved

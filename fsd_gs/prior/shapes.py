@@ -77,6 +77,9 @@ class ShapesPrior(PixelDiffusionPrior):
     Attributes beyond the base class: ``judge_folder`` (the classifier shipped beside the model).
     """
 
+    default_negative_prompt = ""
+    """NFSD's negative prompt: none (the world's vocabulary has no words like "blurry")."""
+    preset_family = "shapes"
     view_suffixes: Mapping[str, str] = VIEW_SUFFIXES
     """The wording its training captions used (fsd_gs/shapes/captions.py: "a red car, front view"); other wording,
     given through --guidance.view-prompts.*-suffix, must stay within the world's vocabulary."""
@@ -102,6 +105,8 @@ class ShapesMVPrior(MultiViewPriorMixin, ShapesPrior):
     """The multi-view shapes prior (shapes-mv): MVDream's multi-view part (camera embedding, cross-view attention,
     grouped prediction; :class:`~fsd_gs.prior.mvdream.MultiViewPriorMixin`, as in
     :class:`~fsd_gs.prior.mvdream.PixelMVDreamPrior`) over :class:`ShapesPrior` (vocabulary check, judge folder)."""
+
+    preset_family = "shapes-mv"
 
 
 def load_shapes_prior(

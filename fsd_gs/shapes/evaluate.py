@@ -57,13 +57,13 @@ def ddim_sample(
     prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int, generator: torch.Generator
 ) -> torch.Tensor:
     """DDIM (eta 0) samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample."""
-    from fsd_gs.sampling import ddim_sample as sample
+    from fsd_gs.sampling import sample
 
     emb = prior.encode_prompts(prompt, "", view_dependent=True)
-    cond, uncond = emb.select(views)
+    conditioning = emb.select(views)
     c, h, w = prior.model_shape(prior.resolution, prior.resolution)
     x = torch.randn(len(views), c, h, w, generator=generator)
-    return prior.decode(sample(prior, x, cond, uncond, guidance_scale, steps))
+    return prior.decode(sample(prior, x, conditioning, guidance_scale, steps))
 
 
 def _entropy(counts: torch.Tensor) -> float:
@@ -181,7 +181,7 @@ def cfg_sweep(
 def unet_latency(prior: DiffusionPrior, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
     """Seconds of one guided noise prediction (batch 2 = cond + uncond of one image) at the prior's resolution."""
     emb = prior.encode_prompts("a red mushroom", "")
-    cond, uncond = emb.select(["front"])
+    conditioning = emb.select(["front"])
     c, h, w = prior.model_shape(prior.resolution, prior.resolution)
     z = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(0)).to(prior.device)
     t = torch.tensor([500], device=prior.device)
@@ -190,7 +190,7 @@ def unet_latency(prior: DiffusionPrior, repeats: int = 20, warmup: int = 3) -> d
         if prior.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        prior.predict_noise(z, t, cond, uncond, 7.5)
+        prior.predict(z, t, conditioning, 7.5)
         if prior.device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:

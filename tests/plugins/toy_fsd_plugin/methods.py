@@ -14,8 +14,8 @@ class HalfScoreGuidance(Guidance):
 
     name = "halfsds"
 
-    def direction(self, prior, z, z_t, eps, t, cond, uncond, guidance_scale, cameras=None, negatives=None):
-        return 0.5 * (predict(prior, z_t, t, cond, uncond, guidance_scale, cameras, negatives).to(z.dtype) - eps)
+    def direction(self, prior, z, z_t, eps, t, conditioning, guidance_scale, cameras=None, negatives=None):
+        return 0.5 * (predict(prior, z_t, t, conditioning, guidance_scale, cameras, negatives).to(z.dtype) - eps)
 
 
 HALF_SDS = MethodSpec(
