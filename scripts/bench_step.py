@@ -15,17 +15,27 @@ real model, no download):
     python scripts/bench_step.py --out bench_step.json
     python scripts/bench_step.py --model /tmp/sd21-random --grid speed --profile --repeat 2
     python scripts/bench_step.py --model /tmp/sd21-random --variants 512px/1v/100k/cudagraphs --asset-steps 1200
+Start-up (issue 27): eager, graphs and cudagraphs from an empty compile cache (run 0 compiles cold, run 1 warm), then
+the grouped graphs step and 1200-step assets with graphs and with (warm) cudagraphs, in the same cache:
+    export FSD_GS_COMPILE_CACHE=$(mktemp -d)
+    python scripts/bench_step.py --grid startup --repeat 2 --out startup.json
+    GRAPHS="512px/4s/100k/graphs 512px/4v/100k/graphs"
+    python scripts/bench_step.py --variants $GRAPHS --asset-steps 1200 --asset-compile graphs cudagraphs --out assets.json
 On the CPU with the built-in prior:
     python scripts/bench_step.py --model shapes --device cpu --grid cpu
 Perp-Neg's cost per step (--guidance.perp-neg: 2 + 2 UNet rows per view instead of 2): the same variants twice,
     python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --out plain.json
     python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --perp-neg --out perpneg.json
 
-Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile) or cudagraphs (compiled
-+ CUDA graphs); RESpx/SEEDSs/THOUSANDSk/MODE is the grouped step of the batch (``--group-seeds``): SEEDS assets of
-one view each (THOUSANDS Gaussians each) stepped by fsd_gs.step.step_together with one prior call, the same prior
-work as SEEDS views (``--grid grouped`` puts 512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
-``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
+Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile), cudagraphs (compiled
++ CUDA graphs) or graphs (CUDA graphs of the eager UNet call, no compile); RESpx/SEEDSs/THOUSANDSk/MODE is the
+grouped step of the batch (``--group-seeds``): SEEDS assets of one view each (THOUSANDS Gaussians each) stepped by
+fsd_gs.step.step_together with one prior call, the same prior work as SEEDS views (``--grid grouped`` puts
+512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
+``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache). ``--grid startup`` compares
+eager, graphs and cudagraphs (start-up: the first step includes the compile or the CUDA-graph recording); with an empty
+$FSD_GS_COMPILE_CACHE and --repeat 2 the cudagraphs rows show the cold and the warm compile (info.compile_cache_warm
+says whether the cache had entries when the benchmark started).
 ``--profile`` writes torch.profiler tables of steady steps, of the VAE encoder forward+backward alone and of
 the guided UNet alone (profile_<variant>_{step,floor_vae,floor_unet}.txt next to --out). ``--asset-steps N``
 also trains whole assets of the default preset through ``python -m fsd_gs.train`` (one fresh process per
@@ -53,9 +63,9 @@ from fsd_gs.errors import UserError
 from fsd_gs.profiling import synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
-MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs"}
+MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs", "graphs": "graphs"}
 """--prior.compile mode -> the word in variant names."""
-_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs)$")
+_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs|graphs)$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Variant:
     resolution: int
     views: int
     gaussians: int
-    compile: Literal["off", "on", "cudagraphs"] = "off"
+    compile: Literal["off", "on", "cudagraphs", "graphs"] = "off"
     seeds: int = 1
     """Assets stepped together (step_together, one prior call); each has ``views`` views and ``gaussians``."""
 
@@ -89,7 +99,7 @@ class Variant:
         if match is None:
             raise UserError(
                 f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
-                "(MODE eager, compiled or cudagraphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
+                "(MODE eager, compiled, cudagraphs or graphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
             )
         res, count, kind, kilo, mode = match.groups()
         modes = {word: key for key, word in MODE_NAMES.items()}
@@ -121,6 +131,8 @@ GRIDS: dict[str, list[Variant]] = {
         Variant(512, 1, 100_000, seeds=4),
         Variant(512, 1, 100_000, "cudagraphs"),
     ],
+    # start-up against steady state: CUDA graphs without compile beside eager and compiled ones (#27)
+    "startup": [Variant(512, 1, 100_000), Variant(512, 1, 100_000, "graphs"), Variant(512, 1, 100_000, "cudagraphs")],
 }
 
 
@@ -136,7 +148,7 @@ class Args:
     """Where the JSON results go (child logs and profile tables go next to it)."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    grid: Literal["default", "speed", "quick", "cpu", "grouped"] = "default"
+    grid: Literal["default", "speed", "quick", "cpu", "grouped", "startup"] = "default"
     """Which variants to run (see GRIDS); --variants overrides it."""
     variants: tuple[str, ...] = ()
     """Run these variants instead of the grid's, e.g. 512px/1v/100k/cudagraphs 512px/1v/100k/eager."""
@@ -162,7 +174,7 @@ class Args:
     asset_steps: int = 0
     """Also train whole assets of this many steps (default preset, fresh `python -m fsd_gs.train` processes); 0: no."""
     asset_compile: tuple[str, ...] = ("auto",)
-    """--prior.compile of each asset run (auto, off, on, cudagraphs)."""
+    """--prior.compile of each asset run (auto, off, on, cudagraphs, graphs)."""
     perp_neg: bool = False
     """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2; off otherwise, also in
     --asset-steps runs although the default preset fsd-sd21 turns it on); the floor's
@@ -323,6 +335,17 @@ def memory_gb(device: torch.device) -> dict:
     }
 
 
+def graph_stats(prior) -> dict:
+    """Under --prior.compile graphs: the UNet call's recorded graphs (one per batch shape), the seconds their warm-up
+    and recording took (part of the first step) and the calls that ran eagerly; ``{}`` in the other modes."""
+    from fsd_gs.prior.graphs import GraphedCall
+
+    call = getattr(prior, "unet_call", None)
+    if not isinstance(call, GraphedCall):
+        return {}
+    return {"graphs": {"recorded": len(call.recordings), "capture_s": round(call.capture_s, 2), "eager_calls": call.eager_calls}}
+
+
 def measure_variant(model: str, variant: Variant, args: Args, device: torch.device) -> dict:
     """Load, first render, first step, warm-up, steady step, stages, floor (and profiles) of one variant."""
     from fsd_gs.prior.factory import PriorConfig, load_prior
@@ -376,6 +399,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
         "stages_ms": {k: round(v, 2) for k, v in stages.items()},
         **memory,
         **syncs,
+        **graph_stats(prior),
     }
     if args.keep_vae_input_layout and prior.space == "latent":
         _, encoder_render = floor_calls(prior, prompt, variant, args.guidance_scale, device, render_layout=True)
@@ -512,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from fsd_gs.device import resolve_device
+    from fsd_gs.prior.compile import compile_cache_warm
 
     args = tyro.cli(Args, args=argv)
     device = resolve_device(args.device)
@@ -539,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "model": model,
         "perp_neg": args.perp_neg,
+        "compile_cache_warm": compile_cache_warm(),
         "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 

@@ -176,7 +176,7 @@ def detect_and_load(model: str, request: LoadRequest) -> DiffusionPrior:
             source = str(resolve_model(model, **request.hub()))
             continue
         if detector.matches(source):
-            if detector.compiles and request.decision.enabled:
+            if detector.compiles and request.decision.compiles:
                 setup_compile_cache()
             return detector.load(source, request)
     raise AssertionError("the last prior detector matches every folder")  # pragma: no cover

@@ -19,6 +19,7 @@ from fsd_gs.perp_neg import classifier_direction
 from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, NegativeViews, PromptEmbeddings, view_prompt
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.conditioning import Conditioning
+from fsd_gs.prior.graphs import UNetCall, unet_call
 from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.process import VPProcess
 
@@ -96,6 +97,8 @@ class DiffusersPrior(DiffusionPrior):
     """
 
     process: VPProcess
+    unet_call: UNetCall
+    """The UNet as (z, t, emb, labels) -> output; recorded as CUDA graphs under --prior.compile graphs (graphs.py)."""
 
     @property
     def prediction_type(self) -> str:
@@ -129,6 +132,7 @@ class DiffusersPrior(DiffusionPrior):
             self.unet.to(memory_format=torch.channels_last)
         self.compile_decision = compile if isinstance(compile, CompileDecision) else resolve_compile(compile, self.device)
         compile_module(self.unet, self.compile_decision.mode)
+        self.unet_call = unet_call(self.unet, self.compile_decision.mode)
         if enable_xformers:
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -205,7 +209,7 @@ class DiffusersPrior(DiffusionPrior):
         if class_labels is not None:
             class_labels = class_labels.to(self.device, self.dtype)
         timestep = self.process.model_timestep(t)
-        out = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample
+        out = self.unet_call(z.to(self.dtype), timestep, emb.to(self.dtype), class_labels)
         out = out.to(torch.float32, copy=True)  # a copy: a CUDA-graph output is overwritten by the next replay
         if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
             out = out[:, : self.channels]

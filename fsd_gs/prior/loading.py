@@ -29,10 +29,11 @@ class PriorConfig:
 
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
-    compile: Literal["auto", "off", "on", "cudagraphs"] = "auto"
-    """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); auto =
-    cudagraphs for CUDA runs of >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs
-    are cached in ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
+    compile: Literal["auto", "off", "on", "cudagraphs", "graphs"] = "auto"
+    """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); graphs
+    (CUDA graphs of the eager UNet call, no compile: ~1 s to record, CUDA only); auto = cudagraphs for CUDA runs of
+    >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs are cached in
+    ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
     enable_xformers: bool = False
