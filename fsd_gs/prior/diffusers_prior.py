@@ -88,6 +88,37 @@ def _alphas_cumprod(scheduler_config: dict[str, Any]) -> torch.Tensor:
     return scheduler.alphas_cumprod.to(torch.float32)
 
 
+def load_vae(folder: Path, dtype: torch.dtype) -> Any:
+    """The AutoencoderKL of ``folder``/vae in ``dtype``, eval mode, frozen (on the CPU)."""
+    from diffusers import AutoencoderKL
+
+    vae = _load(
+        "vae",
+        folder,
+        lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True, local_files_only=True),
+    )
+    return vae.eval().requires_grad_(False)
+
+
+def vae_factors(vae: Any) -> tuple[float, float]:
+    """(scaling_factor, shift_factor) of a VAE's config; the shift is 0 where the config has none (SD 1/2)."""
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+def encode_latents(vae: Any, images: torch.Tensor, shift: float, scale: float) -> torch.Tensor:
+    """Images [B,3,H,W] in [0,1] (in the VAE's dtype and device) -> latents [B,C,H/f,W/f] float32:
+    (posterior mean - shift) * scale. Deterministic and differentiable."""
+    mean = vae.encode(images * 2.0 - 1.0).latent_dist.mean
+    return ((mean - shift) * scale).float()
+
+
+def decode_latents(vae: Any, z: torch.Tensor, shift: float, scale: float) -> torch.Tensor:
+    """Latents [B,C,h,w] (in the VAE's dtype and device) -> images [B,3,h*f,w*f] float32 in [0,1]: the inverse of
+    :func:`encode_latents` followed by the decoder (autograd follows the caller)."""
+    x = vae.decode(z / scale + shift).sample.float()
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
 # -- shared base ----------------------------------------------------------------------------------
 class DiffusersPrior(DiffusionPrior):
     """Text encoding, CFG noise prediction and schedule bookkeeping shared by the diffusers priors.
@@ -262,20 +293,10 @@ class LatentDiffusionPrior(DiffusersPrior):
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)
-        from diffusers import AutoencoderKL
-
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        vae = _load(
-            "vae",
-            self.source,
-            lambda: AutoencoderKL.from_pretrained(
-                self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True
-            ),
-        )
-        self.vae = vae.eval().requires_grad_(False).to(self.device)
+        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
         compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
         self.channels = int(self.vae.config.latent_channels)
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if int(self.unet.config.in_channels) != self.channels:
@@ -296,15 +317,12 @@ class LatentDiffusionPrior(DiffusersPrior):
         self._check_images(images)
         mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
         layout: dict[str, Any] = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
-        x = images.to(self.device, self.vae_dtype, **layout) * 2.0 - 1.0
-        mean = self.vae.encode(x).latent_dist.mean
-        return ((mean - self.shift_factor) * self.scaling_factor).float()
+        x = images.to(self.device, self.vae_dtype, **layout)
+        return encode_latents(self.vae, x, self.shift_factor, self.scaling_factor)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B,4,h,w] -> images [B,3,8h,8w] float32 in [0,1] (autograd follows the caller)."""
-        z = z.to(self.device, self.vae_dtype) / self.scaling_factor + self.shift_factor
-        x = self.vae.decode(z).sample.float()
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+        return decode_latents(self.vae, z.to(self.device, self.vae_dtype), self.shift_factor, self.scaling_factor)
 
 
 # -- pixel space ----------------------------------------------------------------------------------
