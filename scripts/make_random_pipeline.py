@@ -7,7 +7,7 @@
     python scripts/make_random_pipeline.py --kind tiny-mvdream --out /tmp/tiny-mvdream  # MVDream layout at 64 px
     python scripts/make_random_pipeline.py --kind sd3-tiny --out /tmp/tiny-sd3     # SD3 layout at 64 px (T5 included)
     python scripts/make_random_pipeline.py --kind sd35m --out /tmp/sd35m-random    # SD3.5-medium size, ~5.5 GB (fp16)
-    python scripts/make_random_pipeline.py --kind sd35m --t5 --out /tmp/sd35m-t5   # the same with T5-XXL, ~15 GB
+    python scripts/make_random_pipeline.py --kind sd35m --t5 True --out /tmp/sd35m-t5  # the same with T5-XXL, ~15 GB
 
 The folder loads with ``--model <folder>`` (fsd_gs.train, fsd_gs.image2d) and with diffusers'
 ``from_pretrained(folder)``. The folder must not exist yet (or be empty): nothing is overwritten.
@@ -34,8 +34,8 @@ class Args:
     kind: Literal["tiny", "sd21", "pixel", "mvdream", "tiny-mvdream", "sd3-tiny", "sd35m"] = "tiny"
     """tiny: SD layout at 64 px; sd21: the full SD 2.1-base architecture (random weights, fp16 on disk); pixel: no VAE;
     mvdream: MVDream SD 2.1-base's full size in the ashawkey/mvdream-sd2.1-diffusers layout (fp16, 256 px);
-    tiny-mvdream: the same layout at 64 px; sd3-tiny: Stable Diffusion 3 layout at 64 px; sd35m: Stable Diffusion
-    3.5-medium's full architecture (random weights, fp16 on disk)."""
+    tiny-mvdream: the same layout at 64 px; sd3-tiny: Stable Diffusion 3 layout at 64 px;
+    sd35m: Stable Diffusion 3.5-medium's full architecture (random weights, fp16 on disk)."""
     seed: int = 0
     """Seed of the random weights (same seed, same weights)."""
     t5: Optional[bool] = None

@@ -182,3 +182,23 @@ def test_random_pipeline_loads_in_diffusers_without_t5(tiny_sd3_no_t5_dir):
     pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_no_t5_dir, text_encoder_3=None, tokenizer_3=None)
     hidden, _, pooled, _ = pipe.encode_prompt("a cat", None, None, device="cpu", do_classifier_free_guidance=False)
     assert hidden.shape == (1, 77 + T5_TOKENS, 32) and pooled.shape == (1, 32)
+
+
+def test_sd35_medium_configs_have_the_published_sizes():
+    """SD3.5-medium's random pipeline: built on the meta device (no memory), its sizes are the published ones."""
+    from diffusers import SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from fsd_gs.prior.random_sd3 import SD35_MEDIUM_CONFIGS as configs
+
+    def count(model: torch.nn.Module) -> float:
+        return sum(t.numel() for t in [*model.parameters(), *model.buffers()]) / 1e9
+
+    with torch.device("meta"):
+        transformer = SD3Transformer2DModel(**configs["transformer"])
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_l"]))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**configs["clip_g"]))
+        t5 = T5EncoderModel(T5Config(**configs["t5"]))
+    # 2.47B with the 384 x 384 positional table (a saved buffer); 123.7M, 694.7M, 4.76B: CLIP-L, CLIP-G, T5-XXL's encoder
+    assert [round(count(m), 2) for m in (transformer, clip_l, clip_g, t5)] == [2.47, 0.12, 0.69, 4.76]
+    assert len(transformer.transformer_blocks) == 24 and transformer.inner_dim == 1536
