@@ -242,6 +242,35 @@ def test_bench_step_grouped_variant_steps_seeds_together_with_the_views_prior_wo
     assert {"render", "prior", "backward", "optimizer"} <= set(row["stages_ms"])
 
 
+def test_bench_step_measures_a_stable_diffusion_3_prior(tiny_sd3_dir, tmp_path):
+    """bench_step on the tiny SD3 pipeline (T5 on): the model's own preset, the transformer's guided call as the floor's
+    denoiser, the VAE encoder's forward and backward, and the peak memory fields; --prior-t5 reaches the child."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_step
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_sd3_dir), "--device", "cpu", "--variants", "32px/1v/1k/eager", "--prior-t5", "on"]
+    argv += ["--no-fresh-process", "--warmup", "1", "--iters", "2", "--out", str(out), "--work", str(tmp_path)]
+    assert bench_step.main(argv) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert (row["prior"], row["denoiser"], row["prior_t5"], row["prior_dtype"]) == (
+        "StableDiffusion3Prior",
+        "transformer",
+        "on",
+        "float32",
+    )
+    assert row["unet_guided_ms"] > 0 and row["vae_encode_fwd_bwd_ms"] > 0 and row["step_ms"] > 0
+    assert row["floor_ms"] == pytest.approx(row["unet_guided_ms"] + row["vae_encode_fwd_bwd_ms"], abs=0.02)
+    assert row["peak_allocated_gb"] is None and row["peak_host_rss_gb"] > 0  # no GPU here; the host's peak is kept
+    import tyro
+
+    args = tyro.cli(bench_step.Args, args=argv)
+    child = bench_step.child_argv(args, str(tiny_sd3_dir), bench_step.Variant.parse("32px/1v/1k/eager"), out)
+    assert child[child.index("--prior-t5") + 1] == "on"
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["on", "cudagraphs", "graphs"])

@@ -149,7 +149,16 @@ def shapes_mv_prior():
     return load_prior("shapes-mv", device="cpu")
 
 
-@pytest.mark.parametrize("name", ["shapes_prior", "shapes_mv_prior", "tiny_sd_prior"])
+EXPECTED = {
+    "shapes_prior": ("vp", "", "shapes"),
+    "shapes_mv_prior": ("vp", "", "shapes-mv"),
+    "tiny_sd_prior": ("vp", NFSD_NEGATIVE_PROMPT, "sd21"),
+    "tiny_sd3_prior": ("flow", "", "sd35"),
+}
+"""Per shipped prior: (process.kind, default_negative_prompt, preset_family)."""
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
 def test_every_shipped_prior_answers_the_one_predict_call(name, request):
     prior = request.getfixturevalue(name)
     batch = max(4, prior.views_per_group)
@@ -163,12 +172,9 @@ def test_every_shipped_prior_answers_the_one_predict_call(name, request):
     assert eps.shape == z.shape and eps.dtype == torch.float32 and torch.isfinite(eps).all()
     raw = prior.predict_raw(z, t, conditioning, 7.5, cameras=cams)
     assert torch.equal(prior.process.eps_from(raw, z, t), eps)  # predict = eps_from(predict_raw)
-    assert torch.equal(prior.predict_noise(z, t, conditioning.cond, conditioning.uncond, 7.5, cameras=cams), eps)
-    assert prior.process.kind == "vp" and prior.num_train_timesteps == prior.process.num_train_timesteps
-    expected = ("", "shapes") if name == "shapes_prior" else ("", "shapes-mv") if name == "shapes_mv_prior" else None
-    if expected is None:
-        assert (prior.default_negative_prompt, prior.preset_family) == (NFSD_NEGATIVE_PROMPT, "sd21")
-    else:
-        assert (prior.default_negative_prompt, prior.preset_family) == expected
+    if conditioning.pooled_cond is None:  # the text-only shorthand
+        assert torch.equal(prior.predict_noise(z, t, conditioning.cond, conditioning.uncond, 7.5, cameras=cams), eps)
+    assert prior.num_train_timesteps == prior.process.num_train_timesteps
+    assert (prior.process.kind, prior.default_negative_prompt, prior.preset_family) == EXPECTED[name]
     if not prior.camera_conditioned:  # text-only priors ignore the cameras
         assert torch.equal(prior.predict(z, t, conditioning, 7.5), eps)
