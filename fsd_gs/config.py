@@ -28,6 +28,7 @@ from fsd_gs.methods import MethodName, MethodOptions, method_spec
 from fsd_gs.noise import NoiseConfig
 from fsd_gs.perp_neg import PerpNegWeights
 from fsd_gs.prior.compile import legacy_mode
+from fsd_gs.prior.family import model_family
 from fsd_gs.prior.loading import DEFAULT_MODEL, PriorConfig
 from fsd_gs.render import RenderConfig
 from fsd_gs.schedule import ScheduleConfig
@@ -127,7 +128,8 @@ class TrainConfig:
     explicit --noise.* / --schedule.* flags still win."""
     config: Optional[str] = None
     """A preset applied before the command-line flags: a shipped name (shapes-fsd, shapes-sds, fsd-sd21, sds-sd21,
-    ...) or a YAML file. Default: the model's own preset (shapes-<method> for --model shapes, <method>-sd21 otherwise)."""
+    ...) or a YAML file. Default: the model's own preset (shapes-<method> for --model shapes, <method>-sd35 for a Stable
+    Diffusion 3 model, <method>-sd21 otherwise)."""
     model: str = DEFAULT_MODEL
     """Diffusion prior: a hub id, a local diffusers folder, or "shapes" for the built-in CPU prior."""
     seed: int = 0
@@ -339,7 +341,8 @@ def load_preset(name: str | Path) -> dict[str, Any]:
 
 
 def default_preset(model: str | None, method: str | None) -> str:
-    """The preset a run gets when none is named: the model's own (shapes-<method> or <method>-sd21)."""
+    """The preset a run gets when none is named: the model's own (shapes-<method>, or <method>-<family> with the family
+    read from the model's model_index.json: sd35 for Stable Diffusion 3 pipelines, else sd21)."""
     method = method or "fsd"
     if model == "shapes":
         return f"shapes-{method}"
@@ -347,7 +350,7 @@ def default_preset(model: str | None, method: str | None) -> str:
         return f"shapes-{method}-mv"
     if model == "shapes-flow":  # the rectified-flow shapes prior: shapes-<method>-flow
         return f"shapes-{method}-flow"
-    return f"{method}-sd21"
+    return f"{method}-{model_family(model)}"
 
 
 def base_config(method: str | None, preset: str | Path | None, model: str | None = None) -> TrainConfig:

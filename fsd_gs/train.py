@@ -112,7 +112,7 @@ def run(argv: Sequence[str]) -> int:
     prior = load_prior_for(cfg)  # bad model, prompt or size fails here, before any folder exists
     check_resources(cfg, prior.device)
     if prior.compile_decision.enabled or (cfg.prior.compile != "off" and prior.device.type == "cuda"):
-        cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.enabled else ""
+        cache = f"; cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}" if prior.compile_decision.compiles else ""
         print(f"prior compile: {prior.compile_decision}{cache}")
     with ExitStack() as stack:
         try:

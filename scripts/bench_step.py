@@ -1,35 +1,52 @@
 """Step-time benchmark: the full training step of fsd_gs.train against the cost of the diffusion model itself.
 
-The floor of one distillation step with a latent model is the guided UNet forward (cond + uncond in one
-batch) plus the VAE encoder forward and backward, at the same batch, resolution, dtype and compile
-settings as the step. Everything else (rendering, noise, loss, Adam, Python, host syncs) is overhead;
-this script measures both and their ratio, with a per-stage breakdown of the step.
+The floor of one distillation step with a latent model is the guided denoiser forward (cond + uncond in one
+batch: the UNet of Stable Diffusion 1/2, the MMDiT transformer of Stable Diffusion 3) plus the VAE encoder forward
+and backward, at the same batch, resolution, dtype and compile settings as the step. Everything else (rendering,
+noise, loss, Adam, Python, host syncs) is overhead; this script measures both and their ratio, with a per-stage
+breakdown of the step.
 
 Each variant runs in a fresh child process (``--no-fresh-process``: in this process, one after another,
 each prior freed before the next), so its peak GPU memory (allocated and reserved, weights included) is
-its own, and its start-up is reported apart from the steady state: prior load, gsplat's first render
-(JIT build or load), the first step (compilation) and the rest of the warm-up (CUDA-graph recording).
+its own (and the process's peak host memory, peak_host_rss_gb), and its start-up is reported apart from the
+steady state: prior load, gsplat's first render (JIT build or load), the first step (compilation) and the rest of
+the warm-up (CUDA-graph recording).
 
 On a CUDA GPU (builds a random-weight SD-2.1-base pipeline from its config first: same FLOPs as the
 real model, no download):
     python scripts/bench_step.py --out bench_step.json
     python scripts/bench_step.py --model /tmp/sd21-random --grid speed --profile --repeat 2
     python scripts/bench_step.py --model /tmp/sd21-random --variants 512px/1v/100k/cudagraphs --asset-steps 1200
+Start-up (issue 27): eager, graphs and cudagraphs from an empty compile cache (run 0 compiles cold, run 1 warm), then
+the grouped graphs step and 1200-step assets with graphs and with (warm) cudagraphs, in the same cache:
+    export FSD_GS_COMPILE_CACHE=$(mktemp -d)
+    python scripts/bench_step.py --grid startup --repeat 2 --out startup.json
+    GRAPHS="512px/4s/100k/graphs 512px/4v/100k/graphs"
+    python scripts/bench_step.py --variants $GRAPHS --asset-steps 1200 --asset-compile graphs cudagraphs --out assets.json
+Stable Diffusion 3.5-medium (random weights; the model's own preset, fsd-sd35; bf16 on CUDA), without and with T5:
+    python scripts/make_random_pipeline.py --kind sd35m --out /tmp/sd35m
+    python scripts/bench_step.py --model /tmp/sd35m --variants 512px/1v/100k/eager --warmup 3 --iters 10
+    python scripts/make_random_pipeline.py --kind sd35m --t5 True --out /tmp/sd35m-t5
+    python scripts/bench_step.py --model /tmp/sd35m-t5 --prior-t5 on --variants 512px/1v/100k/eager --warmup 3 --iters 10
 On the CPU with the built-in prior:
     python scripts/bench_step.py --model shapes --device cpu --grid cpu
 Perp-Neg's cost per step (--guidance.perp-neg: 2 + 2 UNet rows per view instead of 2): the same variants twice,
     python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --out plain.json
     python scripts/bench_step.py --variants 512px/1v/100k/cudagraphs 512px/4v/100k/cudagraphs --perp-neg --out perpneg.json
 
-Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile) or cudagraphs (compiled
-+ CUDA graphs); RESpx/SEEDSs/THOUSANDSk/MODE is the grouped step of the batch (``--group-seeds``): SEEDS assets of
-one view each (THOUSANDS Gaussians each) stepped by fsd_gs.step.step_together with one prior call, the same prior
-work as SEEDS views (``--grid grouped`` puts 512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
-``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache).
+Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.compile), cudagraphs (compiled
++ CUDA graphs) or graphs (CUDA graphs of the eager UNet call, no compile); RESpx/SEEDSs/THOUSANDSk/MODE is the
+grouped step of the batch (``--group-seeds``): SEEDS assets of one view each (THOUSANDS Gaussians each) stepped by
+fsd_gs.step.step_together with one prior call, the same prior work as SEEDS views (``--grid grouped`` puts
+512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
+``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache). ``--grid startup`` compares
+eager, graphs and cudagraphs (start-up: the first step includes the compile or the CUDA-graph recording); with an empty
+$FSD_GS_COMPILE_CACHE and --repeat 2 the cudagraphs rows show the cold and the warm compile (info.compile_cache_warm
+says whether the cache had entries when the benchmark started).
 ``--profile`` writes torch.profiler tables of steady steps, of the VAE encoder forward+backward alone and of
-the guided UNet alone (profile_<variant>_{step,floor_vae,floor_unet}.txt next to --out). ``--asset-steps N``
-also trains whole assets of the default preset through ``python -m fsd_gs.train`` (one fresh process per
---asset-compile mode) and reports load, first step (compile) and steps apart. Densification is off in the
+the guided UNet (or transformer) alone (profile_<variant>_{step,floor_vae,floor_unet}.txt next to --out).
+``--asset-steps N`` also trains whole assets of the model's default preset through ``python -m fsd_gs.train`` (one
+fresh process per --asset-compile mode) and reports load, first step (compile) and steps apart. Densification is off in the
 step variants so the Gaussian count stays as given. Prints a table and writes JSON (--out).
 """
 
@@ -53,9 +70,9 @@ from fsd_gs.errors import UserError
 from fsd_gs.profiling import synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
-MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs"}
+MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs", "graphs": "graphs"}
 """--prior.compile mode -> the word in variant names."""
-_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs)$")
+_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs|graphs)$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,7 @@ class Variant:
     resolution: int
     views: int
     gaussians: int
-    compile: Literal["off", "on", "cudagraphs"] = "off"
+    compile: Literal["off", "on", "cudagraphs", "graphs"] = "off"
     seeds: int = 1
     """Assets stepped together (step_together, one prior call); each has ``views`` views and ``gaussians``."""
 
@@ -89,7 +106,7 @@ class Variant:
         if match is None:
             raise UserError(
                 f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
-                "(MODE eager, compiled or cudagraphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
+                "(MODE eager, compiled, cudagraphs or graphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
             )
         res, count, kind, kilo, mode = match.groups()
         modes = {word: key for key, word in MODE_NAMES.items()}
@@ -121,6 +138,8 @@ GRIDS: dict[str, list[Variant]] = {
         Variant(512, 1, 100_000, seeds=4),
         Variant(512, 1, 100_000, "cudagraphs"),
     ],
+    # start-up against steady state: CUDA graphs without compile beside eager and compiled ones (#27)
+    "startup": [Variant(512, 1, 100_000), Variant(512, 1, 100_000, "graphs"), Variant(512, 1, 100_000, "cudagraphs")],
 }
 
 
@@ -129,14 +148,15 @@ class Args:
     """Benchmark the training step against the diffusion model's own cost."""
 
     model: Optional[str] = None
-    """Prior: a diffusers folder, "shapes", or None to build a random-weight SD-2.1-base pipeline in --work."""
+    """Prior: a diffusers folder (Stable Diffusion 1/2 or 3), "shapes", or None to build a random-weight SD-2.1-base
+    pipeline in --work."""
     work: Path = Path("/tmp/fsd_gs_bench")
     """Scratch folder (the random pipeline is built here once; --asset-steps runs go here)."""
     out: Path = Path("bench_step.json")
     """Where the JSON results go (child logs and profile tables go next to it)."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    grid: Literal["default", "speed", "quick", "cpu", "grouped"] = "default"
+    grid: Literal["default", "speed", "quick", "cpu", "grouped", "startup"] = "default"
     """Which variants to run (see GRIDS); --variants overrides it."""
     variants: tuple[str, ...] = ()
     """Run these variants instead of the grid's, e.g. 512px/1v/100k/cudagraphs 512px/1v/100k/eager."""
@@ -162,10 +182,13 @@ class Args:
     asset_steps: int = 0
     """Also train whole assets of this many steps (default preset, fresh `python -m fsd_gs.train` processes); 0: no."""
     asset_compile: tuple[str, ...] = ("auto",)
-    """--prior.compile of each asset run (auto, off, on, cudagraphs)."""
+    """--prior.compile of each asset run (auto, off, on, cudagraphs, graphs)."""
+    prior_t5: Literal["auto", "on", "off"] = "auto"
+    """--prior.t5 of the prior (Stable Diffusion 3's T5-XXL text encoder; auto = off; other priors ignore it): on measures
+    the step and its peak memory with T5 loaded (the folder must have text_encoder_3/)."""
     perp_neg: bool = False
     """Run every variant with --guidance.perp-neg (Perp-Neg: 2 + 2 UNet rows per view instead of 2; off otherwise, also in
-    --asset-steps runs although the default preset fsd-sd21 turns it on); the floor's
+    --asset-steps runs although the default presets fsd-sd21 and fsd-sd35 turn it on); the floor's
     guided UNet then gets the same negatives. Compare with a run without it for Perp-Neg's cost per step."""
     sync_debug: bool = False
     """CUDA: count the host syncs of one steady step (torch.cuda.set_sync_debug_mode) and where they happen
@@ -207,9 +230,10 @@ def floor_calls(
     render_layout: bool = False,
     perp_neg: bool = False,
 ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """(guided UNet forward, VAE encode forward+backward) at the variant's batch and resolution.
+    """(guided denoiser forward, VAE encode forward+backward) at the variant's batch and resolution.
 
-    The UNet gets random latents (no extra encoder call, so no extra compiled graph); the encoder gets a
+    The denoiser is the prior's network (the UNet, or Stable Diffusion 3's transformer) in ONE guided ``predict``
+    call. It gets random latents (no extra encoder call, so no extra compiled graph); the encoder gets a
     contiguous image, or with ``render_layout`` a [B,H,W,3] tensor permuted to [B,3,H,W] as renders are.
     ``perp_neg``: the guided UNet also predicts Perp-Neg's negatives (views at azimuth 30, in the same call).
     """
@@ -246,11 +270,11 @@ def floor_calls(
 
 
 def train_config(model: str, prompt: str, variant: Variant, device: torch.device, perp_neg: bool = False):
-    """The default FSD config at the variant's size, densification off, ``variant.compile`` as the prior mode
-    (and ``--guidance.perp-neg`` when ``perp_neg``)."""
+    """The model's default FSD config (fsd-sd21, fsd-sd35, shapes-fsd, ...) at the variant's size, densification off,
+    ``variant.compile`` as the prior mode (and ``--guidance.perp-neg`` when ``perp_neg``)."""
     from fsd_gs.config import TrainConfig, base_config
 
-    cfg: TrainConfig = base_config("fsd", None)
+    cfg: TrainConfig = base_config("fsd", None, model)
     cfg = dataclasses.replace(
         cfg,
         prompt=prompt,
@@ -314,18 +338,41 @@ def count_syncs(fn: Callable[[], object], device: torch.device) -> dict:
 
 
 def memory_gb(device: torch.device) -> dict:
-    """Peak allocated and reserved GPU memory since the last reset (None on the CPU)."""
+    """Peak allocated and reserved GPU memory since the last reset (None on the CPU), and this process's peak resident
+    host memory so far (peak_host_rss_gb; None where the platform does not report it)."""
+    host = peak_host_rss_gb()
     if device.type != "cuda":
-        return {"peak_allocated_gb": None, "peak_reserved_gb": None}
+        return {"peak_allocated_gb": None, "peak_reserved_gb": None, "peak_host_rss_gb": host}
     return {
         "peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
         "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
+        "peak_host_rss_gb": host,
     }
+
+
+def graph_stats(prior) -> dict:
+    """Under --prior.compile graphs: the UNet call's recorded graphs (one per batch shape), the seconds their warm-up
+    and recording took (part of the first step) and the calls that ran eagerly; ``{}`` in the other modes."""
+    from fsd_gs.prior.graphs import GraphedCall
+
+    call = getattr(prior, "unet_call", None)
+    if not isinstance(call, GraphedCall):
+        return {}
+    return {"graphs": {"recorded": len(call.recordings), "capture_s": round(call.capture_s, 2), "eager_calls": call.eager_calls}}
+
+
+def peak_host_rss_gb() -> Optional[float]:
+    """The process's peak resident set size in GiB (Linux reports ru_maxrss in KiB), or None without ``resource``."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 def measure_variant(model: str, variant: Variant, args: Args, device: torch.device) -> dict:
     """Load, first render, first step, warm-up, steady step, stages, floor (and profiles) of one variant."""
-    from fsd_gs.prior.factory import PriorConfig, load_prior
+    from fsd_gs.prior.factory import load_prior
     from fsd_gs.step import DistillStep, step_together
 
     prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
@@ -333,7 +380,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gsplat_s = timed_s(lambda: first_render(cfg, device), device)
-    prior = load_prior(model, PriorConfig(compile=variant.compile), device)
+    prior = load_prior(model, dataclasses.replace(cfg.prior, t5=args.prior_t5), device)
     if args.keep_vae_input_layout and hasattr(prior, "vae_input_format"):
         prior.vae_input_format = None
     steps = [DistillStep(dataclasses.replace(cfg, seed=seed), prior, device) for seed in range(variant.seeds)]
@@ -359,6 +406,10 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     row = {
         "variant": variant.name,
         **dataclasses.asdict(variant),
+        "prior": type(prior).__name__,
+        "denoiser": "transformer" if hasattr(prior, "transformer") else "unet",
+        "prior_dtype": str(prior.dtype).removeprefix("torch."),
+        "prior_t5": args.prior_t5,
         "perp_neg": args.perp_neg,
         "compile_decision": str(prior.compile_decision),
         "startup_s": {
@@ -376,6 +427,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
         "stages_ms": {k: round(v, 2) for k, v in stages.items()},
         **memory,
         **syncs,
+        **graph_stats(prior),
     }
     if args.keep_vae_input_layout and prior.space == "latent":
         _, encoder_render = floor_calls(prior, prompt, variant, args.guidance_scale, device, render_layout=True)
@@ -422,6 +474,8 @@ def child_argv(args: Args, model: str, variant: Variant, out: Path) -> list[str]
         argv += ["--keep-vae-input-layout"]
     if args.perp_neg:
         argv += ["--perp-neg"]
+    if args.prior_t5 != "auto":
+        argv += ["--prior-t5", args.prior_t5]
     if args.sync_debug:
         argv += ["--sync-debug"]
     return argv
@@ -467,7 +521,9 @@ def measure_asset(args: Args, model: str, mode: str) -> dict:
         "--output.turntable-views",
         "4",
         "--output.no-progress",
-    ] + (["--guidance.perp-neg"] if args.perp_neg else ["--guidance.no-perp-neg"])  # explicit: fsd-sd21 turns it on
+        "--prior.t5",
+        args.prior_t5,
+    ] + (["--guidance.perp-neg"] if args.perp_neg else ["--guidance.no-perp-neg"])  # explicit: fsd-sd21/-sd35 turn it on
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     process_s = time.perf_counter() - t0
@@ -512,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     import tyro
 
     from fsd_gs.device import resolve_device
+    from fsd_gs.prior.compile import compile_cache_warm
 
     args = tyro.cli(Args, args=argv)
     device = resolve_device(args.device)
@@ -539,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "model": model,
         "perp_neg": args.perp_neg,
+        "compile_cache_warm": compile_cache_warm(),
+        "prior_t5": args.prior_t5,
         "command": "python scripts/bench_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
 
@@ -570,10 +629,10 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
     print(f"\n{info['device']}, torch {info['torch']}, {info['date']}{', Perp-Neg on' if info.get('perp_neg') else ''}")
     print(
-        "| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet guided ms | VAE enc f+b ms | "
-        "floor ms | step ms | step/floor | peak alloc / reserved GB | stages ms |"
+        "| variant | run | start-up s (gsplat / load / 1st step / warm-up) | UNet/transformer guided ms | "
+        "VAE enc f+b ms | floor ms | step ms | step/floor | peak alloc / reserved GB | peak host RSS GB | stages ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             print(f"| {r['variant']} | {r.get('run', 0)} | {r['error']} |")
@@ -584,7 +643,8 @@ def print_table(info: dict, rows: list[dict], assets: list[dict]) -> None:
             f"| {r['variant']} | {r.get('run', 0)} | {s['total']} ({s['gsplat_first_render']} / {s['prior_load']} / "
             f"{s['first_step']} / {s['rest_of_warmup']}) | {r['unet_guided_ms']} | {r['vae_encode_fwd_bwd_ms']} | "
             f"{r['floor_ms']} | {r['step_ms']} | {r['ratio']} | {r['peak_allocated_gb']} / {r['peak_reserved_gb']} | "
-            f"{stages} |" + (f" syncs/step {r['syncs_per_step']}: {r['sync_sites']}" if "syncs_per_step" in r else "")
+            f"{r.get('peak_host_rss_gb')} | {stages} |"
+            + (f" syncs/step {r['syncs_per_step']}: {r['sync_sites']}" if "syncs_per_step" in r else "")
         )
     for a in assets:
         if "error" in a:

@@ -33,12 +33,21 @@
 #   consistency-eval  python -m fsd_gs.evaluate on this GPU (gsplat renders, ~1 s per 8 assets) of the finished labels
 #          in $WORK/consistency: one evaluation per ';'-separated set of labels in EVAL_SETS (default: all in one;
 #          rows are keyed by prompt, method and model, so two presets differing only in e.g. the camera batch need
-#          sets of their own), into $WORK/consistency-eval/<n>/ (evaluation.json, evaluation.md, gallery/)
+#          sets of their own), into $WORK/consistency-eval/<n>/ (evaluation.json, evaluation.md, gallery/);
+#          EVAL_DEVICE=cpu renders with the reference rasterizer, as evaluations on the 2-core CPU machine do
 #   shapes-mv  the multi-view shapes prior: MV_TRAIN_S seconds of scripts/train_shapes_mv.py from the shipped shapes
 #          prior (or --resume from $WORK/mv with MV_RESUME=1), then its 4-view check; the folder in $WORK/mv/shapes_mv
+#   sd35   Stable Diffusion 3.5-medium (docs/sd3.md), < 8 min on one H200 (estimated from its parts, not yet run:
+#          gsplat's JIT build ~100 s alongside the pipeline build, bench ~1 min, asset ~2-3 min, tests ~1.5 min): the
+#          random-weight sd35m pipeline without T5 in $WORK/sd35m (and with T5-XXL in $WORK/sd35m-t5 only if SD35_T5=1:
+#          +3-4 min, ~20 GB of host RAM while building); bench_step eager at 512 px, 1 view, 100k Gaussians (the
+#          floor: the guided transformer + VAE encoder forward/backward; peak GPU memory is the issue's figure, target
+#          <= 24 GB without T5), then with T5 (SD35_T5=1); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
+#          the speed stage, --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold
+#          compile); the CUDA tests of tests/test_sd3.py (FSD_GS_SD35_DIR=$WORK/sd35m); all in $WORK/sd35
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
 #        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
-#        [shapes-mv]
+#        [shapes-mv] [sd35]
 #        (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
@@ -238,7 +247,37 @@ if [[ " $STAGES " == *" consistency-eval "* ]]; then
     for label in $set; do manifests+=("$WORK/consistency/$label/manifest.json"); done
     rm -rf "$WORK/consistency-eval/$n"
     t0=$(now)
-    python -m fsd_gs.evaluate "${manifests[@]}" --out "$WORK/consistency-eval/$n" --no-progress 2>&1 | tail -n 3
+    python -m fsd_gs.evaluate "${manifests[@]}" --out "$WORK/consistency-eval/$n" --device "${EVAL_DEVICE:-auto}" \
+      --no-progress 2>&1 | tail -n 3
     echo "evaluation $n ($set): $(python -c "print(round($(now) - $t0, 1))") s"
   done
+fi
+
+if [[ " $STAGES " == *" sd35 "* ]]; then
+  S35="$WORK/sd35"
+  mkdir -p "$S35"
+  t0=$(now)
+  build_gsplat > "$S35/gsplat_build.log" 2>&1 &  # nvcc alongside the pipeline's random weights (both CPU-bound)
+  [ -d "$WORK/sd35m" ] || python scripts/make_random_pipeline.py --kind sd35m --out "$WORK/sd35m" 2>&1 | tail -n 1
+  if [ "${SD35_T5:-0}" = 1 ] && [ ! -d "$WORK/sd35m-t5" ]; then
+    python scripts/make_random_pipeline.py --kind sd35m --t5 True --out "$WORK/sd35m-t5" 2>&1 | tail -n 1
+  fi
+  wait
+  echo "sd35 set-up (pipelines, gsplat): $(python -c "print(round($(now) - $t0, 1))") s" | tee "$S35/timing.txt"
+  t0=$(now)
+  python scripts/bench_step.py --model "$WORK/sd35m" --work "$S35/bench" --out "$S35/bench_step.json" \
+    --variants 512px/1v/100k/eager --warmup 3 --iters 10 --asset-steps 1200 \
+    --asset-compile "${SD35_ASSET_COMPILE:-off}" 2>&1 | tee "$S35/bench_step.log" | tail -n 6
+  echo "sd35 bench without T5 + 1200-step asset: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
+  if [ "${SD35_T5:-0}" = 1 ]; then
+    t0=$(now)
+    python scripts/bench_step.py --model "$WORK/sd35m-t5" --prior-t5 on --work "$S35/bench" \
+      --out "$S35/bench_step_t5.json" --variants 512px/1v/100k/eager --warmup 3 --iters 10 2>&1 \
+      | tee "$S35/bench_step_t5.log" | tail -n 4
+    echo "sd35 bench with T5: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
+  fi
+  t0=$(now)
+  FSD_GS_SD35_DIR="$WORK/sd35m" python -m pytest -q -rs -s -m cuda -p no:cacheprovider tests/test_sd3.py 2>&1 \
+    | tee "$S35/pytest_cuda.log" | tail -n 12 || echo "some SD3 CUDA tests FAILED (see above)"
+  echo "sd35 CUDA tests: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
 fi

@@ -5,6 +5,9 @@
     python scripts/make_random_pipeline.py --kind pixel --out /tmp/tiny-pixel  # pixel-space UNet, no VAE
     python scripts/make_random_pipeline.py --kind mvdream --out /tmp/mvdream-random  # MVDream SD 2.1 size, 2.6 GB (fp16)
     python scripts/make_random_pipeline.py --kind tiny-mvdream --out /tmp/tiny-mvdream  # MVDream layout at 64 px
+    python scripts/make_random_pipeline.py --kind sd3-tiny --out /tmp/tiny-sd3     # SD3 layout at 64 px (T5 included)
+    python scripts/make_random_pipeline.py --kind sd35m --out /tmp/sd35m-random    # SD3.5-medium size, ~5.5 GB (fp16)
+    python scripts/make_random_pipeline.py --kind sd35m --t5 True --out /tmp/sd35m-t5  # the same with T5-XXL, ~15 GB
 
 The folder loads with ``--model <folder>`` (fsd_gs.train, fsd_gs.image2d) and with diffusers'
 ``from_pretrained(folder)``. The folder must not exist yet (or be empty): nothing is overwritten.
@@ -17,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 from fsd_gs.errors import UserError
 
@@ -28,12 +31,15 @@ class Args:
 
     out: Path
     """Folder to create (must not exist, or be empty)."""
-    kind: Literal["tiny", "sd21", "pixel", "mvdream", "tiny-mvdream"] = "tiny"
+    kind: Literal["tiny", "sd21", "pixel", "mvdream", "tiny-mvdream", "sd3-tiny", "sd35m"] = "tiny"
     """tiny: SD layout at 64 px; sd21: the full SD 2.1-base architecture (random weights, fp16 on disk); pixel: no VAE;
     mvdream: MVDream SD 2.1-base's full size in the ashawkey/mvdream-sd2.1-diffusers layout (fp16, 256 px);
-    tiny-mvdream: the same layout at 64 px."""
+    tiny-mvdream: the same layout at 64 px; sd3-tiny: Stable Diffusion 3 layout at 64 px;
+    sd35m: Stable Diffusion 3.5-medium's full architecture (random weights, fp16 on disk)."""
     seed: int = 0
     """Seed of the random weights (same seed, same weights)."""
+    t5: Optional[bool] = None
+    """Stable Diffusion 3 kinds: include the T5 text encoder (default: yes for sd3-tiny, no for sd35m)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,11 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
             raise UserError(f"{args.out} already exists and is not empty: pass a new folder to --out")
-        from fsd_gs.prior import mvdream_random, random_pipeline
+        from fsd_gs.prior import mvdream_random, random_pipeline, random_sd3
 
         builders = {**random_pipeline.KINDS, **mvdream_random.KINDS}
         start = time.perf_counter()
-        path = builders[args.kind](args.out, seed=args.seed)
+        if args.kind in random_sd3.KINDS:
+            with_t5 = args.t5 if args.t5 is not None else args.kind == "sd3-tiny"
+            path = random_sd3.KINDS[args.kind](args.out, seed=args.seed, with_t5=with_t5)
+        else:
+            if args.t5 is not None:
+                raise UserError(f"--t5 applies to the Stable Diffusion 3 kinds only, not --kind {args.kind}")
+            path = builders[args.kind](args.out, seed=args.seed)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

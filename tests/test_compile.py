@@ -16,7 +16,6 @@ import yaml
 from fsd_gs.errors import UserError
 from fsd_gs.prior.compile import (
     AUTO_MIN_STEPS,
-    AUTO_MODE,
     CACHE_ENV,
     compile_cache_dir,
     compile_module,
@@ -35,7 +34,7 @@ def test_compile_option_parses_modes_and_defaults_to_auto():
     from fsd_gs.train import parse_config
 
     assert parse_config(["--prompt", "a cat"]).prior.compile == "auto"
-    for mode in ("off", "on", "cudagraphs", "auto"):
+    for mode in ("off", "on", "cudagraphs", "graphs", "auto"):
         assert parse_config(["--prompt", "a cat", "--prior.compile", mode]).prior.compile == mode
     with pytest.raises(SystemExit):
         parse_config(["--prompt", "a cat", "--prior.compile", "fast"])
@@ -77,12 +76,13 @@ def test_a_run_saved_with_compile_false_resumes_and_may_change_compile(tmp_path)
 
 
 # -- the auto decision -----------------------------------------------------------------------------
-def test_auto_compiles_long_cuda_runs_and_batch_workers_only():
+def test_auto_compiles_long_cuda_runs_and_batch_workers_only(monkeypatch):
+    monkeypatch.setattr("fsd_gs.prior.compile.AUTO_RULE", "cudagraphs")  # the other rules: tests/test_graphs.py
     long, short = AUTO_MIN_STEPS, AUTO_MIN_STEPS - 1
-    assert resolve_compile("auto", CUDA, "sd", steps=long).mode == AUTO_MODE
+    assert resolve_compile("auto", CUDA, "sd", steps=long).mode == "cudagraphs"
     assert resolve_compile("auto", CUDA, "sd", steps=short).mode == "off"
     assert resolve_compile("auto", CUDA, "sd", steps=None).mode == "off"
-    assert resolve_compile("auto", CUDA, "sd", steps=10, long_lived=True).mode == AUTO_MODE
+    assert resolve_compile("auto", CUDA, "sd", steps=10, long_lived=True).mode == "cudagraphs"
     assert resolve_compile("auto", CPU, "sd", steps=10**6, long_lived=True).mode == "off"
     assert resolve_compile("auto", CUDA, "shapes", steps=10**6, long_lived=True).mode == "off"
     assert "1200 steps >= 500" in resolve_compile("auto", CUDA, "sd", steps=1200).reason
@@ -165,6 +165,7 @@ def test_bench_step_variant_names_round_trip():
     for variants in bench_step.GRIDS.values():
         for v in variants:
             assert bench_step.Variant.parse(v.name) == v
+    assert bench_step.Variant.parse("512px/4s/100k/graphs") == bench_step.Variant(512, 1, 100_000, "graphs", seeds=4)
     with pytest.raises(UserError, match="is not RESpx"):
         bench_step.Variant.parse("512/1/100k")
 
@@ -241,9 +242,38 @@ def test_bench_step_grouped_variant_steps_seeds_together_with_the_views_prior_wo
     assert {"render", "prior", "backward", "optimizer"} <= set(row["stages_ms"])
 
 
+def test_bench_step_measures_a_stable_diffusion_3_prior(tiny_sd3_dir, tmp_path):
+    """bench_step on the tiny SD3 pipeline (T5 on): the model's own preset, the transformer's guided call as the floor's
+    denoiser, the VAE encoder's forward and backward, and the peak memory fields; --prior-t5 reaches the child."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_step
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "bench.json"
+    argv = ["--model", str(tiny_sd3_dir), "--device", "cpu", "--variants", "32px/1v/1k/eager", "--prior-t5", "on"]
+    argv += ["--no-fresh-process", "--warmup", "1", "--iters", "2", "--out", str(out), "--work", str(tmp_path)]
+    assert bench_step.main(argv) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert (row["prior"], row["denoiser"], row["prior_t5"], row["prior_dtype"]) == (
+        "StableDiffusion3Prior",
+        "transformer",
+        "on",
+        "float32",
+    )
+    assert row["unet_guided_ms"] > 0 and row["vae_encode_fwd_bwd_ms"] > 0 and row["step_ms"] > 0
+    assert row["floor_ms"] == pytest.approx(row["unet_guided_ms"] + row["vae_encode_fwd_bwd_ms"], abs=0.02)
+    assert row["peak_allocated_gb"] is None and row["peak_host_rss_gb"] > 0  # no GPU here; the host's peak is kept
+    import tyro
+
+    args = tyro.cli(bench_step.Args, args=argv)
+    child = bench_step.child_argv(args, str(tiny_sd3_dir), bench_step.Variant.parse("32px/1v/1k/eager"), out)
+    assert child[child.index("--prior-t5") + 1] == "on"
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 @pytest.mark.cuda
-@pytest.mark.parametrize("mode", ["on", "cudagraphs"])
+@pytest.mark.parametrize("mode", ["on", "cudagraphs", "graphs"])
 def test_compiled_prior_matches_eager_on_cuda(tiny_sd_dir, mode, tmp_path, monkeypatch):
     """FSD loss, latents, guided noise and the image gradient of a compiled (and CUDA-graph) prior equal eager
     within fp16 tolerance, over several steps (warm-up, recording, replays), and kept results stay intact."""
@@ -253,7 +283,7 @@ def test_compiled_prior_matches_eager_on_cuda(tiny_sd_dir, mode, tmp_path, monke
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     eager = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile="off"), CUDA)
     compiled = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile=mode), CUDA)
-    assert compiled.compile_decision.mode == mode and (tmp_path / "cache").is_dir()
+    assert compiled.compile_decision.mode == mode and (tmp_path / "cache").is_dir() == (mode != "graphs")
     _conditioning = eager.encode_prompts("a red mushroom").select(["front", "side"])
     cond, uncond = _conditioning.cond, _conditioning.uncond
     gen = torch.Generator(CUDA).manual_seed(0)
@@ -276,7 +306,8 @@ def test_compiled_prior_matches_eager_on_cuda(tiny_sd_dir, mode, tmp_path, monke
 
 
 @pytest.mark.cuda
-def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["cudagraphs", "graphs"])
+def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp_path, monkeypatch, mode):
     """The whole step (gsplat render, densification changing the Gaussian count) on a CUDA-graph prior."""
     import dataclasses
 
@@ -285,7 +316,7 @@ def test_cuda_graph_prior_trains_a_few_steps_with_densification(tiny_sd_dir, tmp
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
-    prior = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile="cudagraphs"), CUDA)
+    prior = load_prior(str(tiny_sd_dir), PriorConfig(dtype="fp16", compile=mode), CUDA)
     cfg = base_config("fsd", None)
     cfg = dataclasses.replace(
         cfg,

@@ -20,7 +20,6 @@ import torch
 from fsd_gs.distill import distill_loss
 from fsd_gs.noise import NOISE_PRESETS, build_noise
 from fsd_gs.prior.base import DiffusionPrior
-from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.factory import PriorConfig, load_prior
 from fsd_gs.profiling import synchronize
 from fsd_gs.schedule import FSD_SCHEDULE, sample_timestep
@@ -41,8 +40,7 @@ def fsd_image_steps(
     embeddings = prior.encode_prompts("a photo of a red mushroom", "", view_dependent=True)
     synchronize(device)
     encode_s = time.perf_counter() - start
-    _conditioning = embeddings.select([VIEWS[i % len(VIEWS)] for i in range(batch)])
-    cond, uncond = _conditioning.cond, _conditioning.uncond
+    conditioning = embeddings.select([VIEWS[i % len(VIEWS)] for i in range(batch)])  # pooled rows too (SD3)
     noise = build_noise(NOISE_PRESETS["fsd2d"], prior.model_shape(height, width), seed=0, device=device)
     images = torch.full((batch, 3, height, width), 0.5, device=device, requires_grad=True)
     start_images = images.detach().clone()
@@ -55,7 +53,7 @@ def fsd_image_steps(
         tic = time.perf_counter()
         t = sample_timestep(FSD_SCHEDULE, step / max(1, steps), None, prior.num_train_timesteps, batch=batch).to(device)
         eps = noise(torch.zeros(batch), torch.zeros(batch))
-        result = distill_loss(prior, images, eps, t, Conditioning(cond, uncond), guidance_scale)
+        result = distill_loss(prior, images, eps, t, conditioning, guidance_scale)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         grad_norms.append(float(images.grad.norm()))

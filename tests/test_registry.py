@@ -63,7 +63,14 @@ def test_the_built_in_entries_of_each_axis():
     assert list(METHODS)[:5] == ["fsd", "sds", "nfsd", "csd", "vsd"]
     assert list(NOISE_KINDS)[:4] == ["worldmap", "constant", "random", "surface"]
     assert list(EXPORT_FORMATS)[:5] == ["ply", "ply_compressed", "splat", "glb", "mesh"]
-    assert list(PRIOR_DETECTORS) == ["shapes", "mvdream_checkpoint", "mvdream_folder", "latent_diffusion", "pixel_diffusion"]
+    assert list(PRIOR_DETECTORS) == [
+        "shapes",
+        "mvdream_checkpoint",
+        "mvdream_folder",
+        "sd3",
+        "latent_diffusion",
+        "pixel_diffusion",
+    ]
     assert all(name == entry.name for registry in (METHODS, NOISE_KINDS, EXPORT_FORMATS) for name, entry in registry.items())
 
 

@@ -8,7 +8,7 @@ and differs only in three things: the noise eps it diffuses with, the timestep s
 ``residual`` (its "direction"), computed by a :class:`Guidance` built once per run::
 
     guidance = make_guidance("vsd", prior, prompt_embeddings, MethodOptions(), seed=cfg.seed)
-    out = distill_loss(prior, images, eps, t, cond, uncond, omega, cameras=cams, guidance=guidance)
+    out = distill_loss(prior, images, eps, t, conditioning, omega, cameras=cams, guidance=guidance)
 
     fsd, sds  residual = eps_hat(x_t; y) - eps                       (omega-guided prediction minus the noise)
     csd       residual = omega (eps(x_t; y) - eps(x_t; u))           (the classifier direction only)

@@ -125,8 +125,8 @@ class DiffusionPrior(ABC):
     views_per_group: int = 1
     """Views the model denoises together (MVDream: 4); the step samples cameras and timesteps per group."""
     camera_conditioned: bool = False
-    """True for multi-view priors that read the ``cameras`` of :meth:`predict` (the others ignore them); the step
-    reads it only to decide what it logs, never to choose how to call the prior."""
+    """True for multi-view priors that read the ``cameras`` of :meth:`predict` (the others ignore them). Nobody needs
+    it to call the prior; VSD reads it to refuse priors whose UNet already takes its class labels."""
     default_negative_prompt: str = NFSD_NEGATIVE_PROMPT
     """NFSD's negative prompt for this model (fsd_gs/methods/noise_free.py): "" for the shapes world's priors."""
     preset_family: str = "sd21"

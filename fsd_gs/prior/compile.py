@@ -1,4 +1,4 @@
-"""torch.compile for the prior's fixed-shape networks: the mode, the ``auto`` decision, CUDA graphs, caches.
+"""torch.compile and CUDA graphs for the prior's fixed-shape networks: the mode, the ``auto`` decision, caches.
 
     decision = resolve_compile("auto", device, model, steps=1200)   # CompileDecision(mode="cudagraphs", reason="...")
     setup_compile_cache()                                           # persistent inductor caches (when compiling)
@@ -7,8 +7,10 @@
 Modes (``--prior.compile``): ``off`` eager; ``on`` torch.compile's default mode (Triton kernels, fused ops);
 ``cudagraphs`` the same plus CUDA graphs (mode="reduce-overhead": each call replays one recorded graph
 instead of launching hundreds of kernels; the UNet and VAE shapes never change during a run, so one
-recording serves every step); ``auto`` picks one of them in :func:`resolve_compile`, the only place that
-decides. Old configs' ``compile: true/false`` read as on/off (:func:`legacy_mode`).
+recording serves every step); ``graphs`` CUDA graphs of the eager guided UNet call without torch.compile
+(fsd_gs/prior/graphs.py: ~1 s to record instead of a compile, no fused kernels); ``auto`` picks one of them in
+:func:`resolve_compile`, the only place that decides, by the rule of :func:`auto_mode`. Old configs'
+``compile: true/false`` read as on/off (:func:`legacy_mode`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, MutableMapping, Optional
+from typing import Any, Literal, MutableMapping, Optional, get_args
 
 import torch
 
 from fsd_gs.errors import UserError
 
-CompileMode = Literal["auto", "off", "on", "cudagraphs"]
-COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on", "cudagraphs")
+CompileMode = Literal["auto", "off", "on", "cudagraphs", "graphs"]
+COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on", "cudagraphs", "graphs")
+RunMode = Literal["off", "on", "cudagraphs", "graphs"]
+"""A resolved mode (``auto`` decided)."""
+CUDA_ONLY_MODES = ("cudagraphs", "graphs")
 
 AUTO_MIN_STEPS = 500
 """A one-off run compiles under ``auto`` when it has at least this many steps (on CUDA).
@@ -38,15 +43,12 @@ compiled run on a machine pays the cold compile once. Batch workers keep one pri
 and always compile under ``auto``.
 """
 
-AUTO_MODE: Literal["on", "cudagraphs"] = "cudagraphs"
-"""What ``auto`` turns on when it compiles: CUDA graphs. Measured on an H200 (2026-12-01, BENCHMARKS.md): the
-default 1200-step asset ran at 30.05 ms per step with ``cudagraphs`` against 48.46 ms with plain ``on``, and the
-CUDA tests of both modes pass there; ``--prior.compile on`` keeps plain compile."""
-
 FIRST_STEP_COLD_S = 74
 """Seconds the first compiled step takes with cold caches (H200, SD-2.1-base, 2026-11-30; see AUTO_MIN_STEPS)."""
 FIRST_STEP_WARM_S = 10
 """Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine."""
+GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (about a second, nothing compiled)"
+"""What the first steps cost under ``graphs`` (printed with the decision)."""
 
 CACHE_ENV = "FSD_GS_COMPILE_CACHE"
 """Environment variable naming the compile cache folder (default ~/.cache/fsd_gs/compile)."""
@@ -56,14 +58,20 @@ CACHE_ENV = "FSD_GS_COMPILE_CACHE"
 class CompileDecision:
     """What the prior's networks run as, and why (logged in the run's report.json and printed)."""
 
-    mode: Literal["off", "on", "cudagraphs"]
+    mode: RunMode
     reason: str
     expect: str = ""
     """How long the first steps take to compile (set by :func:`resolve_compile` when compiling; printed with it)."""
 
     @property
     def enabled(self) -> bool:
+        """Anything beyond eager PyTorch (compile or CUDA graphs)."""
         return self.mode != "off"
+
+    @property
+    def compiles(self) -> bool:
+        """torch.compile runs (on, cudagraphs): the compile cache is used."""
+        return self.mode in ("on", "cudagraphs")
 
     def __str__(self) -> str:
         return f"{self.mode} ({self.reason}{'; ' + self.expect if self.expect else ''})"
@@ -85,17 +93,18 @@ def resolve_compile(
     """The compile mode a prior is loaded with: the one place where ``auto`` is decided.
 
     Args:
-        requested: auto, off, on or cudagraphs (true/false of old configs are on/off).
+        requested: auto, off, on, cudagraphs or graphs (true/false of old configs are on/off).
         device: where the prior runs; ``auto`` compiles only on CUDA (compiling on a CPU costs minutes and
-            saves little), and ``cudagraphs`` needs CUDA.
-        model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never compiled (tiny models).
+            saves little), and ``cudagraphs`` and ``graphs`` need CUDA.
+        model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never compiled (tiny
+            models).
         steps: the run's steps (``auto`` compiles runs of >= :data:`AUTO_MIN_STEPS`); None: unknown (eager).
         long_lived: the prior serves many assets (a batch worker): ``auto`` always compiles there on CUDA.
-    Raises UserError for an unknown mode, or CUDA graphs on a CPU.
+    Raises UserError for an unknown mode, or CUDA graphs (cudagraphs, graphs) on a CPU.
     """
     decision = _decide(requested, torch.device(device), model, steps, long_lived)
     if decision.enabled:
-        return CompileDecision(decision.mode, decision.reason, first_steps_note())
+        return CompileDecision(decision.mode, decision.reason, first_steps_note() if decision.compiles else GRAPHS_NOTE)
     return decision
 
 
@@ -103,32 +112,105 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
     requested = legacy_mode(requested)
     if requested not in COMPILE_MODES:
         raise UserError(f"--prior.compile must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
-    if requested == "cudagraphs" and device.type != "cuda":
-        raise UserError(f"--prior.compile cudagraphs needs a CUDA device (this run is on {device}): use on or off")
-    if model in (
-        "shapes",
-        "shapes-mv",
-        "shapes-flow",
-    ):  # fsd_gs.prior.detectors.is_shapes_world (not imported: detectors imports us)
+    if requested in CUDA_ONLY_MODES and device.type != "cuda":
+        raise UserError(f"--prior.compile {requested} needs a CUDA device (this run is on {device}): use on or off")
+    if model in ("shapes", "shapes-mv", "shapes-flow"):  # fsd_gs.prior.detectors.is_shapes_world (detectors imports us)
         return CompileDecision("off", f"the built-in {model} prior is never compiled")
     if requested != "auto":
         return CompileDecision(requested, "asked for" if requested != "off" else "off")  # type: ignore[arg-type]
     if device.type != "cuda":
         return CompileDecision("off", f"auto: no compile on {device.type}")
+    return CompileDecision(*auto_mode(steps, long_lived, compile_cache_warm()))
+
+
+# -- the rule of auto -----------------------------------------------------------------------------
+AutoRule = Literal["cudagraphs", "graphs", "graphs-when-cold", "fastest"]
+AUTO_RULES: tuple[str, ...] = get_args(AutoRule)
+
+AUTO_RULE: AutoRule = "cudagraphs"
+"""How ``auto`` speeds up a CUDA run (:func:`auto_mode`); "cudagraphs" until issue 27's H200 numbers for ``graphs``
+(docs/design.md, "Compiling the prior") choose another:
+
+* "cudagraphs": torch.compile with CUDA graphs for runs of >= :data:`AUTO_MIN_STEPS` steps and batch workers, eager
+  for shorter runs. Measured on an H200 (2026-12-01, BENCHMARKS.md): 30.05 ms per step against 48.46 ms with plain
+  ``on``; but the first run on a machine compiles cold (~91 s against ~9.5 s warm).
+* "graphs": CUDA graphs without compile (fsd_gs/prior/graphs.py), same runs.
+* "graphs-when-cold": "cudagraphs" when the compile cache has entries (:func:`compile_cache_warm`), "graphs" when it is
+  empty, same runs: a fresh machine never pays the cold compile. Nothing then fills the cache, so a machine stays
+  on ``graphs`` under ``auto`` until a run compiles (``--prior.compile cudagraphs``, e.g. while installing).
+* "fastest": of off, graphs and cudagraphs, the one of least expected time for the run (:meth:`AutoCosts.seconds`),
+  with the cache's warmth; a batch worker counts :attr:`AutoCosts.long_lived_steps`.
+"""
+
+
+@dataclass(frozen=True)
+class AutoCosts:
+    """What each mode costs, for the "fastest" rule (H200, random-weight SD-2.1-base fp16, 512 px, 1 view, 100k
+    Gaussians, scripts/bench_step.py, issue 27). Step times in ms; first-step times in s (load excluded)."""
+
+    eager_step_ms: float = 54.6
+    graphs_step_ms: float = 36.2
+    """ESTIMATE until measured: eager minus what CUDA graphs save over plain compile, 54.6 - (48.5 - 30.05)."""
+    cudagraphs_step_ms: float = 30.05
+    eager_first_s: float = 1.1
+    graphs_first_s: float = 2.1
+    """ESTIMATE until measured: eager's first step and ~1 s of recording."""
+    cold_compile_first_s: float = 91.0
+    warm_compile_first_s: float = 9.5
+    long_lived_steps: int = 12_000
+    """The steps a batch worker's prior serves, for "fastest" (ten default assets)."""
+
+    def seconds(self, mode: RunMode, steps: int, cache_warm: bool) -> float:
+        """Expected seconds of a run of ``steps`` steps in ``mode`` (off, graphs or cudagraphs)."""
+        compiled_first = self.warm_compile_first_s if cache_warm else self.cold_compile_first_s
+        first, step = {
+            "off": (self.eager_first_s, self.eager_step_ms),
+            "graphs": (self.graphs_first_s, self.graphs_step_ms),
+            "cudagraphs": (compiled_first, self.cudagraphs_step_ms),
+        }[mode]
+        return first + max(0, steps - 1) * step / 1e3
+
+
+AUTO_COSTS = AutoCosts()
+
+
+def auto_mode(
+    steps: Optional[int], long_lived: bool, cache_warm: bool, rule: Optional[AutoRule] = None, costs: AutoCosts = AUTO_COSTS
+) -> tuple[RunMode, str]:
+    """(mode, reason) that ``auto`` picks for a prior on CUDA, by ``rule`` (default :data:`AUTO_RULE`).
+
+    Args:
+        steps: the run's steps (None: unknown, eager unless ``long_lived``).
+        long_lived: a batch worker, whose prior serves many assets.
+        cache_warm: the compile cache has entries (:func:`compile_cache_warm`).
+    """
+    rule = AUTO_RULE if rule is None else rule
+    if rule == "fastest":
+        horizon = costs.long_lived_steps if long_lived else steps
+        if horizon is None:
+            return "off", "auto (fastest): steps unknown"
+        modes: tuple[RunMode, ...] = ("off", "graphs", "cudagraphs")
+        best = min(modes, key=lambda m: costs.seconds(m, horizon, cache_warm))
+        expected = f"~{costs.seconds(best, horizon, cache_warm):.0f} s for {horizon} steps"
+        return best, f"auto (fastest): {expected}, compile cache {'warm' if cache_warm else 'cold'}"
     if long_lived:
-        return CompileDecision(AUTO_MODE, "auto: a batch worker reuses the compiled prior for every asset")
-    if steps is not None and steps >= AUTO_MIN_STEPS:
-        return CompileDecision(AUTO_MODE, f"auto: {steps} steps >= {AUTO_MIN_STEPS}")
-    why = "steps unknown" if steps is None else f"{steps} steps < {AUTO_MIN_STEPS}"
-    return CompileDecision("off", f"auto: {why}, too short to repay the compile")
+        why = "auto: a batch worker reuses the compiled prior for every asset"
+    elif steps is not None and steps >= AUTO_MIN_STEPS:
+        why = f"auto: {steps} steps >= {AUTO_MIN_STEPS}"
+    else:
+        short = "steps unknown" if steps is None else f"{steps} steps < {AUTO_MIN_STEPS}"
+        return "off", f"auto: {short}, too short to repay the compile"
+    if rule == "graphs":
+        return "graphs", f"{why}; CUDA graphs without compile"
+    if rule == "graphs-when-cold":
+        return ("cudagraphs", f"{why}; compile cache warm") if cache_warm else ("graphs", f"{why}; compile cache cold")
+    return "cudagraphs", why
 
 
 def first_steps_note(environ: Optional[MutableMapping[str, str]] = None) -> str:
     """What the first compiled steps cost here: the warm figure when the compile cache folder has files already."""
-    folder = compile_cache_dir(environ)
-    warm = folder.is_dir() and any(folder.iterdir())
-    if warm:
-        return f"the first steps compile, usually ~{FIRST_STEP_WARM_S} s with the warm cache in {folder}"
+    if compile_cache_warm(environ):
+        return f"the first steps compile, usually ~{FIRST_STEP_WARM_S} s with the warm cache in {compile_cache_dir(environ)}"
     return f"the first steps compile, usually ~{FIRST_STEP_COLD_S} s the first time on a machine (cold cache)"
 
 
@@ -140,6 +222,13 @@ def compile_cache_dir(environ: Optional[MutableMapping[str, str]] = None) -> Pat
         return Path(environ[CACHE_ENV]).expanduser()
     base = Path(environ["XDG_CACHE_HOME"]).expanduser() if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
     return base / "fsd_gs" / "compile"
+
+
+def compile_cache_warm(environ: Optional[MutableMapping[str, str]] = None) -> bool:
+    """True when the compile cache folder has entries (an earlier compiled run on this machine): compiling is then
+    mostly reading kernels back (~10 s, not ~90 s). Entries of another model or GPU count too (a rough test)."""
+    folder = compile_cache_dir(environ)
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def setup_compile_cache(environ: Optional[MutableMapping[str, str]] = None) -> dict[str, str]:
@@ -188,16 +277,17 @@ def _set_by_user(environ: MutableMapping[str, str], name: str) -> bool:
 
 # -- compiling ------------------------------------------------------------------------------------
 def compile_module(module: torch.nn.Module, mode: str) -> None:
-    """torch.compile ``module`` in place (its attributes, e.g. ``.config``, stay reachable); "off" does nothing.
+    """torch.compile ``module`` in place (its attributes, e.g. ``.config``, stay reachable); "off" and "graphs" do
+    nothing ("graphs" records the prior's UNet call instead, fsd_gs/prior/graphs.py).
 
     Static shapes (dynamic=False): a run's UNet and VAE shapes never change, and another batch (sampling,
     several seeds together) simply compiles its own graph. "cudagraphs" = mode "reduce-overhead": outputs
     live in a CUDA-graph pool and are overwritten by the next replay, so callers copy what they keep.
     """
-    if mode == "off":
+    if mode in ("off", "graphs"):
         return
     if mode not in ("on", "cudagraphs"):
-        raise ValueError(f"compile mode must be off, on or cudagraphs here (resolve auto first), got {mode!r}")
+        raise ValueError(f"compile mode must be off, on, cudagraphs or graphs here (resolve auto first), got {mode!r}")
     module.compile(fullgraph=False, dynamic=False, mode="reduce-overhead" if mode == "cudagraphs" else None)
 
 

@@ -5,9 +5,9 @@
 
 A :class:`PriorDetector` looks either at the ``--model`` string itself (``on_folder=False``: the built-in
 shapes prior, an MVDream single-file checkpoint) or at the resolved model folder (``on_folder=True``: an
-MVDream folder, a latent diffusion folder with vae/, and last any other diffusers folder as a pixel-space
-prior). A new kind of prior is one detector appended to :data:`PRIOR_DETECTORS` before the catch-all
-``pixel_diffusion`` (docs/extending.md).
+MVDream folder, a Stable Diffusion 3 folder (its model_index.json names StableDiffusion3Pipeline), a latent
+diffusion folder with vae/, and last any other diffusers folder as a pixel-space prior). A new kind of prior is
+one detector appended to :data:`PRIOR_DETECTORS` before the catch-all ``pixel_diffusion`` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -145,6 +145,34 @@ def _load_mvdream(source: str, request: LoadRequest) -> DiffusionPrior:
     )
 
 
+def _is_sd3_folder(folder: str) -> bool:
+    from fsd_gs.prior.family import is_sd3_folder
+
+    return is_sd3_folder(folder)
+
+
+def _load_sd3(folder: str, request: LoadRequest) -> DiffusionPrior:
+    """Stable Diffusion 3 / 3.5; dtype auto is bf16 on CUDA (the precision its weights are published in)."""
+    from fsd_gs.prior.sd3 import StableDiffusion3Prior
+
+    config = request.config
+    dtype = torch.bfloat16 if config.dtype == "auto" and request.device.type == "cuda" else request.dtype
+    if config.enable_xformers:
+        raise UserError(
+            "--prior.enable-xformers applies to UNet priors only: Stable Diffusion 3's transformer uses PyTorch's SDPA "
+            "attention, so leave it off"
+        )
+    return StableDiffusion3Prior(
+        Path(folder),
+        request.device,
+        dtype,
+        t5=config.t5,
+        upcast_vae=config.upcast_vae,
+        offload_text_encoder=config.offload_text_encoder,
+        compile=request.decision,
+    )
+
+
 def _load_latent(folder: str, request: LoadRequest) -> DiffusionPrior:
     from fsd_gs.prior.diffusers_prior import LatentDiffusionPrior
 
@@ -165,6 +193,7 @@ for _detector in (
     PriorDetector("shapes", False, is_shapes_world, _load_shapes, compiles=False),
     PriorDetector("mvdream_checkpoint", False, _is_checkpoint, _load_checkpoint),  # MVDream's original single file
     PriorDetector("mvdream_folder", True, _is_mvdream_folder, _load_mvdream),
+    PriorDetector("sd3", True, _is_sd3_folder, _load_sd3),  # before latent_diffusion, which takes any folder with vae/
     PriorDetector("latent_diffusion", True, lambda folder: (Path(folder) / "vae" / "config.json").is_file(), _load_latent),
     PriorDetector("pixel_diffusion", True, lambda folder: True, _load_pixel),
 ):
@@ -177,10 +206,10 @@ def detect_and_load(model: str, request: LoadRequest) -> DiffusionPrior:
     source = model
     for detector in [d for d in detectors if not d.on_folder] + [None] + [d for d in detectors if d.on_folder]:
         if detector is None:  # the string detectors are done: resolve the model to a folder (offline first)
-            source = str(resolve_model(model, **request.hub()))
+            source = str(resolve_model(model, **request.hub(), with_t5=request.config.t5 == "on"))
             continue
         if detector.matches(source):
-            if detector.compiles and request.decision.enabled:
+            if detector.compiles and request.decision.compiles:
                 setup_compile_cache()
             return detector.load(source, request)
     raise AssertionError("the last prior detector matches every folder")  # pragma: no cover

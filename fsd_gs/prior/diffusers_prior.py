@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.perp_neg import classifier_direction
-from fsd_gs.prior.base import VIEW_SUFFIXES, DiffusionPrior, NegativeViews, PromptEmbeddings, view_prompt
+from fsd_gs.prior.base import DiffusionPrior, NegativeViews, PromptEmbeddings
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.conditioning import Conditioning
+from fsd_gs.prior.graphs import UNetCall, unet_call
+from fsd_gs.prior.guided import guided_raw, network_inputs
 from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.process import ForwardProcess, VPProcess, process_from_config
+from fsd_gs.prior.prompt_cache import PromptCache
 
 if TYPE_CHECKING:
     from fsd_gs.camera import Cameras
@@ -84,6 +86,37 @@ def load_scheduler_config(folder: Path) -> dict[str, Any]:
     return dict(_load("scheduler", folder, lambda: DDIMScheduler.load_config(folder / "scheduler")))
 
 
+def load_vae(folder: Path, dtype: torch.dtype) -> Any:
+    """The AutoencoderKL of ``folder``/vae in ``dtype``, eval mode, frozen (on the CPU)."""
+    from diffusers import AutoencoderKL
+
+    vae = _load(
+        "vae",
+        folder,
+        lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True, local_files_only=True),
+    )
+    return vae.eval().requires_grad_(False)
+
+
+def vae_factors(vae: Any) -> tuple[float, float]:
+    """(scaling_factor, shift_factor) of a VAE's config; the shift is 0 where the config has none (SD 1/2)."""
+    return float(vae.config.scaling_factor), float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+def encode_latents(vae: Any, images: torch.Tensor, shift: float, scale: float) -> torch.Tensor:
+    """Images [B,3,H,W] in [0,1] (in the VAE's dtype and device) -> latents [B,C,H/f,W/f] float32:
+    (posterior mean - shift) * scale. Deterministic and differentiable."""
+    mean = vae.encode(images * 2.0 - 1.0).latent_dist.mean
+    return ((mean - shift) * scale).float()
+
+
+def decode_latents(vae: Any, z: torch.Tensor, shift: float, scale: float) -> torch.Tensor:
+    """Latents [B,C,h,w] (in the VAE's dtype and device) -> images [B,3,h*f,w*f] float32 in [0,1]: the inverse of
+    :func:`encode_latents` followed by the decoder (autograd follows the caller)."""
+    x = vae.decode(z / scale + shift).sample.float()
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
 # -- shared base ----------------------------------------------------------------------------------
 class DiffusersPrior(DiffusionPrior):
     """Text encoding, CFG noise prediction and schedule bookkeeping shared by the diffusers priors.
@@ -97,6 +130,8 @@ class DiffusersPrior(DiffusionPrior):
     """
 
     process: ForwardProcess
+    unet_call: UNetCall
+    """The UNet as (z, t, emb, labels) -> output; recorded as CUDA graphs under --prior.compile graphs (graphs.py)."""
 
     @property
     def prediction_type(self) -> str:
@@ -132,6 +167,7 @@ class DiffusersPrior(DiffusionPrior):
             self.unet.to(memory_format=torch.channels_last)
         self.compile_decision = compile if isinstance(compile, CompileDecision) else resolve_compile(compile, self.device)
         compile_module(self.unet, self.compile_decision.mode)
+        self.unet_call = unet_call(self.unet, self.compile_decision.mode)
         if enable_xformers:
             try:
                 self.unet.enable_xformers_memory_efficient_attention()
@@ -147,7 +183,7 @@ class DiffusersPrior(DiffusionPrior):
             raise UserError(f"the UNet prior in {self.source} cannot be used: {exc}") from exc
         self.num_train_timesteps = self.process.num_train_timesteps
         self._text_cache: dict[str, torch.Tensor] = {}
-        self._prompt_cache: dict[tuple[str, str, bool, tuple[tuple[str, str], ...]], PromptEmbeddings] = {}
+        self._prompts = PromptCache(lambda texts: (self.embed_texts(texts), None))
 
     def load_unet(self) -> Any:
         """The frozen UNet of ``source`` in ``dtype`` (on the CPU); priors with another UNet layout override it."""
@@ -189,15 +225,7 @@ class DiffusersPrior(DiffusionPrior):
         ``suffixes``: each view's wording (default :attr:`view_suffixes`). Computed once per (prompt,
         negative_prompt, view_dependent, suffixes) and cached.
         """
-        if not prompt or not prompt.strip():
-            raise UserError('the prompt is empty: pass a text prompt such as --prompt "a red mushroom"')
-        wording = {**dict(self.view_suffixes), **dict(suffixes or {})}
-        key = (prompt, negative_prompt, bool(view_dependent), tuple(sorted(wording.items())))
-        if key not in self._prompt_cache:
-            views = tuple(VIEW_SUFFIXES) if view_dependent else ("none",)
-            hidden = self.embed_texts([view_prompt(prompt, v, wording) for v in views] + [negative_prompt])  # one batch
-            self._prompt_cache[key] = PromptEmbeddings(cond=hidden[:-1], uncond=hidden[-1:], views=views)
-        return self._prompt_cache[key]
+        return self._prompts.get(prompt, negative_prompt, view_dependent, {**self.view_suffixes, **dict(suffixes or {})})
 
     # -- noise prediction -------------------------------------------------------------------------
     def _unet_raw(
@@ -208,7 +236,7 @@ class DiffusersPrior(DiffusionPrior):
         if class_labels is not None:
             class_labels = class_labels.to(self.device, self.dtype)
         timestep = self.process.model_timestep(t)
-        out = self.unet(z.to(self.dtype), timestep, encoder_hidden_states=emb.to(self.dtype), class_labels=class_labels).sample
+        out = self.unet_call(z.to(self.dtype), timestep, emb.to(self.dtype), class_labels)
         out = out.to(torch.float32, copy=True)  # a copy: a CUDA-graph output is overwritten by the next replay
         if out.shape[1] == 2 * self.channels:  # learned variance (e.g. DeepFloyd IF): keep the mean part
             out = out[:, : self.channels]
@@ -246,22 +274,14 @@ class DiffusersPrior(DiffusionPrior):
         class_labels: Optional[torch.Tensor],
     ) -> torch.Tensor:
         """The guided raw output of :meth:`predict_raw` with the UNet's per-view ``class_labels`` [B,K] (or None)."""
-        if z_t.dim() != 4 or z_t.shape[1] != self.channels:
-            raise ValueError(f"z_t must be [B,{self.channels},h,w], got {tuple(z_t.shape)}")
-        batch = z_t.shape[0]
-        z_t = z_t.to(self.device)
-        t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch)
-        if guidance_scale == 1.0 and negatives is None:  # the conditional rows alone
-            return self._unet_raw(z_t, t, conditioning.cond.to(self.device).expand(batch, -1, -1), class_labels)
-        conditioning = conditioning.to(self.device).expand(batch)
-        parts = [conditioning, conditioning.unconditional(), *([] if negatives is None else negatives.parts())]
-        k = len(parts)
-        labels = None if class_labels is None else torch.cat([class_labels] * k)
-        rows = Conditioning.cat([p.to(self.device) for p in parts]).cond
-        raw = self._unet_raw(torch.cat([z_t] * k), torch.cat([t] * k), rows, labels)
-        raw_cond, raw_uncond, *raw_negatives = raw.chunk(k)
-        weights = None if negatives is None else negatives.weights
-        return raw_uncond + guidance_scale * classifier_direction(raw_cond, raw_uncond, raw_negatives, weights)
+        z_t, t = network_inputs(z_t, t, self.channels, self.device)
+        batch = int(z_t.shape[0])
+
+        def unet(z: torch.Tensor, times: torch.Tensor, rows: Conditioning) -> torch.Tensor:
+            labels = None if class_labels is None else torch.cat([class_labels] * (int(z.shape[0]) // batch))
+            return self._unet_raw(z, times, rows.cond, labels)
+
+        return guided_raw(unet, z_t, t, conditioning.to(self.device), guidance_scale, negatives)
 
     # -- images -----------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
@@ -281,20 +301,10 @@ class LatentDiffusionPrior(DiffusersPrior):
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)
-        from diffusers import AutoencoderKL
-
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        vae = _load(
-            "vae",
-            self.source,
-            lambda: AutoencoderKL.from_pretrained(
-                self.source / "vae", torch_dtype=self.vae_dtype, use_safetensors=True, local_files_only=True
-            ),
-        )
-        self.vae = vae.eval().requires_grad_(False).to(self.device)
+        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
         compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
         self.channels = int(self.vae.config.latent_channels)
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if int(self.unet.config.in_channels) != self.channels:
@@ -315,15 +325,12 @@ class LatentDiffusionPrior(DiffusersPrior):
         self._check_images(images)
         mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
         layout: dict[str, Any] = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
-        x = images.to(self.device, self.vae_dtype, **layout) * 2.0 - 1.0
-        mean = self.vae.encode(x).latent_dist.mean
-        return ((mean - self.shift_factor) * self.scaling_factor).float()
+        x = images.to(self.device, self.vae_dtype, **layout)
+        return encode_latents(self.vae, x, self.shift_factor, self.scaling_factor)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B,4,h,w] -> images [B,3,8h,8w] float32 in [0,1] (autograd follows the caller)."""
-        z = z.to(self.device, self.vae_dtype) / self.scaling_factor + self.shift_factor
-        x = self.vae.decode(z).sample.float()
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+        return decode_latents(self.vae, z.to(self.device, self.vae_dtype), self.shift_factor, self.scaling_factor)
 
 
 # -- pixel space ----------------------------------------------------------------------------------

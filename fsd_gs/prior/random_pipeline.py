@@ -195,14 +195,18 @@ def save_offline_tokenizer(folder: Path, words: Iterable[str] = TOKENIZER_WORDS)
 
 
 # -- components -----------------------------------------------------------------------------------
-def _save_text_encoder(folder: Path, config: dict[str, Any], token_ids: dict[str, int], dtype: torch.dtype) -> None:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _save_text_encoder(
+    folder: Path, config: dict[str, Any], token_ids: dict[str, int], dtype: torch.dtype, with_projection: bool = False
+) -> None:
+    """A random CLIPTextModel (``with_projection``: CLIPTextModelWithProjection, as in Stable Diffusion 3) in ``folder``."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     ids = {k: v for k, v in token_ids.items() if k != "vocab_size"}
     full = {"vocab_size": token_ids["vocab_size"], **config, **ids}
     full["vocab_size"] = max(full["vocab_size"], token_ids["vocab_size"])
+    model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     # .to is functools.wraps(nn.Module.to) there: the stubs take the dtype for self
-    model = CLIPTextModel(CLIPTextConfig(**full)).to(dtype)  # pyright: ignore[reportArgumentType]
+    model = model_class(CLIPTextConfig(**full)).to(dtype)  # pyright: ignore[reportArgumentType]
     model.save_pretrained(folder, safe_serialization=True)
 
 
