@@ -45,9 +45,14 @@
 #          <= 24 GB without T5), then with T5 (SD35_T5=1); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
 #          the speed stage, --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold
 #          compile); the CUDA tests of tests/test_sd3.py (FSD_GS_SD35_DIR=$WORK/sd35m); all in $WORK/sd35
+#   prior-flow  the rectified-flow shapes prior (docs/shapes-flow.md): FLOW_TRAIN_S seconds of
+#          scripts/train_shapes_prior.py --objective flow resumed from the shipped fsd_gs/assets/shapes_flow (FLOW_FROM:
+#          another flow folder; FLOW_INIT=1: from the epsilon prior fsd_gs/assets/shapes_prior instead), learning rate
+#          FLOW_LR annealed over the run, then the Euler CFG sweep and the checks of the result at its preset CFG; the
+#          folder in $WORK/flow/shapes_flow (tar beside it)
 # Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
 #        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
-#        [shapes-mv] [sd35]
+#        [shapes-mv] [sd35] [prior-flow]
 #        (default: tests train batch)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
@@ -219,6 +224,21 @@ if [[ " $STAGES " == *" shapes-mv "* ]]; then
   RESUME=(); [ "${MV_RESUME:-0}" = 1 ] && RESUME=(--resume)
   python scripts/train_shapes_mv.py --out "$WORK/mv" "${RESUME[@]}" --time-budget-s "${MV_TRAIN_S:-300}" \
     --save-every-s 60 --workers 12 --check-at-end 2>&1 | tee "$WORK/mv_train.log" | grep -v '^{"step"'
+fi
+
+if [[ " $STAGES " == *" prior-flow "* ]]; then
+  build_gsplat
+  START=(--resume --resume-from "${FLOW_FROM:-fsd_gs/assets/shapes_flow}")
+  [ "${FLOW_INIT:-0}" = 1 ] && START=(--init-from fsd_gs/assets/shapes_prior)
+  python scripts/train_shapes_prior.py --objective flow --out "$WORK/flow" "${START[@]}" --decay-over-run \
+    --time-budget-s "${FLOW_TRAIN_S:-270}" --save-every-s 60 --steps 100000 --workers 12 --warmup 100 \
+    --lr "${FLOW_LR:-5e-5}" --lr-final 1e-5 2>&1 | tee "$WORK/flow_train.log" | grep -v '^{"step"'
+  tail -n 3 "$WORK/flow/log.jsonl"
+  python scripts/eval_shapes_prior.py --device cuda --sweep 1.5 2 2.5 3 4 5 7.5 --sweep-samples 32 --prompts 48 \
+    --folder "$WORK/flow/shapes_flow" --json "$WORK/sweep_flow.json" > "$WORK/sweep_flow.md" 2>&1
+  python scripts/eval_shapes_prior.py --device cuda --folder "$WORK/flow/shapes_flow" --json "$WORK/eval_flow.json" \
+    > "$WORK/eval_flow.md" 2>&1
+  cat "$WORK/sweep_flow.md" "$WORK/eval_flow.md"
 fi
 
 if [[ " $STAGES " == *" consistency "* ]]; then
