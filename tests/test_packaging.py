@@ -47,6 +47,9 @@ def test_the_wheel_ships_configs_and_finds_them_outside_the_checkout(tmp_path):
         z.extractall(site)
     for preset in (ROOT / "configs").glob("*.yaml"):
         assert (site / "fsd_gs" / "configs" / preset.name).read_bytes() == preset.read_bytes()
+    for asset in (ROOT / "fsd_gs" / "assets" / "shapes_flow").rglob("*"):  # the built-in flow prior ships whole
+        if asset.is_file():
+            assert (site / asset.relative_to(ROOT)).read_bytes() == asset.read_bytes()
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
     code = (
         "from fsd_gs.config import presets_dir; from fsd_gs.train import parse_config; "
