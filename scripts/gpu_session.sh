@@ -232,7 +232,8 @@ if [[ " $STAGES " == *" prior-flow "* ]]; then
   [ "${FLOW_INIT:-0}" = 1 ] && START=(--init-from fsd_gs/assets/shapes_prior)
   python scripts/train_shapes_prior.py --objective flow --out "$WORK/flow" "${START[@]}" --decay-over-run \
     --time-budget-s "${FLOW_TRAIN_S:-270}" --save-every-s 60 --steps 100000 --workers 12 --warmup 100 \
-    --lr "${FLOW_LR:-5e-5}" --lr-final 1e-5 2>&1 | tee "$WORK/flow_train.log" | grep -v '^{"step"'
+    --lr "${FLOW_LR:-5e-5}" --lr-final 1e-5 --dataset.captions.p-no-colour 0.45 2>&1 | tee "$WORK/flow_train.log" \
+    | grep -v '^{"step"'
   tail -n 3 "$WORK/flow/log.jsonl"
   python scripts/eval_shapes_prior.py --device cuda --sweep 1.5 2 2.5 3 4 5 7.5 --sweep-samples 32 --prompts 48 \
     --folder "$WORK/flow/shapes_flow" --json "$WORK/sweep_flow.json" > "$WORK/sweep_flow.md" 2>&1

@@ -2,8 +2,9 @@
 end of scripts/train_shapes_prior.py.
 
 * :func:`judge_accuracy`: the judge on fresh renders from an unseen seed.
-* :func:`prior_agreement`: 50-step DDIM samples for prompts drawn at random (seeded, not hand-picked) from
-  all (kind, colour, view) triples; the judge's agreement with each prompt's kind and colour.
+* :func:`prior_agreement`: 50-step samples of the prior's own sampler (DDIM; Euler for the flow prior shapes-flow)
+  for prompts drawn at random (seeded, not hand-picked) from all (kind, colour, view) triples; the judge's agreement
+  with each prompt's kind and colour.
 * :func:`colour_entropy`: for colour-free prompts ("a mushroom"), the entropy of the judge's colours over
   many samples, as a fraction of log(number of colours).
 * :func:`cfg_sweep`: both of the above over a list of CFG scales, every kind colour-free, to choose the
@@ -56,7 +57,8 @@ def random_prompts(n: int = 24, seed: int = 2024) -> list[tuple[str, str, str]]:
 def ddim_sample(
     prior: DiffusionPrior, prompt: str, views: list[str], guidance_scale: float, steps: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """DDIM (eta 0) samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample."""
+    """The prior's samples [B,3,64,64] in [0,1] of ``prompt`` with one view suffix per sample (fsd_gs.sampling.sample:
+    DDIM, eta 0, for diffusion priors; Euler for flow priors)."""
     from fsd_gs.sampling import sample
 
     emb = prior.encode_prompts(prompt, "", view_dependent=True)
