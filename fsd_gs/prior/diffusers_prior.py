@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 import torch
 
@@ -50,33 +50,40 @@ def _load(component: str, folder: Path, loader: Any) -> Any:
         ) from exc
 
 
+def load_frozen(
+    component: str,
+    folder: Path,
+    model_class: Any,
+    dtype: torch.dtype,
+    library: Literal["diffusers", "transformers"] = "diffusers",
+) -> Any:
+    """``model_class.from_pretrained(folder / component)`` (safetensors, local files only) in ``dtype``, eval mode,
+    frozen, on the CPU; ``library`` is the class's ("diffusers" or "transformers": how the dtype is passed)."""
+
+    def dtype_kwarg() -> dict[str, Any]:
+        return _transformers_dtype_kwarg(dtype) if library == "transformers" else {"torch_dtype": dtype}
+
+    model = _load(
+        component,
+        folder,
+        lambda: model_class.from_pretrained(folder / component, use_safetensors=True, local_files_only=True, **dtype_kwarg()),
+    )
+    return model.eval().requires_grad_(False)
+
+
 def load_text_side(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """(CLIPTokenizer, CLIPTextModel in ``dtype``, eval mode, frozen) from ``folder``/tokenizer and /text_encoder."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer"))
-    text_encoder = _load(
-        "text_encoder",
-        folder,
-        lambda: CLIPTextModel.from_pretrained(
-            folder / "text_encoder", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)
-        ),
-    )
-    return tokenizer, text_encoder.eval().requires_grad_(False)
+    return tokenizer, load_frozen("text_encoder", folder, CLIPTextModel, dtype, library="transformers")
 
 
 def load_unet(folder: Path, dtype: torch.dtype) -> Any:
     """The UNet2DConditionModel in ``dtype``, eval mode, frozen."""
     from diffusers import UNet2DConditionModel
 
-    unet = _load(
-        "unet",
-        folder,
-        lambda: UNet2DConditionModel.from_pretrained(
-            folder / "unet", torch_dtype=dtype, use_safetensors=True, local_files_only=True
-        ),
-    )
-    return unet.eval().requires_grad_(False)
+    return load_frozen("unet", folder, UNet2DConditionModel, dtype)
 
 
 def load_scheduler_config(folder: Path) -> dict[str, Any]:
@@ -90,12 +97,7 @@ def load_vae(folder: Path, dtype: torch.dtype) -> Any:
     """The AutoencoderKL of ``folder``/vae in ``dtype``, eval mode, frozen (on the CPU)."""
     from diffusers import AutoencoderKL
 
-    vae = _load(
-        "vae",
-        folder,
-        lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True, local_files_only=True),
-    )
-    return vae.eval().requires_grad_(False)
+    return load_frozen("vae", folder, AutoencoderKL, dtype)
 
 
 def vae_factors(vae: Any) -> tuple[float, float]:

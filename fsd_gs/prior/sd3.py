@@ -27,9 +27,9 @@ from fsd_gs.prior.base import DiffusionPrior, NegativeViews, PromptEmbeddings
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.diffusers_prior import (
-    _load,
     decode_latents,
     encode_latents,
+    load_frozen,
     load_scheduler_config,
     load_vae,
     vae_factors,
@@ -50,14 +50,7 @@ def load_transformer(folder: Path, dtype: torch.dtype) -> Any:
     """The SD3Transformer2DModel of ``folder``/transformer in ``dtype``, eval mode, frozen (on the CPU)."""
     from diffusers import SD3Transformer2DModel
 
-    model = _load(
-        "transformer",
-        folder,
-        lambda: SD3Transformer2DModel.from_pretrained(
-            folder / "transformer", torch_dtype=dtype, use_safetensors=True, local_files_only=True
-        ),
-    )
-    return model.eval().requires_grad_(False)
+    return load_frozen("transformer", folder, SD3Transformer2DModel, dtype)
 
 
 def flow_process(scheduler_config: Mapping[str, Any], folder: Path) -> FlowProcess:
