@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Optional
 
 import torch
 
@@ -117,6 +117,29 @@ def decode_latents(vae: Any, z: torch.Tensor, shift: float, scale: float) -> tor
     :func:`encode_latents` followed by the decoder (autograd follows the caller)."""
     x = vae.decode(z / scale + shift).sample.float()
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class LatentVAE(NamedTuple):
+    """A latent prior's VAE side, as :func:`load_latent_vae` loads it."""
+
+    vae: Any
+    """The AutoencoderKL, frozen, on the prior's device (its encoder compiled in the prior's compile mode)."""
+    scaling_factor: float
+    shift_factor: float
+    channels: int
+    """C, the latent channels."""
+    downsample: int
+    """f: an image of H x W px has latents of H/f x W/f."""
+
+
+def load_latent_vae(folder: Path, dtype: torch.dtype, device: torch.device, compile_mode: str) -> LatentVAE:
+    """The VAE of ``folder``/vae in ``dtype`` on ``device`` (:func:`load_vae`), its encoder compiled in ``compile_mode``
+    (:func:`~fsd_gs.prior.compile.compile_module`), with its factors and latent shape."""
+    vae = load_vae(folder, dtype).to(device)
+    compile_module(vae.encoder, compile_mode)
+    scaling_factor, shift_factor = vae_factors(vae)
+    downsample = 2 ** (len(vae.config.block_out_channels) - 1)
+    return LatentVAE(vae, scaling_factor, shift_factor, int(vae.config.latent_channels), downsample)
 
 
 # -- shared base ----------------------------------------------------------------------------------
@@ -301,11 +324,8 @@ class LatentDiffusionPrior(DiffusersPrior):
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
-        compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
-        self.channels = int(self.vae.config.latent_channels)
-        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        vae = load_latent_vae(self.source, self.vae_dtype, self.device, self.compile_decision.mode)
+        self.vae, self.scaling_factor, self.shift_factor, self.channels, self.downsample = vae
         if int(self.unet.config.in_channels) != self.channels:
             raise UserError(
                 f"the UNet in {self.source} takes {self.unet.config.in_channels} channels but the VAE makes "

@@ -30,9 +30,8 @@ from fsd_gs.prior.diffusers_prior import (
     decode_latents,
     encode_latents,
     load_frozen,
+    load_latent_vae,
     load_scheduler_config,
-    load_vae,
-    vae_factors,
 )
 from fsd_gs.prior.guided import guided_raw, network_inputs
 from fsd_gs.prior.process import FLOW_SCHEDULER, FlowProcess
@@ -101,11 +100,8 @@ class StableDiffusion3Prior(DiffusionPrior):
         self.compile_decision = compile if isinstance(compile, CompileDecision) else resolve_compile(compile, self.device)
         compile_module(self.transformer, self.compile_decision.mode)
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
-        compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
-        self.channels = int(self.vae.config.latent_channels)
-        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        vae = load_latent_vae(self.source, self.vae_dtype, self.device, self.compile_decision.mode)
+        self.vae, self.scaling_factor, self.shift_factor, self.channels, self.downsample = vae
         config = self.transformer.config
         if int(config.in_channels) != self.channels:
             raise UserError(
