@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What we run on a CUDA machine before calling GPU work done (figures go to BENCHMARKS.md):
 #   tests  the CUDA-marked tests (gsplat/reference parity incl. depth, SD-2.1-size prior in fp16, MVDream,
-#          surface noise CPU/CUDA agreement, viewer render mode, ...)
+#          surface noise CPU/CUDA agreement, viewer render mode, CUDA graphs, the tiny SD3, ...); TESTS_MARK="cuda and
+#          not slow" leaves out the slow ones (the SD-2.1-size CUDA-graphs test)
 #   train  200 FSD steps at 512x512 through `python -m fsd_gs.train` (random-weight SD-2.1-base), and two
 #          runs of one seed to measure how far CUDA is from bitwise
 #   batch  assets per GPU-hour: sequential CLI runs vs the batch engine (prior loaded once) vs K seeds together,
@@ -70,7 +71,8 @@ SD="$WORK/sd21-random"
 now() { date +%s.%N; }
 
 if [[ " $STAGES " == *" tests "* ]]; then
-  FSD_GS_SD21_DIR="$SD" python -m pytest -q -rs -m cuda tests 2>&1 | tee "$WORK/pytest_cuda.log" \
+  FSD_GS_SD21_DIR="$SD" python -m pytest -q -rs -m "${TESTS_MARK:-cuda}" -p no:cacheprovider tests 2>&1 \
+    | tee "$WORK/pytest_cuda.log" \
     || echo "some CUDA tests FAILED (see above)"
 fi
 

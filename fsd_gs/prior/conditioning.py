@@ -64,6 +64,11 @@ class Conditioning:
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return Conditioning(self.cond.to(device), self.uncond.to(device), move(self.pooled_cond), move(self.pooled_uncond))
 
+    def conditional(self) -> Conditioning:
+        """The conditional inputs alone, as both fields (for an unguided prediction eps(x_t; y): the unconditional rows,
+        which may be [1,...] or [B',...] of another batch, are not needed)."""
+        return Conditioning(self.cond, self.cond, self.pooled_cond, self.pooled_cond)
+
     def unconditional(self) -> Conditioning:
         """The unconditional inputs as the conditional ones (for an unguided prediction eps(x_t; u))."""
         return Conditioning(self.uncond, self.uncond, self.pooled_uncond, self.pooled_uncond)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, NamedTuple, Optional
 
 import torch
 
@@ -50,33 +50,40 @@ def _load(component: str, folder: Path, loader: Any) -> Any:
         ) from exc
 
 
+def load_frozen(
+    component: str,
+    folder: Path,
+    model_class: Any,
+    dtype: torch.dtype,
+    library: Literal["diffusers", "transformers"] = "diffusers",
+) -> Any:
+    """``model_class.from_pretrained(folder / component)`` (safetensors, local files only) in ``dtype``, eval mode,
+    frozen, on the CPU; ``library`` is the class's ("diffusers" or "transformers": how the dtype is passed)."""
+
+    def dtype_kwarg() -> dict[str, Any]:
+        return _transformers_dtype_kwarg(dtype) if library == "transformers" else {"torch_dtype": dtype}
+
+    model = _load(
+        component,
+        folder,
+        lambda: model_class.from_pretrained(folder / component, use_safetensors=True, local_files_only=True, **dtype_kwarg()),
+    )
+    return model.eval().requires_grad_(False)
+
+
 def load_text_side(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """(CLIPTokenizer, CLIPTextModel in ``dtype``, eval mode, frozen) from ``folder``/tokenizer and /text_encoder."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
     tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer"))
-    text_encoder = _load(
-        "text_encoder",
-        folder,
-        lambda: CLIPTextModel.from_pretrained(
-            folder / "text_encoder", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)
-        ),
-    )
-    return tokenizer, text_encoder.eval().requires_grad_(False)
+    return tokenizer, load_frozen("text_encoder", folder, CLIPTextModel, dtype, library="transformers")
 
 
 def load_unet(folder: Path, dtype: torch.dtype) -> Any:
     """The UNet2DConditionModel in ``dtype``, eval mode, frozen."""
     from diffusers import UNet2DConditionModel
 
-    unet = _load(
-        "unet",
-        folder,
-        lambda: UNet2DConditionModel.from_pretrained(
-            folder / "unet", torch_dtype=dtype, use_safetensors=True, local_files_only=True
-        ),
-    )
-    return unet.eval().requires_grad_(False)
+    return load_frozen("unet", folder, UNet2DConditionModel, dtype)
 
 
 def load_scheduler_config(folder: Path) -> dict[str, Any]:
@@ -90,12 +97,7 @@ def load_vae(folder: Path, dtype: torch.dtype) -> Any:
     """The AutoencoderKL of ``folder``/vae in ``dtype``, eval mode, frozen (on the CPU)."""
     from diffusers import AutoencoderKL
 
-    vae = _load(
-        "vae",
-        folder,
-        lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype, use_safetensors=True, local_files_only=True),
-    )
-    return vae.eval().requires_grad_(False)
+    return load_frozen("vae", folder, AutoencoderKL, dtype)
 
 
 def vae_factors(vae: Any) -> tuple[float, float]:
@@ -115,6 +117,29 @@ def decode_latents(vae: Any, z: torch.Tensor, shift: float, scale: float) -> tor
     :func:`encode_latents` followed by the decoder (autograd follows the caller)."""
     x = vae.decode(z / scale + shift).sample.float()
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class LatentVAE(NamedTuple):
+    """A latent prior's VAE side, as :func:`load_latent_vae` loads it."""
+
+    vae: Any
+    """The AutoencoderKL, frozen, on the prior's device (its encoder compiled in the prior's compile mode)."""
+    scaling_factor: float
+    shift_factor: float
+    channels: int
+    """C, the latent channels."""
+    downsample: int
+    """f: an image of H x W px has latents of H/f x W/f."""
+
+
+def load_latent_vae(folder: Path, dtype: torch.dtype, device: torch.device, compile_mode: str) -> LatentVAE:
+    """The VAE of ``folder``/vae in ``dtype`` on ``device`` (:func:`load_vae`), its encoder compiled in ``compile_mode``
+    (:func:`~fsd_gs.prior.compile.compile_module`), with its factors and latent shape."""
+    vae = load_vae(folder, dtype).to(device)
+    compile_module(vae.encoder, compile_mode)
+    scaling_factor, shift_factor = vae_factors(vae)
+    downsample = 2 ** (len(vae.config.block_out_channels) - 1)
+    return LatentVAE(vae, scaling_factor, shift_factor, int(vae.config.latent_channels), downsample)
 
 
 # -- shared base ----------------------------------------------------------------------------------
@@ -302,11 +327,8 @@ class LatentDiffusionPrior(DiffusersPrior):
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, upcast_vae: bool = False, **kwargs: Any):
         super().__init__(folder, device, dtype, **kwargs)
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
-        compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
-        self.channels = int(self.vae.config.latent_channels)
-        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        vae = load_latent_vae(self.source, self.vae_dtype, self.device, self.compile_decision.mode)
+        self.vae, self.scaling_factor, self.shift_factor, self.channels, self.downsample = vae
         if int(self.unet.config.in_channels) != self.channels:
             raise UserError(
                 f"the UNet in {self.source} takes {self.unet.config.in_channels} channels but the VAE makes "

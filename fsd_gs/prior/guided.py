@@ -42,9 +42,9 @@ def guided_raw(
         negatives: Perp-Neg's negative prompts of the B views, or None for plain CFG.
     """
     batch = int(z_t.shape[0])
+    if guidance_scale == 1.0 and negatives is None:  # the unconditional rows are not used (nor checked)
+        return network(z_t, t, conditioning.conditional().expand(batch))
     conditioning = conditioning.expand(batch)
-    if guidance_scale == 1.0 and negatives is None:
-        return network(z_t, t, conditioning)
     parts = [conditioning, conditioning.unconditional(), *([] if negatives is None else negatives.parts())]
     k = len(parts)
     rows = Conditioning.cat([p.to(z_t.device) for p in parts])

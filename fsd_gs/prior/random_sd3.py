@@ -19,6 +19,7 @@ import torch
 from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.random_pipeline import (
     MAX_TOKENS,
+    SD21_VAE_CONFIG,
     TOKENIZER_WORDS,
     _save_text_encoder,
     _write_model_index,
@@ -46,15 +47,8 @@ SD35_MEDIUM_TRANSFORMER_CONFIG: dict[str, Any] = {
 """SD3Transformer2DModel of stabilityai/stable-diffusion-3.5-medium (MMDiT-X: the first 13 blocks attend twice)."""
 
 SD3_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
+    **SD21_VAE_CONFIG,
     "latent_channels": 16,
-    "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
     "sample_size": 1024,
     "scaling_factor": 1.5305,
     "shift_factor": 0.0609,
@@ -62,7 +56,8 @@ SD3_VAE_CONFIG: dict[str, Any] = {
     "use_quant_conv": False,
     "use_post_quant_conv": False,
 }
-"""AutoencoderKL of Stable Diffusion 3 / 3.5 (16 latent channels, no quant convs, latents (mean - shift) * scale)."""
+"""AutoencoderKL of Stable Diffusion 3 / 3.5: Stable Diffusion 2's encoder and decoder with 16 latent channels, no quant
+convs, latents (mean - shift) * scale."""
 
 CLIP_L_CONFIG: dict[str, Any] = {
     "hidden_size": 768,

@@ -27,12 +27,11 @@ from fsd_gs.prior.base import DiffusionPrior, NegativeViews, PromptEmbeddings
 from fsd_gs.prior.compile import CompileDecision, compile_module, mark_step_begin, resolve_compile
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.prior.diffusers_prior import (
-    _load,
     decode_latents,
     encode_latents,
+    load_frozen,
+    load_latent_vae,
     load_scheduler_config,
-    load_vae,
-    vae_factors,
 )
 from fsd_gs.prior.guided import guided_raw, network_inputs
 from fsd_gs.prior.process import FLOW_SCHEDULER, FlowProcess
@@ -50,14 +49,7 @@ def load_transformer(folder: Path, dtype: torch.dtype) -> Any:
     """The SD3Transformer2DModel of ``folder``/transformer in ``dtype``, eval mode, frozen (on the CPU)."""
     from diffusers import SD3Transformer2DModel
 
-    model = _load(
-        "transformer",
-        folder,
-        lambda: SD3Transformer2DModel.from_pretrained(
-            folder / "transformer", torch_dtype=dtype, use_safetensors=True, local_files_only=True
-        ),
-    )
-    return model.eval().requires_grad_(False)
+    return load_frozen("transformer", folder, SD3Transformer2DModel, dtype)
 
 
 def flow_process(scheduler_config: Mapping[str, Any], folder: Path) -> FlowProcess:
@@ -108,11 +100,8 @@ class StableDiffusion3Prior(DiffusionPrior):
         self.compile_decision = compile if isinstance(compile, CompileDecision) else resolve_compile(compile, self.device)
         compile_module(self.transformer, self.compile_decision.mode)
         self.vae_dtype = torch.float32 if upcast_vae else dtype
-        self.vae = load_vae(self.source, self.vae_dtype).to(self.device)
-        compile_module(self.vae.encoder, self.compile_decision.mode)
-        self.scaling_factor, self.shift_factor = vae_factors(self.vae)
-        self.channels = int(self.vae.config.latent_channels)
-        self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        vae = load_latent_vae(self.source, self.vae_dtype, self.device, self.compile_decision.mode)
+        self.vae, self.scaling_factor, self.shift_factor, self.channels, self.downsample = vae
         config = self.transformer.config
         if int(config.in_channels) != self.channels:
             raise UserError(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from fsd_gs.errors import UserError
-from fsd_gs.prior.diffusers_prior import _load, _transformers_dtype_kwarg
+from fsd_gs.prior.diffusers_prior import _load, load_frozen
 
 T5_TOKENS = 256
 """T5 tokens per prompt (the pipeline's default ``max_sequence_length``)."""
@@ -32,14 +32,7 @@ def _load_clip(folder: Path, index: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     tokenizer = _load(f"tokenizer{index}", folder, lambda: CLIPTokenizer.from_pretrained(folder / f"tokenizer{index}"))
-    model = _load(
-        f"text_encoder{index}",
-        folder,
-        lambda: CLIPTextModelWithProjection.from_pretrained(
-            folder / f"text_encoder{index}", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)
-        ),
-    )
-    return tokenizer, model.eval().requires_grad_(False)
+    return tokenizer, load_frozen(f"text_encoder{index}", folder, CLIPTextModelWithProjection, dtype, library="transformers")
 
 
 def _load_t5(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -52,14 +45,7 @@ def _load_t5(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
             "auto), or a pipeline folder that includes T5"
         )
     tokenizer = _load("tokenizer_3", folder, lambda: AutoTokenizer.from_pretrained(folder / "tokenizer_3"))
-    model = _load(
-        "text_encoder_3",
-        folder,
-        lambda: T5EncoderModel.from_pretrained(
-            folder / "text_encoder_3", use_safetensors=True, local_files_only=True, **_transformers_dtype_kwarg(dtype)
-        ),
-    )
-    return tokenizer, model.eval().requires_grad_(False)
+    return tokenizer, load_frozen("text_encoder_3", folder, T5EncoderModel, dtype, library="transformers")
 
 
 class SD3TextEncoders:
