@@ -8,7 +8,7 @@ Modes (``--prior.compile``): ``off`` eager; ``on`` torch.compile's default mode 
 ``cudagraphs`` the same plus CUDA graphs (mode="reduce-overhead": each call replays one recorded graph
 instead of launching hundreds of kernels; the UNet and VAE shapes never change during a run, so one
 recording serves every step); ``graphs`` CUDA graphs of the eager guided UNet call without torch.compile
-(fsd_gs/prior/graphs.py: ~1 s to record instead of a compile, no fused kernels); ``auto`` picks one of them in
+(fsd_gs/prior/graphs.py: a recording instead of a compile, no fused kernels; not yet run on a GPU); ``auto`` picks one of them in
 :func:`resolve_compile`, the only place that decides, by the rule of :func:`auto_mode`. Old configs'
 ``compile: true/false`` read as on/off (:func:`legacy_mode`).
 """
@@ -47,7 +47,7 @@ FIRST_STEP_COLD_S = 74
 """Seconds the first compiled step takes with cold caches (H200, SD-2.1-base, 2026-11-30; see AUTO_MIN_STEPS)."""
 FIRST_STEP_WARM_S = 10
 """Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine."""
-GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (about a second, nothing compiled)"
+GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (nothing compiled)"
 """What the first steps cost under ``graphs`` (printed with the decision)."""
 
 CACHE_ENV = "FSD_GS_COMPILE_CACHE"

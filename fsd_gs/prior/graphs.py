@@ -1,11 +1,12 @@
 """CUDA graphs without torch.compile (``--prior.compile graphs``): a no-grad network call replayed from a recording.
 
     call = unet_call(prior.unet, "graphs")     # (z [N,C,h,w], t [N], emb [N,L,D], labels [N,K] | None) -> out [N,C',h,w]
-    out = call(z, t, emb, None)                 # first use of these shapes: warm-up + capture (~1 s); then replays
+    out = call(z, t, emb, None)                 # first use of these shapes: warm-up + capture; then replays
 
 Why: the guided UNet call launches hundreds of small kernels, and on a fast GPU their launch cost rivals their work.
 Replaying them from one CUDA graph removes that cost, as torch.compile's ``mode="reduce-overhead"`` (``cudagraphs``)
-does, but recording takes about a second where a cold compile takes minutes; the kernels stay eager PyTorch's (no
+does, but recording is expected to take about a second where a cold compile takes minutes (an estimate: this mode
+has not run on a GPU yet, BENCHMARKS.md round 3, second session); the kernels stay eager PyTorch's (no
 Triton fusion), so a step may be a little slower than ``cudagraphs``. Only the UNet is recorded: its output is never
 differentiated (the prior predicts under ``torch.no_grad``; gradients flow through the VAE encoder and the renderer,
 which run eagerly).

@@ -34,7 +34,7 @@ class PriorConfig:
     """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
     compile: Literal["auto", "off", "on", "cudagraphs", "graphs"] = "auto"
     """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); graphs
-    (CUDA graphs of the eager UNet call, no compile: ~1 s to record, CUDA only); auto = cudagraphs for CUDA runs of
+    (CUDA graphs of the eager UNet call, no compile, CUDA only; not yet run on a GPU); auto = cudagraphs for CUDA runs of
     >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs are cached in
     ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
