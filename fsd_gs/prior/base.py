@@ -15,7 +15,7 @@ import torch
 from fsd_gs.errors import UserError
 from fsd_gs.prior.compile import NOT_COMPILED, CompileDecision
 from fsd_gs.prior.conditioning import Conditioning
-from fsd_gs.prior.process import ForwardProcess
+from fsd_gs.prior.process import ForwardProcess, batch_timesteps
 
 if TYPE_CHECKING:
     from fsd_gs.camera import Cameras
@@ -209,8 +209,7 @@ class DiffusionPrior(ABC):
         ``process.eps_from`` turns into eps (the identity for epsilon models).
         """
         raw = self.predict_raw(z_t, t, conditioning, guidance_scale, negatives, cameras)
-        t = torch.as_tensor(t, device=raw.device).long().reshape(-1).expand(raw.shape[0])
-        return self.process.eps_from(raw, z_t.to(raw.device), t)
+        return self.process.eps_from(raw, z_t.to(raw.device), batch_timesteps(t, int(raw.shape[0]), raw.device))
 
     def predict_noise(
         self,
@@ -237,6 +236,12 @@ class DiffusionPrior(ABC):
                 f"image size {height}x{width} does not suit this {self.space} prior: height and width must be positive "
                 f"multiples of {self.downsample} (e.g. {self.resolution}x{self.resolution})"
             )
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """ValueError unless ``images`` is [B,3,H,W]; then :meth:`check_image_size` of its H x W."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B,3,H,W] in [0,1], got {tuple(images.shape)}")
+        self.check_image_size(int(images.shape[2]), int(images.shape[3]))
 
     def model_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(C, h, w) of model space for an image of ``height`` x ``width`` pixels."""

@@ -23,6 +23,7 @@ from fsd_gs.prior.guided import guided_raw, network_inputs
 from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.process import ForwardProcess, VPProcess, process_from_config
 from fsd_gs.prior.prompt_cache import PromptCache
+from fsd_gs.prior.text_cache import cached_rows, visiting
 
 if TYPE_CHECKING:
     from fsd_gs.camera import Cameras
@@ -218,29 +219,16 @@ class DiffusersPrior(DiffusionPrior):
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """Text-encoder hidden states [N,L,D] (on ``device``, in ``dtype``) for ``texts``, cached per text."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
-        if missing:
-            tokens = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            moved = self.offload_text_encoder
-            if moved:
-                self.text_encoder.to(self.device)
-            try:
-                ids = tokens.input_ids.to(self.device if moved else self.text_device)
-                hidden = self.text_encoder(ids)[0]  # last_hidden_state (final layer norm applied)
-            finally:
-                if moved:
-                    self.text_encoder.to(self.text_device)
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-            for text, row in zip(missing, hidden):
-                self._text_cache[text] = row.to(self.device, self.dtype)
-        return torch.stack([self._text_cache[t] for t in texts])
+        return torch.stack(cached_rows(self._text_cache, texts, self._encode_texts))
+
+    def _encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+        """One [L,D] row per text (on ``device``, in ``dtype``): the text encoder's last hidden states, no cache."""
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        with visiting(self.text_encoder, self.device, self.text_device, self.offload_text_encoder) as where:
+            hidden = self.text_encoder(tokens.input_ids.to(where))[0]  # last_hidden_state (final layer norm applied)
+        return [row.to(self.device, self.dtype) for row in hidden]
 
     def encode_prompts(
         self, prompt: str, negative_prompt: str = "", view_dependent: bool = True, suffixes: Optional[Mapping[str, str]] = None
@@ -309,10 +297,6 @@ class DiffusersPrior(DiffusionPrior):
         return guided_raw(unet, z_t, t, conditioning.to(self.device), guidance_scale, negatives)
 
     # -- images -----------------------------------------------------------------------------------
-    def _check_images(self, images: torch.Tensor) -> None:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B,3,H,W] in [0,1], got {tuple(images.shape)}")
-        self.check_image_size(int(images.shape[2]), int(images.shape[3]))
 
 
 # -- latent (Stable Diffusion) --------------------------------------------------------------------
@@ -344,7 +328,7 @@ class LatentDiffusionPrior(DiffusersPrior):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> latents [B,4,H/8,W/8] float32: (posterior mean - shift) * scaling; differentiable."""
-        self._check_images(images)
+        self.check_images(images)
         mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
         layout: dict[str, Any] = {} if self.vae_input_format is None else {"memory_format": self.vae_input_format}
         x = images.to(self.device, self.vae_dtype, **layout)
@@ -378,7 +362,7 @@ class PixelDiffusionPrior(DiffusersPrior):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> [B,3,H,W] in [-1,1] float32 (differentiable)."""
-        self._check_images(images)
+        self.check_images(images)
         return images.to(self.device, torch.float32) * 2.0 - 1.0
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from fsd_gs.perp_neg import classifier_direction
 from fsd_gs.prior.base import NegativeViews
 from fsd_gs.prior.conditioning import Conditioning
+from fsd_gs.prior.process import batch_timesteps
 
 Network = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 """One network call: (z [N,C,h,w], integer t [N], the N rows' Conditioning) -> raw output [N,C,h,w] float32."""
@@ -61,4 +62,4 @@ def network_inputs(
     if z_t.dim() != 4 or z_t.shape[1] != channels:
         raise ValueError(f"z_t must be [B,{channels},h,w], got {tuple(z_t.shape)}")
     batch = int(z_t.shape[0])
-    return z_t.to(device), torch.as_tensor(t, device=device).long().reshape(-1).expand(batch)
+    return z_t.to(device), batch_timesteps(t, batch, device)

@@ -47,6 +47,11 @@ def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.view(-1, *([1] * (like.dim() - 1)))
 
 
+def batch_timesteps(t: torch.Tensor | int, batch: int, device: torch.device | str) -> torch.Tensor:
+    """Integer timesteps [batch] (long) on ``device`` from [batch] or one timestep (broadcast to the batch)."""
+    return torch.as_tensor(t, device=device).long().reshape(-1).expand(batch)
+
+
 class ForwardProcess(ABC):
     """x_t = alpha_t z0 + sigma_t eps and the conversions of the network's raw output.
 

@@ -187,9 +187,7 @@ class StableDiffusion3Prior(DiffusionPrior):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] in [0,1] -> latents [B,16,H/8,W/8] float32: (posterior mean - shift) * scale; differentiable."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be [B,3,H,W] in [0,1], got {tuple(images.shape)}")
-        self.check_image_size(int(images.shape[2]), int(images.shape[3]))
+        self.check_images(images)
         mark_step_begin(self.compile_decision.mode)  # one encode per training step: a new CUDA-graph generation
         x = images.to(self.device, self.vae_dtype, memory_format=torch.contiguous_format)
         return encode_latents(self.vae, x, self.shift_factor, self.scaling_factor)

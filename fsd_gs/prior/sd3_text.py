@@ -22,6 +22,7 @@ import torch
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.diffusers_prior import _load, load_frozen
+from fsd_gs.prior.text_cache import cached_rows, visiting
 
 T5_TOKENS = 256
 """T5 tokens per prompt (the pipeline's default ``max_sequence_length``)."""
@@ -79,15 +80,8 @@ class SD3TextEncoders:
 
     def _run(self, model: torch.nn.Module, ids: torch.Tensor, **kwargs: Any) -> Any:
         """``model(ids)`` on the prior's device; an offloaded model visits it for this call only."""
-        if self.offload:
-            model.to(self.device)
-        try:
-            return model(ids.to(self.device if self.offload else self.home), **kwargs)
-        finally:
-            if self.offload:
-                model.to(self.home)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+        with visiting(model, self.device, self.home, self.offload) as where:
+            return model(ids.to(where), **kwargs)
 
     def _clip(self, index: int, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate hidden states [N,77,D_i], projected pooled output [N,P_i]) of CLIP ``index``."""
@@ -123,9 +117,5 @@ class SD3TextEncoders:
 
     def embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden [N,L,J], pooled [N,P]) for ``texts`` (on ``device``, in ``dtype``), each text encoded once and cached."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            hidden, pooled = self._encode(missing)
-            for text, h, p in zip(missing, hidden, pooled):
-                self._cache[text] = (h, p)
-        return torch.stack([self._cache[t][0] for t in texts]), torch.stack([self._cache[t][1] for t in texts])
+        rows = cached_rows(self._cache, texts, lambda missing: zip(*self._encode(missing)))
+        return torch.stack([hidden for hidden, _ in rows]), torch.stack([pooled for _, pooled in rows])
