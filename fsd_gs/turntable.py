@@ -55,8 +55,10 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
 
     written = [atomic_write_bytes(png_path, iio.imwrite("<bytes>", image_grid(frames), extension=".png"))]
     if mp4_path is not None:
+        plugin = _video_plugin()
         try:
-            plugin: dict[str, str] = {"plugin": "pyav"} if _has_pyav() else {}
+            if plugin is None:  # imageio would fall back to Pillow, which fails and prints a traceback when collected
+                raise ImportError("no video encoder")
             video = iio.imwrite("<bytes>", frames.numpy(), extension=".mp4", fps=fps, codec="libx264", **plugin)
         except Exception:  # no video encoder installed: the PNG grid is the turntable
             warnings.warn(
@@ -71,9 +73,10 @@ def save_turntable(frames: torch.Tensor, png_path: Path, mp4_path: Path | None =
     return written
 
 
-def _has_pyav() -> bool:
-    try:
-        import av  # noqa: F401  # pyright: ignore[reportMissingImports]  (PyAV is optional: imageio-ffmpeg also encodes)
-    except ImportError:
-        return False
-    return True
+def _video_plugin() -> dict[str, str] | None:
+    """imageio's keyword for an installed MP4 encoder: PyAV, else imageio-ffmpeg (imageio's default), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is not None:  # PyAV is optional: imageio-ffmpeg also encodes
+        return {"plugin": "pyav"}
+    return {} if importlib.util.find_spec("imageio_ffmpeg") is not None else None

@@ -30,7 +30,8 @@
 #          (names or YAML paths; default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps,
 #          --group-seeds 8, one batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset label>.
 #          CONSISTENCY_BUDGET_S (default 540) stops the shards (SIGTERM: checkpoints saved); the same stage again
-#          continues them
+#          continues them; CONSISTENCY_PREBUILD=0 skips the gsplat build first, so on a fresh machine all the shard
+#          processes start at once on an unbuilt extension (issue #27's fresh-machine grid: its file lock)
 #   consistency-eval  python -m fsd_gs.evaluate on this GPU (gsplat renders, ~1 s per 8 assets) of the finished labels
 #          in $WORK/consistency: one evaluation per ';'-separated set of labels in EVAL_SETS (default: all in one;
 #          rows are keyed by prompt, method and model, so two presets differing only in e.g. the camera batch need
@@ -245,7 +246,7 @@ if [[ " $STAGES " == *" prior-flow "* ]]; then
 fi
 
 if [[ " $STAGES " == *" consistency "* ]]; then
-  build_gsplat
+  [ "${CONSISTENCY_PREBUILD:-1}" = 1 ] && build_gsplat  # 0: every shard races for gsplat's JIT build (its file lock)
   read -r -a CPRESETS <<< "${CONSISTENCY_PRESETS:-shapes-sds shapes-fsd-plain shapes-fsd}"
   FRONT=("a chair" "a fish" "a house" "a car" "a bird" "a robot")
   t0=$(now)

@@ -73,9 +73,11 @@ def test_graphs_decision_records_nothing_compiled_and_no_cache():
 
 
 # -- the rule of auto ------------------------------------------------------------------------------------
-def test_auto_is_unchanged_until_the_rule_is_flipped(tmp_path, monkeypatch):
-    """The default rule is today's behaviour whatever the cache: cudagraphs for long CUDA runs and batch workers."""
-    assert AUTO_RULE == "cudagraphs"
+def test_auto_takes_the_fastest_mode_for_the_run_and_the_cache(tmp_path, monkeypatch):
+    """The default rule since the H100 start-up measurement (AutoCosts): a fresh machine's 1200-step run records CUDA
+    graphs instead of compiling cold; a warm cache, or a batch worker's many steps, repay the compile; tiny runs stay
+    eager."""
+    assert AUTO_RULE == "fastest"
     for cache in ("cold", "warm"):
         folder = tmp_path / cache
         folder.mkdir()
@@ -83,9 +85,12 @@ def test_auto_is_unchanged_until_the_rule_is_flipped(tmp_path, monkeypatch):
             (folder / "fxgraph").write_text("entry")
         monkeypatch.setenv(CACHE_ENV, str(folder))
         assert compile_mod.compile_cache_warm() == (cache == "warm")
-        assert resolve_compile("auto", CUDA, "sd", steps=1200).mode == "cudagraphs"
+        assert resolve_compile("auto", CUDA, "sd", steps=1200).mode == ("cudagraphs" if cache == "warm" else "graphs")
         assert resolve_compile("auto", CUDA, "sd", steps=10, long_lived=True).mode == "cudagraphs"
-        assert resolve_compile("auto", CUDA, "sd", steps=100).mode == "off"
+        assert resolve_compile("auto", CUDA, "sd", steps=100).mode == "graphs"
+        assert resolve_compile("auto", CUDA, "sd", steps=10).mode == "off"
+        assert resolve_compile("auto", CUDA, "sd").mode == "off"  # steps unknown
+        assert resolve_compile("auto", torch.device("cpu"), "sd", steps=1200).mode == "off"
 
 
 @pytest.mark.parametrize("rule", AUTO_RULES)

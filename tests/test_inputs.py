@@ -309,6 +309,33 @@ def test_no_video_encoder_line(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "t.mp4 not written" in err[0] and "pip install imageio-ffmpeg" in err[0]
 
 
+def test_no_encoder_installed_is_one_line_and_no_pillow_fallback(tmp_path, capsys, monkeypatch):
+    """Without PyAV and imageio-ffmpeg, imageio would try Pillow for the MP4, fail, and print a traceback when the
+    plugin is collected (seen on the GPU machine): the encoder is looked for first, and the MP4 is not attempted."""
+    import importlib.util
+
+    import imageio.v3 as iio
+
+    from fsd_gs.errors import warnings_as_lines
+    from fsd_gs.turntable import save_turntable
+
+    find_spec, original = importlib.util.find_spec, iio.imwrite
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("av", "imageio_ffmpeg") else find_spec(name, *a)
+    )
+    calls = []
+    monkeypatch.setattr(
+        iio,
+        "imwrite",
+        lambda uri, image, *a, extension=None, **k: calls.append(extension) or original(uri, image, *a, extension=extension, **k),
+    )
+    with warnings_as_lines():
+        written = save_turntable(torch.randint(0, 255, (2, 8, 8, 3), dtype=torch.uint8), tmp_path / "t.png", tmp_path / "t.mp4")
+    assert written == [tmp_path / "t.png"] and calls == [".png"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t.mp4 not written" in err[0]
+
+
 # -- item 7: the newcomer's list as a script ---------------------------------------------------------------
 @pytest.mark.slow
 def test_bad_inputs_script_quick_subset_answers_every_case_well():

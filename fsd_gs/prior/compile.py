@@ -1,6 +1,6 @@
 """torch.compile and CUDA graphs for the prior's fixed-shape networks: the mode, the ``auto`` decision, caches.
 
-    decision = resolve_compile("auto", device, model, steps=1200)   # CompileDecision(mode="cudagraphs", reason="...")
+    decision = resolve_compile("auto", device, model, steps=1200)   # CompileDecision(mode="graphs", reason="...")
     setup_compile_cache()                                           # persistent inductor caches (when compiling)
     compile_module(prior.unet, decision.mode)                       # in place, fixed shapes
 
@@ -8,7 +8,7 @@ Modes (``--prior.compile``): ``off`` eager; ``on`` torch.compile's default mode 
 ``cudagraphs`` the same plus CUDA graphs (mode="reduce-overhead": each call replays one recorded graph
 instead of launching hundreds of kernels; the UNet and VAE shapes never change during a run, so one
 recording serves every step); ``graphs`` CUDA graphs of the eager guided UNet call without torch.compile
-(fsd_gs/prior/graphs.py: a recording instead of a compile, no fused kernels; not yet run on a GPU); ``auto`` picks one of them in
+(fsd_gs/prior/graphs.py: a recording instead of a compile, no fused kernels); ``auto`` picks one of them in
 :func:`resolve_compile`, the only place that decides, by the rule of :func:`auto_mode`. Old configs'
 ``compile: true/false`` read as on/off (:func:`legacy_mode`).
 """
@@ -127,13 +127,15 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
 AutoRule = Literal["cudagraphs", "graphs", "graphs-when-cold", "fastest"]
 AUTO_RULES: tuple[str, ...] = get_args(AutoRule)
 
-AUTO_RULE: AutoRule = "cudagraphs"
-"""How ``auto`` speeds up a CUDA run (:func:`auto_mode`); "cudagraphs" until issue 27's H200 numbers for ``graphs``
-(docs/design.md, "Compiling the prior") choose another:
+AUTO_RULE: AutoRule = "fastest"
+"""How ``auto`` speeds up a CUDA run (:func:`auto_mode`; docs/design.md, "Compiling the prior"). "fastest" since issue
+27's start-up measurement (H100, 2026-12-05, :class:`AutoCosts`): a fresh machine's 1200-step run takes ``graphs``
+(~53 s of steps against ~109 s for a cold ``cudagraphs``, 1.13x the ~47 s of a warm one), a warm cache or a batch
+worker ``cudagraphs``; the rules before it:
 
 * "cudagraphs": torch.compile with CUDA graphs for runs of >= :data:`AUTO_MIN_STEPS` steps and batch workers, eager
-  for shorter runs. Measured on an H200 (2026-12-01, BENCHMARKS.md): 30.05 ms per step against 48.46 ms with plain
-  ``on``; but the first run on a machine compiles cold (~91 s against ~9.5 s warm).
+  for shorter runs (the rule until 2026-12-05). Measured on an H200 (2026-12-01, BENCHMARKS.md): 30.05 ms per step
+  against 48.46 ms with plain ``on``; but the first run on a machine compiles cold (~91 s against ~9.5 s warm).
 * "graphs": CUDA graphs without compile (fsd_gs/prior/graphs.py), same runs.
 * "graphs-when-cold": "cudagraphs" when the compile cache has entries (:func:`compile_cache_warm`), "graphs" when it is
   empty, same runs: a fresh machine never pays the cold compile. Nothing then fills the cache, so a machine stays
@@ -145,18 +147,17 @@ AUTO_RULE: AutoRule = "cudagraphs"
 
 @dataclass(frozen=True)
 class AutoCosts:
-    """What each mode costs, for the "fastest" rule (H200, random-weight SD-2.1-base fp16, 512 px, 1 view, 100k
-    Gaussians, scripts/bench_step.py, issue 27). Step times in ms; first-step times in s (load excluded)."""
+    """What each mode costs, for the "fastest" rule: means of ``scripts/bench_step.py --grid startup --repeat 2`` and
+    ``--grid grouped`` on one H100 (2026-12-05, random-weight SD-2.1-base fp16, 512 px, 1 view, 100k Gaussians, issue
+    27; BENCHMARKS.md). Step times in ms; first-step times in s (load excluded)."""
 
-    eager_step_ms: float = 54.6
-    graphs_step_ms: float = 36.2
-    """ESTIMATE until measured: eager minus what CUDA graphs save over plain compile, 54.6 - (48.5 - 30.05)."""
-    cudagraphs_step_ms: float = 30.05
+    eager_step_ms: float = 59.2
+    graphs_step_ms: float = 43.1
+    cudagraphs_step_ms: float = 30.5
     eager_first_s: float = 1.1
-    graphs_first_s: float = 2.1
-    """ESTIMATE until measured: eager's first step and ~1 s of recording."""
-    cold_compile_first_s: float = 91.0
-    warm_compile_first_s: float = 9.5
+    graphs_first_s: float = 1.5
+    cold_compile_first_s: float = 72.8
+    warm_compile_first_s: float = 10.4
     long_lived_steps: int = 12_000
     """The steps a batch worker's prior serves, for "fastest" (ten default assets)."""
 

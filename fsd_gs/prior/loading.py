@@ -34,9 +34,10 @@ class PriorConfig:
     """Precision of the networks: auto = fp16 on CUDA, fp32 on CPU."""
     compile: Literal["auto", "off", "on", "cudagraphs", "graphs"] = "auto"
     """torch.compile the UNet and the VAE encoder: off; on; cudagraphs (compiled + CUDA graphs, CUDA only); graphs
-    (CUDA graphs of the eager UNet call, no compile, CUDA only; not yet run on a GPU); auto = cudagraphs for CUDA runs of
-    >= 500 steps and in batch workers, else off (fsd_gs/prior/compile.py). Compiled graphs are cached in
-    ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
+    (CUDA graphs of the eager UNet call, no compile, CUDA only); auto = on CUDA the mode of least expected time for the
+    run: graphs while the compile cache is empty, cudagraphs once it is warm and in batch workers, off for runs of a few
+    dozen steps; off on a CPU (fsd_gs/prior/compile.py). Compiled graphs are cached in ~/.cache/fsd_gs/compile
+    ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
     enable_xformers: bool = False
