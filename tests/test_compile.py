@@ -15,7 +15,6 @@ import yaml
 
 from fsd_gs.errors import UserError
 from fsd_gs.prior.compile import (
-    AUTO_MIN_STEPS,
     CACHE_ENV,
     compile_cache_dir,
     compile_module,
@@ -73,19 +72,6 @@ def test_a_run_saved_with_compile_false_resumes_and_may_change_compile(tmp_path)
     assert given.prior.compile == "off" and check_resume_changes(saved, given) == {}
     changed = parse_config(["--resume", str(tmp_path), "--prior.compile", "on"])
     assert check_resume_changes(saved, changed) == {"prior.compile": ("off", "on")}  # harmless: speed only
-
-
-# -- the auto decision -----------------------------------------------------------------------------
-def test_auto_compiles_long_cuda_runs_and_batch_workers_only(monkeypatch):
-    monkeypatch.setattr("fsd_gs.prior.compile.AUTO_RULE", "cudagraphs")  # the other rules: tests/test_graphs.py
-    long, short = AUTO_MIN_STEPS, AUTO_MIN_STEPS - 1
-    assert resolve_compile("auto", CUDA, "sd", steps=long).mode == "cudagraphs"
-    assert resolve_compile("auto", CUDA, "sd", steps=short).mode == "off"
-    assert resolve_compile("auto", CUDA, "sd", steps=None).mode == "off"
-    assert resolve_compile("auto", CUDA, "sd", steps=10, long_lived=True).mode == "cudagraphs"
-    assert resolve_compile("auto", CPU, "sd", steps=10**6, long_lived=True).mode == "off"
-    assert resolve_compile("auto", CUDA, "shapes", steps=10**6, long_lived=True).mode == "off"
-    assert "1200 steps >= 500" in resolve_compile("auto", CUDA, "sd", steps=1200).reason
 
 
 def test_explicit_modes_and_errors():

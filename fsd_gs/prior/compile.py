@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, MutableMapping, Optional, get_args
+from typing import Any, Literal, MutableMapping, Optional
 
 import torch
 
@@ -30,21 +30,8 @@ RunMode = Literal["off", "on", "cudagraphs", "graphs"]
 """A resolved mode (``auto`` decided)."""
 CUDA_ONLY_MODES = ("cudagraphs", "graphs")
 
-AUTO_MIN_STEPS = 500
-"""A one-off run compiles under ``auto`` when it has at least this many steps (on CUDA).
-
-The arithmetic (measured on an H200, 2026-11-30, SD-2.1-base fp16, 512 px, 1 view, 100k Gaussians,
-``scripts/bench_step.py``, BENCHMARKS.md): eager step 78.2 ms, compiled 37.1 ms on the same machine (the
-issue's older figures: 50.3 and 39.2 ms), so compiling saves 11-41 ms per step. The first compiled step
-costs 74 s with cold caches and 10.2 s with warm ones (:func:`setup_compile_cache`; every run after the
-first on a machine), against 1.1 s eager. Break-even with warm caches: 9 s / 11-41 ms = 220-830 steps; 500
-is in between, so the default 1200-step asset gains and a 200-step test run stays eager. The very first
-compiled run on a machine pays the cold compile once. Batch workers keep one prior loaded for many assets
-and always compile under ``auto``.
-"""
-
-FIRST_STEP_COLD_S = 74
-"""Seconds the first compiled step takes with cold caches (H200, SD-2.1-base, 2026-11-30; see AUTO_MIN_STEPS)."""
+FIRST_STEP_COLD_S = 73
+"""Seconds the first compiled step takes with cold caches (H100, SD-2.1-base, 2026-12-05: 72.8; H200, 2026-11-30: 74)."""
 FIRST_STEP_WARM_S = 10
 """Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine."""
 GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (nothing compiled)"
@@ -98,8 +85,9 @@ def resolve_compile(
             saves little), and ``cudagraphs`` and ``graphs`` need CUDA.
         model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never compiled (tiny
             models).
-        steps: the run's steps (``auto`` compiles runs of >= :data:`AUTO_MIN_STEPS`); None: unknown (eager).
-        long_lived: the prior serves many assets (a batch worker): ``auto`` always compiles there on CUDA.
+        steps: the run's steps, for ``auto``'s expected times (:func:`auto_mode`); None: unknown (eager).
+        long_lived: the prior serves many assets (a batch worker): ``auto`` counts
+            :attr:`AutoCosts.long_lived_steps` steps.
     Raises UserError for an unknown mode, or CUDA graphs (cudagraphs, graphs) on a CPU.
     """
     decision = _decide(requested, torch.device(device), model, steps, long_lived)
@@ -124,30 +112,9 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
 
 
 # -- the rule of auto -----------------------------------------------------------------------------
-AutoRule = Literal["cudagraphs", "graphs", "graphs-when-cold", "fastest"]
-AUTO_RULES: tuple[str, ...] = get_args(AutoRule)
-
-AUTO_RULE: AutoRule = "fastest"
-"""How ``auto`` speeds up a CUDA run (:func:`auto_mode`; docs/design.md, "Compiling the prior"). "fastest" since issue
-27's start-up measurement (H100, 2026-12-05, :class:`AutoCosts`): a fresh machine's 1200-step run takes ``graphs``
-(~53 s of steps against ~109 s for a cold ``cudagraphs``, 1.13x the ~47 s of a warm one), a warm cache or a batch
-worker ``cudagraphs``; the rules before it:
-
-* "cudagraphs": torch.compile with CUDA graphs for runs of >= :data:`AUTO_MIN_STEPS` steps and batch workers, eager
-  for shorter runs (the rule until 2026-12-05). Measured on an H200 (2026-12-01, BENCHMARKS.md): 30.05 ms per step
-  against 48.46 ms with plain ``on``; but the first run on a machine compiles cold (~91 s against ~9.5 s warm).
-* "graphs": CUDA graphs without compile (fsd_gs/prior/graphs.py), same runs.
-* "graphs-when-cold": "cudagraphs" when the compile cache has entries (:func:`compile_cache_warm`), "graphs" when it is
-  empty, same runs: a fresh machine never pays the cold compile. Nothing then fills the cache, so a machine stays
-  on ``graphs`` under ``auto`` until a run compiles (``--prior.compile cudagraphs``, e.g. while installing).
-* "fastest": of off, graphs and cudagraphs, the one of least expected time for the run (:meth:`AutoCosts.seconds`),
-  with the cache's warmth; a batch worker counts :attr:`AutoCosts.long_lived_steps`.
-"""
-
-
 @dataclass(frozen=True)
 class AutoCosts:
-    """What each mode costs, for the "fastest" rule: means of ``scripts/bench_step.py --grid startup --repeat 2`` and
+    """What each mode costs, for :func:`auto_mode`: means of ``scripts/bench_step.py --grid startup --repeat 2`` and
     ``--grid grouped`` on one H100 (2026-12-05, random-weight SD-2.1-base fp16, 512 px, 1 view, 100k Gaussians, issue
     27; BENCHMARKS.md). Step times in ms; first-step times in s (load excluded)."""
 
@@ -159,7 +126,7 @@ class AutoCosts:
     cold_compile_first_s: float = 72.8
     warm_compile_first_s: float = 10.4
     long_lived_steps: int = 12_000
-    """The steps a batch worker's prior serves, for "fastest" (ten default assets)."""
+    """The steps a batch worker's prior serves (ten default assets)."""
 
     def seconds(self, mode: RunMode, steps: int, cache_warm: bool) -> float:
         """Expected seconds of a run of ``steps`` steps in ``mode`` (off, graphs or cudagraphs)."""
@@ -175,37 +142,28 @@ class AutoCosts:
 AUTO_COSTS = AutoCosts()
 
 
-def auto_mode(
-    steps: Optional[int], long_lived: bool, cache_warm: bool, rule: Optional[AutoRule] = None, costs: AutoCosts = AUTO_COSTS
-) -> tuple[RunMode, str]:
-    """(mode, reason) that ``auto`` picks for a prior on CUDA, by ``rule`` (default :data:`AUTO_RULE`).
+def auto_mode(steps: Optional[int], long_lived: bool, cache_warm: bool, costs: AutoCosts = AUTO_COSTS) -> tuple[RunMode, str]:
+    """(mode, reason) that ``auto`` picks for a prior on CUDA: of off, graphs and cudagraphs, the one of least expected
+    time for the run (:meth:`AutoCosts.seconds`), with the compile cache's warmth.
+
+    On the measured costs (H100, 2026-12-05; docs/design.md, "Compiling the prior"), a fresh machine's 1200-step run
+    takes ``graphs`` (~53 s of steps against ~109 s for a cold ``cudagraphs``, 1.13x the ~47 s of a warm one), a warm
+    cache or a batch worker ``cudagraphs``, a run of a few dozen steps ``off``. A machine whose runs are all one-offs
+    stays on ``graphs`` until something compiles (a batch, or ``--prior.compile cudagraphs`` once).
 
     Args:
         steps: the run's steps (None: unknown, eager unless ``long_lived``).
-        long_lived: a batch worker, whose prior serves many assets.
+        long_lived: a batch worker, whose prior serves :attr:`AutoCosts.long_lived_steps` steps.
         cache_warm: the compile cache has entries (:func:`compile_cache_warm`).
     """
-    rule = AUTO_RULE if rule is None else rule
-    if rule == "fastest":
-        horizon = costs.long_lived_steps if long_lived else steps
-        if horizon is None:
-            return "off", "auto (fastest): steps unknown"
-        modes: tuple[RunMode, ...] = ("off", "graphs", "cudagraphs")
-        best = min(modes, key=lambda m: costs.seconds(m, horizon, cache_warm))
-        expected = f"~{costs.seconds(best, horizon, cache_warm):.0f} s for {horizon} steps"
-        return best, f"auto (fastest): {expected}, compile cache {'warm' if cache_warm else 'cold'}"
-    if long_lived:
-        why = "auto: a batch worker reuses the compiled prior for every asset"
-    elif steps is not None and steps >= AUTO_MIN_STEPS:
-        why = f"auto: {steps} steps >= {AUTO_MIN_STEPS}"
-    else:
-        short = "steps unknown" if steps is None else f"{steps} steps < {AUTO_MIN_STEPS}"
-        return "off", f"auto: {short}, too short to repay the compile"
-    if rule == "graphs":
-        return "graphs", f"{why}; CUDA graphs without compile"
-    if rule == "graphs-when-cold":
-        return ("cudagraphs", f"{why}; compile cache warm") if cache_warm else ("graphs", f"{why}; compile cache cold")
-    return "cudagraphs", why
+    horizon = costs.long_lived_steps if long_lived else steps
+    if horizon is None:
+        return "off", "auto: steps unknown"
+    modes: tuple[RunMode, ...] = ("off", "graphs", "cudagraphs")
+    best = min(modes, key=lambda m: costs.seconds(m, horizon, cache_warm))
+    expected = f"~{costs.seconds(best, horizon, cache_warm):.0f} s for {horizon} steps"
+    worker = "a batch worker, " if long_lived else ""
+    return best, f"auto: the fastest, {worker}{expected}, compile cache {'warm' if cache_warm else 'cold'}"
 
 
 def first_steps_note(environ: Optional[MutableMapping[str, str]] = None) -> str:
