@@ -56,6 +56,12 @@
 #        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
 #        [shapes-mv] [sd35] [prior-flow]
 #        (default: tests train batch)
+# Carrying our packages (2026-12-05): the tracked tree is ~52 MB of the 64 MiB a call carries, so
+# ../shared/tools/device-wheels.sh's .whl/ must be cut to ~12 MB for the first call: drop glm's doc/ and test/ from the
+# gsplat wheel (6.5 -> 0.75 MB; delete their RECORD lines too) and move kornia_rs, zstandard and nodeenv to an ignored
+# .whl2/. Without kornia_rs, `import kornia` fails on kornia.io (unused here): a stand-in package kornia_rs/ with an
+# empty io.py, last on PYTHONPATH, lets the first call import kornia. The viewer tests need zstandard (viser): carry
+# .whl2 in a second call while the machine is warm (install into the same /tmp/site). Ray (.stage) is a third carry.
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
