@@ -1,5 +1,5 @@
 """Shared pieces of the contract tests (tests/test_contract_*.py) and of other tests: a tiny shapes-prior run, a
-multi-view train command end to end, and --help choices.
+multi-view train command end to end, a script imported as a module, and --help choices.
 
 The contract tests are parametrised over the registries at collection time, so every registered entry,
 built-in or plugged in through an entry point, is tested without a test file naming it.
@@ -8,17 +8,23 @@ built-in or plugged in through an entry point, is tested without a test file nam
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from fsd_gs.step import DistillStep
 from fsd_gs.train import parse_config
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+"""The checkout's scripts/ folder (:func:`load_script`)."""
 
 TINY = ["--camera.width", "32", "--camera.height", "32", "--gaussians.num-points", "200"]
 """The size flags of a tiny run: 32 x 32 renders of 200 Gaussians (tiny_cfg, tests/test_batch.py, tests/test_registry.py)."""
@@ -103,6 +109,17 @@ def train_multiview(preset: str, model: str, prompt: str, steps: int, out: Path,
     assert len(read_ply(run / "model.ply")) > 0
     assert main([*args, "--camera.batch-size", str(bad_batch)]) == 2
     assert "multiple of 4" in capsys.readouterr().err
+
+
+def load_script(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """scripts/<name>.py imported as the module ``name`` (registered in sys.modules for the test: the scripts'
+    dataclasses look their module up there), so a test calls its functions and ``main`` in process."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def help_choices(main: Callable[[Sequence[str]], object], flag: str) -> list[str]:

@@ -4,9 +4,7 @@ presets run FSD and SDS (docs/shapes-flow.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +23,7 @@ from fsd_gs.prior.shapes import (
 )
 from fsd_gs.prior.vp_flow import FlowOutput, VPAsFlow, vp_log_ratios, vp_time, wrap_vp_unet
 from fsd_gs.shapes.model import SCHEDULER_CONFIG, folder_size, save_flow_scheduler
-from tests.contract import TINY
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_prior.py"
+from tests.contract import SCRIPTS, TINY, load_script
 
 
 def _abar() -> torch.Tensor:
@@ -164,16 +160,8 @@ def test_euler_sampling_runs_and_is_deterministic_per_seed():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def _trainer(monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_shapes_prior", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tiny_flow_training_run_writes_a_flow_prior_and_resumes(tmp_path, monkeypatch, capsys):
-    mod = _trainer(monkeypatch)
+    mod = load_script("train_shapes_prior", monkeypatch)
     out = tmp_path / "run"
     args = ["--objective", "flow", "--out", str(out), "--tiny", "--device", "cpu", "--flow-shift", "2.0"]
     mod.main([*args, "--steps", "2"])
@@ -226,11 +214,8 @@ def test_three_steps_train_on_shapes_flow(preset, tmp_path, capsys):
 def test_the_prior_check_reads_a_flow_folder_with_its_preset_cfg_and_targets(monkeypatch):
     import yaml
 
-    spec = importlib.util.spec_from_file_location("eval_shapes_prior", SCRIPT.parent / "eval_shapes_prior.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)
-    spec.loader.exec_module(mod)
-    preset = yaml.safe_load((SCRIPT.parents[1] / "configs" / "shapes-fsd-flow.yaml").read_text())
+    mod = load_script("eval_shapes_prior", monkeypatch)
+    preset = yaml.safe_load((SCRIPTS.parent / "configs" / "shapes-fsd-flow.yaml").read_text())
     assert mod.folder_of(mod.EvalConfig(model="shapes-flow")) == shapes_flow_folder()
     assert mod.preset_cfg(shapes_flow_folder()) == preset["guidance"]["guidance_scale"]
     assert mod.thresholds(shapes_flow_folder())["colour_free_kind"] == 0.95

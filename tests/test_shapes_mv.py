@@ -3,9 +3,7 @@ through the MVDream class, the tiny training run (and its resume), the 4-view ch
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,7 @@ from fsd_gs.prior.mvdream import MultiViewPriorMixin, PixelMVDreamPrior, is_mvdr
 from fsd_gs.prior.mvdream_shapes import multiview_unet, save_shapes_mv
 from fsd_gs.prior.shapes import ShapesMVPrior, ShapesPrior, load_shapes_mv_prior, load_shapes_prior, shapes_prior_folder
 from fsd_gs.shapes.model import folder_size
-from tests.contract import train_multiview
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_mv.py"
-
-
-def _trainer(monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_shapes_mv", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+from tests.contract import load_script, train_multiview
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +109,7 @@ def test_a_text_to_image_unet_is_not_a_multiview_one(tmp_path, start_folder):
 def test_tiny_training_run_is_finite_and_resumes(tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
-    mod = _trainer(monkeypatch)
+    mod = load_script("train_shapes_mv", monkeypatch)
     out = tmp_path / "run"
     assert mod.main(["--out", str(out), "--tiny", "--steps", "2", "--device", "cpu"]) == 0
     folder = out / "shapes_mv"
@@ -143,7 +131,7 @@ def test_tiny_training_run_is_finite_and_resumes(tmp_path, monkeypatch, capsys):
 def test_grouped_training_cameras_are_90_degrees_apart_at_one_elevation(monkeypatch):
     from fsd_gs.shapes.dataset import DatasetConfig
 
-    mod = _trainer(monkeypatch)
+    mod = load_script("train_shapes_mv", monkeypatch)
     data = mod.GroupedShapesDataset(DatasetConfig(views_per_object=4), torch.device("cpu"), (0.0, 30.0))
     cams = data.cameras(3, torch.Generator().manual_seed(0))
     az, el = cams.azimuth.reshape(3, 4), cams.elevation.reshape(3, 4)

@@ -14,6 +14,7 @@ from fsd_gs.prior.shapes import ShapesPrior, load_shapes_prior, shapes_prior_fol
 from fsd_gs.shapes.captions import VOCABULARY
 from fsd_gs.shapes.dataset import DatasetConfig, ShapesDataset
 from fsd_gs.shapes.model import MAX_TOKENS, build_networks, folder_size, load_tokenizer, save_pipeline, save_tokenizer
+from tests.contract import load_script
 
 SHIPPED = shapes_prior_folder()
 
@@ -139,16 +140,9 @@ def test_turntable_agreement_of_a_true_object():
 def test_resumed_training_keeps_the_tokenizer_it_resumes_from(tmp_path, monkeypatch):
     """A resumed run must reuse the checkpoint's token ids: rebuilding the BPE tokenizer can renumber tokens,
     which silently re-wires the text encoder's learned embeddings."""
-    import importlib.util
     import shutil
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_prior.py"
-    spec = importlib.util.spec_from_file_location("train_shapes_prior", script)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
+    mod = load_script("train_shapes_prior", monkeypatch)
     src = tmp_path / "prior"
     shutil.copytree(shapes_prior_folder(), src)
     vocab_file = src / "tokenizer" / "vocab.json"
