@@ -30,10 +30,6 @@ RunMode = Literal["off", "on", "cudagraphs", "graphs"]
 """A resolved mode (``auto`` decided)."""
 CUDA_ONLY_MODES = ("cudagraphs", "graphs")
 
-FIRST_STEP_COLD_S = 73
-"""Seconds the first compiled step takes with cold caches (H100, SD-2.1-base, 2026-12-05: 72.8; H200, 2026-11-30: 74)."""
-FIRST_STEP_WARM_S = 10
-"""Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine."""
 GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (nothing compiled)"
 """What the first steps cost under ``graphs`` (printed with the decision)."""
 
@@ -140,6 +136,10 @@ class AutoCosts:
 
 
 AUTO_COSTS = AutoCosts()
+FIRST_STEP_COLD_S = round(AUTO_COSTS.cold_compile_first_s)
+"""Seconds the first compiled step takes with cold caches, as printed (the measured cost auto decides with)."""
+FIRST_STEP_WARM_S = round(AUTO_COSTS.warm_compile_first_s)
+"""Seconds the first compiled step takes with the warm compile cache of an earlier run on the machine, as printed."""
 
 
 def auto_mode(steps: Optional[int], long_lived: bool, cache_warm: bool, costs: AutoCosts = AUTO_COSTS) -> tuple[RunMode, str]:
