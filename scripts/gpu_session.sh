@@ -31,7 +31,8 @@
 #          --group-seeds 8, one batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset label>.
 #          CONSISTENCY_BUDGET_S (default 540) stops the shards (SIGTERM: checkpoints saved); the same stage again
 #          continues them; CONSISTENCY_PREBUILD=0 skips the gsplat build first, so on a fresh machine all the shard
-#          processes start at once on an unbuilt extension (issue #27's fresh-machine grid: its file lock)
+#          processes start at once on an unbuilt extension (issue #27's fresh-machine grid: its file lock);
+#          CONSISTENCY_SEEDS=8-15 trains other seeds (default 0-7) into labels <preset>-s8-15
 #   consistency-eval  python -m fsd_gs.evaluate on this GPU (gsplat renders, ~1 s per 8 assets) of the finished labels
 #          in $WORK/consistency: one evaluation per ';'-separated set of labels in EVAL_SETS (default: all in one;
 #          rows are keyed by prompt, method and model, so two presets differing only in e.g. the camera batch need
@@ -39,10 +40,11 @@
 #          EVAL_DEVICE=cpu renders with the reference rasterizer, as evaluations on the 2-core CPU machine do
 #   shapes-mv  the multi-view shapes prior: MV_TRAIN_S seconds of scripts/train_shapes_mv.py from the shipped shapes
 #          prior (or --resume from $WORK/mv with MV_RESUME=1), then its 4-view check; the folder in $WORK/mv/shapes_mv
-#   sd35   Stable Diffusion 3.5-medium (docs/sd3.md), < 8 min on one H200 (estimated from its parts, not yet run:
-#          gsplat's JIT build ~100 s alongside the pipeline build, bench ~1 min, asset ~2-3 min, tests ~1.5 min): the
+#   sd35   Stable Diffusion 3.5-medium (docs/sd3.md), ~6 min on one H100 (2026-12-05: pipeline 50 s beside gsplat's
+#          JIT build, bench of 100 steps 61 s, asset ~2.5 min, tests 62 s): the
 #          random-weight sd35m pipeline without T5 in $WORK/sd35m (and with T5-XXL in $WORK/sd35m-t5 only if SD35_T5=1:
-#          +3-4 min, ~20 GB of host RAM while building); bench_step eager at 512 px, 1 view, 100k Gaussians (the
+#          its build took more than 140 s, not finished; ~20 GB of host RAM, estimated); bench_step eager at 512 px, 1
+#          view, 100k Gaussians (the
 #          floor: the guided transformer + VAE encoder forward/backward; peak GPU memory is the issue's figure, target
 #          <= 24 GB without T5), then with T5 (SD35_T5=1); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
 #          the speed stage, --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold
@@ -257,9 +259,10 @@ if [[ " $STAGES " == *" consistency "* ]]; then
   FRONT=("a chair" "a fish" "a house" "a car" "a bird" "a robot")
   t0=$(now)
   for preset in "${CPRESETS[@]}"; do
-    label=$(basename "$preset" .yaml)
+    label=$(basename "$preset" .yaml)${CONSISTENCY_SEEDS:+-s$CONSISTENCY_SEEDS}
     for i in 0 1 2 3 4 5; do
-      OMP_NUM_THREADS=1 timeout "${CONSISTENCY_BUDGET_S:-540}" python -m fsd_gs.batch --prompts "${FRONT[@]}" --seeds 0-7 \
+      OMP_NUM_THREADS=1 timeout "${CONSISTENCY_BUDGET_S:-540}" python -m fsd_gs.batch --prompts "${FRONT[@]}" \
+        --seeds "${CONSISTENCY_SEEDS:-0-7}" \
         --presets "$preset" --engine local --group-seeds 8 --shard "$i/6" --out "$WORK/consistency/$label" --no-progress \
         -- --output.turntable-views 8 > "$WORK/consistency_${label}_$i.log" 2>&1 &
     done
@@ -296,7 +299,7 @@ if [[ " $STAGES " == *" sd35 "* ]]; then
   echo "sd35 set-up (pipelines, gsplat): $(python -c "print(round($(now) - $t0, 1))") s" | tee "$S35/timing.txt"
   t0=$(now)
   python scripts/bench_step.py --model "$WORK/sd35m" --work "$S35/bench" --out "$S35/bench_step.json" \
-    --variants 512px/1v/100k/eager --warmup 3 --iters 10 --asset-steps 1200 \
+    --variants 512px/1v/100k/eager --warmup 5 --iters 100 --asset-steps 1200 \
     --asset-compile "${SD35_ASSET_COMPILE:-off}" 2>&1 | tee "$S35/bench_step.log" | tail -n 6
   echo "sd35 bench without T5 + 1200-step asset: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
   if [ "${SD35_T5:-0}" = 1 ]; then

@@ -64,8 +64,9 @@ def differing(a_name: str, b_name: str) -> set[str]:
 def test_fsd_and_sds_presets_differ_only_in_method_parts():
     # SD 2.1: the paper's 3D setting, one CFG for both. Shapes: SDS at its own CFG (the lowest with its best quality
     # on the diversity benchmark, BENCHMARKS.md), so the pair is compared at equal quality. The FSD presets also
-    # turn on Perp-Neg (measured against Janus on shapes, BENCHMARKS.md round 3); SD's pair both (Perp-Neg was made
-    # for SDS), the shapes SDS preset stays the measured baseline (shapes-sds-perpneg has it). Nothing else differs.
+    # turn on Perp-Neg (measured against Janus on shapes, BENCHMARKS.md round 3; shapes-fsd with its own weights); SD's
+    # pair both (Perp-Neg was made for SDS), the shapes SDS preset stays the measured baseline (shapes-sds-perpneg
+    # has it). Nothing else differs.
     def method_part(key: str) -> bool:
         return key in ("method", "config") or key.split(".")[0] in ("noise", "schedule")
 
@@ -73,6 +74,7 @@ def test_fsd_and_sds_presets_differ_only_in_method_parts():
     assert {k for k in differing("shapes-fsd", "shapes-sds") if not method_part(k)} <= {
         "guidance.guidance_scale",
         "guidance.perp_neg",
+        "guidance.perp_neg_weights",  # shapes-fsd's measured f_fsb (tests/test_perp_neg.py)
     }
     assert {k for k in differing("shapes-fsd-plain", "shapes-sds") if not method_part(k)} <= {"guidance.guidance_scale"}
     for method in ("nfsd", "csd", "vsd"):  # the other baselines: SDS's noise and t, only the direction (and CFG) differs

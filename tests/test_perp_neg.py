@@ -357,10 +357,25 @@ def test_help_says_the_shapes_prior_keeps_its_trained_wording(capsys):
 
 @pytest.mark.parametrize("name,plain", [("shapes-fsd", "shapes-fsd-plain"), ("shapes-sds-perpneg", "shapes-sds")])
 def test_perp_neg_presets_differ_from_their_base_only_by_perp_neg(name, plain):
+    """Only Perp-Neg's own settings differ: on/off and its weights (shapes-fsd tunes f_fsb, BENCHMARKS round 3)."""
     from fsd_gs.config import base_config, find_preset, to_dict
 
     assert Path(find_preset(name)).is_file() and Path(find_preset(plain)).is_file()
     with_pn, base = to_dict(base_config(None, name, "shapes")), to_dict(base_config(None, plain, "shapes"))
     assert with_pn["guidance"]["perp_neg"] is True and base["guidance"]["perp_neg"] is False
     with_pn["guidance"]["perp_neg"] = False
+    with_pn["guidance"]["perp_neg_weights"] = base["guidance"]["perp_neg_weights"]
     assert {k: v for k, v in with_pn.items() if k != "config"} == {k: v for k, v in base.items() if k != "config"}
+
+
+def test_shapes_fsd_weakens_only_the_front_negative_at_side_back_views():
+    """shapes-fsd's measured f_fsb (1.07 at the side, 1.47 at the back) against the published (1.57, 1.97)."""
+    from fsd_gs.config import base_config
+    from fsd_gs.perp_neg import PerpNegWeights, decay
+
+    tuned, published = base_config(None, "shapes-fsd", "shapes").guidance.perp_neg_weights, PerpNegWeights()
+    for name in ("front_side", "side_front", "side_back"):
+        assert tuple(getattr(tuned, name)) == tuple(getattr(published, name))
+    ends = torch.tensor([1.0, 0.0], dtype=torch.float64)  # r = 1 at the side, 0 at the back
+    assert torch.allclose(decay(tuned.front_side_back, ends), torch.tensor([1.074, 1.467], dtype=torch.float64), atol=2e-3)
+    assert torch.all(decay(tuned.front_side_back, ends) < decay(published.front_side_back, ends))
