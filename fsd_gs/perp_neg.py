@@ -8,6 +8,7 @@ cannot cancel what the positive prompt asks for. For a view at azimuth a (degree
 
     front-side, |a| < 90:   r = 1 - |a|/90   pos = r E_front + (1 - r) E_side   negatives: front -f_fs(r),  side -f_sf(1 - r)
     side-back,  |a| >= 90:  r = 2 - |a|/90   pos = r E_side + (1 - r) E_back    negatives: side -f_sb(r),  front -f_fsb(r)
+                            (back_from b > 90: r = min(1, (180 - |a|) / (180 - b)), the back mixed in only beyond b)
     overhead (elevation above the overhead limit): pos = E_overhead, both weights 0
 
     e_pos = eps(x_t; pos) - eps(x_t; u)      e_i = eps(x_t; neg_i) - eps(x_t; u)
@@ -56,6 +57,10 @@ class PerpNegWeights:
     """f_sb: weight of the side prompt as a negative at side-back views, of r (0 at the side itself)."""
     front_side_back: Decay = (1.0, 0.5, 0.967)
     """f_fsb: weight of the front prompt as a negative at side-back views, of r (1.97 at the back, 1.57 at the side)."""
+    back_from: float = 90.0
+    """Azimuth (degrees from the front) from which the positive mixes in the back prompt: side-back views at |a| <=
+    back_from are pure side (r = 1), beyond it r falls linearly to 0 at 180. 90 is the published interpolation
+    (r = 2 - |a|/90); a larger value keeps more of the orbit "side"."""
 
     def validate(self) -> None:
         """Raise :class:`~fsd_gs.errors.UserError` on the first non-finite parameter."""
@@ -65,6 +70,10 @@ class PerpNegWeights:
                 len(values) == 3 and all(math.isfinite(float(v)) for v in values),
                 f"--guidance.perp-neg-weights.{name.replace('_', '-')} must be three finite numbers a b c, got {values}",
             )
+        require(
+            90.0 <= self.back_from < 180.0,
+            f"--guidance.perp-neg-weights.back-from must lie in [90, 180) degrees, got {self.back_from}",
+        )
 
 
 def decay(params: Decay, r: torch.Tensor) -> torch.Tensor:
@@ -106,7 +115,7 @@ def plan(
     batch = az.shape[0]
     front_side = az < 90.0
     overhead = el > overhead_above
-    r = torch.where(front_side, 1.0 - az / 90.0, 2.0 - az / 90.0)
+    r = torch.where(front_side, 1.0 - az / 90.0, side_back_ratio(az, weights.back_from))
 
     positive = torch.zeros(batch, len(views), dtype=torch.float64)
     idx = torch.arange(batch)
@@ -129,6 +138,14 @@ def plan(
     )
     w[overhead] = 0.0
     return PerpNegPlan(positive=positive, negatives=negatives, weights=w)
+
+
+def side_back_ratio(az: torch.Tensor, back_from: float = 90.0) -> torch.Tensor:
+    """r of side-back views at |azimuth| ``az`` [B] in [90, 180] (float64): 1 up to ``back_from``, then linear to 0 at
+    180; at 90 it is the published 2 - |a|/90, computed as such."""
+    if back_from == 90.0:
+        return 2.0 - az / 90.0
+    return ((180.0 - az) / (180.0 - back_from)).clamp(max=1.0)
 
 
 def select(

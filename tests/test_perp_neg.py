@@ -12,7 +12,7 @@ from fsd_gs.camera import orbit_cameras, turntable
 from fsd_gs.distill import distill_loss
 from fsd_gs.errors import UserError
 from fsd_gs.methods import MethodOptions, make_guidance, method_names
-from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, perpendicular, plan, select
+from fsd_gs.perp_neg import PerpNegWeights, classifier_direction, decay, perpendicular, plan, select
 from fsd_gs.prior.base import VIEW_SUFFIXES, NegativeViews
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.step import DistillStep, step_together
@@ -269,6 +269,27 @@ def test_grouped_steps_with_perp_neg_match_separate_steps(shapes_prior, monkeypa
         assert g_alone.norm() > 0 and (g_together - g_alone).norm() / g_alone.norm() < 1e-4, seed
 
 
+@pytest.mark.parametrize("back_from", [90.0, 120.0, 135.0, 170.0])
+def test_back_from_keeps_the_orbit_side_until_it_then_turns_linearly_to_the_back(back_from):
+    az = torch.tensor([90.0, 100.0, 120.0, 135.0, 150.0, 160.0, 170.0, 175.0, 180.0, -150.0])
+    p = plan(az, torch.full_like(az, 20.0), VIEWS, PerpNegWeights(back_from=back_from))
+    side, back = p.positive[:, VIEWS.index("side")], p.positive[:, VIEWS.index("back")]
+    expected = ((180.0 - az.abs().double()) / (180.0 - back_from)).clamp(max=1.0)
+    assert torch.allclose(side, expected, atol=1e-12) and torch.allclose(side + back, torch.ones_like(side))
+    assert torch.all(side[az.abs() <= back_from] == 1.0) and side[8] == 0.0  # pure side up to back_from, back at 180
+    w_front = -decay(PerpNegWeights().front_side_back, expected)  # the weights follow the same r
+    assert torch.allclose(p.weights[:, 1], w_front, atol=1e-12)
+
+
+def test_back_from_90_is_the_published_interpolation_bitwise_and_out_of_range_is_one_sentence():
+    az = torch.linspace(-180.0, 180.0, 721)
+    default, explicit = plan(az, az * 0, VIEWS, PerpNegWeights()), plan(az, az * 0, VIEWS, PerpNegWeights(back_from=90.0))
+    assert torch.equal(default.positive, explicit.positive) and torch.equal(default.weights, explicit.weights)
+    for bad in ("80", "180"):
+        with pytest.raises(UserError, match="back-from must lie in"):
+            tiny_cfg(0, "--guidance.perp-neg-weights.back-from", bad).validate()
+
+
 # -- configuration and view prompts ----------------------------------------------------------------
 def test_perp_neg_without_view_dependent_prompts_is_one_sentence():
     cfg = tiny_cfg(0, "--guidance.perp-neg", "--guidance.no-view-dependent")
@@ -371,7 +392,6 @@ def test_perp_neg_presets_differ_from_their_base_only_by_perp_neg(name, plain):
 def test_shapes_fsd_weakens_only_the_front_negative_at_side_back_views():
     """shapes-fsd's measured f_fsb (1.07 at the side, 1.47 at the back) against the published (1.57, 1.97)."""
     from fsd_gs.config import base_config
-    from fsd_gs.perp_neg import PerpNegWeights, decay
 
     tuned, published = base_config(None, "shapes-fsd", "shapes").guidance.perp_neg_weights, PerpNegWeights()
     for name in ("front_side", "side_front", "side_back"):
