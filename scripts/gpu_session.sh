@@ -43,10 +43,10 @@
 #   sd35   Stable Diffusion 3.5-medium (docs/sd3.md), ~6 min on one H100 (2026-12-05: pipeline 50 s beside gsplat's
 #          JIT build, bench of 100 steps 61 s, asset ~2.5 min, tests 62 s): the
 #          random-weight sd35m pipeline without T5 in $WORK/sd35m (and with T5-XXL in $WORK/sd35m-t5 only if SD35_T5=1:
-#          its build took more than 140 s, not finished; ~20 GB of host RAM, estimated); bench_step eager at 512 px, 1
+#          its components linked, T5-XXL drawn on the GPU with --t5-from; the CPU build took > 140 s); bench_step eager at 512 px, 1
 #          view, 100k Gaussians (the
 #          floor: the guided transformer + VAE encoder forward/backward; peak GPU memory is the issue's figure, target
-#          <= 24 GB without T5), then with T5 (SD35_T5=1); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
+#          <= 24 GB without T5), then with T5 (SD35_T5=1; SD35_T5=only: the T5 build and bench alone); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
 #          the speed stage, --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold
 #          compile); the CUDA tests of tests/test_sd3.py (FSD_GS_SD35_DIR=$WORK/sd35m); all in $WORK/sd35
 #   prior-flow  the rectified-flow shapes prior (docs/shapes-flow.md): FLOW_TRAIN_S seconds of
@@ -292,25 +292,31 @@ if [[ " $STAGES " == *" sd35 "* ]]; then
   t0=$(now)
   build_gsplat > "$S35/gsplat_build.log" 2>&1 &  # nvcc alongside the pipeline's random weights (both CPU-bound)
   [ -d "$WORK/sd35m" ] || python scripts/make_random_pipeline.py --kind sd35m --out "$WORK/sd35m" 2>&1 | tail -n 1
-  if [ "${SD35_T5:-0}" = 1 ] && [ ! -d "$WORK/sd35m-t5" ]; then
-    python scripts/make_random_pipeline.py --kind sd35m --t5 True --out "$WORK/sd35m-t5" 2>&1 | tail -n 1
+  if [ "${SD35_T5:-0}" != 0 ] && [ ! -d "$WORK/sd35m-t5" ]; then
+    wait  # the T5-less folder is linked, T5-XXL's weights drawn on the GPU (a CPU build took > 140 s, unfinished)
+    python scripts/make_random_pipeline.py --kind sd35m --t5-from "$WORK/sd35m" --device cuda --out "$WORK/sd35m-t5" \
+      2>&1 | tail -n 2
   fi
   wait
   echo "sd35 set-up (pipelines, gsplat): $(python -c "print(round($(now) - $t0, 1))") s" | tee "$S35/timing.txt"
-  t0=$(now)
-  python scripts/bench_step.py --model "$WORK/sd35m" --work "$S35/bench" --out "$S35/bench_step.json" \
-    --variants 512px/1v/100k/eager --warmup 5 --iters 100 --asset-steps 1200 \
-    --asset-compile "${SD35_ASSET_COMPILE:-off}" 2>&1 | tee "$S35/bench_step.log" | tail -n 6
-  echo "sd35 bench without T5 + 1200-step asset: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
-  if [ "${SD35_T5:-0}" = 1 ]; then
+  if [ "${SD35_T5:-0}" != only ]; then
+    t0=$(now)
+    python scripts/bench_step.py --model "$WORK/sd35m" --work "$S35/bench" --out "$S35/bench_step.json" \
+      --variants 512px/1v/100k/eager --warmup 5 --iters 100 --asset-steps 1200 \
+      --asset-compile "${SD35_ASSET_COMPILE:-off}" 2>&1 | tee "$S35/bench_step.log" | tail -n 6
+    echo "sd35 bench without T5 + 1200-step asset: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
+  fi
+  if [ "${SD35_T5:-0}" != 0 ]; then
     t0=$(now)
     python scripts/bench_step.py --model "$WORK/sd35m-t5" --prior-t5 on --work "$S35/bench" \
       --out "$S35/bench_step_t5.json" --variants 512px/1v/100k/eager --warmup 3 --iters 10 2>&1 \
       | tee "$S35/bench_step_t5.log" | tail -n 4
     echo "sd35 bench with T5: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
   fi
-  t0=$(now)
-  FSD_GS_SD35_DIR="$WORK/sd35m" python -m pytest -q -rs -s -m cuda -p no:cacheprovider tests/test_sd3.py 2>&1 \
-    | tee "$S35/pytest_cuda.log" | tail -n 12 || echo "some SD3 CUDA tests FAILED (see above)"
-  echo "sd35 CUDA tests: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
+  if [ "${SD35_T5:-0}" != only ]; then
+    t0=$(now)
+    FSD_GS_SD35_DIR="$WORK/sd35m" python -m pytest -q -rs -s -m cuda -p no:cacheprovider tests/test_sd3.py 2>&1 \
+      | tee "$S35/pytest_cuda.log" | tail -n 12 || echo "some SD3 CUDA tests FAILED (see above)"
+    echo "sd35 CUDA tests: $(python -c "print(round($(now) - $t0, 1))") s" | tee -a "$S35/timing.txt"
+  fi
 fi

@@ -8,6 +8,8 @@
     python scripts/make_random_pipeline.py --kind sd3-tiny --out /tmp/tiny-sd3     # SD3 layout at 64 px (T5 included)
     python scripts/make_random_pipeline.py --kind sd35m --out /tmp/sd35m-random    # SD3.5-medium size, ~5.5 GB (fp16)
     python scripts/make_random_pipeline.py --kind sd35m --t5 True --out /tmp/sd35m-t5  # the same with T5-XXL, ~15 GB
+    python scripts/make_random_pipeline.py --kind sd35m --t5-from /tmp/sd35m-random --device cuda --out /tmp/sd35m-t5
+        # the same, faster: links the T5-less folder's components and draws only T5-XXL's weights (on the GPU)
 
 The folder loads with ``--model <folder>`` (fsd_gs.train, fsd_gs.image2d) and with diffusers'
 ``from_pretrained(folder)``. The folder must not exist yet (or be empty): nothing is overwritten.
@@ -40,6 +42,11 @@ class Args:
     """Seed of the random weights (same seed, same weights)."""
     t5: Optional[bool] = None
     """Stable Diffusion 3 kinds: include the T5 text encoder (default: yes for sd3-tiny, no for sd35m)."""
+    t5_from: Optional[Path] = None
+    """Stable Diffusion 3 kinds: a pipeline of this kind built without T5; --out links its components and adds only a
+    random T5 (the kind's size), so nothing but T5 is built again."""
+    device: str = "cpu"
+    """Where --t5-from draws T5's random weights (cuda: seconds for T5-XXL's 4.7B parameters; the CPU takes minutes)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         builders = {**random_pipeline.KINDS, **mvdream_random.KINDS}
         start = time.perf_counter()
-        if args.kind in random_sd3.KINDS:
+        if args.t5_from is None and args.device != "cpu":
+            raise UserError("--device applies to --t5-from only (the other builders draw their weights on the CPU)")
+        if args.t5_from is not None:
+            if args.kind not in random_sd3.T5_OF_KIND or args.t5 is False:
+                raise UserError("--t5-from adds T5 to a Stable Diffusion 3 pipeline: use it with --kind sd3-tiny or sd35m")
+            config, dtype = random_sd3.T5_OF_KIND[args.kind]
+            path = random_sd3.add_t5(args.t5_from, args.out, config, seed=args.seed, dtype=dtype, device=args.device)
+        elif args.kind in random_sd3.KINDS:
             with_t5 = args.t5 if args.t5 is not None else args.kind == "sd3-tiny"
             path = random_sd3.KINDS[args.kind](args.out, seed=args.seed, with_t5=with_t5)
         else:

@@ -237,6 +237,31 @@ def test_random_pipeline_loads_in_diffusers_without_t5(tiny_sd3_no_t5_dir):
     assert hidden.shape == (1, 77 + T5_TOKENS, 32) and pooled.shape == (1, 32)
 
 
+def test_t5_added_to_a_pipeline_without_it(tiny_sd3_no_t5_dir, tmp_path, capsys, monkeypatch):
+    """make_random_pipeline --t5-from: the T5-less folder's components linked (not copied), only T5 built; it loads with
+    --prior.t5 on and its T5 tokens are no longer zeros. Wrong inputs: one sentence, exit 2."""
+    from tests.contract import load_script
+
+    make_random_pipeline = load_script("make_random_pipeline", monkeypatch)
+    out = tmp_path / "with-t5"
+    assert make_random_pipeline.main(["--kind", "sd3-tiny", "--t5-from", str(tiny_sd3_no_t5_dir), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
+    linked = out / "transformer"
+    assert linked.is_symlink() and linked.resolve() == (tiny_sd3_no_t5_dir / "transformer").resolve()
+    assert not (out / "text_encoder_3").is_symlink() and (out / "text_encoder_3" / "model.safetensors").is_file()
+    assert json.loads((out / "model_index.json").read_text())["text_encoder_3"] == ["transformers", "T5EncoderModel"]
+    prior = load_prior(str(out), PriorConfig(t5="on"), device="cpu")
+    assert prior.text.t5 is not None and prior.encode_prompts("a red mushroom").cond[:, 77:].abs().max() > 0.0
+    for argv, message in (
+        (["--kind", "sd3-tiny", "--t5-from", str(out), "--out", str(tmp_path / "again")], "without T5"),
+        (["--kind", "tiny", "--t5-from", str(tiny_sd3_no_t5_dir), "--out", str(tmp_path / "sd")], "--kind sd3-tiny"),
+        (["--kind", "sd3-tiny", "--device", "cuda", "--out", str(tmp_path / "dev")], "--t5-from only"),
+    ):
+        assert make_random_pipeline.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
 def test_sd35_medium_configs_have_the_published_sizes():
     """SD3.5-medium's random pipeline: built on the meta device (no memory), its sizes are the published ones."""
     from diffusers import SD3Transformer2DModel

@@ -11,11 +11,13 @@ a small T5 unigram tokenizer (tokenizer.json, built here with transformers' T5To
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fsd_gs.errors import UserError
 from fsd_gs.prior.loading import quiet_hf
 from fsd_gs.prior.random_pipeline import (
     MAX_TOKENS,
@@ -167,14 +169,15 @@ def save_t5_tokenizer(folder: Path, words: tuple[str, ...] = TOKENIZER_WORDS) ->
     return len(tokenizer)
 
 
-def _save_t5(path: Path, config: dict[str, Any], dtype: torch.dtype) -> None:
-    """tokenizer_3/ and a random T5EncoderModel text_encoder_3/ of ``config`` (vocab at least the tokenizer's)."""
+def _save_t5(path: Path, config: dict[str, Any], dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+    """tokenizer_3/ and a random T5EncoderModel text_encoder_3/ of ``config`` (vocab at least the tokenizer's), its
+    weights drawn on ``device`` (a GPU draws T5-XXL's 4.7B parameters in seconds; the CPU takes minutes)."""
     from transformers import T5Config, T5EncoderModel
 
     size = save_t5_tokenizer(path / "tokenizer_3")
     full = {**config, "vocab_size": max(int(config["vocab_size"]), size), "pad_token_id": 0, "eos_token_id": 1}
     full["decoder_start_token_id"] = 0
-    with torch.device("cpu"):
+    with torch.device(device):
         # .to is functools.wraps(nn.Module.to) there: the stubs take the dtype for self
         model = T5EncoderModel(T5Config(**full)).to(dtype)  # pyright: ignore[reportArgumentType]
     model.save_pretrained(path / "text_encoder_3", safe_serialization=True)
@@ -212,6 +215,33 @@ def save_sd3_pipeline(
     return path
 
 
+def add_t5(
+    source: Path | str,
+    path: Path | str,
+    config: dict[str, Any],
+    seed: int = 0,
+    dtype: torch.dtype = torch.float16,
+    device: torch.device | str = "cpu",
+) -> Path:
+    """A pipeline folder ``path`` = the T5-less pipeline ``source`` plus a random T5 of ``config``: the source's
+    components are linked (symlinks, no copies), only tokenizer_3/ and text_encoder_3/ are built, and model_index.json
+    names them. Same seed, same T5 weights on one device type (CPU and CUDA draw different numbers)."""
+    source, path = Path(source).resolve(), Path(path)
+    index = json.loads((source / "model_index.json").read_text())
+    if index.get("_class_name") != "StableDiffusion3Pipeline" or index.get("text_encoder_3", [None])[0] is not None:
+        raise UserError(f"{source} is not a Stable Diffusion 3 pipeline without T5 (its model_index.json)")
+    path.mkdir(parents=True, exist_ok=True)
+    for name in SD3_COMPONENTS:
+        if not name.endswith("_3"):
+            (path / name).symlink_to(source / name, target_is_directory=True)
+    where = torch.device(device)
+    with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []), quiet_hf():
+        torch.manual_seed(seed)
+        _save_t5(path, config, dtype, device)
+    _write_model_index(path, "StableDiffusion3Pipeline", dict(SD3_COMPONENTS))
+    return path
+
+
 TINY_SD3_CONFIGS = {
     "transformer": TINY_SD3_TRANSFORMER_CONFIG,
     "vae": TINY_SD3_VAE_CONFIG,
@@ -243,3 +273,9 @@ def save_sd35_medium_random_pipeline(
 
 KINDS = {"sd3-tiny": save_tiny_sd3_pipeline, "sd35m": save_sd35_medium_random_pipeline}
 """``--kind`` of scripts/make_random_pipeline.py -> builder (both take ``with_t5``)."""
+
+T5_OF_KIND: dict[str, tuple[dict[str, Any], torch.dtype]] = {
+    "sd3-tiny": (TINY_T5_CONFIG, torch.float32),
+    "sd35m": (T5_XXL_CONFIG, torch.float16),
+}
+"""``--kind`` -> (T5 config, dtype on disk) for ``--t5-from`` (:func:`add_t5`), as the kind's own builder stores it."""
