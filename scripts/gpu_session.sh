@@ -54,7 +54,7 @@
 #          another flow folder; FLOW_INIT=1: from the epsilon prior fsd_gs/assets/shapes_prior instead), learning rate
 #          FLOW_LR annealed over the run, then the Euler CFG sweep and the checks of the result at its preset CFG; the
 #          folder in $WORK/flow/shapes_flow (tar beside it)
-# Usage: bash scripts/gpu_session.sh WORK_DIR [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
+# Usage: bash scripts/gpu_session.sh WORK_DIR [setup] [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
 #        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
 #        [shapes-mv] [sd35] [prior-flow]
 #        (default: tests train batch)
@@ -64,12 +64,32 @@
 # .whl2/. Without kornia_rs, `import kornia` fails on kornia.io (unused here): a stand-in package kornia_rs/ with an
 # empty io.py, last on PYTHONPATH, lets the first call import kornia. The viewer tests need zstandard (viser): carry
 # .whl2 in a second call while the machine is warm (install into the same /tmp/site). Ray (.stage) is a third carry.
+# One call instead (2026-12-05, planned, not yet run: no machine was lent that session): the tree without
+# fsd_gs/assets/shapes_mv, fsd_gs/assets/shapes_flow, docs/ and benchmarks/ (moved aside here, restored with `git
+# checkout` and a move back after the calls) is ~15 MB, so .whl (14 MB) and .stage (33 MB) travel together; only the
+# stages that use those assets (shapes-mv, prior-flow, consistency with the mv/flow presets) need the whole tree.
+#   setup  install what was carried: .whl/*.whl and .stage (Ray) into /tmp/site, and the kornia_rs stand-in when the
+#          real one was not carried; this run's later stages get PYTHONPATH=/tmp/site:$PWD:/tmp/stub (later calls:
+#          export it yourself; /tmp survives while the machine is warm)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
 STAGES=${*:-tests train batch}
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+if [[ " $STAGES " == *" setup "* ]]; then
+  PIP=(python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site)
+  if compgen -G ".whl/*.whl" > /dev/null; then "${PIP[@]}" .whl/*.whl 2>&1 | tail -n 2; fi
+  if [ -f .stage/ray-trim.tar.xz ]; then
+    mkdir -p /tmp/site && tar -xJf .stage/ray-trim.tar.xz -C /tmp/site && "${PIP[@]}" .stage/*.whl 2>&1 | tail -n 2
+  fi
+  if [ ! -d /tmp/site/kornia_rs ]; then  # kornia imports kornia_rs for kornia.io only, which we do not use
+    mkdir -p /tmp/stub/kornia_rs && echo "from . import io" > /tmp/stub/kornia_rs/__init__.py && touch /tmp/stub/kornia_rs/io.py
+  fi
+  export PYTHONPATH=/tmp/site:$PWD:/tmp/stub
+  python -c "import gsplat, diffusers; print('gsplat', gsplat.__version__, 'diffusers', diffusers.__version__)"
+  python -c "import ray; print('ray', ray.__version__)" 2>/dev/null || echo "ray: not installed (carry .stage)"
+fi
 python -c "import torch; print(torch.__version__, torch.cuda.device_count(), 'x', torch.cuda.get_device_name(0))"
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 if [[ " $STAGES " == *" tests "* || " $STAGES " == *" train "* || " $STAGES " == *" batch "* \
