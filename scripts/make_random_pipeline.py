@@ -46,7 +46,8 @@ class Args:
     """Stable Diffusion 3 kinds: a pipeline of this kind built without T5; --out links its components and adds only a
     random T5 (the kind's size), so nothing but T5 is built again."""
     device: str = "cpu"
-    """Where --t5-from draws T5's random weights (cuda: seconds for T5-XXL's 4.7B parameters; the CPU takes minutes)."""
+    """Where --t5-from draws T5's random weights (cuda for T5-XXL's 4.7B parameters: on the CPU, the whole pipeline with
+    T5 took more than 140 s on the GPU machine and did not finish)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -255,6 +255,8 @@ def test_t5_added_to_a_pipeline_without_it(tiny_sd3_no_t5_dir, tmp_path, capsys,
     for argv, message in (
         (["--kind", "sd3-tiny", "--t5-from", str(out), "--out", str(tmp_path / "again")], "without T5"),
         (["--kind", "tiny", "--t5-from", str(tiny_sd3_no_t5_dir), "--out", str(tmp_path / "sd")], "--kind sd3-tiny"),
+        (["--kind", "sd35m", "--t5-from", str(tiny_sd3_no_t5_dir), "--out", str(tmp_path / "wide")], "match --kind"),
+        (["--kind", "sd3-tiny", "--t5-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "none")], "not a diffusers"),
         (["--kind", "sd3-tiny", "--device", "cuda", "--out", str(tmp_path / "dev")], "--t5-from only"),
     ):
         assert make_random_pipeline.main(argv) == 2

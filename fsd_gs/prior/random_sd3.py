@@ -171,7 +171,8 @@ def save_t5_tokenizer(folder: Path, words: tuple[str, ...] = TOKENIZER_WORDS) ->
 
 def _save_t5(path: Path, config: dict[str, Any], dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
     """tokenizer_3/ and a random T5EncoderModel text_encoder_3/ of ``config`` (vocab at least the tokenizer's), its
-    weights drawn on ``device`` (a GPU draws T5-XXL's 4.7B parameters in seconds; the CPU takes minutes)."""
+    weights drawn on ``device`` (for T5-XXL's 4.7B parameters a GPU; a CPU build of the whole pipeline with T5 took
+    more than 140 s on the GPU machine and did not finish)."""
     from transformers import T5Config, T5EncoderModel
 
     size = save_t5_tokenizer(path / "tokenizer_3")
@@ -225,20 +226,32 @@ def add_t5(
 ) -> Path:
     """A pipeline folder ``path`` = the T5-less pipeline ``source`` plus a random T5 of ``config``: the source's
     components are linked (symlinks, no copies), only tokenizer_3/ and text_encoder_3/ are built, and model_index.json
-    names them. Same seed, same T5 weights on one device type (CPU and CUDA draw different numbers)."""
+    (the source's) names them. Same seed, same T5 weights on one device type (CPU and CUDA draw different numbers).
+    The T5's width must be the transformer's joint attention width (a one-sentence error otherwise)."""
     source, path = Path(source).resolve(), Path(path)
-    index = json.loads((source / "model_index.json").read_text())
-    if index.get("_class_name") != "StableDiffusion3Pipeline" or index.get("text_encoder_3", [None])[0] is not None:
-        raise UserError(f"{source} is not a Stable Diffusion 3 pipeline without T5 (its model_index.json)")
+    try:
+        index = json.loads((source / "model_index.json").read_text())
+        joint = int(json.loads((source / "transformer" / "config.json").read_text())["joint_attention_dim"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"{source} is not a diffusers Stable Diffusion 3 folder ({exc.__class__.__name__}): pass one to --t5-from"
+        ) from exc
+    if index.get("_class_name") != "StableDiffusion3Pipeline" or (index.get("text_encoder_3") or [None])[0] is not None:
+        raise UserError(f"{source} is not a Stable Diffusion 3 pipeline without T5: pass one built without it to --t5-from")
+    if int(config["d_model"]) != joint:
+        raise UserError(
+            f"{source}'s transformer takes {joint}-wide text states, not this kind's T5 ({config['d_model']}): match --kind"
+        )
+    linked = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list) and value[0]]
     path.mkdir(parents=True, exist_ok=True)
-    for name in SD3_COMPONENTS:
-        if not name.endswith("_3"):
-            (path / name).symlink_to(source / name, target_is_directory=True)
+    for name in linked:
+        (path / name).symlink_to(source / name, target_is_directory=True)
     where = torch.device(device)
     with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []), quiet_hf():
         torch.manual_seed(seed)
         _save_t5(path, config, dtype, device)
-    _write_model_index(path, "StableDiffusion3Pipeline", dict(SD3_COMPONENTS))
+    index.update({name: list(SD3_COMPONENTS[name]) for name in ("text_encoder_3", "tokenizer_3")})
+    (path / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return path
 
 
