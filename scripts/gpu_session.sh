@@ -43,19 +43,19 @@
 #   sd35   Stable Diffusion 3.5-medium (docs/sd3.md), ~6 min on one H100 (2026-12-05: pipeline 50 s beside gsplat's
 #          JIT build, bench of 100 steps 61 s, asset ~2.5 min, tests 62 s): the
 #          random-weight sd35m pipeline without T5 in $WORK/sd35m (and with T5-XXL in $WORK/sd35m-t5 only if SD35_T5=1:
-#          its components linked, T5-XXL drawn on the GPU with --t5-from; the CPU build took > 140 s); bench_step eager at 512 px, 1
-#          view, 100k Gaussians (the
-#          floor: the guided transformer + VAE encoder forward/backward; peak GPU memory is the figure, target
-#          <= 24 GB without T5), then with T5 (SD35_T5=1; SD35_T5=only: the T5 build and bench alone); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in
-#          the speed stage, --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold
-#          compile); the CUDA tests of tests/test_sd3.py (FSD_GS_SD35_DIR=$WORK/sd35m); all in $WORK/sd35
+#          its components linked, T5-XXL drawn on the GPU with --t5-from; the CPU build took > 140 s); bench_step
+#          eager at 512 px, 1 view, 100k Gaussians (the floor: the guided transformer + VAE encoder forward/backward;
+#          peak GPU memory is the figure, target <= 24 GB without T5), then with T5 (SD35_T5=1; SD35_T5=only:
+#          the T5 build and bench alone); one whole 1200-step asset of fsd-sd35 (Perp-Neg off as in the speed stage,
+#          --prior.compile $SD35_ASSET_COMPILE, default off: auto would add the transformer's cold compile); the CUDA tests of tests/test_sd3.py (FSD_GS_SD35_DIR=$WORK/sd35m); all in $WORK/sd35
 #   prior-flow  the rectified-flow shapes prior (docs/shapes-flow.md): FLOW_TRAIN_S seconds of
 #          scripts/train_shapes_prior.py --objective flow resumed from the shipped fsd_gs/assets/shapes_flow (FLOW_FROM:
 #          another flow folder; FLOW_INIT=1: from the epsilon prior fsd_gs/assets/shapes_prior instead), learning rate
 #          FLOW_LR annealed over the run, then the Euler CFG sweep and the checks of the result at its preset CFG; the
 #          folder in $WORK/flow/shapes_flow (tar beside it)
-# Usage: bash scripts/gpu_session.sh WORK_DIR [setup] [tests] [train] [batch] [prior] [diversity] [speed|speed-cold|speed-warm]
-#        [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes] [consistency] [consistency-eval]
+# Usage: bash scripts/gpu_session.sh WORK_DIR [setup] [tests] [train] [batch] [prior] [diversity]
+#        [speed|speed-cold|speed-warm] [throughput-step] [throughput-sd] [throughput-sd-seq] [throughput-shapes]
+#        [consistency] [consistency-eval]
 #        [shapes-mv] [sd35] [prior-flow]
 #        (default: tests train batch)
 # Carrying our packages (2026-12-05): the tracked tree is ~52 MB of the 64 MiB a call carries, so
@@ -84,7 +84,8 @@ if [[ " $STAGES " == *" setup "* ]]; then
     mkdir -p /tmp/site && tar -xJf .stage/ray-trim.tar.xz -C /tmp/site && "${PIP[@]}" .stage/*.whl 2>&1 | tail -n 2
   fi
   if [ ! -d /tmp/site/kornia_rs ]; then  # kornia imports kornia_rs for kornia.io only, which we do not use
-    mkdir -p /tmp/stub/kornia_rs && echo "from . import io" > /tmp/stub/kornia_rs/__init__.py && touch /tmp/stub/kornia_rs/io.py
+    mkdir -p /tmp/stub/kornia_rs && echo "from . import io" > /tmp/stub/kornia_rs/__init__.py \
+      && touch /tmp/stub/kornia_rs/io.py
   fi
   export PYTHONPATH=/tmp/site:$PWD:/tmp/stub
   python -c "import gsplat, diffusers; print('gsplat', gsplat.__version__, 'diffusers', diffusers.__version__)"
