@@ -54,9 +54,14 @@ def seed_colours(rows: Sequence[dict], model: str, method: str) -> Colours:
     return found
 
 
+def common_seeds(colours: Colours) -> list[str]:
+    """The seeds present in every prompt, in numeric order."""
+    return sorted(set.intersection(*(set(by_seed) for by_seed in colours.values())), key=int)
+
+
 def modal_share(colours: Colours) -> tuple[int, int]:
     """(pairs whose colour is their seed's most common colour over the prompts, pairs), over seeds in every prompt."""
-    seeds = set.intersection(*(set(by_seed) for by_seed in colours.values()))
+    seeds = common_seeds(colours)
     hits = sum(Counter(colours[p][s] for p in colours).most_common(1)[0][1] for s in seeds)
     return hits, len(seeds) * len(colours)
 
@@ -66,7 +71,7 @@ def modal_share_by_chance(colours: Colours, rounds: int = 2000, seed: int = 0) -
     import random
 
     rng = random.Random(seed)
-    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in colours.values())), key=int)
+    seeds = common_seeds(colours)
     total = 0
     for _ in range(rounds):
         shuffled: Colours = {}

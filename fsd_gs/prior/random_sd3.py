@@ -242,16 +242,17 @@ def add_t5(
         raise UserError(
             f"{source}'s transformer takes {joint}-wide text states, not this kind's T5 ({config['d_model']}): match --kind"
         )
-    linked = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list) and value[0]]
+    components = {name: tuple(value) for name, value in index.items() if not name.startswith("_") and isinstance(value, list)}
     path.mkdir(parents=True, exist_ok=True)
-    for name in linked:
-        (path / name).symlink_to(source / name, target_is_directory=True)
+    for name, (library, _) in components.items():
+        if library is not None:
+            (path / name).symlink_to(source / name, target_is_directory=True)
     where = torch.device(device)
     with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []), quiet_hf():
         torch.manual_seed(seed)
         _save_t5(path, config, dtype, device)
-    index.update({name: list(SD3_COMPONENTS[name]) for name in ("text_encoder_3", "tokenizer_3")})
-    (path / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    components.update({name: SD3_COMPONENTS[name] for name in ("text_encoder_3", "tokenizer_3")})
+    _write_model_index(path, "StableDiffusion3Pipeline", components)
     return path
 
 
