@@ -13,7 +13,10 @@ with full-size random weights (scripts/make_random_pipeline.py --kind sd21 --out
 CPU:
     python scripts/bench_batch.py --steps 100 --out bench_batch.json
 
-Prints one line per mode and writes JSON (--out) after each mode: wall seconds, assets done, assets/hour.
+Prints one line per mode and writes JSON (--out) after each mode: wall seconds, assets done, assets/hour, and what
+the assets' report.json files say about where the wall time went (``reports``: the median wall seconds of an asset's
+run, the slowest first step, the steady step rate, the prior load), so a slow mode shows whether compilation,
+start-up or the steps themselves cost it.
 Everything after -- is passed to the train options of every asset in every mode.
 """
 
@@ -27,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 Mode = Literal["sequential", "batch", "grouped"]
@@ -126,6 +129,30 @@ def run_batch(args: Args, folder: Path, extra: list[str], group: int) -> int:
     return sum(item["status"] == "done" for item in manifest["items"])
 
 
+def report_summary(folder: Path) -> dict[str, float | int | None]:
+    """What the report.json files under ``folder`` say: how many, and the median run wall seconds (K seeds trained
+    together each report their shared run's), the slowest and the median first step (a cold compile shows there), the
+    median steps/s after the first step and the median prior load seconds. Empty when there are no reports."""
+    from statistics import median
+
+    reports = [json.loads(p.read_text()) for p in sorted(folder.rglob("report.json"))]
+
+    def middle(key: str, pick: Callable[[list[float]], float] = median) -> float | None:
+        found = [float(r[key]) for r in reports if r.get(key) is not None]
+        return round(pick(found), 3) if found else None
+
+    if not reports:
+        return {}
+    return {
+        "reports": len(reports),
+        "run_wall_s_median": middle("wall_time_s"),
+        "first_step_s_max": middle("first_step_s", max),
+        "first_step_s_median": middle("first_step_s"),
+        "steps_per_s_median": middle("steps_per_s_after_first_step"),
+        "prior_load_s_median": middle("prior_load_s"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
@@ -169,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "assets": total,
             "assets_per_hour": round(done / wall * 3600, 1),
             "group_seeds": args.group_seeds if mode == "grouped" else 1,
+            "reports": report_summary(folder),
         }
         print(f"{mode:>10}: {done}/{total} assets in {wall:7.1f} s = {done / wall * 3600:8.1f} assets/hour", flush=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

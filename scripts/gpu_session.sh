@@ -21,11 +21,15 @@
 #          (JSON + one line per mode in $WORK/throughput):
 #          throughput-step    bench_step --grid grouped: 512px/4s (4 seeds, step_together) beside 512px/4v (4 views),
 #                             cudagraphs and eager, with --sync-debug (host syncs per step and their lines)  ~4 min
-#          throughput-sd      fsd-sd21, 1200 steps, 1 prompt x 4 seeds: the batch one at a time, then --group-seeds 4
-#                             (1 Ray worker on the GPU; the first mode pays the cold compile)                  ~8 min
+#          throughput-sd      fsd-sd21, 1200 steps, 1 prompt x SD_SEEDS (default 0-3): SD_MODES (default "batch
+#                             grouped": the batch one at a time, then --group-seeds 4; 1 Ray worker on the GPU; each
+#                             mode's first asset of a new shape pays a cold compile)   8.2 min on one H100 (2026-12-06)
 #          throughput-sd-seq  the same 1200-step asset as sequential `python -m fsd_gs.train` runs, 2 seeds  ~2 min
-#          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs, then 4 prompts x 8 seeds (32 assets) on
-#                             Ray with --group-seeds 8 and 1, 2, 4, 8 workers per GPU (--gpus-per-worker 1 .. 0.125) ~6 min
+#          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs (SHAPES_SEQ=0: not), then 4 prompts x 8
+#                             seeds (32 assets) on Ray with --group-seeds 8 at each --gpus-per-worker of SHAPES_GPW
+#                             (default "1 0.5 0.25 0.125": 1, 2, 4, 8 workers per GPU), then one seed at a time at
+#                             0.25 (SHAPES_SINGLE=0: not). One H100 (2026-12-06): sequential 132 s, gpw 1 174 s; the
+#                             whole stage is more than one call: split it with SHAPES_GPW
 #   consistency  issue #30's table (~7 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
 #          (names or YAML paths; default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps,
 #          --group-seeds 8, one batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset label>.
@@ -64,7 +68,7 @@
 # .whl2/. Without kornia_rs, `import kornia` fails on kornia.io (unused here): a stand-in package kornia_rs/ with an
 # empty io.py, last on PYTHONPATH, lets the first call import kornia. The viewer tests need zstandard (viser): carry
 # .whl2 in a second call while the machine is warm (install into the same /tmp/site). Ray (.stage) is a third carry.
-# One call instead (2026-12-05; not yet run through: the fifth session got no machine, the sixth lost it mid-call): the
+# One call instead (ran through on 2026-12-06: set-up 92 s with gsplat's build and both random pipelines): the
 # tree without fsd_gs/assets/shapes_mv, fsd_gs/assets/shapes_flow, docs/ and benchmarks/ (moved aside here, restored
 # with `git checkout` and a move back after the calls) is ~15 MB, so .whl (14 MB) and .stage (33 MB) travel together;
 # only the stages that use those assets (shapes-mv, prior-flow, consistency with the mv/flow presets) need the whole
@@ -72,13 +76,17 @@
 #   setup  install what was carried: .whl/*.whl and .stage (Ray) into /tmp/site, and the kornia_rs stand-in when the
 #          real one was not carried; this run's later stages get PYTHONPATH=/tmp/site:$PWD:/tmp/stub (later calls:
 #          export it yourself; /tmp survives while the machine is warm)
-# Order for the next GPU time (the sixth session, 2026-12-05, got no call through: one machine started and was taken
-# back mid-call, its whole $OUT lost). A call's files come back only when it ends, so keep calls short; each on the warm
-# machine (within 30 s of the last; later calls export PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
-#   1. `setup tests` with TESTS_MARK="cuda and not slow" (the CUDA tests last ran in the third session; with .stage
-#      installed the Ray CUDA test runs too; 110-312 s in earlier sessions, plus gsplat's ~90 s build)
-#   2. `sd35` with SD35_T5=only (issue 28: the peak with T5)   3. `throughput-shapes`   4. `throughput-sd` (issue 27)
-#   5. `consistency consistency-eval` of shapes-fsd-flow against benchmarks/presets/shapes-fsd-flow-cfg2.25-pn-front-weaker
+# Order for the next GPU time. The seventh session (2026-12-06, one H100) ran the CUDA tests ("cuda and not slow":
+# 20 passed; the Ray CUDA test failed on its own grid, since fixed), SD35_T5=only sd35, throughput-shapes as far as
+# gpw 1, and throughput-sd. A call's files come back only when it ends and only up to the tool's size limit, so keep
+# calls short and pack JSON and logs, not the asset folders; each call on the warm machine (within 30 s of the last;
+# later calls export PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
+#   1. `setup` then `pytest -m cuda tests/test_batch.py -k share_a_gpu` (the Ray CUDA test as fixed) and
+#      `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="0.5 0.25" (issue 27: 1500 shapes assets per GPU-hour)
+#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_GPW=0.125 SHAPES_SINGLE=1
+#   3. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, so the later groups show the steady
+#      state: the 2026-12-06 grid of 4 seeds was one group, its first step's compile not told apart from its steps)
+#   4. `consistency consistency-eval` of shapes-fsd-flow against benchmarks/presets/shapes-fsd-flow-cfg2.25-pn-front-weaker
 #      (issue 28; EVAL_SETS one set each; the whole tree, without .stage: BENCHMARKS.md round 3, sixth session)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
@@ -237,9 +245,10 @@ if [[ " $STAGES " == *" throughput-step "* ]]; then
     --out "$TP/bench_step_grouped.json" 2>&1 | tee "$TP/bench_step_grouped.log" | tail -n 8
 fi
 if [[ " $STAGES " == *" throughput-sd "* ]]; then
-  python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-3 \
-    --steps 1200 --modes batch grouped --group-seeds 4 --workers 1 --gpus-per-worker 1 --work-dir "$TP/sd" \
-    --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 | tee "$TP/sd.log"
+  read -ra SD_MODE_LIST <<< "${SD_MODES:-batch grouped}"
+  python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" \
+    --seeds "${SD_SEEDS:-0-3}" --steps 1200 --modes "${SD_MODE_LIST[@]}" --group-seeds 4 --workers 1 \
+    --gpus-per-worker 1 --work-dir "$TP/sd" --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 | tee "$TP/sd.log"
 fi
 if [[ " $STAGES " == *" throughput-sd-seq "* ]]; then
   python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-1 \
@@ -248,16 +257,20 @@ if [[ " $STAGES " == *" throughput-sd-seq "* ]]; then
 fi
 if [[ " $STAGES " == *" throughput-shapes "* ]]; then
   SHAPES_PROMPTS=("a red mushroom" "a blue car" "a green tree" "a pink cup")
-  python scripts/bench_batch.py --presets shapes-fsd --prompts "a red mushroom" --seeds 0-3 --steps 600 \
-    --modes sequential --work-dir "$TP/shapes-seq" --out "$TP/shapes_seq.json" 2>&1 | tee "$TP/shapes.log"
-  for gpw in 1 0.5 0.25 0.125; do
+  if [ "${SHAPES_SEQ:-1}" = 1 ]; then
+    python scripts/bench_batch.py --presets shapes-fsd --prompts "a red mushroom" --seeds 0-3 --steps 600 \
+      --modes sequential --work-dir "$TP/shapes-seq" --out "$TP/shapes_seq.json" 2>&1 | tee -a "$TP/shapes.log"
+  fi
+  for gpw in ${SHAPES_GPW:-1 0.5 0.25 0.125}; do
     python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
       --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$TP/shapes-$gpw" \
       --out "$TP/shapes_gpw$gpw.json" 2>&1 | sed "s/^/gpus-per-worker $gpw: /" | tee -a "$TP/shapes.log"
   done
-  python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
-    --modes batch --gpus-per-worker 0.25 --work-dir "$TP/shapes-single" --out "$TP/shapes_single.json" 2>&1 \
-    | sed "s/^/gpus-per-worker 0.25, one seed at a time: /" | tee -a "$TP/shapes.log"
+  if [ "${SHAPES_SINGLE:-1}" = 1 ]; then
+    python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
+      --modes batch --gpus-per-worker 0.25 --work-dir "$TP/shapes-single" --out "$TP/shapes_single.json" 2>&1 \
+      | sed "s/^/gpus-per-worker 0.25, one seed at a time: /" | tee -a "$TP/shapes.log"
+  fi
 fi
 
 # gsplat's CUDA build, once and alone before the stages that start several processes (tests or a 2-step run build it).

@@ -252,7 +252,10 @@ def test_refused_prompt_fails_alone_and_shards_share_one_manifest(tmp_path, caps
 
 @pytest.mark.cuda
 def test_small_priors_share_a_gpu(ray_session, tmp_path):
-    """Two Ray workers on half a GPU each (--gpus-per-worker 0.5), each with the shapes prior on CUDA."""
+    """Two Ray workers on half a GPU each (--gpus-per-worker 0.5), each with the shapes prior on CUDA.
+
+    Two units of two seeds (the shapes prior's default, 8, would put all four seeds in one unit on one worker).
+    """
     out = tmp_path / "gpu"
     assert (
         main(
@@ -268,6 +271,8 @@ def test_small_priors_share_a_gpu(ray_session, tmp_path):
                 "2",
                 "--gpus-per-worker",
                 "0.5",
+                "--group-seeds",
+                "2",
             )
         )
         == 0
