@@ -86,8 +86,8 @@
 #   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_GPW=0.125 SHAPES_SINGLE=1
 #   3. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, so the later groups show the steady
 #      state: the 2026-12-06 grid of 4 seeds was one group, its first step's compile not told apart from its steps)
-#   4. `consistency consistency-eval` of shapes-fsd-flow against benchmarks/presets/shapes-fsd-flow-cfg2.25-pn-front-weaker
-#      (issue 28; EVAL_SETS one set each; the whole tree, without .stage: BENCHMARKS.md round 3, sixth session)
+#   4. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28: the flow
+#      table on a GPU with the preset as changed on 2026-12-06 from a CPU table; the whole tree, without .stage)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
