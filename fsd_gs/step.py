@@ -6,8 +6,9 @@
     step.load_state_dict(state)                  # continue bitwise where ``state`` was taken
     step.steps_done                              # completed steps
 
-The step's public phases, which :func:`step_together` uses to share one prior call between assets:
-``pending = step.prepare()`` (cameras -> render -> noise -> t), ``loss = step.loss(pending)`` (the prior),
+The step's public phases, which :func:`step_together` uses to share one render call and one prior call between
+assets: ``pending = step.prepare()`` (``views = step.sample_views()`` -> render -> ``step.after_render(...)``: noise,
+t), ``loss = step.loss(pending)`` (the prior),
 ``step.pre_backward(pending)``, ``loss.backward()``, ``result = step.update(pending, loss)`` (Adam -> densify).
 
 Nothing here reads or writes files, shows progress, handles signals or talks to the viewer: that is the
@@ -37,6 +38,7 @@ from fsd_gs.prior.base import DiffusionPrior, NegativeViews
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.profiling import StageTimer
 from fsd_gs.render import render
+from fsd_gs.render.joined import render_assets
 from fsd_gs.schedule import sample_timestep
 
 BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "gray": (0.5, 0.5, 0.5)}
@@ -79,6 +81,35 @@ class PendingStep:
     render_out: Any
     negatives: Optional[NegativeViews] = None  # Perp-Neg's negative prompts of the views (None: off)
     cameras_cpu: Optional[Cameras] = None  # the sampled cameras, for the result (no device-to-host copy, no sync)
+
+
+@dataclass
+class SampledViews:
+    """A step's views as drawn on the host, before anything goes to the device.
+
+    Attributes:
+        cameras: the sampled cameras, at the prior's image size, on the CPU ([B] batch).
+        names: the views' prompt names ("front", ... or "none" without view-dependent prompts), B of them.
+        background: the background colour of each view, [B,3] on the CPU.
+    """
+
+    cameras: Cameras
+    names: list[str]
+    background: torch.Tensor
+
+
+def views_on_device(views: Sequence[SampledViews], device: torch.device) -> tuple[list[Cameras], list[torch.Tensor]]:
+    """Each step's cameras and backgrounds on ``device``, with one host-to-device copy per tensor for all the steps
+    (non-blocking: a blocking copy would wait for the GPU's queue)."""
+    cams = Cameras.cat([v.cameras for v in views]).to(device, non_blocking=True)
+    backgrounds = torch.cat([v.background for v in views]).to(device, non_blocking=True)
+    out_cams, out_backgrounds, start = [], [], 0
+    for v in views:
+        stop = start + len(v.cameras)
+        out_cams.append(cams[start:stop])
+        out_backgrounds.append(backgrounds[start:stop])
+        start = stop
+    return out_cams, out_backgrounds
 
 
 @contextlib.contextmanager
@@ -164,33 +195,39 @@ class DistillStep:
     # -- one step, in public phases (so that several assets can share one prior call) ---------------
     def prepare(self) -> PendingStep:
         """cameras -> render -> noise -> t: everything before the prior."""
-        cfg, timer = self.cfg, self.timer
+        with self.timer("cameras"):
+            views = self.sample_views()
+            (cams,), (background,) = views_on_device([views], self.device)
+            cams = with_size(cams, self.render_size())
+        with self.timer("render"):
+            out = render(self.gaussians, cams, background, self.cfg.render, with_depth=self.noise.needs_depth)
+        return self.after_render(views, cams, out)
+
+    def sample_views(self) -> SampledViews:
+        """Start a step on the host: the SH degree and the means' learning rate of this step, then its cameras, their
+        view names and its backgrounds, drawn on the CPU (nothing here touches the device)."""
+        cfg = self.cfg
         self.gaussians.step_sh_degree(self.steps_done, cfg.gaussians.sh_degree_interval)
-        lr = means_lr(cfg.optim.lr, self.progress)
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = lr
-        with timer("cameras"):
-            cams_cpu = self.sampler.sample(self.generators["camera"])
-            views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
-            cams = cams_cpu.to(self.device, non_blocking=True)  # a blocking copy would wait for the GPU queue
-            rh, rw = self.render_size()
-            if (rh, rw) != self.prior_size:
-                cams = cams.with_resolution(rw, rh)
-            background = background_colours(cfg.optim.background, len(cams), self.generators["background"], self.device)
-        with timer("render"):
-            out = render(self.gaussians, cams, background, cfg.render, with_depth=self.noise.needs_depth)
+        set_lr(self.optimizers["means"], means_lr(cfg.optim.lr, self.progress))
+        cams_cpu = self.sampler.sample(self.generators["camera"])
+        views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
+        background = background_colours(cfg.optim.background, len(cams_cpu), self.generators["background"], torch.device("cpu"))
+        return SampledViews(cams_cpu, list(views), background)
+
+    def after_render(self, views: SampledViews, cams: Cameras, out: Any) -> PendingStep:
+        """render -> noise -> t: the render at the prior's size, the noise, the timesteps and the views' prompts."""
+        cfg = self.cfg
+        with self.timer("noise_and_t"):
             rgb, alpha, depth = resized_render(out, self.prior_size)
-            if (rh, rw) != self.prior_size:
-                cams = cams.with_resolution(self.prior_size[1], self.prior_size[0])
-        with timer("noise_and_t"):
+            cams = with_size(cams, self.prior_size)
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
             group = self.prior.views_per_group  # multi-view priors denoise a group of views at one t
             t = sample_timestep(
                 cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
             )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            conditioning, negatives = select_prompts(self.embeddings, cfg.guidance, cams_cpu, views)
-        return PendingStep(rgb, eps, t, conditioning, cams, out, negatives, cams_cpu)
+            conditioning, negatives = select_prompts(self.embeddings, cfg.guidance, views.cameras, views.names)
+        return PendingStep(rgb, eps, t, conditioning, cams, out, negatives, views.cameras)
 
     def pre_backward(self, pending: PendingStep) -> None:
         """Let the densifier hook the render's 2D means before backward (gsplat's strategy interface)."""
@@ -298,7 +335,9 @@ class DistillStep:
 def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
     """One step of several assets of one prompt with ONE prior call for all their views.
 
-    The assets' renders are concatenated into one batch; the loss of the batch, times the number of
+    The assets are rendered by one call where the backend can (gsplat: fsd_gs/render/joined.py, each asset's
+    images and screen-space gradients its own) and their renders concatenated into one batch for the prior; the
+    loss of the batch, times the number of
     assets, gives each asset exactly the gradient of its own step (the assets share no parameters, and
     K / (K B) rounds to 1 / B), so only the prior's batched arithmetic differs from K separate steps.
     Every step must have the same prior, prompt, guidance and image size.
@@ -310,7 +349,15 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             "(batch: --group-seeds 1)"
         )
     with cpu_threads(first.cfg.threads, first.device):
-        pending = [s.prepare() for s in steps]
+        with first.timer("cameras"):
+            views = [s.sample_views() for s in steps]
+            cams, backgrounds = views_on_device(views, first.device)
+            cams = [with_size(c, s.render_size()) for s, c in zip(steps, cams)]
+        with first.timer("render"):  # one gsplat call for all the assets (render.join_assets)
+            outs = render_assets(
+                [s.gaussians for s in steps], cams, backgrounds, first.cfg.render, with_depth=first.noise.needs_depth
+            )
+        pending = [s.after_render(v, c, o) for s, v, c, o in zip(steps, views, cams, outs)]
         joined = PendingStep(
             rgb=torch.cat([p.rgb for p in pending]),
             eps=torch.cat([p.eps for p in pending]),
@@ -352,6 +399,17 @@ def background_colours(kind: str, batch: int, generator: torch.Generator, device
     else:
         colours = torch.tensor(BACKGROUNDS[kind]).expand(batch, 3)
     return colours.to(device, non_blocking=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def with_size(cams: Cameras, size: tuple[int, int]) -> Cameras:
+    """The cameras rendering at ``size`` (height, width): themselves at that size, else with rescaled intrinsics."""
+    return cams if (cams.height, cams.width) == tuple(size) else cams.with_resolution(size[1], size[0])
 
 
 def means_lr(lr: Any, progress: float) -> float:

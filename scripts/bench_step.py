@@ -38,7 +38,9 @@ Variant names: RESpx/VIEWSv/THOUSANDSk/MODE with MODE eager, compiled (torch.com
 + CUDA graphs) or graphs (CUDA graphs of the eager UNet call, no compile); RESpx/SEEDSs/THOUSANDSk/MODE is the
 grouped step of the batch (``--group-seeds``): SEEDS assets of one view each (THOUSANDS Gaussians each) stepped by
 fsd_gs.step.step_together with one prior call, the same prior work as SEEDS views (``--grid grouped`` puts
-512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs).
+512px/4s/100k/cudagraphs beside 512px/4v/100k/cudagraphs); a /separate suffix renders the grouped step's assets
+with one gsplat call each instead of one call for all (--render.no-join-assets; ``--grid joined`` compares both at 4
+and 8 seeds).
 ``--repeat 2`` runs each variant twice (the second start-up shows the warm compile cache). ``--grid startup`` compares
 eager, graphs and cudagraphs (start-up: the first step includes the compile or the CUDA-graph recording); with an empty
 $FSD_GS_COMPILE_CACHE and --repeat 2 the cudagraphs rows show the cold and the warm compile (info.compile_cache_warm
@@ -72,7 +74,7 @@ from fsd_gs.profiling import synchronize
 ROOT = Path(__file__).resolve().parent.parent
 MODE_NAMES = {"off": "eager", "on": "compiled", "cudagraphs": "cudagraphs", "graphs": "graphs"}
 """--prior.compile mode -> the word in variant names."""
-_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs|graphs)$")
+_NAME = re.compile(r"^(\d+)px/(\d+)([vs])/(\d+)k/(eager|compiled|cudagraphs|graphs)(/separate)?$")
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,14 @@ class Variant:
     compile: Literal["off", "on", "cudagraphs", "graphs"] = "off"
     seeds: int = 1
     """Assets stepped together (step_together, one prior call); each has ``views`` views and ``gaussians``."""
+    join: bool = True
+    """Grouped steps render their assets in one gsplat call (--render.join-assets); False: one call each (/separate)."""
 
     @property
     def name(self) -> str:
         count = f"{self.seeds}s" if self.seeds > 1 else f"{self.views}v"
-        return f"{self.resolution}px/{count}/{self.gaussians // 1000}k/{MODE_NAMES[self.compile]}"
+        separate = "" if self.join or self.seeds == 1 else "/separate"
+        return f"{self.resolution}px/{count}/{self.gaussians // 1000}k/{MODE_NAMES[self.compile]}{separate}"
 
     @property
     def batch(self) -> int:
@@ -105,13 +110,13 @@ class Variant:
         match = _NAME.match(name.strip())
         if match is None:
             raise UserError(
-                f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE "
+                f"variant {name!r} is not RESpx/VIEWSv/THOUSANDSk/MODE or RESpx/SEEDSs/THOUSANDSk/MODE[/separate] "
                 "(MODE eager, compiled, cudagraphs or graphs), e.g. 512px/1v/100k/cudagraphs or 512px/4s/100k/cudagraphs"
             )
-        res, count, kind, kilo, mode = match.groups()
+        res, count, kind, kilo, mode, separate = match.groups()
         modes = {word: key for key, word in MODE_NAMES.items()}
         views, seeds = (int(count), 1) if kind == "v" else (1, int(count))
-        return cls(int(res), views, int(kilo) * 1000, modes[mode], seeds)  # type: ignore[arg-type]
+        return cls(int(res), views, int(kilo) * 1000, modes[mode], seeds, join=separate is None)  # type: ignore[arg-type]
 
 
 GRIDS: dict[str, list[Variant]] = {
@@ -138,6 +143,16 @@ GRIDS: dict[str, list[Variant]] = {
         Variant(512, 1, 100_000, seeds=4),
         Variant(512, 1, 100_000, "cudagraphs"),
     ],
+    # the grouped step with its assets in one gsplat call and in one call each, beside K views, at 4 and 8 (#27);
+    # CUDA graphs without compile: no compile per batch shape, so six fresh processes fit one device call
+    "joined": [
+        Variant(512, 4, 100_000, "graphs"),
+        Variant(512, 1, 100_000, "graphs", seeds=4),
+        Variant(512, 1, 100_000, "graphs", seeds=4, join=False),
+        Variant(512, 8, 100_000, "graphs"),
+        Variant(512, 1, 100_000, "graphs", seeds=8),
+        Variant(512, 1, 100_000, "graphs", seeds=8, join=False),
+    ],
     # start-up against steady state: CUDA graphs without compile beside eager and compiled ones (#27)
     "startup": [Variant(512, 1, 100_000), Variant(512, 1, 100_000, "graphs"), Variant(512, 1, 100_000, "cudagraphs")],
 }
@@ -156,7 +171,7 @@ class Args:
     """Where the JSON results go (child logs and profile tables go next to it)."""
     device: str = "auto"
     """auto, cpu or cuda."""
-    grid: Literal["default", "speed", "quick", "cpu", "grouped", "startup"] = "default"
+    grid: Literal["default", "speed", "quick", "cpu", "grouped", "joined", "startup"] = "default"
     """Which variants to run (see GRIDS); --variants overrides it."""
     variants: tuple[str, ...] = ()
     """Run these variants instead of the grid's, e.g. 512px/1v/100k/cudagraphs 512px/1v/100k/eager."""
@@ -284,6 +299,7 @@ def train_config(model: str, prompt: str, variant: Variant, device: torch.device
         camera=dataclasses.replace(cfg.camera, width=variant.resolution, height=variant.resolution, batch_size=variant.views),
         gaussians=dataclasses.replace(cfg.gaussians, num_points=variant.gaussians),
         densify=dataclasses.replace(cfg.densify, enabled=False),
+        render=dataclasses.replace(cfg.render, join_assets=variant.join),
         prior=dataclasses.replace(cfg.prior, compile=variant.compile),
         guidance=dataclasses.replace(cfg.guidance, perp_neg=perp_neg),
     )

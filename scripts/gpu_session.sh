@@ -19,8 +19,9 @@
 #   throughput  issue #27 on Ray (install it first: ../shared/tools/device-wheels.sh, two calls; then
 #          PYTHONPATH=/tmp/site:$PWD), each sub-stage one call of <= 9 min on one H200, all through scripts/bench_batch.py
 #          (JSON + one line per mode in $WORK/throughput):
-#          throughput-step    bench_step --grid grouped: 512px/4s (4 seeds, step_together) beside 512px/4v (4 views),
-#                             cudagraphs and eager, with --sync-debug (host syncs per step and their lines)  ~4 min
+#          throughput-step    bench_step --grid STEP_GRID (default joined: 512px/4s and 8s, step_together with the
+#                             assets in one gsplat call and in one call each, beside 512px/4v and 8v, CUDA graphs
+#                             without compile; grouped: the 4-seed rows in cudagraphs and eager), with --sync-debug
 #          throughput-sd      fsd-sd21, 1200 steps, 1 prompt x SD_SEEDS (default 0-3): SD_MODES (default "batch
 #                             grouped": the batch one at a time, then --group-seeds 4; 1 Ray worker on the GPU; each
 #                             mode's first asset of a new shape pays a cold compile)   8.2 min on one H100 (2026-12-06)
@@ -28,7 +29,9 @@
 #          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs (SHAPES_SEQ=0: not), then 4 prompts x 8
 #                             seeds (32 assets) on Ray with --group-seeds 8 at each --gpus-per-worker of SHAPES_GPW
 #                             (default "1 0.5 0.25 0.125": 1, 2, 4, 8 workers per GPU), then one seed at a time at
-#                             0.25 (SHAPES_SINGLE=0: not). One H100 (2026-12-06): sequential 132 s, gpw 1 174 s; the
+#                             0.25 (SHAPES_SINGLE=0: not). SHAPES_FRESH_GPW=0.25: that row's workers start on an
+#                             empty gsplat extension folder (a fresh machine: one builds under the lock, the others
+#                             wait; issue 27's "0 failed assets"). One H100 (2026-12-06): sequential 132 s, gpw 1 174 s; the
 #                             whole stage is more than one call: split it with SHAPES_GPW
 #   consistency  issue #30's table (~7 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
 #          (names or YAML paths; default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps,
@@ -241,8 +244,8 @@ if [[ " $STAGES " == *" throughput-"* ]]; then
   python -c "import ray; print('ray', ray.__version__)" || echo "ray is missing: see ../shared/tools/device-wheels.sh"
 fi
 if [[ " $STAGES " == *" throughput-step "* ]]; then
-  python scripts/bench_step.py --model "$SD" --work "$WORK/bench" --grid grouped --sync-debug \
-    --out "$TP/bench_step_grouped.json" 2>&1 | tee "$TP/bench_step_grouped.log" | tail -n 8
+  python scripts/bench_step.py --model "$SD" --work "$WORK/bench" --grid "${STEP_GRID:-joined}" --sync-debug \
+    --out "$TP/bench_step_${STEP_GRID:-joined}.json" 2>&1 | tee "$TP/bench_step_${STEP_GRID:-joined}.log" | tail -n 12
 fi
 if [[ " $STAGES " == *" throughput-sd "* ]]; then
   read -ra SD_MODE_LIST <<< "${SD_MODES:-batch grouped}"
@@ -262,7 +265,9 @@ if [[ " $STAGES " == *" throughput-shapes "* ]]; then
       --modes sequential --work-dir "$TP/shapes-seq" --out "$TP/shapes_seq.json" 2>&1 | tee -a "$TP/shapes.log"
   fi
   for gpw in ${SHAPES_GPW:-1 0.5 0.25 0.125}; do
-    python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
+    EXT=()  # SHAPES_FRESH_GPW: this row's workers start on an empty gsplat extension folder, as on a fresh machine
+    [ "$gpw" = "${SHAPES_FRESH_GPW:-}" ] && EXT=(env TORCH_EXTENSIONS_DIR="$(mktemp -d)")
+    "${EXT[@]}" python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
       --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$TP/shapes-$gpw" \
       --out "$TP/shapes_gpw$gpw.json" 2>&1 | sed "s/^/gpus-per-worker $gpw: /" | tee -a "$TP/shapes.log"
   done

@@ -152,6 +152,9 @@ def test_bench_step_variant_names_round_trip():
         for v in variants:
             assert bench_step.Variant.parse(v.name) == v
     assert bench_step.Variant.parse("512px/4s/100k/graphs") == bench_step.Variant(512, 1, 100_000, "graphs", seeds=4)
+    separate = bench_step.Variant.parse("512px/8s/100k/graphs/separate")
+    assert (separate.seeds, separate.join, separate.name) == (8, False, "512px/8s/100k/graphs/separate")
+    assert bench_step.train_config("shapes", "a fish", separate, torch.device("cpu")).render.join_assets is False
     with pytest.raises(UserError, match="is not RESpx"):
         bench_step.Variant.parse("512/1/100k")
 

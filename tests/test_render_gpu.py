@@ -147,3 +147,60 @@ def test_auto_backend_is_gsplat_on_cuda() -> None:
     out = render(Gaussians(params, 0), _cameras(32), torch.ones(3, device="cuda"))
     assert out.info["backend"] == "gsplat" and out.rgb.shape == (2, 32, 32, 3) and out.rgb.is_cuda
     assert out.info["means2d"].requires_grad
+
+
+def test_one_gsplat_call_for_several_assets_matches_one_call_each() -> None:
+    """fsd_gs/render/joined.py: three assets of different counts (padded to the largest) in one batched gsplat call
+    give each asset the images, radii and gradients (parameters, means2d, absgrad) of its own call."""
+    from fsd_gs.render.joined import RowsOf, render_assets
+
+    counts = (2000, 1500, 700)
+    weights = [torch.rand(2, 64, 64, 5, generator=torch.Generator().manual_seed(10 + k)).cuda() for k in range(3)]
+    bg = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]], device="cuda")
+    cfg = RenderConfig(backend="gsplat", clamp_rgb=False, absgrad=True)
+    runs = {}
+    for mode in ("joined", "alone"):
+        assets = [Gaussians(_params(n, 3, seed=20 + k), 3) for k, n in enumerate(counts)]
+        cams = [_cameras(64)] * 3
+        if mode == "joined":
+            outs = render_assets(assets, cams, [bg] * 3, cfg, with_depth=True)
+        else:
+            outs = [render(g, c, bg, cfg, with_depth=True) for g, c in zip(assets, cams)]
+        sum((torch.cat([o.rgb, o.alpha, o.depth], -1) * w).sum() for o, w in zip(outs, weights)).backward()
+        runs[mode] = (assets, outs)
+    for k, n in enumerate(counts):
+        joined, alone = runs["joined"][1][k], runs["alone"][1][k]
+        assert isinstance(joined.info["means2d"], RowsOf) and joined.info["radii"].shape == (2, n, 2)
+        errors = {name: float((getattr(joined, name) - getattr(alone, name)).abs().max()) for name in ("rgb", "alpha", "depth")}
+        radii_agree = float((joined.info["radii"] == alone.info["radii"]).float().mean())
+        grads = {key: _rel_l2(p.grad, runs["alone"][0][k].params[key].grad) for key, p in runs["joined"][0][k].params.items()}
+        grads["means2d"] = _rel_l2(joined.info["means2d"].grad, alone.info["means2d"].grad)
+        grads["absgrad"] = _rel_l2(joined.info["means2d"].absgrad, alone.info["means2d"].absgrad)
+        print(f"asset {k} ({n} Gaussians): image max abs {errors}, radii agree {radii_agree:.5f}, grad rel L2 {grads}")
+        assert max(errors.values()) < IMAGE_MAX_ABS and radii_agree >= RADII_AGREE
+        assert max(grads.values()) < GRAD_REL_L2
+
+
+def test_a_grouped_step_renders_its_assets_in_one_call_on_cuda() -> None:
+    """step_together on CUDA with render.join_assets on and off: the same parameters and densification statistics
+    after two steps (before the first refinement, so float noise cannot flip a clone and make the counts differ)."""
+    from fsd_gs.prior.factory import load_prior
+    from fsd_gs.step import DistillStep, step_together
+    from tests.contract import tiny_cfg
+
+    prior = load_prior("shapes", device="cuda")
+    runs = {}
+    for join in ("--render.join-assets", "--render.no-join-assets"):
+        steps = [
+            DistillStep(tiny_cfg(seed, "--gaussians.num-points", str(n), join), prior, torch.device("cuda"))
+            for seed, n in enumerate((150, 200, 120))
+        ]
+        for _ in range(2):
+            step_together(steps)
+        runs[join] = steps
+    for joined, alone in zip(*runs.values()):
+        for key in ("grad2d", "count"):
+            assert joined.densify_state[key].sum() > 0
+            assert _rel_l2(joined.densify_state[key], alone.densify_state[key]) < 1e-3, key
+        for key, value in joined.gaussians.params.items():
+            assert _rel_l2(value, alone.gaussians.params[key]) < 1e-3, key

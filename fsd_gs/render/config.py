@@ -36,6 +36,9 @@ class RenderConfig:
     """Clamp the composited colours to [0,1] (colours above 1 can come from SH and from a background above 1)."""
     reference_tile_size: int = 4
     """Tile edge in pixels of the CPU reference rasterizer (only speed depends on it, never the image)."""
+    join_assets: bool = True
+    """Grouped steps (--group-seeds) render all their assets in one gsplat call, each padded to the largest asset's
+    count (fsd_gs/render/joined.py); False: one call per asset. No effect on the reference backend."""
 
     def validate(self) -> None:
         """Raise UserError on the first setting that cannot work."""

@@ -94,19 +94,21 @@ def rasterize_gsplat(
     """Render raw Gaussian parameters (log scales, logit opacities, SH) with gsplat.
 
     Args:
-        params: the Gaussians' parameter dict (shapes in ``fsd_gs.gaussians``).
+        params: the Gaussians' parameter dict (shapes in ``fsd_gs.gaussians``), or K sets of the same count stacked
+            along a leading dimension ([K,N,3] means, ...: gsplat's batch dimension, one set per camera batch).
         sh_degree: degree to render with (<= the stored degree).
-        viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3], all on the Gaussians' CUDA device.
+        viewmats [B,4,4], Ks [B,3,3], backgrounds [B,3] ([K,B,...] with K sets), all on the Gaussians' CUDA device.
         with_depth: render gsplat's "RGB+ED" mode: a 4th channel of expected depth
             sum_i w_i z_i / max(alpha, 1e-10) (0 where alpha = 0), not composited over the background.
     Returns:
         colors [B,H,W,3] ([B,H,W,4] with depth; not clamped above), alphas [B,H,W,1], and gsplat's meta dict, whose
-        "means2d" [B,N,2] (or [nnz,2] when packed) is the screen-space tensor to read gradients from.
+        "means2d" [B,N,2] (or [nnz,2] when packed) is the screen-space tensor to read gradients from (a leading [K]
+        on each with K sets).
     """
     from gsplat import rasterization
 
     ensure_gsplat_built()
-    coeffs = torch.cat([params["sh0"], params["shN"]], dim=1)  # [N,K,3]
+    coeffs = torch.cat([params["sh0"], params["shN"]], dim=-2)  # [...,N,bases,3]
     colors, alphas, meta = rasterization(
         means=params["means"],
         quats=params["quats"],  # gsplat normalises them itself
@@ -129,6 +131,6 @@ def rasterize_gsplat(
         rasterize_mode="classic",
     )
     # Exactly gsplat's own compositing (pix_out + T_final * background, with T_final = 1 - alpha).
-    rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+    rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[..., None, None, :]
     colors = torch.cat([rgb, colors[..., 3:]], dim=-1) if with_depth else rgb
     return colors, alphas, meta
