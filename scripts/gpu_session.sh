@@ -79,17 +79,20 @@
 #   setup  install what was carried: .whl/*.whl and .stage (Ray) into /tmp/site, and the kornia_rs stand-in when the
 #          real one was not carried; this run's later stages get PYTHONPATH=/tmp/site:$PWD:/tmp/stub (later calls:
 #          export it yourself; /tmp survives while the machine is warm)
-# Order for the next GPU time. The seventh session (2026-12-06, one H100) ran the CUDA tests ("cuda and not slow":
-# 20 passed; the Ray CUDA test failed on its own grid, since fixed), SD35_T5=only sd35, throughput-shapes as far as
-# gpw 1, and throughput-sd. A call's files come back only when it ends and only up to the tool's size limit, so keep
-# calls short and pack JSON and logs, not the asset folders; each call on the warm machine (within 30 s of the last;
-# later calls export PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
-#   1. `setup` then `pytest -m cuda tests/test_batch.py -k share_a_gpu` (the Ray CUDA test as fixed) and
-#      `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="0.5 0.25" (issue 27: 1500 shapes assets per GPU-hour)
-#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_GPW=0.125 SHAPES_SINGLE=1
-#   3. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, so the later groups show the steady
+# Order for the next GPU time. The eighth session (2026-12-06, one H100, one call) ran `setup`, the CUDA tests ("cuda and
+# not slow": 23 passed, the Ray CUDA test among them) and `throughput-step` (STEP_GRID=joined: 8 seeds in one gsplat
+# call 1.037x the 8-view step); the world-map noise's host syncs were taken out after it, untested on CUDA. A call's
+# files come back only when it ends and only up to the tool's size limit, so keep calls short and pack JSON and logs,
+# not the asset folders; each call on the warm machine (within 30 s of the last; later calls export
+# PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
+#   1. `setup tests` (the noise's device path changed) then `throughput-step` (STEP_GRID=joined: syncs per step 2, not
+#      42, at 8 seeds? the 8-seed step against 8 views; issue 27's target <= 1x)
+#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="0.25 0.5" SHAPES_FRESH_GPW=0.25 (issue 27:
+#      1500 shapes assets per GPU-hour, and 0 failed assets when 4 workers start on an unbuilt gsplat)
+#   3. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_GPW=0.125 SHAPES_SINGLE=1
+#   4. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, so the later groups show the steady
 #      state: the 2026-12-06 grid of 4 seeds was one group, its first step's compile not told apart from its steps)
-#   4. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28: the flow
+#   5. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28: the flow
 #      table on a GPU with the preset as changed on 2026-12-06 from a CPU table; the whole tree, without .stage)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}

@@ -76,10 +76,11 @@ class WorldMapNoise(NoiseFunction):
         return self.full_map[:, :, : self.map_size[1]]
 
     def window_origins(self, azimuth: Angles, elevation: Angles) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-left corners (row0 [B], col0 [B]) int64 on the CPU of the windows of cameras at these angles (deg)."""
+        """Top-left corners (row0 [B], col0 [B]) int64 of the windows of cameras at these angles (deg), on the angles'
+        device (no copy to the host: on CUDA that would wait for the GPU's queue at every step)."""
         h_map, w_map = self.map_size
-        az = as_angles(azimuth).cpu()
-        el = as_angles(elevation).cpu()
+        az = as_angles(azimuth)
+        el = as_angles(elevation)
         col0 = torch.remainder(torch.floor(az / 360.0 * w_map), w_map).long()
         row0 = torch.floor((90.0 - el) / 180.0 * h_map).clamp(0, h_map).long()
         return row0, col0
@@ -92,8 +93,8 @@ class WorldMapNoise(NoiseFunction):
     def windows(self, azimuth: Angles, elevation: Angles) -> torch.Tensor:
         """The world-map windows [B,C,h,w] (float32, on the function's device) of cameras at these angles."""
         row0, col0 = self.window_origins(azimuth, elevation)
-        rows = row0.to(self.device)[:, None] + self._rows  # [B,h]
-        cols = col0.to(self.device)[:, None] + self._cols  # [B,w]
+        rows = row0.to(self.device, non_blocking=True)[:, None] + self._rows  # [B,h]
+        cols = col0.to(self.device, non_blocking=True)[:, None] + self._cols  # [B,w]
         picked = self.full_map[:, rows[:, :, None], cols[:, None, :]]  # [C,B,h,w]
         return picked.permute(1, 0, 2, 3)
 

@@ -58,7 +58,7 @@ class PromptEmbeddings:
         """The rows [B] (long) of ``cond`` for a batch of view names; a view missing from ``views`` (view-independent
         prompting) falls back to "none"."""
         rows = [self.views.index(v) if v in self.views else self.views.index("none") for v in views]
-        return torch.tensor(rows, device=self.cond.device)
+        return torch.tensor(rows).to(self.cond.device, non_blocking=True)  # a list straight to CUDA would wait for the queue
 
     def table(self) -> Conditioning:
         """Every view's row as one :class:`Conditioning` of V views (the unconditional row shared)."""
