@@ -52,7 +52,6 @@ class StackedMeans2d:
     def __init__(self, parts: list[torch.Tensor]) -> None:
         self.parts = parts
         self.requires_grad = parts[0].requires_grad
-        self.shape = torch.Size((len(parts), *parts[0].shape))
 
     @property
     def retains_grad(self) -> bool:
@@ -73,9 +72,6 @@ class StackedMeans2d:
     @property
     def absgrad(self):
         return self._stacked("absgrad")
-
-    def detach(self) -> torch.Tensor:
-        return torch.stack([p.detach() for p in self.parts])
 
 
 def gaussians(n: int, seed: int, sh_degree: int = 1) -> Gaussians:

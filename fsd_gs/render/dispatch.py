@@ -120,7 +120,11 @@ def render(
         [B,H,W,1] (None unless ``with_depth``).
     """
     cfg = config if config is not None else RenderConfig()
-    p = prepare(gaussians, cameras, background, cfg)
+    return rasterize_prepared(gaussians, prepare(gaussians, cameras, background, cfg), cfg, with_depth)
+
+
+def rasterize_prepared(gaussians: Gaussians, p: Prepared, cfg: RenderConfig, with_depth: bool) -> RenderOutput:
+    """:func:`render` after :func:`prepare`: run ``p.backend`` on the checked inputs and shape its output."""
     params = gaussians.params
     if p.backend == "gsplat":
         from fsd_gs.render.gsplat_backend import rasterize_gsplat
@@ -135,5 +139,5 @@ def render(
         colors, alphas, info = rasterize_gaussians(
             dict(params), p.sh_degree, p.viewmats, p.Ks, p.width, p.height, p.backgrounds, cfg, with_depth=with_depth
         )
-    info.update({"width": p.width, "height": p.height, "n_cameras": len(cameras), "backend": p.backend})
+    info.update({"width": p.width, "height": p.height, "n_cameras": int(p.viewmats.shape[0]), "backend": p.backend})
     return finish(colors, alphas, info, cfg, with_depth)

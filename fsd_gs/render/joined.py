@@ -23,7 +23,7 @@ import torch
 from fsd_gs.camera import Cameras
 from fsd_gs.gaussians import Gaussians
 from fsd_gs.render.config import RenderConfig, RenderOutput
-from fsd_gs.render.dispatch import Prepared, finish, prepare, render
+from fsd_gs.render.dispatch import Prepared, finish, prepare, rasterize_prepared
 
 BatchRasterizer = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
 """``(params [K,N,...], sh_degree, viewmats [K,C,4,4], Ks [K,C,3,3], width, height, backgrounds [K,C,3], config,
@@ -68,13 +68,6 @@ class RowsOf:
         """gsplat's summed |d loss / d means2d| of this asset's rows (None unless rendered with absgrad)."""
         return self._rows(getattr(self.batch, "absgrad", None))
 
-    @property
-    def shape(self) -> torch.Size:
-        return torch.Size((self.batch.shape[1], self.count, *self.batch.shape[3:]))
-
-    def detach(self) -> torch.Tensor:
-        return self.batch.detach()[self.index, :, : self.count]
-
 
 def render_assets(
     assets: Sequence[Gaussians],
@@ -103,7 +96,7 @@ def render_assets(
 
         batch_rasterizer = rasterize_gsplat
     if batch_rasterizer is None or not joinable(assets, prepared, cfg):
-        return [render(g, c, b, cfg, with_depth) for g, c, b in zip(assets, cameras, backgrounds)]
+        return [rasterize_prepared(g, p, cfg, with_depth) for g, p in zip(assets, prepared)]
     first = prepared[0]
     counts = [len(g) for g in assets]
     params = padded_params(assets, max(counts))
