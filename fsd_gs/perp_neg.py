@@ -162,14 +162,15 @@ def select(
     embeddings [N,B,L,D] with their signed weights [B,N] (:func:`plan`).
     """
     p = plan(azimuth, elevation, embeddings.views, weights, overhead_above)
-    rows = p.negatives.t().to(embeddings.cond.device)  # [N,B]
+    rows = p.negatives.t().to(embeddings.cond.device, non_blocking=True)  # [N,B]; no host sync
     cond, negative = _mix(embeddings.cond, p.positive, rows)
     batch = cond.shape[0]
     pooled_cond = pooled_negative = pooled_uncond = None
     if embeddings.pooled_cond is not None and embeddings.pooled_uncond is not None:
         pooled_cond, pooled_negative = _mix(embeddings.pooled_cond, p.positive, rows)
         pooled_uncond = embeddings.pooled_uncond.expand(batch, -1)
-    negatives = NegativeViews(embeddings=negative, weights=p.weights.to(cond.device), pooled=pooled_negative)
+    signed = p.weights.to(cond.device, non_blocking=True)  # [B,N]
+    negatives = NegativeViews(embeddings=negative, weights=signed, pooled=pooled_negative)
     uncond = embeddings.uncond.expand(batch, -1, -1)
     return Conditioning(cond, uncond, pooled_cond, pooled_uncond), negatives
 
@@ -177,7 +178,7 @@ def select(
 def _mix(table: torch.Tensor, positive: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(positives [B,...], negatives [N,B,...]) of a table of view rows [V,...]: the [B,V] mix of the rows, and the
     rows [N,B] themselves."""
-    mix = positive.to(table.device, table.dtype)
+    mix = positive.to(table.dtype).to(table.device, non_blocking=True)
     pattern = "bv,vld->bld" if table.dim() == 3 else "bv,vp->bp"  # text [V,L,D] or pooled [V,P] rows
     return torch.einsum(pattern, mix, table), table[rows]  # weights 1 and 0 give a view prompt's row exactly
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fsd_gs import perp_neg
+from fsd_gs.adam_together import step_adams
 from fsd_gs.camera import Cameras, OrbitSampler
 from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
@@ -237,14 +238,13 @@ class DistillStep:
 
     def update(self, pending: PendingStep, loss: torch.Tensor) -> StepResult:
         """optimizer -> densify, after backward has filled the gradients."""
+        with self.timer("optimizer"):
+            optimizer_step([self])
+        return self.after_optimizer(pending, loss)
+
+    def after_optimizer(self, pending: PendingStep, loss: torch.Tensor) -> StepResult:
+        """densify, after the optimizers have stepped: the step's result."""
         cfg, timer, params = self.cfg, self.timer, self.gaussians.params
-        with timer("optimizer"):
-            if cfg.optim.grad_clip is not None:
-                for value in params.values():
-                    torch.nn.utils.clip_grad_norm_([value], cfg.optim.grad_clip)
-            for optimizer in self.optimizers.values():
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
         with timer("densify"):
             counts = (
                 self.densifier.step_post_backward(
@@ -372,7 +372,19 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             for s, p in zip(steps, pending):
                 s.pre_backward(p)
             loss.backward()  # each asset's parameters get exactly their own gradient
-        return [s.update(p, loss) for s, p in zip(steps, pending)]
+        with first.timer("optimizer"):
+            optimizer_step(steps)
+        return [s.after_optimizer(p, loss) for s, p in zip(steps, pending)]
+
+
+def optimizer_step(steps: Sequence[DistillStep]) -> None:
+    """Each step's gradients clipped to its ``optim.grad_clip`` (if set), then one Adam update of all their optimizers:
+    each parameter key's tensors of every step in one call (fsd_gs/adam_together.py), gradients then cleared."""
+    for step in steps:
+        if step.cfg.optim.grad_clip is not None:
+            for value in step.gaussians.params.values():
+                torch.nn.utils.clip_grad_norm_([value], step.cfg.optim.grad_clip)
+    step_adams([optimizer for step in steps for optimizer in step.optimizers.values()])
 
 
 def make_sampler(camera: Any, views_per_group: int) -> Any:

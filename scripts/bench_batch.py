@@ -129,6 +129,11 @@ def run_batch(args: Args, folder: Path, extra: list[str], group: int) -> int:
     return sum(item["status"] == "done" for item in manifest["items"])
 
 
+def used_mode_folders(work: Path, modes: tuple[str, ...]) -> list[Path]:
+    """The folders ``work``/<mode> of ``modes`` that exist and are not empty (a rerun there would resume them)."""
+    return [work / mode for mode in modes if (work / mode).is_dir() and any((work / mode).iterdir())]
+
+
 def report_summary(folder: Path) -> dict[str, float | int | None]:
     """What the report.json files under ``folder`` say: how many, and the median run wall seconds (K seeds trained
     together each report their shared run's), the slowest and the median first step (a cold compile shows there), the
@@ -161,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     args = tyro.cli(Args, args=own)
     total = grid_size(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_batch-"))
+    used = used_mode_folders(work, args.modes)
+    if used:
+        print(
+            f"error: {', '.join(map(str, used))} already holds runs, which the batch would continue instead of "
+            "training (its wall time would not be the grid's): pass an empty or new --work-dir",
+            file=sys.stderr,
+        )
+        return 2
     results = {
         "grid": {
             "prompts": args.prompts,

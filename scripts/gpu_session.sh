@@ -31,8 +31,10 @@
 #                             (default "1 0.5 0.25 0.125": 1, 2, 4, 8 workers per GPU), then one seed at a time at
 #                             0.25 (SHAPES_SINGLE=0: not). SHAPES_FRESH_GPW=0.25: that row's workers start on an
 #                             empty gsplat extension folder (a fresh machine: one builds under the lock, the others
-#                             wait; issue 27's "0 failed assets"). One H100 (2026-12-06): sequential 132 s, gpw 1 174 s; the
-#                             whole stage is more than one call: split it with SHAPES_GPW
+#                             wait; issue 27's "0 failed assets"). Each row trains into an emptied scratch folder. One
+#                             H100 (2026-12-06, with the shapes UNet's CUDA graphs): gpw 0.125 50 s, 0.5 66 s, 0.25 on
+#                             an unbuilt gsplat 130 s (sequential 132 s and gpw 1 174 s before them); the whole stage
+#                             is more than one call: split it with SHAPES_GPW
 #   consistency  issue #30's table (~7 min on one H200 for 3 presets): gsplat built once, then CONSISTENCY_PRESETS
 #          (names or YAML paths; default shapes-sds shapes-fsd-plain shapes-fsd) x 6 front kinds x 8 seeds, 600 steps,
 #          --group-seeds 8, one batch shard process per prompt sharing the GPU, into $WORK/consistency/<preset label>.
@@ -79,21 +81,21 @@
 #   setup  install what was carried: .whl/*.whl and .stage (Ray) into /tmp/site, and the kornia_rs stand-in when the
 #          real one was not carried; this run's later stages get PYTHONPATH=/tmp/site:$PWD:/tmp/stub (later calls:
 #          export it yourself; /tmp survives while the machine is warm)
-# Order for the next GPU time. The eighth session (2026-12-06, one H100, one call) ran `setup`, the CUDA tests ("cuda and
-# not slow": 23 passed, the Ray CUDA test among them) and `throughput-step` (STEP_GRID=joined: 8 seeds in one gsplat
-# call 1.037x the 8-view step); the world-map noise's host syncs were taken out after it, untested on CUDA. A call's
-# files come back only when it ends and only up to the tool's size limit, so keep calls short and pack JSON and logs,
-# not the asset folders; each call on the warm machine (within 30 s of the last; later calls export
-# PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
-#   1. `setup tests` (the noise's device path changed) then `throughput-step` (STEP_GRID=joined: syncs per step 2, not
-#      42, at 8 seeds? the 8-seed step against 8 views; issue 27's target <= 1x)
-#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="0.25 0.5" SHAPES_FRESH_GPW=0.25 (issue 27:
-#      1500 shapes assets per GPU-hour, and 0 failed assets when 4 workers start on an unbuilt gsplat)
-#   3. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_GPW=0.125 SHAPES_SINGLE=1
-#   4. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, so the later groups show the steady
-#      state: the 2026-12-06 grid of 4 seeds was one group, its first step's compile not told apart from its steps)
-#   5. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28: the flow
-#      table on a GPU with the preset as changed on 2026-12-06 from a CPU table; the whole tree, without .stage)
+# Order for the next GPU time. The ninth session (2026-12-06: one H200 call, then two H100 calls) ran the CUDA tests
+# ("cuda and not slow": 23 passed), bench_step of the shapes step (CUDA graphs of its UNet: 8 seeds 44.9 -> 20.9 ms),
+# the changed files' CUDA tests on the code after it (12 passed), and the shapes Ray rows at 0.25 (fresh gsplat: 0
+# failed), 0.125 and 0.5 GPUs per worker (2290 and 1747 assets per GPU-hour). Not run since: the batch's new default
+# of four shapes workers per GPU, the rest of the CUDA suite on the joined-Adam code, a clean 1-worker shapes row, the
+# 8-seed Stable Diffusion rows. A call's files come back only when it ends and only up to the tool's size limit, so
+# keep calls short and pack JSON and logs, not the asset folders; each call on the warm machine (within 30 s of the
+# last; later calls export PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
+#   1. `setup tests` (TESTS_MARK="cuda and not slow") then `throughput-step` with STEP_GRID=joined (the 8-seed rows
+#      after the joined Adam: issue 27's <= 1x the 8-view step, 1.037x on 2026-12-06 before it)
+#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="1 0.25" (the clean 1-worker row, and the
+#      batch's default of 0.25 without a fresh gsplat folder), on an H200 for the issue's card
+#   3. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, the steady state)
+#   4. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28's flow
+#      table on a GPU; the whole tree, without .stage)
 set -uo pipefail
 WORK=${1:-/tmp/fsd_gs_gpu}
 shift || true
@@ -242,6 +244,9 @@ if [[ " $STAGES " == *" speed "* || " $STAGES " == *" speed-cold "* || " $STAGES
 fi
 
 TP="$WORK/throughput"
+# a throughput row's scratch folder, emptied first: bench_batch refuses a used one (its batch would resume the earlier
+# row's assets instead of training them, as a rerun on a warm machine did on 2026-12-06)
+scratch() { rm -rf "$1" && echo "$1"; }
 if [[ " $STAGES " == *" throughput-"* ]]; then
   mkdir -p "$TP"
   python -c "import ray; print('ray', ray.__version__)" || echo "ray is missing: see ../shared/tools/device-wheels.sh"
@@ -254,29 +259,33 @@ if [[ " $STAGES " == *" throughput-sd "* ]]; then
   read -ra SD_MODE_LIST <<< "${SD_MODES:-batch grouped}"
   python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" \
     --seeds "${SD_SEEDS:-0-3}" --steps 1200 --modes "${SD_MODE_LIST[@]}" --group-seeds 4 --workers 1 \
-    --gpus-per-worker 1 --work-dir "$TP/sd" --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 | tee "$TP/sd.log"
+    --gpus-per-worker 1 --work-dir "$(scratch "$TP/sd")" --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 \
+    | tee "$TP/sd.log"
 fi
 if [[ " $STAGES " == *" throughput-sd-seq "* ]]; then
   python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-1 \
-    --steps 1200 --modes sequential --work-dir "$TP/sd-seq" --out "$TP/sd_seq.json" -- --output.turntable-views 8 \
+    --steps 1200 --modes sequential --work-dir "$(scratch "$TP/sd-seq")" --out "$TP/sd_seq.json" \
+    -- --output.turntable-views 8 \
     2>&1 | tee "$TP/sd_seq.log"
 fi
 if [[ " $STAGES " == *" throughput-shapes "* ]]; then
   SHAPES_PROMPTS=("a red mushroom" "a blue car" "a green tree" "a pink cup")
   if [ "${SHAPES_SEQ:-1}" = 1 ]; then
     python scripts/bench_batch.py --presets shapes-fsd --prompts "a red mushroom" --seeds 0-3 --steps 600 \
-      --modes sequential --work-dir "$TP/shapes-seq" --out "$TP/shapes_seq.json" 2>&1 | tee -a "$TP/shapes.log"
+      --modes sequential --work-dir "$(scratch "$TP/shapes-seq")" --out "$TP/shapes_seq.json" 2>&1 \
+      | tee -a "$TP/shapes.log"
   fi
   for gpw in ${SHAPES_GPW:-1 0.5 0.25 0.125}; do
     EXT=()  # SHAPES_FRESH_GPW: this row's workers start on an empty gsplat extension folder, as on a fresh machine
     [ "$gpw" = "${SHAPES_FRESH_GPW:-}" ] && EXT=(env TORCH_EXTENSIONS_DIR="$(mktemp -d)")
     "${EXT[@]}" python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
-      --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$TP/shapes-$gpw" \
+      --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$(scratch "$TP/shapes-$gpw")" \
       --out "$TP/shapes_gpw$gpw.json" 2>&1 | sed "s/^/gpus-per-worker $gpw: /" | tee -a "$TP/shapes.log"
   done
   if [ "${SHAPES_SINGLE:-1}" = 1 ]; then
     python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
-      --modes batch --gpus-per-worker 0.25 --work-dir "$TP/shapes-single" --out "$TP/shapes_single.json" 2>&1 \
+      --modes batch --gpus-per-worker 0.25 --work-dir "$(scratch "$TP/shapes-single")" \
+      --out "$TP/shapes_single.json" 2>&1 \
       | sed "s/^/gpus-per-worker 0.25, one seed at a time: /" | tee -a "$TP/shapes.log"
   fi
 fi

@@ -60,15 +60,18 @@ def tiny_step(prior, *extra: str, seed: int = 0) -> DistillStep:
 def together_and_alone(prior, cfgs: list, monkeypatch) -> tuple[list[DistillStep], list[DistillStep], dict]:
     """Two :class:`DistillStep` lists of ``cfgs`` on ``prior`` (CPU), to step with ``step_together`` and one by one,
     and the dict that collects each step's gradients just before Adam: (mode, seed) -> {parameter: grad}, mode
-    "together" or "alone" (``DistillStep.update`` is spied on through ``monkeypatch``)."""
+    "together" or "alone" (``fsd_gs.step.optimizer_step``, which both paths call, is spied on through ``monkeypatch``)."""
+    import fsd_gs.step
+
     grads: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-    original = DistillStep.update
+    original = fsd_gs.step.optimizer_step
 
-    def spy(self, pending, loss):
-        grads[(self._mode, self.cfg.seed)] = {k: v.grad.clone() for k, v in self.gaussians.params.items()}
-        return original(self, pending, loss)
+    def spy(steps):
+        for step in steps:
+            grads[(step._mode, step.cfg.seed)] = {k: v.grad.clone() for k, v in step.gaussians.params.items()}
+        return original(steps)
 
-    monkeypatch.setattr(DistillStep, "update", spy)
+    monkeypatch.setattr(fsd_gs.step, "optimizer_step", spy)
     together = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
     alone = [DistillStep(c, prior, torch.device("cpu")) for c in cfgs]
     for s in together:

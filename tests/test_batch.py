@@ -290,6 +290,9 @@ def test_one_worker_per_visible_gpu_and_fractions_pack_small_priors():
     assert worker_layout(32, 2, RaySettings()) == (2, 1.0)
     assert worker_layout(64, 4, RaySettings()) == (4, 1.0)
     assert worker_layout(16, 1, RaySettings(gpus_per_worker=0.25)) == (4, 0.25)
+    assert worker_layout(16, 1, RaySettings(small_priors=True)) == (4, 0.25)  # the shapes priors' default
+    assert worker_layout(32, 2, RaySettings(small_priors=True, gpus_per_worker=1)) == (2, 1.0)  # asked for
+    assert worker_layout(2, 0, RaySettings(small_priors=True)) == (2, 0.0)  # no GPU: CPU workers
     assert worker_layout(2, 0, RaySettings()) == (2, 0.0)
     assert worker_layout(8, 0, RaySettings(cpus_per_worker=2)) == (4, 0.0)
     with pytest.raises(UserError, match="GPUs"):

@@ -21,3 +21,17 @@ def test_report_summary_reads_every_asset_report(tmp_path, monkeypatch):
         "steps_per_s_median": 31.0,  # a missing value is left out, not read as 0
         "prior_load_s_median": 12.0,
     }
+
+
+def test_a_used_work_folder_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """A rerun into a mode folder that holds runs would resume them and time nothing: one sentence, exit 2."""
+    bench_batch = load_script("bench_batch", monkeypatch)
+    (tmp_path / "grouped" / "a-red-mushroom").mkdir(parents=True)
+    (tmp_path / "batch").mkdir()  # empty: fine
+    monkeypatch.setattr(bench_batch, "run_batch", lambda *a: (_ for _ in ()).throw(AssertionError("must not run")))
+    argv = ["--work-dir", str(tmp_path), "--modes", "batch", "grouped", "--out", str(tmp_path / "out.json")]
+    assert bench_batch.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "grouped") in err and "--work-dir" in err
+    assert not (tmp_path / "out.json").exists()
+    assert bench_batch.used_mode_folders(tmp_path, ("batch",)) == []

@@ -68,7 +68,8 @@ def test_graphs_decision_records_nothing_compiled_and_no_cache():
     decision = resolve_compile("graphs", CUDA, "sd", steps=10)
     assert decision.mode == "graphs" and decision.enabled and not decision.compiles
     assert "records CUDA graphs" in decision.expect and "compile," not in decision.expect
-    assert resolve_compile("graphs", CUDA, "shapes").mode == "off"  # the built-in priors run eagerly
+    assert resolve_compile("graphs", CUDA, "shapes").mode == "graphs"  # the built-in priors are recorded, not compiled
+    assert resolve_compile("cudagraphs", CUDA, "shapes").mode == "off"
     assert resolve_compile("cudagraphs", CUDA, "sd").compiles and not resolve_compile("off", CUDA, "sd").compiles
 
 
@@ -94,7 +95,7 @@ def test_auto_takes_the_fastest_mode_for_the_run_and_the_cache(tmp_path, monkeyp
         assert resolve_compile("auto", CUDA, "sd", steps=10).mode == "off"
         assert resolve_compile("auto", CUDA, "sd").mode == "off"  # steps unknown
         assert resolve_compile("auto", CPU, "sd", steps=1200).mode == "off"
-        assert resolve_compile("auto", CUDA, "shapes", steps=10**6, long_lived=True).mode == "off"
+        assert resolve_compile("auto", CUDA, "shapes", steps=10**6, long_lived=True).mode == "graphs"  # never compiled
 
 
 def test_auto_minimises_the_expected_time():
@@ -193,15 +194,17 @@ def test_the_prior_calls_its_unet_through_the_hook(tiny_sd_dir):
 
 # -- CUDA ------------------------------------------------------------------------------------------------
 def _eps_pairs(eager, graphed, batches: tuple[int, ...], calls: int, perp_neg: bool, size: int = 8):
-    """(eager eps_hat, graphs eps_hat) for ``calls`` rounds over ``batches`` views, with new inputs every call."""
+    """(eager eps_hat, graphs eps_hat) for ``calls`` rounds over ``batches`` views, with new inputs every call (inputs
+    of the prior's model shape at ``size`` x ``size`` model pixels: latents of a latent prior, images of a pixel one)."""
     from fsd_gs.perp_neg import PerpNegWeights, select
 
     embeddings = eager.encode_prompts("a red mushroom")
+    channels = eager.model_shape(64, 64)[0]
     gen = torch.Generator(CUDA).manual_seed(0)
     pairs = []
     for call in range(calls):
         for batch in batches:
-            z = torch.randn(batch, 4, size, size, device=CUDA, generator=gen)
+            z = torch.randn(batch, channels, size, size, device=CUDA, generator=gen)
             t = torch.randint(20, 980, (batch,), device=CUDA, generator=gen)
             azimuth = torch.linspace(-180.0, 180.0, batch + 1)[:batch] + 10.0 * call
             negatives = None
@@ -233,6 +236,19 @@ def test_graphs_prior_matches_eager_on_cuda(tiny_sd_dir, perp_neg):
     assert all(torch.equal(value, copy) for value, copy in kept)
     assert len(graphed.unet_call.recordings) == 2 and graphed.unet_call.eager_calls == 0
     assert graphed.unet_call.capture_s > 0
+
+
+@pytest.mark.cuda
+def test_the_shapes_prior_is_recorded_by_auto_and_matches_eager():
+    """The built-in prior under auto on CUDA records its UNet call (never torch.compiled), and its guided predictions
+    at 64 px, with Perp-Neg's negatives, match eager's within fp16 tolerance."""
+    eager = load_prior("shapes", PriorConfig(dtype="fp16", compile="off"), CUDA)
+    graphed = load_prior("shapes", PriorConfig(dtype="fp16", compile="auto"), CUDA, steps=600)
+    assert graphed.compile_decision.mode == "graphs" and isinstance(graphed.unet_call, GraphedCall)
+    assert getattr(graphed.unet, "_compiled_call_impl", None) is None
+    for a, b in _eps_pairs(eager, graphed, (2, 8), calls=3, perp_neg=True, size=64):
+        assert _relative(a, b) < 1e-2
+    assert len(graphed.unet_call.recordings) == 2 and graphed.unet_call.eager_calls == 0
 
 
 def _train(prior, tiny_sd_dir, steps: int):

@@ -57,7 +57,7 @@ class BatchConfig:
     option --threads (default 1), so give both the same number."""
     gpus_per_worker: Optional[float] = None
     """GPUs per worker: 1 = one per GPU, 0.25 = four workers share a GPU (small priors), 0 = CPU workers;
-    default 1 when Ray sees GPUs, else 0."""
+    default when Ray sees GPUs: 0.25 when every preset's prior is a built-in shapes one, else 1; without GPUs 0."""
     prior_cache: int = 1
     """Loaded priors each worker keeps (keyed by model, dtype, compile, device)."""
     group_seeds: Optional[int] = None
@@ -132,8 +132,10 @@ def default_out() -> Path:
     return Path("outputs") / f"batch-{_dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def make_engine(cfg: BatchConfig) -> Any:
+def make_engine(cfg: BatchConfig, models: Sequence[str] = ()) -> Any:
+    """The batch's engine; ``models`` (each preset's --model) decide the default GPUs per Ray worker."""
     from fsd_gs.batch.engine import LocalEngine, RayEngine, RaySettings
+    from fsd_gs.prior.detectors import is_shapes_world
 
     if cfg.engine == "local":
         return LocalEngine(prior_cache=cfg.prior_cache)
@@ -144,6 +146,7 @@ def make_engine(cfg: BatchConfig) -> Any:
             cpus_per_worker=cfg.cpus_per_worker,
             gpus_per_worker=cfg.gpus_per_worker,
             prior_cache=cfg.prior_cache,
+            small_priors=bool(models) and all(is_shapes_world(m) for m in models),
         )
     )
 
@@ -174,7 +177,8 @@ def run_batch(argv: Sequence[str]) -> BatchResult:
     }
     if not units:  # a shard of a grid smaller than the shard count
         print(f"shard {shard} of this grid is empty: nothing to do")
-    engine: Any = make_engine(cfg) if units else _NoEngine()  # a RayEngine, a LocalEngine or the empty stand-in
+    # a RayEngine, a LocalEngine or the empty stand-in
+    engine: Any = make_engine(cfg, [c.model for c in configs.values()]) if units else _NoEngine()
     if engine.name == "ray":
         print(f"ray: {engine.workers} workers ({engine.gpus_per_worker:g} GPU, {engine.threads} thread(s) each)", flush=True)
     return Driver(folder, units, configs, engine, max_attempts=cfg.max_attempts, progress=cfg.progress, meta=meta).run()

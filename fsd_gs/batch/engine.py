@@ -51,17 +51,28 @@ class RaySettings:
     uses the train option --threads, default 1)."""
     gpus_per_worker: Optional[float] = None
     """GPUs per actor: 1 = one actor per GPU; a fraction shares a GPU between actors (small priors such as
-    shapes: 0.25); 0 = CPU actors; None = 1 when the cluster has GPUs, else 0."""
+    shapes: 0.25); 0 = CPU actors; None = 1 when the cluster has GPUs (:data:`SMALL_PRIOR_GPUS_PER_WORKER` with
+    ``small_priors``), else 0."""
+    small_priors: bool = False
+    """Every unit's prior is a small built-in one (the shapes world), so by default several actors share a GPU."""
     prior_cache: int = 1
     """Priors each actor keeps loaded at once (least recently used is dropped)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for the actors."""
 
 
+SMALL_PRIOR_GPUS_PER_WORKER = 0.25
+"""Default GPUs per actor when every prior is a built-in shapes-world one: four actors share a GPU. Such a step is
+host-bound (Python and kernel launches), so actors side by side fill the GPU: on one H100 (2026-12-06, BENCHMARKS.md
+round 3, ninth session) 32 shapes-fsd assets took 65.9 s with 2 actors and 50.3 s with 4 busy ones."""
+
+
 def worker_layout(n_cpu: float, n_gpu: float, settings: RaySettings) -> tuple[int, float]:
-    """(actors, GPUs per actor) for a cluster of ``n_cpu`` CPUs and ``n_gpu`` GPUs: one actor per GPU by default,
-    1 / gpus_per_worker actors per GPU for fractions, CPUs / cpus_per_worker actors without GPUs."""
-    gpw = settings.gpus_per_worker if settings.gpus_per_worker is not None else (1.0 if n_gpu > 0 else 0.0)
+    """(actors, GPUs per actor) for a cluster of ``n_cpu`` CPUs and ``n_gpu`` GPUs: one actor per GPU by default
+    (:data:`SMALL_PRIOR_GPUS_PER_WORKER` for ``small_priors``), 1 / gpus_per_worker actors per GPU for fractions,
+    CPUs / cpus_per_worker actors without GPUs."""
+    default = SMALL_PRIOR_GPUS_PER_WORKER if settings.small_priors else 1.0
+    gpw = settings.gpus_per_worker if settings.gpus_per_worker is not None else (default if n_gpu > 0 else 0.0)
     cpw = settings.cpus_per_worker
     require(gpw >= 0 and cpw > 0, "--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
     require(

@@ -83,6 +83,6 @@ def startup_note(cfg: Any, device: str) -> Optional[str]:
         decision = resolve_compile(cfg.prior.compile, torch.device(device), cfg.model, cfg.steps, long_lived=True)
     except Exception:  # the worker reports a bad option itself
         decision = None
-    if decision is not None and decision.enabled:
+    if decision is not None and decision.compiles:  # graphs records in about a second: nothing to warn of
         parts.append(f"compiling the prior ({decision.mode}): {decision.expect}")
     return "; ".join(parts) or None

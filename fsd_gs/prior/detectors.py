@@ -79,14 +79,13 @@ def _load_shapes(model: str, request: LoadRequest) -> DiffusionPrior:
     from fsd_gs.prior.shapes import load_shapes_flow_prior, load_shapes_mv_prior, load_shapes_prior
 
     load = {BUILTIN_SHAPES_MV: load_shapes_mv_prior, BUILTIN_SHAPES_FLOW: load_shapes_flow_prior}.get(model, load_shapes_prior)
-    prior = load(
+    return load(
         request.device,
         request.dtype,
         offload_text_encoder=request.config.offload_text_encoder,
         channels_last=request.config.channels_last,
+        compile=request.decision,
     )
-    prior.compile_decision = request.decision
-    return prior
 
 
 def _is_checkpoint(model: str) -> bool:
