@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from fsd_gs import perp_neg
 from fsd_gs.adam_together import step_adams
-from fsd_gs.camera import Cameras, OrbitSampler
+from fsd_gs.camera import Cameras, OrbitSampler, sample_together
 from fsd_gs.config import TrainConfig
 from fsd_gs.densify import Densifier
 from fsd_gs.distill import distill_loss
@@ -77,7 +77,7 @@ class PendingStep:
     rgb: torch.Tensor  # [B,3,H,W], in the autograd graph
     eps: torch.Tensor
     t: torch.Tensor
-    conditioning: Conditioning  # the views' prompt conditioning (opaque: passed to the prior)
+    conditioning: Optional[Conditioning]  # the views' prompt conditioning (opaque: passed to the prior); None: not yet
     cameras: Cameras
     render_out: Any
     negatives: Optional[NegativeViews] = None  # Perp-Neg's negative prompts of the views (None: off)
@@ -204,19 +204,21 @@ class DistillStep:
             out = render(self.gaussians, cams, background, self.cfg.render, with_depth=self.noise.needs_depth)
         return self.after_render(views, cams, out)
 
-    def sample_views(self) -> SampledViews:
-        """Start a step on the host: the SH degree and the means' learning rate of this step, then its cameras, their
-        view names and its backgrounds, drawn on the CPU (nothing here touches the device)."""
+    def sample_views(self, cams_cpu: Optional[Cameras] = None) -> SampledViews:
+        """Start a step on the host: the SH degree and the means' learning rate of this step, then its cameras (drawn
+        here, or ``cams_cpu`` when :func:`~fsd_gs.camera.sample_together` drew them from this step's camera generator),
+        their view names and its backgrounds, drawn on the CPU (nothing here touches the device)."""
         cfg = self.cfg
         self.gaussians.step_sh_degree(self.steps_done, cfg.gaussians.sh_degree_interval)
         set_lr(self.optimizers["means"], means_lr(cfg.optim.lr, self.progress))
-        cams_cpu = self.sampler.sample(self.generators["camera"])
-        views = cfg.guidance.view_prompts.view_names(cams_cpu) if cfg.guidance.view_dependent else ["none"] * len(cams_cpu)
-        background = background_colours(cfg.optim.background, len(cams_cpu), self.generators["background"], torch.device("cpu"))
-        return SampledViews(cams_cpu, list(views), background)
+        cams = self.sampler.sample(self.generators["camera"]) if cams_cpu is None else cams_cpu
+        views = cfg.guidance.view_prompts.view_names(cams) if cfg.guidance.view_dependent else ["none"] * len(cams)
+        background = background_colours(cfg.optim.background, len(cams), self.generators["background"], torch.device("cpu"))
+        return SampledViews(cams, list(views), background)
 
-    def after_render(self, views: SampledViews, cams: Cameras, out: Any) -> PendingStep:
-        """render -> noise -> t: the render at the prior's size, the noise, the timesteps and the views' prompts."""
+    def after_render(self, views: SampledViews, cams: Cameras, out: Any, prompts: bool = True) -> PendingStep:
+        """render -> noise -> t: the render at the prior's size, the noise, the timesteps and the views' prompts
+        (``prompts=False``: none, for :func:`step_together`, which selects every asset's at once)."""
         cfg = self.cfg
         with self.timer("noise_and_t"):
             rgb, alpha, depth = resized_render(out, self.prior_size)
@@ -227,7 +229,9 @@ class DistillStep:
                 cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
             )
             t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            conditioning, negatives = select_prompts(self.embeddings, cfg.guidance, views.cameras, views.names)
+            conditioning, negatives = (
+                select_prompts(self.embeddings, cfg.guidance, views.cameras, views.names) if prompts else (None, None)
+            )
         return PendingStep(rgb, eps, t, conditioning, cams, out, negatives, views.cameras)
 
     def pre_backward(self, pending: PendingStep) -> None:
@@ -246,17 +250,9 @@ class DistillStep:
         """densify, after the optimizers have stepped: the step's result."""
         cfg, timer, params = self.cfg, self.timer, self.gaussians.params
         with timer("densify"):
-            counts = (
-                self.densifier.step_post_backward(
-                    params,
-                    self.optimizers,
-                    self.densify_state,
-                    self.steps_done,
-                    pending.render_out.info,
-                    packed=cfg.render.packed,
-                )
-                or {}
-            )
+            info, state, packed = pending.render_out.info, self.densify_state, cfg.render.packed
+            counts = self.densifier.step_post_backward(params, self.optimizers, state, self.steps_done, info, packed=packed)
+            counts = counts or {}
         for key, value in counts.items():
             self.densify_counts[key] = self.densify_counts.get(key, 0) + int(value)
         self.gaussians.ensure_not_empty()
@@ -266,14 +262,16 @@ class DistillStep:
 
     def loss(self, pending: PendingStep) -> torch.Tensor:
         """The distillation loss of a prepared step (the prior call): a scalar in the autograd graph."""
-        cfg = self.cfg
+        cfg, conditioning = self.cfg, pending.conditioning
+        if conditioning is None:
+            raise ValueError("this pending step has no prompts (after_render(prompts=False)): step_together's alone")
         with self.timer("prior"):
             return distill_loss(
                 self.prior,
                 pending.rgb,
                 pending.eps,
                 pending.t,
-                pending.conditioning,
+                conditioning,
                 cfg.guidance.guidance_scale,
                 weighting=cfg.guidance.weighting,
                 hifa_lambda=cfg.guidance.hifa_lambda,
@@ -349,23 +347,27 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             "(batch: --group-seeds 1)"
         )
     with cpu_threads(first.cfg.threads, first.device):
-        with first.timer("cameras"):
-            views = [s.sample_views() for s in steps]
+        with first.timer("cameras"):  # every seed's angles from its own generator, their geometry built once
+            same = all(s.cfg.camera == first.cfg.camera for s in steps)
+            drawn = sample_together(first.sampler, [s.generators["camera"] for s in steps]) if same else [None] * len(steps)
+            views = [s.sample_views(c) for s, c in zip(steps, drawn)]
             cams, backgrounds = views_on_device(views, first.device)
             cams = [with_size(c, s.render_size()) for s, c in zip(steps, cams)]
         with first.timer("render"):  # one gsplat call for all the assets (render.join_assets)
             outs = render_assets(
                 [s.gaussians for s in steps], cams, backgrounds, first.cfg.render, with_depth=first.noise.needs_depth
             )
-        pending = [s.after_render(v, c, o) for s, v, c, o in zip(steps, views, cams, outs)]
+        pending = [s.after_render(v, c, o, prompts=False) for s, v, c, o in zip(steps, views, cams, outs)]
+        with first.timer("prompts"):  # one stage of its own: the seeds' noise_and_t stages are summed per seed
+            conditioning, negatives = prompts_together(steps, views)
         joined = PendingStep(
             rgb=torch.cat([p.rgb for p in pending]),
             eps=torch.cat([p.eps for p in pending]),
             t=torch.cat([p.t for p in pending]),
-            conditioning=Conditioning.cat([p.conditioning for p in pending]),
+            conditioning=conditioning,
             cameras=Cameras.cat([p.cameras for p in pending]),
             render_out=None,
-            negatives=_joined_negatives([p.negatives for p in pending]),
+            negatives=negatives,
         )
         loss = first.loss(joined) * len(steps)
         with first.timer("backward"):
@@ -452,10 +454,17 @@ def select_prompts(
     return embeddings.select(views), None
 
 
-def _joined_negatives(parts: Sequence[Optional[NegativeViews]]) -> Optional[NegativeViews]:
-    """The assets' Perp-Neg negatives as one batch (None when Perp-Neg is off; every step has the same config)."""
-    present = [p for p in parts if p is not None]
-    return NegativeViews.cat(present) if present else None
+def prompts_together(steps: Sequence[DistillStep], views: Sequence[SampledViews]) -> tuple[Conditioning, Optional[NegativeViews]]:
+    """The prompts of every step's views as one batch, in order: ONE :func:`select_prompts` over all the views when the
+    steps share their prompt embeddings (the prior's cache gives one prompt's steps the same object), else one per
+    step, concatenated. Selection is per view, so both give each view the rows its own step would select."""
+    first = steps[0]
+    if all(s.embeddings is first.embeddings for s in steps):
+        names = [name for v in views for name in v.names]
+        return select_prompts(first.embeddings, first.cfg.guidance, Cameras.cat([v.cameras for v in views]), names)
+    parts = [select_prompts(s.embeddings, s.cfg.guidance, v.cameras, v.names) for s, v in zip(steps, views)]
+    present = [n for _, n in parts if n is not None]
+    return Conditioning.cat([c for c, _ in parts]), NegativeViews.cat(present) if present else None
 
 
 def _resize_bhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from fsd_gs.camera import (
     CameraConfig,
     OrbitSampler,
     orbit_cameras,
+    sample_together,
     turntable,
     view_direction,
     view_directions,
@@ -114,3 +115,27 @@ def test_elevation_is_area_uniform():
     # uniform on the sphere band: P(el > 30 deg) = 1 - sin(30 deg) = 0.5
     frac = (el > 30.0).float().mean().item()
     assert abs(frac - (1 - math.sin(math.radians(30)))) < 0.03
+
+
+def test_cameras_of_several_generators_together_are_each_ones_own():
+    """sample_together draws each generator's angles as sample() would (bitwise), leaves each generator where
+    sample() would, and builds the same cameras (to float rounding); other samplers sample one by one."""
+    from fsd_gs.prior.mvdream_cameras import MultiViewOrbitSampler
+
+    for config in (CameraConfig(batch_size=3, width=64, height=48), CameraConfig(batch_size=2, stratified_azimuth=False)):
+        sampler = OrbitSampler(config)
+        together_gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+        alone_gens = [torch.Generator().manual_seed(s) for s in (0, 1, 2)]
+        together = sample_together(sampler, together_gens)
+        alone = [sampler.sample(g) for g in alone_gens]
+        for a, b in zip(alone, together):
+            assert (b.width, b.height, len(b)) == (a.width, a.height, len(a))
+            for name in ("azimuth", "elevation", "distance", "fovy"):
+                assert torch.equal(getattr(a, name), getattr(b, name)), name
+            assert torch.allclose(a.viewmats, b.viewmats, atol=1e-6) and torch.allclose(a.Ks, b.Ks, rtol=1e-6)
+        for a, b in zip(alone_gens, together_gens):
+            assert torch.equal(a.get_state(), b.get_state())  # the next draws are the same too
+    multi = MultiViewOrbitSampler(CameraConfig(batch_size=4), views_per_group=4)
+    pairs = zip(sample_together(multi, [torch.Generator().manual_seed(s) for s in (3, 4)]), (3, 4))
+    for cams, seed in pairs:
+        assert torch.equal(cams.viewmats, multi.sample(torch.Generator().manual_seed(seed)).viewmats)

@@ -81,6 +81,28 @@ def test_steps_of_several_seeds_together_match_separate_steps(shapes_prior, monk
     assert not torch.equal(grads[("alone", 0)]["means"], grads[("alone", 1)]["means"])  # the seeds differ
 
 
+@pytest.mark.parametrize("perp_neg", [False, True])
+def test_prompts_of_steps_together_are_each_steps_own(shapes_prior, perp_neg):
+    """step_together selects every seed's prompts in one call: the same rows, in order, as each step's own selection
+    (view names, or Perp-Neg's mixed positives, negatives and weights)."""
+    from fsd_gs.step import prompts_together, select_prompts
+
+    extra = ("--guidance.perp-neg",) if perp_neg else ("--guidance.no-perp-neg",)
+    cfgs = [tiny_cfg(seed, "--camera.batch-size", "3", *extra) for seed in (0, 1)]
+    steps = [DistillStep(cfg, shapes_prior, torch.device("cpu")) for cfg in cfgs]
+    assert steps[0].embeddings is steps[1].embeddings  # one prompt: the prior's cache gives both steps one object
+    views = [s.sample_views() for s in steps]
+    conditioning, negatives = prompts_together(steps, views)
+    parts = [select_prompts(s.embeddings, s.cfg.guidance, v.cameras, v.names) for s, v in zip(steps, views)]
+    assert len(conditioning) == 6 and (negatives is not None) == perp_neg
+    for name in ("cond", "uncond"):
+        expected = torch.cat([getattr(c, name).expand(3, *getattr(c, name).shape[1:]) for c, _ in parts])
+        assert torch.allclose(getattr(conditioning, name).expand_as(expected), expected, rtol=0, atol=1e-6), name
+    if negatives is not None:
+        assert torch.equal(negatives.weights, torch.cat([n.weights for _, n in parts]))
+        assert torch.allclose(negatives.embeddings, torch.cat([n.embeddings for _, n in parts], dim=1), rtol=0, atol=1e-6)
+
+
 def test_no_import_cycles_among_the_package_modules():
     root = pathlib.Path(__file__).resolve().parent.parent / "fsd_gs"
     modules = {}
