@@ -34,7 +34,7 @@ GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (nothing co
 """What the first steps cost under ``graphs`` (printed with the decision)."""
 
 SHAPES_GRAPHS_REASON = "auto: the built-in prior's small UNet launches more than it computes, so its call is recorded"
-"""Why ``auto`` records the shapes-world priors' UNet call on CUDA: on one H200 (2026-12-06, BENCHMARKS.md round 3, ninth
+"""Why ``auto`` records the built-in ``shapes`` prior's UNet call on CUDA: on one H200 (2026-12-06, BENCHMARKS.md round 3, ninth
 session) the 8-seed grouped shapes-fsd step took 20.9 ms with it against 44.9 eager (the guided UNet 3.8 against 16.1)."""
 
 CACHE_ENV = "FSD_GS_COMPILE_CACHE"
@@ -84,7 +84,8 @@ def resolve_compile(
         device: where the prior runs; ``auto`` compiles only on CUDA (compiling on a CPU costs minutes and
             saves little), and ``cudagraphs`` and ``graphs`` need CUDA.
         model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never torch.compiled
-            (tiny models): ``graphs`` when asked for or under ``auto`` on CUDA (their UNet call recorded), else off.
+            (tiny models): ``graphs`` when asked for, and for "shapes" under ``auto`` on CUDA (its UNet call recorded),
+            else off.
         steps: the run's steps, for ``auto``'s expected times (:func:`auto_mode`); None: unknown (eager).
         long_lived: the prior serves many assets (a batch worker): ``auto`` counts
             :attr:`AutoCosts.long_lived_steps` steps.
@@ -103,8 +104,10 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
     if requested in CUDA_ONLY_MODES and device.type != "cuda":
         raise UserError(f"--prior.compile {requested} needs a CUDA device (this run is on {device}): use on or off")
     if model in ("shapes", "shapes-mv", "shapes-flow"):  # fsd_gs.prior.detectors.is_shapes_world (detectors imports us)
-        # a recording, not a compile: what a tiny, launch-bound network gains from (auto on CUDA: SHAPES_GRAPHS_REASON)
-        if requested == "graphs" or (requested == "auto" and device.type == "cuda"):
+        # a recording, not a compile: what a tiny, launch-bound network gains from; auto takes it for the measured
+        # "shapes" prior only (shapes-flow's VP wrapper copies a CPU table to the device inside the call, which a capture
+        # does not allow from pageable memory; neither it nor shapes-mv has been recorded on a GPU)
+        if requested == "graphs" or (requested == "auto" and device.type == "cuda" and model == "shapes"):
             return CompileDecision("graphs", "asked for" if requested == "graphs" else SHAPES_GRAPHS_REASON)
         return CompileDecision("off", f"the built-in {model} prior is never torch.compiled (--prior.compile graphs records it)")
     if requested != "auto":
