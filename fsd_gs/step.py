@@ -264,7 +264,7 @@ class DistillStep:
         """The distillation loss of a prepared step (the prior call): a scalar in the autograd graph."""
         cfg, conditioning = self.cfg, pending.conditioning
         if conditioning is None:
-            raise ValueError("this pending step has no prompts (after_render(prompts=False)): step_together's alone")
+            raise ValueError("a step made by after_render(prompts=False) has no prompts: step_together selects them for all")
         with self.timer("prior"):
             return distill_loss(
                 self.prior,
