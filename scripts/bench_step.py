@@ -233,12 +233,7 @@ def pipelined_ms(fn: Callable[[], object], device: torch.device, iters: int) -> 
     """Milliseconds per call of ``fn`` over ``iters`` calls with one sync at the end, as the training loop runs (it
     syncs only to log): the host prepares the next step while the GPU finishes this one. ``time_ms`` syncs after
     every call, so there the host's work before the GPU's adds up instead of overlapping it."""
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) * 1e3 / max(1, iters)
+    return timed_s(lambda: [fn() for _ in range(iters)], device) * 1e3 / max(1, iters)
 
 
 def timed_s(fn: Callable[[], object], device: torch.device) -> float:
