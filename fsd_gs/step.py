@@ -35,6 +35,7 @@ from fsd_gs.gaussians import Gaussians, make_optimizers
 from fsd_gs.initialize import init_gaussians
 from fsd_gs.methods import make_guidance
 from fsd_gs.noise import build_noise
+from fsd_gs.noise.base import sample_together as noise_together
 from fsd_gs.prior.base import DiffusionPrior, NegativeViews
 from fsd_gs.prior.conditioning import Conditioning
 from fsd_gs.profiling import StageTimer
@@ -216,22 +217,16 @@ class DistillStep:
         background = background_colours(cfg.optim.background, len(cams), self.generators["background"], torch.device("cpu"))
         return SampledViews(cams, list(views), background)
 
-    def after_render(self, views: SampledViews, cams: Cameras, out: Any, prompts: bool = True) -> PendingStep:
+    def after_render(self, views: SampledViews, cams: Cameras, out: Any) -> PendingStep:
         """render -> noise -> t: the render at the prior's size, the noise, the timesteps and the views' prompts
-        (``prompts=False``: none, for :func:`step_together`, which selects every asset's at once)."""
+        (:func:`after_render_together` does the same for several steps, without the prompts)."""
         cfg = self.cfg
         with self.timer("noise_and_t"):
             rgb, alpha, depth = resized_render(out, self.prior_size)
             cams = with_size(cams, self.prior_size)
             eps = self.noise.sample(cams, alpha, depth, self.generators["noise"])
-            group = self.prior.views_per_group  # multi-view priors denoise a group of views at one t
-            t = sample_timestep(
-                cfg.schedule, self.progress, self.generators["timestep"], self.prior.num_train_timesteps, batch=len(cams) // group
-            )
-            t = t.repeat_interleave(group).to(self.device, non_blocking=True)
-            conditioning, negatives = (
-                select_prompts(self.embeddings, cfg.guidance, views.cameras, views.names) if prompts else (None, None)
-            )
+            t = draw_timesteps(self, len(cams)).to(self.device, non_blocking=True)
+            conditioning, negatives = select_prompts(self.embeddings, cfg.guidance, views.cameras, views.names)
         return PendingStep(rgb, eps, t, conditioning, cams, out, negatives, views.cameras)
 
     def pre_backward(self, pending: PendingStep) -> None:
@@ -264,7 +259,7 @@ class DistillStep:
         """The distillation loss of a prepared step (the prior call): a scalar in the autograd graph."""
         cfg, conditioning = self.cfg, pending.conditioning
         if conditioning is None:
-            raise ValueError("a step made by after_render(prompts=False) has no prompts: step_together selects them for all")
+            raise ValueError("a step made by after_render_together has no prompts: step_together selects them for all")
         with self.timer("prior"):
             return distill_loss(
                 self.prior,
@@ -357,7 +352,7 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
             outs = render_assets(
                 [s.gaussians for s in steps], cams, backgrounds, first.cfg.render, with_depth=first.noise.needs_depth
             )
-        pending = [s.after_render(v, c, o, prompts=False) for s, v, c, o in zip(steps, views, cams, outs)]
+        pending = after_render_together(steps, views, cams, outs)
         with first.timer("prompts"):  # one stage of its own: the seeds' noise_and_t stages are summed per seed
             conditioning, negatives = prompts_together(steps, views)
         joined = PendingStep(
@@ -377,6 +372,41 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
         with first.timer("optimizer"):
             optimizer_step(steps)
         return [s.after_optimizer(p, loss) for s, p in zip(steps, pending)]
+
+
+def draw_timesteps(step: DistillStep, views: int) -> torch.Tensor:
+    """The diffusion timesteps [views] int64 (on the CPU) of ``step``'s next views, from its timestep generator: one per
+    view, or one per group of views for a multi-view prior (which denoises a group at one t)."""
+    group = step.prior.views_per_group
+    cfg = step.cfg
+    generator = step.generators["timestep"]
+    t = sample_timestep(cfg.schedule, step.progress, generator, step.prior.num_train_timesteps, batch=views // group)
+    return t.repeat_interleave(group)
+
+
+def after_render_together(
+    steps: Sequence[DistillStep], views: Sequence[SampledViews], cams: Sequence[Cameras], outs: Sequence[Any]
+) -> list[PendingStep]:
+    """Each step's :meth:`DistillStep.after_render` without prompts, with the same numbers, in fewer device calls: one
+    noise call for all the steps' views (:func:`fsd_gs.noise.base.sample_together`) and one copy of all their
+    timesteps to the device (the grouped step's per-seed work between the render and the prior)."""
+    first = steps[0]
+    with first.timer("noise_and_t"):
+        resized = [resized_render(out, s.prior_size) for s, out in zip(steps, outs)]
+        cams = [with_size(c, s.prior_size) for s, c in zip(steps, cams)]
+        eps = noise_together(
+            [s.noise for s in steps],
+            cams,
+            [alpha for _, alpha, _ in resized],
+            [depth for _, _, depth in resized],
+            [s.generators["noise"] for s in steps],
+        )
+        drawn = [draw_timesteps(s, len(c)) for s, c in zip(steps, cams)]
+        ts = torch.cat(drawn).to(first.device, non_blocking=True).split([len(t) for t in drawn])
+    return [
+        PendingStep(rgb, e, t, None, c, out, None, v.cameras)
+        for (rgb, _, _), e, t, c, out, v in zip(resized, eps, ts, cams, outs, views)
+    ]
 
 
 def optimizer_step(steps: Sequence[DistillStep]) -> None:

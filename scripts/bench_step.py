@@ -215,6 +215,13 @@ class Args:
 
 
 # -- measuring ------------------------------------------------------------------------------------
+def default_prompt(model: str) -> str:
+    """The benchmark's prompt: one the built-in shapes-world priors know, else a DSLR corgi."""
+    from fsd_gs.prior.detectors import is_shapes_world
+
+    return "a red mushroom" if is_shapes_world(model) else "a DSLR photo of a corgi"
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
     """Median over ``iters`` single calls of ``fn`` in milliseconds (after ``warmup`` calls)."""
     for _ in range(warmup):
@@ -400,7 +407,7 @@ def measure_variant(model: str, variant: Variant, args: Args, device: torch.devi
     from fsd_gs.prior.factory import load_prior
     from fsd_gs.step import DistillStep, step_together
 
-    prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
+    prompt = args.prompt or default_prompt(model)
     cfg = train_config(model, prompt, variant, device, args.perp_neg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -527,7 +534,7 @@ def run_child(args: Args, model: str, variant: Variant, run: int) -> dict:
 def measure_asset(args: Args, model: str, mode: str) -> dict:
     """One whole asset of the default preset through ``python -m fsd_gs.train`` in a fresh process (with Perp-Neg
     when --perp-neg)."""
-    prompt = args.prompt or ("a red mushroom" if model == "shapes" else "a DSLR photo of a corgi")
+    prompt = args.prompt or default_prompt(model)
     log = args.out.parent / f"{args.out.stem}_asset_{mode}.log"
     cmd = [
         sys.executable,

@@ -22,13 +22,15 @@
 #          throughput-step    bench_step --grid STEP_GRID (default joined: 512px/4s and 8s, step_together with the
 #                             assets in one gsplat call and in one call each, beside 512px/4v and 8v, CUDA graphs
 #                             without compile; grouped: the 4-seed rows in cudagraphs and eager), with --sync-debug
-#          throughput-sd      fsd-sd21, 1200 steps, 1 prompt x SD_SEEDS (default 0-3): SD_MODES (default "batch
-#                             grouped": the batch one at a time, then --group-seeds 4; 1 Ray worker on the GPU; each
+#          throughput-sd      fsd-sd21, SD_STEPS (default 1200) steps, 1 prompt x SD_SEEDS (default 0-3): SD_MODES
+#                             (default "batch grouped": the batch one at a time, then --group-seeds SD_GROUP, default
+#                             4; 1 Ray worker on the GPU; each
 #                             mode's first asset of a new shape pays a cold compile)   8.2 min on one H100 (2026-12-06)
 #          throughput-sd-seq  the same 1200-step asset as sequential `python -m fsd_gs.train` runs, 2 seeds  ~2 min
 #          throughput-shapes  shapes-fsd, 600 steps: 4 sequential CLI runs (SHAPES_SEQ=0: not), then 4 prompts x 8
 #                             seeds (32 assets) on Ray with --group-seeds 8 at each --gpus-per-worker of SHAPES_GPW
-#                             (default "1 0.5 0.25 0.125": 1, 2, 4, 8 workers per GPU), then one seed at a time at
+#                             (default "1 0.5 0.25 0.125": 1, 2, 4, 8 workers per GPU; "default": the batch's own
+#                             choice, no --gpus-per-worker), then one seed at a time at
 #                             0.25 (SHAPES_SINGLE=0: not). SHAPES_FRESH_GPW=0.25: that row's workers start on an
 #                             empty gsplat extension folder (a fresh machine: one builds under the lock, the others
 #                             wait; issue 27's "0 failed assets"). Each row trains into an emptied scratch folder. One
@@ -81,19 +83,19 @@
 #   setup  install what was carried: .whl/*.whl and .stage (Ray) into /tmp/site, and the kornia_rs stand-in when the
 #          real one was not carried; this run's later stages get PYTHONPATH=/tmp/site:$PWD:/tmp/stub (later calls:
 #          export it yourself; /tmp survives while the machine is warm)
-# Order for the next GPU time. The ninth session (2026-12-06: one H200 call, then two H100 calls) ran the CUDA tests
-# ("cuda and not slow": 23 passed), bench_step of the shapes step (CUDA graphs of its UNet: 8 seeds 44.9 -> 20.9 ms),
-# the changed files' CUDA tests on the code after it (12 passed), and the shapes Ray rows at 0.25 (fresh gsplat: 0
-# failed), 0.125 and 0.5 GPUs per worker (2290 and 1747 assets per GPU-hour). Not run since: the batch's new default
-# of four shapes workers per GPU, the rest of the CUDA suite on the joined-Adam code, a clean 1-worker shapes row, the
-# 8-seed Stable Diffusion rows. A call's files come back only when it ends and only up to the tool's size limit, so
-# keep calls short and pack JSON and logs, not the asset folders; each call on the warm machine (within 30 s of the
-# last; later calls export PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
-#   1. `setup tests` (TESTS_MARK="cuda and not slow") then `throughput-step` with STEP_GRID=joined (the 8-seed rows
-#      after the joined Adam: issue 27's <= 1x the 8-view step, 1.037x on 2026-12-06 before it)
-#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW="1 0.25" (the clean 1-worker row, and the
-#      batch's default of 0.25 without a fresh gsplat folder), on an H200 for the issue's card
-#   3. `throughput-sd` with SD_MODES=grouped SD_SEEDS=0-11 (three groups of 4, the steady state)
+# Order for the next GPU time. The tenth session (2026-12-06, five H100 calls) ran the CUDA tests ("cuda and not slow"
+# without the viewer: 26 passed; the shapes-flow ones apart: passed), the shapes benchmark at 600/300/200 steps
+# (`consistency` with YAML copies of shapes-fsd; fewer steps lose kind and view accuracy), fsd-sd21 at 400 steps
+# grouped by 8 on Ray (255 per GPU-hour with start-up), scripts/bench_layout.py (channels_last and cudnn.benchmark do
+# not help), the 8-seed against 8-view step (1.009-1.014x after the batched noise) and the shapes Ray rows with the
+# batch's default (2740 per GPU-hour) and one worker (1905). Not run since: the slow CUDA test and the viewer tests.
+# A call's files come back only when it ends and only up to the tool's size limit, so keep calls short and pack JSON
+# and logs, not the asset folders; each call on the warm machine (within 30 s of the last; later calls export
+# PYTHONPATH=/tmp/site:$PWD:/tmp/stub themselves):
+#   1. `setup throughput-sd` with SD_SEEDS=0-7 SD_GROUP=8, once with SD_MODES=grouped and once with SD_MODES=batch
+#      (fsd-sd21's default group of 8 against one seed at a time at 1200 steps; one call each, estimated ~5 and ~8 min)
+#   2. `throughput-shapes` with SHAPES_SEQ=0 SHAPES_SINGLE=0 SHAPES_GPW=default on an H200 (the issue's card)
+#   3. `tests` with TESTS_MARK=slow, and the viewer tests with .whl2 carried (zstandard)
 #   4. `consistency consistency-eval` with CONSISTENCY_PRESETS="shapes-fsd-flow shapes-sds-flow" (issue 28's flow
 #      table on a GPU; the whole tree, without .stage)
 set -uo pipefail
@@ -258,9 +260,9 @@ fi
 if [[ " $STAGES " == *" throughput-sd "* ]]; then
   read -ra SD_MODE_LIST <<< "${SD_MODES:-batch grouped}"
   python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" \
-    --seeds "${SD_SEEDS:-0-3}" --steps 1200 --modes "${SD_MODE_LIST[@]}" --group-seeds 4 --workers 1 \
-    --gpus-per-worker 1 --work-dir "$(scratch "$TP/sd")" --out "$TP/sd.json" -- --output.turntable-views 8 2>&1 \
-    | tee "$TP/sd.log"
+    --seeds "${SD_SEEDS:-0-3}" --steps "${SD_STEPS:-1200}" --modes "${SD_MODE_LIST[@]}" --group-seeds "${SD_GROUP:-4}" \
+    --workers 1 --gpus-per-worker 1 --work-dir "$(scratch "$TP/sd-${SD_STEPS:-1200}")" \
+    --out "$TP/sd_${SD_STEPS:-1200}steps_g${SD_GROUP:-4}.json" -- --output.turntable-views 8 2>&1 | tee "$TP/sd.log"
 fi
 if [[ " $STAGES " == *" throughput-sd-seq "* ]]; then
   python scripts/bench_batch.py --model "$SD" --presets fsd-sd21 --prompts "a DSLR photo of a corgi" --seeds 0-1 \
@@ -278,8 +280,9 @@ if [[ " $STAGES " == *" throughput-shapes "* ]]; then
   for gpw in ${SHAPES_GPW:-1 0.5 0.25 0.125}; do
     EXT=()  # SHAPES_FRESH_GPW: this row's workers start on an empty gsplat extension folder, as on a fresh machine
     [ "$gpw" = "${SHAPES_FRESH_GPW:-}" ] && EXT=(env TORCH_EXTENSIONS_DIR="$(mktemp -d)")
+    GPW=(--gpus-per-worker "$gpw"); [ "$gpw" = default ] && GPW=()  # default: the batch's own choice
     "${EXT[@]}" python scripts/bench_batch.py --presets shapes-fsd --prompts "${SHAPES_PROMPTS[@]}" --seeds 0-7 --steps 600 \
-      --modes grouped --group-seeds 8 --gpus-per-worker "$gpw" --work-dir "$(scratch "$TP/shapes-$gpw")" \
+      --modes grouped --group-seeds 8 "${GPW[@]}" --work-dir "$(scratch "$TP/shapes-$gpw")" \
       --out "$TP/shapes_gpw$gpw.json" 2>&1 | sed "s/^/gpus-per-worker $gpw: /" | tee -a "$TP/shapes.log"
   done
   if [ "${SHAPES_SINGLE:-1}" = 1 ]; then

@@ -301,18 +301,23 @@ def test_one_worker_per_visible_gpu_and_fractions_pack_small_priors():
 
 # -- --group-seeds per prior and method ----------------------------------------------------------------
 def test_default_group_seeds_per_prior_and_vsd_one_at_a_time(tmp_path, capsys):
-    """The shapes prior groups 8 seeds by default, SD 1; VSD (a LoRA per asset) trains its seeds one at a time when
-    asked to group, says so once, and fails none of them."""
+    """The shapes prior and SD 2.1 group 8 seeds by default, the other diffusion priors 1; VSD (a LoRA per asset)
+    trains its seeds one at a time when asked to group, says so once, and fails none of them."""
     from fsd_gs.batch.cli import preset_configs
     from fsd_gs.batch.grid import parse_presets as presets
-    from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
+    from fsd_gs.batch.grouping import DIFFUSION_GROUP_SEEDS, SD21_GROUP_SEEDS, SHAPES_GROUP_SEEDS, group_plan
 
-    configs = preset_configs(presets(["shapes-fsd", "shapes-vsd", "fsd-sd21"]), [], "a red mushroom")
-    assert [group_plan(configs[k], None).size for k in ("shapes-fsd", "shapes-vsd", "fsd-sd21")] == [
+    names = ("shapes-fsd", "shapes-vsd", "fsd-sd21", "vsd-sd21", "fsd-sd35", "fsd-mvdream")
+    configs = preset_configs(presets(list(names)), [], "a red mushroom")
+    assert [group_plan(configs[k], None).size for k in names] == [
         SHAPES_GROUP_SEEDS,
         1,
+        SD21_GROUP_SEEDS,
+        1,
+        DIFFUSION_GROUP_SEEDS,
         DIFFUSION_GROUP_SEEDS,
     ]
+    assert SD21_GROUP_SEEDS == 8 and DIFFUSION_GROUP_SEEDS == 1
     assert group_plan(configs["fsd-sd21"], 4).size == 4 and group_plan(configs["shapes-vsd"], 4).size == 1
     assert group_plan(configs["shapes-vsd"], 4).note and group_plan(configs["shapes-vsd"], None).note is None
 

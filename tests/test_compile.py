@@ -80,7 +80,8 @@ def test_explicit_modes_and_errors():
     assert resolve_compile("cudagraphs", CUDA, "sd", steps=5).mode == "cudagraphs"
     assert resolve_compile("on", CUDA, "shapes").mode == "off"  # the shapes prior is never torch.compiled
     assert resolve_compile("auto", CUDA, "shapes", steps=600).mode == "graphs"  # recorded, never compiled
-    assert resolve_compile("auto", CUDA, "shapes-flow", steps=600).mode == "off"  # its VP wrapper is not capture-safe
+    assert resolve_compile("auto", CUDA, "shapes-flow", steps=600).mode == "graphs"  # its VP wrapper's table: copied once
+    assert resolve_compile("auto", CUDA, "shapes-mv", steps=600).mode == "off"  # never recorded on a GPU
     assert resolve_compile("auto", CPU, "shapes", steps=600).mode == "off"
     assert resolve_compile("graphs", CUDA, "shapes-mv").mode == "graphs"  # a recording of its UNet call is allowed
     with pytest.raises(UserError, match="cudagraphs needs a CUDA device"):

@@ -239,11 +239,13 @@ def test_graphs_prior_matches_eager_on_cuda(tiny_sd_dir, perp_neg):
 
 
 @pytest.mark.cuda
-def test_the_shapes_prior_is_recorded_by_auto_and_matches_eager():
-    """The built-in prior under auto on CUDA records its UNet call (never torch.compiled), and its guided predictions
-    at 64 px, with Perp-Neg's negatives, match eager's within fp16 tolerance."""
-    eager = load_prior("shapes", PriorConfig(dtype="fp16", compile="off"), CUDA)
-    graphed = load_prior("shapes", PriorConfig(dtype="fp16", compile="auto"), CUDA, steps=600)
+@pytest.mark.parametrize("model", ["shapes", "shapes-flow"])
+def test_the_shapes_priors_are_recorded_by_auto_and_match_eager(model):
+    """The built-in prior and the flow one (its VP wrapper's table is copied to the GPU before the capture) under auto
+    on CUDA record their UNet call (never torch.compiled), and their guided predictions at 64 px, with Perp-Neg's
+    negatives, match eager's within fp16 tolerance."""
+    eager = load_prior(model, PriorConfig(dtype="fp16", compile="off"), CUDA)
+    graphed = load_prior(model, PriorConfig(dtype="fp16", compile="auto"), CUDA, steps=600)
     assert graphed.compile_decision.mode == "graphs" and isinstance(graphed.unet_call, GraphedCall)
     assert getattr(graphed.unet, "_compiled_call_impl", None) is None
     for a, b in _eps_pairs(eager, graphed, (2, 8), calls=3, perp_neg=True, size=64):

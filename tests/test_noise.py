@@ -256,6 +256,70 @@ def test_presets():
     assert NoiseConfig().kind == "worldmap" and NoiseConfig().beta == 1.0 and NoiseConfig().theta_deg == 180.0
 
 
+class _Cams:
+    """The angles of a batch of views, as :meth:`NoiseFunction.sample` reads them from a Cameras."""
+
+    def __init__(self, azimuth: list[float], elevation: list[float], device: str = "cpu") -> None:
+        self.azimuth = torch.tensor(azimuth, device=device)
+        self.elevation = torch.tensor(elevation, device=device)
+
+
+def _together_and_alone(functions, cams, alphas, device: str = "cpu", batched: bool = False):
+    """(sample_together's eps, each function's own sample of the same views, with twin generators); ``batched``: the
+    together call must not fall back to each function's own call."""
+    from fsd_gs.noise.base import sample_together
+
+    def gens():
+        return [torch.Generator(device=device).manual_seed(10 + k) for k in range(len(functions))]
+
+    calls = []
+    for f in functions:  # count the functions' own calls (instance attribute: this test's functions only)
+        f.sample = lambda *a, _f=f, **k: calls.append(_f) or type(_f).sample(_f, *a, **k)
+    together = sample_together(functions, cams, alphas, [None] * len(functions), gens())
+    assert not (batched and calls), "sample_together fell back to one call per function"
+    masks = [f.last_mask for f in functions]
+    alone = [f.sample(c, a, None, g) for f, c, a, g in zip(functions, cams, alphas, gens())]
+    for f, m in zip(functions, masks):
+        assert (m is None and f.last_mask is None) or torch.equal(m, f.last_mask)
+    return together, alone
+
+
+def _views(device: str = "cpu"):
+    """Three assets' views (1, 2 and 3 of them), some opacity partial or empty."""
+    angles = [([10.0], [5.0]), ([100.0, 250.0], [0.0, -20.0]), ([0.0, 180.0, 359.0], [30.0, 0.0, 60.0])]
+    cams = [_Cams(azimuth, elevation, device) for azimuth, elevation in angles]
+    alphas = [ones_alpha(1), torch.cat([ones_alpha(1, 0.3), ones_alpha(1)]), ones_alpha(3)]
+    alphas[2][1, :, RES // 2 :] = 0.0
+    return cams, [a.to(device) for a in alphas]
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.36])
+def test_world_maps_of_several_seeds_sampled_together_equal_each_alone(beta):
+    """The grouped step's one noise call for its seeds: each seed's windows, silhouette, background and fresh noise
+    (from its own generator) exactly as its own call; other kinds, or a view without opacity, are sampled one by one."""
+    functions = [worldmap(seed, beta=beta) for seed in (0, 1, 2)]
+    cams, alphas = _views()
+    together, alone = _together_and_alone(functions, cams, alphas, batched=True)
+    assert [e.shape[0] for e in together] == [1, 2, 3]
+    for a, b in zip(together, alone):
+        assert torch.equal(a, b)
+    assert not torch.equal(together[0][0], together[1][0])  # the seeds' maps differ
+    mixed = [worldmap(0, beta=beta), build_noise(NoiseConfig(kind="random"), SHAPE, seed=1), worldmap(2, theta_deg=90.0)]
+    for a, b in zip(*_together_and_alone(mixed, cams, alphas)):
+        assert torch.equal(a, b)
+    for a, b in zip(*_together_and_alone(functions, cams, [alphas[0], None, alphas[2]])):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_world_maps_sampled_together_on_cuda_equal_each_alone():
+    functions = [build_noise(NoiseConfig(kind="worldmap", beta=0.5), SHAPE, seed=s, device="cuda") for s in (0, 1, 2)]
+    together, alone = _together_and_alone(functions, *_views("cuda"), device="cuda", batched=True)
+    assert all(e.device.type == "cuda" for e in together)
+    for a, b in zip(together, alone):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.cuda
 def test_cuda_noise_matches_the_cpu_map_and_stays_on_the_gpu():
     cpu = build_noise(NoiseConfig(kind="worldmap", beta=0.5), SHAPE, seed=2)

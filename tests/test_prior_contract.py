@@ -63,6 +63,19 @@ def test_flow_sigmas_and_model_timesteps_are_diffusers():
         FlowProcess.from_config({**SD3_SCHEDULER, "use_dynamic_shifting": True})
 
 
+@pytest.mark.cuda
+def test_flow_sigmas_move_to_the_device_of_the_timesteps_once():
+    """Read with CUDA timesteps, the flow table goes to the GPU once (not a host copy per step) with the same values."""
+    process = FlowProcess(3.0)
+    t = _t(0, 500, 999)
+    cpu = process.sigma(t)
+    on_gpu = process.sigma(t.cuda())
+    assert process.sigmas.is_cuda and on_gpu.is_cuda and torch.equal(on_gpu.cpu(), cpu)
+    table = process.sigmas
+    process.sigma(t.cuda())
+    assert process.sigmas is table
+
+
 @pytest.mark.parametrize(
     "process",
     [VPProcess(sd_alphas_cumprod().double()), VPProcess(sd_alphas_cumprod().double(), "v_prediction"), FlowProcess(3.0)],

@@ -72,6 +72,8 @@ def test_the_conversion_is_exact_on_a_gaussian_toy():
     v32 = net(x_f.float(), (s * 1000).float(), encoder_hidden_states=None).sample  # float32 in, float32 arithmetic
     assert v32.dtype == torch.float32
     torch.testing.assert_close(v32.double(), v, rtol=1e-4, atol=1e-4)
+    cpu = torch.device("cpu")  # the table is copied once per device (a CUDA-graph capture of the call copies nothing)
+    assert net.log_ratios_on(cpu) is net.log_ratios_on(cpu) and torch.equal(net.log_ratios_on(cpu), net.log_ratios)
 
 
 def test_the_conversion_is_finite_with_finite_gradients_at_the_ends():

@@ -71,9 +71,10 @@ def test_steps_of_several_seeds_together_match_separate_steps(shapes_prior, monk
     cfgs = [tiny_cfg(seed) for seed in (0, 1)]
     together, alone, grads = together_and_alone(shapes_prior, cfgs, monkeypatch)
     results = step_together(together)
-    for s in alone:
-        s()
+    alone_results = [s() for s in alone]
     assert [r.eps.shape[0] for r in results] == [1, 1] and all(s.steps_done == 1 for s in together)
+    for r, a in zip(results, alone_results):  # the noise (one call for the seeds) and the timesteps: bitwise each's own
+        assert torch.equal(r.eps, a.eps) and torch.equal(r.timestep, a.timestep)
     for seed in (0, 1):  # relative L2 over the whole gradient (the quats' is pure rounding noise at step 0)
         g_alone = torch.cat([g.flatten() for g in grads[("alone", seed)].values()])
         g_together = torch.cat([g.flatten() for g in grads[("together", seed)].values()])

@@ -62,7 +62,8 @@ class BatchConfig:
     """Loaded priors each worker keeps (keyed by model, dtype, compile, device)."""
     group_seeds: Optional[int] = None
     """Optimise up to K seeds of one prompt and preset together (one batched prior call per step for all their views).
-    Default per prior: 8 for the shapes prior, 1 for diffusion priors (grouped SD steps measured slower, #27).
+    Default per prior: 8 for the shapes priors and for Stable Diffusion 2.1-base at one view (the *-sd21 presets:
+    about 2x the assets per hour of one at a time, ~15 GB of GPU memory), 1 for other diffusion priors (not measured).
     Methods that train a model per asset (vsd) always train their seeds one at a time (said once, never a failure)."""
     shard: Optional[str] = None
     """Run only slice i/n of the grid (0 <= i < n; deterministic, e.g. --shard $SLURM_ARRAY_TASK_ID/8)."""

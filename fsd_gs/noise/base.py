@@ -113,9 +113,7 @@ class NoiseFunction:
             raise ValueError(f"azimuth and elevation must have one entry per view, got {az.numel()} and {el.numel()}")
         device = self.device
         if alpha is not None:
-            if alpha.dim() != 4 or alpha.shape[-1] != 1 or alpha.shape[0] != batch:
-                raise ValueError(f"alpha must be [B,H,W,1] with B={batch}, got {tuple(alpha.shape)}")
-            self.check_resolution(int(alpha.shape[1]), int(alpha.shape[2]))
+            self.check_alpha(alpha, batch)
             device = alpha.device
         det = self._deterministic(az, el, alpha, batch)
         if det is None:
@@ -123,16 +121,56 @@ class NoiseFunction:
             return fresh_noise((batch, *self.shape), generator).to(device)
         det = det.to(device)
         self.last_deterministic = det
-        if self.beta >= 1.0:
-            return det
-        fresh = fresh_noise((batch, *self.shape), generator).to(device)
-        return math.sqrt(self.beta) * det + math.sqrt(1.0 - self.beta) * fresh
+        return self.blend(det, batch, generator, device)
+
+    def check_alpha(self, alpha: torch.Tensor, batch: int) -> None:
+        """Raise ValueError unless ``alpha`` is [batch,H,W,1]; UserError when H, W do not fit the noise's size."""
+        if alpha.dim() != 4 or alpha.shape[-1] != 1 or alpha.shape[0] != batch:
+            raise ValueError(f"alpha must be [B,H,W,1] with B={batch}, got {tuple(alpha.shape)}")
+        self.check_resolution(int(alpha.shape[1]), int(alpha.shape[2]))
 
     def _deterministic(
         self, azimuth: torch.Tensor, elevation: torch.Tensor, alpha: Optional[torch.Tensor], batch: int
     ) -> Optional[torch.Tensor]:
         """eps_det [B,C,h,w] float32, or None for pure fresh noise."""
         return None
+
+    @classmethod
+    def sample_many(
+        cls,
+        functions: Sequence[NoiseFunction],
+        cameras: Sequence[Any],
+        alphas: Sequence[Optional[torch.Tensor]],
+        depths: Sequence[Optional[torch.Tensor]],
+        generators: Sequence[Optional[torch.Generator]],
+    ) -> list[torch.Tensor]:
+        """Each function's :meth:`sample` of its own views (several assets' functions of this kind, one step): here one
+        call each; a kind may override it with fewer, batched device calls that give the same numbers."""
+        return [f.sample(c, a, d, g) for f, c, a, d, g in zip(functions, cameras, alphas, depths, generators)]
+
+    def blend(self, det: torch.Tensor, batch: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+        """eps [batch,C,h,w] = sqrt(beta) ``det`` + sqrt(1 - beta) fresh noise drawn from ``generator`` (``det`` alone
+        when beta >= 1, nothing drawn)."""
+        if self.beta >= 1.0:
+            return det
+        fresh = fresh_noise((batch, *self.shape), generator).to(device)
+        return math.sqrt(self.beta) * det + math.sqrt(1.0 - self.beta) * fresh
+
+
+def sample_together(
+    functions: Sequence[NoiseFunction],
+    cameras: Sequence[Any],
+    alphas: Sequence[Optional[torch.Tensor]],
+    depths: Sequence[Optional[torch.Tensor]],
+    generators: Sequence[Optional[torch.Generator]],
+) -> list[torch.Tensor]:
+    """``[f.sample(cameras[k], alphas[k], depths[k], generators[k]) for each function f]`` (eps [B_k,C,h,w] float32 of
+    asset k), as one batched call of the kind when every function is of one kind (:meth:`NoiseFunction.sample_many`;
+    the batch's grouped step: one call for its seeds instead of one each)."""
+    kind = type(functions[0])
+    if any(type(f) is not kind for f in functions):
+        return NoiseFunction.sample_many(functions, cameras, alphas, depths, generators)
+    return kind.sample_many(functions, cameras, alphas, depths, generators)
 
 
 @dataclass(frozen=True)

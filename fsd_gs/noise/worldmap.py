@@ -6,7 +6,7 @@ and one fixed background noise outside it. Nearby cameras get shifted copies of 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,53 @@ class WorldMapNoise(NoiseFunction):
         mask = self.foreground(alpha).to(self.device)
         self.last_mask = mask
         return torch.where(mask, window, self.background.unsqueeze(0))
+
+    @classmethod
+    def sample_many(
+        cls,
+        functions: Sequence[NoiseFunction],
+        cameras: Sequence[Any],
+        alphas: Sequence[Optional[torch.Tensor]],
+        depths: Sequence[Optional[torch.Tensor]],
+        generators: Sequence[Optional[torch.Generator]],
+    ) -> list[torch.Tensor]:
+        """Several assets' world maps sampled in one gather: the windows of every view from the stacked maps
+        [K,C,H_map+h,W_map+w], one foreground pooling and one blend; each asset's fresh noise still comes from its own
+        generator, so asset k's eps [B_k,C,h,w] equals its own :meth:`sample` bitwise. Maps of other sizes,
+        thresholds, betas or devices, or a view without opacity, fall back to one call each."""
+        maps = [f for f in functions if isinstance(f, WorldMapNoise)]
+        first = maps[0] if maps else None
+        if (
+            first is None
+            or len(maps) != len(functions)
+            or len(maps) == 1
+            or any(a is None for a in alphas)
+            or any(_settings(f) != _settings(first) for f in maps)
+        ):
+            return super().sample_many(functions, cameras, alphas, depths, generators)
+        counts = [int(c.azimuth.numel()) for c in cameras]
+        for f, alpha, n in zip(maps, alphas, counts):
+            f.check_alpha(alpha, n)  # type: ignore[arg-type]
+        row0, col0 = first.window_origins(torch.cat([c.azimuth for c in cameras]), torch.cat([c.elevation for c in cameras]))
+        device = first.device
+        asset = torch.repeat_interleave(torch.arange(len(maps)), torch.tensor(counts)).to(device, non_blocking=True)
+        rows = row0.to(device, non_blocking=True)[:, None] + first._rows  # [B,h]
+        cols = col0.to(device, non_blocking=True)[:, None] + first._cols  # [B,w]
+        stacked = torch.stack([f.full_map for f in maps])  # [K,C,H_map+h,W_map+w]
+        window = stacked[asset[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # [B,C,h,w]
+        mask = first.foreground(torch.cat(list(alphas))).to(device)  # type: ignore[arg-type]
+        backgrounds = torch.stack([f.background for f in maps])[asset]  # [B,C,h,w]
+        det = torch.where(mask, window, backgrounds).to(alphas[0].device)  # type: ignore[union-attr]
+        out = []
+        for f, d, m, n, g in zip(maps, det.split(counts), mask.split(counts), counts, generators):
+            f.last_mask, f.last_deterministic = m, d
+            out.append(f.blend(d, n, g, d.device))
+        return out
+
+
+def _settings(noise: WorldMapNoise) -> tuple:
+    """What must agree for world maps to be sampled together: sizes, threshold, beta, device."""
+    return (noise.shape, noise.map_size, noise.mask_threshold, noise.beta, noise.device)
 
 
 def make_world_map(config: Any, shape: Sequence[int], generator: torch.Generator, device: torch.device) -> WorldMapNoise:

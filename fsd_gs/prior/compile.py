@@ -104,10 +104,10 @@ def _decide(requested: str | bool, device: torch.device, model: str, steps: Opti
     if requested in CUDA_ONLY_MODES and device.type != "cuda":
         raise UserError(f"--prior.compile {requested} needs a CUDA device (this run is on {device}): use on or off")
     if model in ("shapes", "shapes-mv", "shapes-flow"):  # fsd_gs.prior.detectors.is_shapes_world (detectors imports us)
-        # a recording, not a compile: what a tiny, launch-bound network gains from; auto takes it for the measured
-        # "shapes" prior only (shapes-flow's VP wrapper copies a CPU table to the device inside the call, which a capture
-        # does not allow from pageable memory; neither it nor shapes-mv has been recorded on a GPU)
-        if requested == "graphs" or (requested == "auto" and device.type == "cuda" and model == "shapes"):
+        # a recording, not a compile: what a tiny, launch-bound network gains from; auto takes it for "shapes" and for
+        # "shapes-flow" (the same UNet under a VP-to-flow wrapper whose table is copied to the GPU before any capture),
+        # both recorded and checked against eager on a GPU; shapes-mv has not been recorded on one
+        if requested == "graphs" or (requested == "auto" and device.type == "cuda" and model in ("shapes", "shapes-flow")):
             return CompileDecision("graphs", "asked for" if requested == "graphs" else SHAPES_GRAPHS_REASON)
         return CompileDecision("off", f"the built-in {model} prior is never torch.compiled (--prior.compile graphs records it)")
     if requested != "auto":

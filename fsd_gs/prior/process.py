@@ -192,7 +192,8 @@ class FlowProcess(ForwardProcess):
         self.num_train_timesteps = int(num_train_timesteps)
         self.config = {"shift": self.shift, "num_train_timesteps": self.num_train_timesteps, **dict(config or {})}
         self.sigmas = self.shifted(torch.arange(1, self.num_train_timesteps + 1, dtype=torch.float32) / self.num_train_timesteps)
-        """s_t for t = 0..T-1, float32 [T], increasing (diffusers' training ``sigmas`` in reverse order)."""
+        """s_t for t = 0..T-1, float32 [T], increasing (diffusers' training ``sigmas`` in reverse order); it moves to the
+        device of the timesteps it is read with (once: a copy per step would wait for the GPU's queue)."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FlowProcess:
@@ -220,7 +221,9 @@ class FlowProcess(ForwardProcess):
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """s_t [B] float32 for integer t [B], on t's device."""
-        return self.sigmas.to(t.device)[t.long()]
+        if self.sigmas.device != t.device:
+            self.sigmas = self.sigmas.to(t.device)
+        return self.sigmas[t.long()]
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - s_t, s_t) [B] in float64: s_t is diffusers' float32 value, 1 - s_t is then exact (callers round)."""

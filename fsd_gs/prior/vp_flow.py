@@ -85,6 +85,15 @@ class VPAsFlow(torch.nn.Module):
         self.log_ratios = vp_log_ratios(alphas_cumprod).cpu()
         """log(sigma/alpha) of the VP steps, float64 [T_vp] (a plain tensor: ``module.to(dtype)`` must not round it)."""
         self.log_ratio_range = (float(self.log_ratios[0]), float(self.log_ratios[-1]))
+        self._tables: dict[torch.device, torch.Tensor] = {}
+        """``log_ratios`` copied to each device it was used on: the first (eager) call copies it, later calls only read
+        it, so a CUDA-graph capture of the call (``--prior.compile graphs``) copies nothing from the host."""
+
+    def log_ratios_on(self, device: torch.device) -> torch.Tensor:
+        """:attr:`log_ratios` [T_vp] float64 on ``device`` (copied once per device)."""
+        if device not in self._tables:
+            self._tables[device] = self.log_ratios.to(device)
+        return self._tables[device]
 
     @property
     def config(self) -> Any:
@@ -107,7 +116,7 @@ class VPAsFlow(torch.nn.Module):
         s = s / self.num_train_timesteps
         lo, hi = self.log_ratio_range
         log_r = (torch.log(s) - torch.log1p(-s)).clamp(lo, hi)  # s = 0 and s = 1 give -inf / inf: clamped
-        t_vp = vp_time(log_r.double(), self.log_ratios).to(dt)
+        t_vp = vp_time(log_r.double(), self.log_ratios_on(x_f.device)).to(dt)
         view = (-1,) + (1,) * (x_f.dim() - 1)
         s, log_r = s.view(view), log_r.view(view)
         norm = torch.sqrt((1 - s) ** 2 + s**2)
