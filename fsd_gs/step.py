@@ -353,7 +353,7 @@ def step_together(steps: Sequence[DistillStep]) -> list[StepResult]:
                 [s.gaussians for s in steps], cams, backgrounds, first.cfg.render, with_depth=first.noise.needs_depth
             )
         pending = after_render_together(steps, views, cams, outs)
-        with first.timer("prompts"):  # one stage of its own: the seeds' noise_and_t stages are summed per seed
+        with first.timer("prompts"):  # one stage for all the seeds, as their noise_and_t (after_render_together)
             conditioning, negatives = prompts_together(steps, views)
         joined = PendingStep(
             rgb=torch.cat([p.rgb for p in pending]),
