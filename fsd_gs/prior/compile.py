@@ -34,8 +34,9 @@ GRAPHS_NOTE = "the first step of each batch size records CUDA graphs (nothing co
 """What the first steps cost under ``graphs`` (printed with the decision)."""
 
 SHAPES_GRAPHS_REASON = "auto: the built-in prior's small UNet launches more than it computes, so its call is recorded"
-"""Why ``auto`` records the built-in ``shapes`` prior's UNet call on CUDA: on one H200 (2026-12-06, BENCHMARKS.md round 3, ninth
-session) the 8-seed grouped shapes-fsd step took 20.9 ms with it against 44.9 eager (the guided UNet 3.8 against 16.1)."""
+"""Why ``auto`` records the built-in ``shapes`` and ``shapes-flow`` priors' UNet call on CUDA: on one H200 (2026-12-06,
+BENCHMARKS.md round 3, ninth session) the 8-seed grouped shapes-fsd step took 20.9 ms with it against 44.9 eager (the
+guided UNet 3.8 against 16.1); shapes-fsd-flow's, on one H100 (tenth session), 10.5 ms against 26.5."""
 
 CACHE_ENV = "FSD_GS_COMPILE_CACHE"
 """Environment variable naming the compile cache folder (default ~/.cache/fsd_gs/compile)."""
@@ -84,8 +85,8 @@ def resolve_compile(
         device: where the prior runs; ``auto`` compiles only on CUDA (compiling on a CPU costs minutes and
             saves little), and ``cudagraphs`` and ``graphs`` need CUDA.
         model: the --model string; the built-in "shapes", "shapes-mv" and "shapes-flow" priors are never torch.compiled
-            (tiny models): ``graphs`` when asked for, and for "shapes" under ``auto`` on CUDA (its UNet call recorded),
-            else off.
+            (tiny models): ``graphs`` when asked for, and for "shapes" and "shapes-flow" under ``auto`` on CUDA (their UNet
+            call recorded), else off.
         steps: the run's steps, for ``auto``'s expected times (:func:`auto_mode`); None: unknown (eager).
         long_lived: the prior serves many assets (a batch worker): ``auto`` counts
             :attr:`AutoCosts.long_lived_steps` steps.

@@ -37,7 +37,7 @@ class PriorConfig:
     (CUDA graphs of the eager UNet call, no compile, CUDA only); auto = on CUDA the mode of least expected time for the
     run: graphs while the compile cache is empty, cudagraphs once it is warm and in batch workers, off for runs of a few
     dozen steps; off on a CPU (fsd_gs/prior/compile.py). The built-in shapes priors are never compiled: graphs when
-    asked for, and for --model shapes under auto on CUDA; else off. Compiled graphs are cached in
+    asked for, and for --model shapes and shapes-flow under auto on CUDA; else off. Compiled graphs are cached in
     ~/.cache/fsd_gs/compile ($FSD_GS_COMPILE_CACHE), so only the first compile is slow."""
     channels_last: bool = False
     """Store the UNet in channels-last memory format (can be faster on tensor-core GPUs)."""
